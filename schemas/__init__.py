@@ -1,0 +1,71 @@
+"""The bus contract of ank-zenoh: msgspec Structs for the manifest and every
+bus message. This package is the single source of truth; the JSON Schema
+files beside it are generated from it (`python -m schemas.export`)."""
+
+from schemas.manifest import (
+    AccessRule,
+    ConfigItem,
+    ControlInterfaceAccess,
+    DependencyCondition,
+    FileItem,
+    HealthCheck,
+    Manifest,
+    RestartPolicy,
+    Scheduling,
+    Workload,
+)
+from schemas.messages import (
+    CONTRACT_VERSION,
+    AgentPlan,
+    AgentStatus,
+    ApplyRequest,
+    ApplyResult,
+    Binding,
+    CompleteState,
+    DeleteRequest,
+    EnergyReport,
+    Event,
+    HealthReport,
+    Message,
+    PlannedWorkload,
+    ValidationIssue,
+    WorkloadState,
+    WorkloadUsage,
+)
+from schemas.runtime_configs import PodmanConfig, PodmanKubeConfig, ProcessConfig
+from schemas.state import ExecutionState, State, Substate
+
+__all__ = [
+    "CONTRACT_VERSION",
+    "AccessRule",
+    "AgentPlan",
+    "AgentStatus",
+    "ApplyRequest",
+    "ApplyResult",
+    "Binding",
+    "CompleteState",
+    "ConfigItem",
+    "ControlInterfaceAccess",
+    "DeleteRequest",
+    "DependencyCondition",
+    "EnergyReport",
+    "Event",
+    "ExecutionState",
+    "FileItem",
+    "HealthCheck",
+    "HealthReport",
+    "Manifest",
+    "Message",
+    "PlannedWorkload",
+    "PodmanConfig",
+    "PodmanKubeConfig",
+    "ProcessConfig",
+    "RestartPolicy",
+    "Scheduling",
+    "State",
+    "Substate",
+    "ValidationIssue",
+    "Workload",
+    "WorkloadState",
+    "WorkloadUsage",
+]

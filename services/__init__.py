@@ -1,0 +1,1 @@
+"""ank-zenoh services: one package per process, plus the shared bus adapter."""

@@ -1,0 +1,300 @@
+"""The one bus adapter every ank-zenoh process uses to talk to Zenoh.
+
+- opens a Zenoh session from zenoh.json5 (or --zenoh-config), optionally
+  pointing it at another router (--server / ANK_SERVER);
+- stamps the envelope (`sender`, monotonic `seq`) on every message it puts;
+- decodes every payload it receives with the schemas; whatever is malformed
+  or stale is dropped, counted (`Bus.dropped`), logged and reported on
+  `ank/events/dropped` — nothing ever raises into Zenoh's threads;
+- always closes its session (a session with callbacks left open hangs the
+  process at exit; ZENOH.md).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import zenoh
+
+from schemas.messages import Event, Message
+
+T = TypeVar("T", bound=msgspec.Struct)
+log = logging.getLogger("ank.bus")
+
+JSON = zenoh.Encoding.APPLICATION_JSON
+# Where a checkout keeps its configuration; an installed package falls back to
+# the copy shipped inside it.
+_CHECKOUT_CONFIG = Path(__file__).resolve().parents[2] / "zenoh.json5"
+_PACKAGED_CONFIG = Path(__file__).resolve().parent / "zenoh.json5"
+MAX_PAYLOAD = 4 * 1024 * 1024
+
+
+class BusConfigError(Exception):
+    """A Zenoh configuration that cannot be used; the message names the problem."""
+
+
+def default_config_path() -> Path:
+    env = os.environ.get("ANK_ZENOH_CONFIG")
+    if env:
+        return Path(env)
+    return _CHECKOUT_CONFIG if _CHECKOUT_CONFIG.exists() else _PACKAGED_CONFIG
+
+
+def load_config(path: str | Path | None = None, server: str | None = None) -> zenoh.Config:
+    """Reads a Zenoh configuration; `server` (or ANK_SERVER) replaces the
+    endpoints it connects to."""
+    path = Path(path) if path else default_config_path()
+    try:
+        conf = zenoh.Config.from_file(str(path))
+    except Exception as exc:  # zenoh raises ZError with its own text
+        raise BusConfigError(f"cannot read Zenoh configuration {path}: {exc}") from exc
+    server = server or os.environ.get("ANK_SERVER")
+    if server:
+        endpoints = [_endpoint(s) for s in server.split(",") if s.strip()]
+        try:
+            conf.insert_json5("connect/endpoints", json.dumps(endpoints))
+        except Exception as exc:
+            raise BusConfigError(f"bad --server {server!r}: {exc}") from exc
+    return conf
+
+
+def _endpoint(text: str) -> str:
+    text = text.strip()
+    if "/" in text:
+        return text
+    return f"tcp/{text}"  # "host:port", as Ankaios's --server takes it
+
+
+class _SeqStamp:
+    """Monotonic sequence numbers that keep growing across restarts: the wall
+    clock in microseconds, never repeated, never going back."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            self._last = max(self._last + 1, time.time_ns() // 1000)
+            return self._last
+
+
+class Bus:
+    """A Zenoh session with the ank-zenoh contract on top. Use as a context
+    manager, or call close()."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        config: str | Path | None = None,
+        server: str | None = None,
+        zenoh_config: zenoh.Config | None = None,
+    ) -> None:
+        self.name = name
+        conf = zenoh_config if zenoh_config is not None else load_config(config, server)
+        try:
+            self.session = zenoh.open(conf)
+        except Exception as exc:
+            raise BusConfigError(f"cannot open Zenoh session (is the router up?): {exc}") from exc
+        self._seq = _SeqStamp()
+        self._entities: list[Any] = []
+        self._publishers: dict[str, zenoh.Publisher] = {}
+        self._last_seq: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+        self.dropped: collections.Counter[str] = collections.Counter()
+        self.received = 0
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for entity in reversed(self._entities):
+            try:
+                entity.undeclare()
+            except Exception:
+                pass
+        try:
+            self.session.close()
+        except Exception as exc:
+            log.warning("closing the Zenoh session: %s", exc)
+
+    def __enter__(self) -> Bus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- publishing --------------------------------------------------------
+    def stamp(self, msg: T) -> T:
+        """The message with this bus's envelope (sender, seq)."""
+        if isinstance(msg, Message):
+            return msgspec.structs.replace(msg, sender=self.name, seq=self._seq.next())  # type: ignore[return-value]
+        return msg
+
+    def encode(self, msg: msgspec.Struct) -> bytes:
+        return msgspec.json.encode(self.stamp(msg))
+
+    def put(self, key: str, msg: msgspec.Struct | bytes, *, reliable: bool = True) -> None:
+        """Publishes a message. `reliable` uses congestion control BLOCK: a
+        state message must not be silently dropped (ZENOH.md)."""
+        payload = msg if isinstance(msg, bytes) else self.encode(msg)
+        cc = zenoh.CongestionControl.BLOCK if reliable else zenoh.CongestionControl.DROP
+        self.session.put(key, payload, encoding=JSON, congestion_control=cc)
+
+    def event(self, kind: str, message: str, *, subject: str = "", severity: str = "info") -> None:
+        """Publishes a human-readable event on `ank/events/<kind>`."""
+        ev = Event(
+            kind=kind,
+            subject=subject,
+            message=message,
+            severity=severity,  # type: ignore[arg-type]
+            time_ms=time.time_ns() // 1_000_000,
+        )
+        try:
+            self.put(f"ank/events/{kind}", ev, reliable=False)
+        except Exception as exc:
+            log.warning("could not publish event %s: %s", kind, exc)
+
+    # -- receiving ---------------------------------------------------------
+    def decode(self, key: str, payload: bytes, schema: type[T]) -> T | None:
+        """Decodes a payload; None (counted, logged, reported) if it is
+        malformed, oversized or stale."""
+        if len(payload) > MAX_PAYLOAD:
+            self._drop(key, f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+            return None
+        try:
+            msg = msgspec.json.decode(payload, type=schema)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            self._drop(key, f"invalid {schema.__name__}: {exc}")
+            return None
+        if isinstance(msg, Message):
+            if msg.v != 1:
+                self._drop(key, f"unsupported contract version {msg.v}")
+                return None
+            if msg.seq:
+                slot = (key, msg.sender)
+                with self._lock:
+                    last = self._last_seq.get(slot, 0)
+                    if msg.seq <= last:
+                        stale = True
+                    else:
+                        stale = False
+                        self._last_seq[slot] = msg.seq
+                if stale:
+                    self._drop(key, f"stale message seq {msg.seq} <= {last} from {msg.sender!r}", report=False)
+                    return None
+        return msg
+
+    def _drop(self, key: str, reason: str, *, report: bool = True) -> None:
+        self.dropped[key] += 1
+        log.warning("dropped message on %s: %s", key, reason)
+        if report and not key.startswith("ank/events/"):
+            self.event("dropped", f"{self.name} dropped a message on {key}: {reason}", subject=key, severity="warning")
+
+    def subscribe(self, key_expr: str, schema: type[T], callback: Callable[[str, T], None]) -> None:
+        """Calls callback(key, message) for every valid message on key_expr."""
+
+        def on_sample(sample: zenoh.Sample) -> None:
+            key = str(sample.key_expr)
+            try:
+                if sample.kind != zenoh.SampleKind.PUT:
+                    return
+                self.received += 1
+                msg = self.decode(key, sample.payload.to_bytes(), schema)
+                if msg is not None:
+                    callback(key, msg)
+            except Exception:
+                log.exception("error handling a message on %s", key)
+
+        self._entities.append(self.session.declare_subscriber(key_expr, on_sample))
+
+    def subscribe_raw(self, key_expr: str, callback: Callable[[str, bytes], None]) -> None:
+        """Calls callback(key, payload) for every put on key_expr (for payloads
+        that are not a contract Struct, such as a manifest on ank/desired)."""
+
+        def on_sample(sample: zenoh.Sample) -> None:
+            key = str(sample.key_expr)
+            try:
+                if sample.kind != zenoh.SampleKind.PUT:
+                    return
+                self.received += 1
+                callback(key, sample.payload.to_bytes())
+            except Exception:
+                log.exception("error handling a message on %s", key)
+
+        self._entities.append(self.session.declare_subscriber(key_expr, on_sample))
+
+    def queryable(self, key_expr: str, handler: Callable[[str, bytes | None, str], list[tuple[str, bytes]]]) -> None:
+        """Answers queries on key_expr: handler(key, payload, parameters)
+        returns (key, payload) replies. A failing handler answers with an
+        error reply naming the problem instead of leaving the caller with none."""
+
+        def on_query(query: zenoh.Query) -> None:
+            key = str(query.key_expr)
+            try:
+                payload = query.payload.to_bytes() if query.payload is not None else None
+                for reply_key, reply in handler(key, payload, str(query.parameters)):
+                    query.reply(reply_key, reply, encoding=JSON)
+            except Exception as exc:
+                log.exception("error answering a query on %s", key)
+                try:
+                    query.reply_err(f"{type(exc).__name__}: {exc}")
+                except Exception:
+                    pass
+            finally:
+                query.drop()
+
+        self._entities.append(self.session.declare_queryable(key_expr, on_query))
+
+    def get(self, selector: str, payload: bytes | None = None, timeout: float = 2.0) -> list[tuple[str, bytes]]:
+        """A query; the (key, payload) of every OK reply received before the timeout."""
+        replies = self.session.get(selector, payload=payload, timeout=timeout)
+        out = []
+        for reply in replies:
+            if reply.ok is not None:
+                out.append((str(reply.ok.key_expr), reply.ok.payload.to_bytes()))
+            elif reply.err is not None:
+                log.warning("query %s: error reply: %s", selector, reply.err.payload.to_string())
+        return out
+
+    def get_decoded(
+        self, selector: str, schema: type[T], payload: bytes | None = None, timeout: float = 2.0
+    ) -> list[T]:
+        out = []
+        for key, data in self.get(selector, payload, timeout):
+            msg = self.decode(key, data, schema)
+            if msg is not None:
+                out.append(msg)
+        return out
+
+    # -- liveliness --------------------------------------------------------
+    def liveliness_token(self, key: str) -> None:
+        self._entities.append(self.session.liveliness().declare_token(key))
+
+    def watch_liveliness(self, key_expr: str, callback: Callable[[str, bool], None], *, history: bool = True) -> None:
+        """callback(key, alive) when a token matching key_expr appears or vanishes."""
+
+        def on_sample(sample: zenoh.Sample) -> None:
+            key = str(sample.key_expr)
+            try:
+                callback(key, sample.kind == zenoh.SampleKind.PUT)
+            except Exception:
+                log.exception("error handling liveliness of %s", key)
+
+        self._entities.append(self.session.liveliness().declare_subscriber(key_expr, on_sample, history=history))
+
+    def alive(self, key_expr: str, timeout: float = 1.0) -> list[str]:
+        """The keys of the liveliness tokens alive now."""
+        return [str(r.ok.key_expr) for r in self.session.liveliness().get(key_expr, timeout=timeout) if r.ok]

@@ -1,0 +1,49 @@
+"""`ank-router`: the embedded system's Zenoh router, as a Python process
+(there is no zenohd on PyPI or in Debian)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import zenoh
+
+from services.logsetup import setup_logging
+
+_CHECKOUT = Path(__file__).resolve().parents[2] / "router.json5"
+DEFAULT_CONFIG = _CHECKOUT if _CHECKOUT.exists() else Path(__file__).resolve().parent / "router.json5"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ank-router", description=__doc__)
+    parser.add_argument("--zenoh-config", default=str(DEFAULT_CONFIG), help="router configuration (json5)")
+    parser.add_argument("--listen", action="append", help="endpoint to listen on, e.g. tcp/127.0.0.1:7447")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    args = parser.parse_args(argv)
+    log = setup_logging("ank-router", args.verbose)
+    try:
+        conf = zenoh.Config.from_file(args.zenoh_config)
+        if args.listen:
+            conf.insert_json5("listen/endpoints", json.dumps(args.listen))
+        session = zenoh.open(conf)
+    except Exception as exc:
+        print(f"ank-router: cannot start: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("router up (zid %s)", session.info.zid())
+    try:
+        stop.wait()
+    finally:
+        session.close()
+    log.info("router stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
