@@ -51,6 +51,9 @@ class PlannedWorkload(msgspec.Struct, frozen=True, rename="camel"):
     name: str
     instance: str
     workload: Workload
+    # "" run it; "WaitingToStart" dependencies not met, do not start;
+    # "WaitingToStop" deleted but still needed by dependents, keep running.
+    hold: Literal["", "WaitingToStart", "WaitingToStop"] = ""
 
 
 class AgentPlan(Message, frozen=True, kw_only=True):

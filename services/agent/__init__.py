@@ -1,0 +1,1 @@
+"""The agent: runs the workloads of one node (services.agent.shell)."""

@@ -1,0 +1,1 @@
+"""Runtime connectors, one folder each, behind services.agent.runtimes.base.Runtime."""
