@@ -1,0 +1,1 @@
+"""`ank`: the command-line client, with Eclipse Ankaios's verbs, over Zenoh."""

@@ -1,0 +1,85 @@
+"""The CLI's side of the bus: queries to the planner and the state stream."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from schemas.messages import (
+    AgentStatus,
+    ApplyRequest,
+    ApplyResult,
+    CompleteState,
+    DeleteRequest,
+    EnergyReport,
+    Event,
+    WorkloadState,
+)
+from services.bus import Bus
+
+
+class NoPlanner(Exception):
+    """No planner answered within the response timeout."""
+
+
+class Client:
+    def __init__(self, bus: Bus, timeout: float) -> None:
+        self.bus = bus
+        self.timeout = timeout
+
+    def _query(self, key: str, payload: bytes | None, schema: type[msgspec.Struct]) -> msgspec.Struct:
+        replies = self.bus.get_decoded(key, schema, payload=payload, timeout=self.timeout)
+        if not replies:
+            raise NoPlanner(
+                f"no planner answered on {key} within {self.timeout:g} s "
+                "(is `ank-planner` running and connected to the same Zenoh router?)"
+            )
+        return replies[0]
+
+    def apply(self, request: ApplyRequest) -> ApplyResult:
+        result = self._query("ank/cmd/apply", self.bus.encode(request), ApplyResult)
+        assert isinstance(result, ApplyResult)
+        return result
+
+    def delete(self, names: list[str]) -> ApplyResult:
+        result = self._query("ank/cmd/delete", self.bus.encode(DeleteRequest(workloads=names)), ApplyResult)
+        assert isinstance(result, ApplyResult)
+        return result
+
+    def state(self) -> CompleteState:
+        result = self._query("ank/cmd/state", None, CompleteState)
+        assert isinstance(result, CompleteState)
+        return result
+
+    def agent_statuses(self) -> dict[str, AgentStatus]:
+        """The latest status of every live agent (waits one status period)."""
+        alive = {k.rsplit("/", 1)[-1] for k in self.bus.alive("ank/agents/*", timeout=self.timeout)}
+        statuses: dict[str, AgentStatus] = {}
+        done = threading.Event()
+
+        def on_status(key: str, st: AgentStatus) -> None:
+            statuses[st.agent] = st
+            if alive <= set(statuses):
+                done.set()
+
+        self.bus.subscribe("ank/agents/*/status", AgentStatus, on_status)
+        if alive:
+            done.wait(min(self.timeout, 2.5))
+        return {name: statuses[name] for name in sorted(alive) if name in statuses} | {
+            name: AgentStatus(agent=name, arch="?", os="?") for name in sorted(alive) if name not in statuses
+        }
+
+    def energy(self, wait: float = 0.5) -> dict[str, EnergyReport]:
+        reports: dict[str, EnergyReport] = {}
+        self.bus.subscribe("ank/energy/*", EnergyReport, lambda k, r: reports.__setitem__(r.node, r))
+        time.sleep(wait)  # energy reports are periodic puts: sample one period
+        return reports
+
+    def watch_states(self, callback: Callable[[WorkloadState], None]) -> None:
+        self.bus.subscribe("ank/state/**", WorkloadState, lambda _k, st: callback(st))
+
+    def watch_events(self, callback: Callable[[Event], None]) -> None:
+        self.bus.subscribe("ank/events/**", Event, lambda _k, ev: callback(ev))

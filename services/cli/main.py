@@ -1,0 +1,476 @@
+"""`ank`: Eclipse Ankaios's CLI verbs, spoken over Zenoh.
+
+ank apply [-d] [--agent A] [--dry-run] FILE|-
+ank delete workload NAME...
+ank get workloads [-a AGENT] [-s STATE] [NAME...] [-w] [-o table|json|yaml]
+ank get workload NAME
+ank get state [-o yaml|json]
+ank get agents | nodes
+ank get events [-w]
+ank logs NAME [-f] [-t N]
+ank run workload NAME --runtime R --config C --agent A
+ank set state MASK... FILE
+ank up [MANIFEST] [--agent NAME]
+ank dashboard
+ank sim fleet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import msgspec
+import yaml
+
+from schemas.messages import ApplyRequest, ApplyResult, Event, WorkloadState
+from services.bus import Bus, BusConfigError
+from services.cli import views
+from services.cli.client import Client, NoPlanner
+
+EXIT_OK, EXIT_ERROR, EXIT_NO_SERVER = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ank", description="ank-zenoh: Ankaios-compatible orchestration over Zenoh")
+    p.add_argument(
+        "-k", "--insecure", action="store_true", help="accepted for Ankaios compatibility (the seed uses it)"
+    )
+    p.add_argument("-s", "--server-url", help="Zenoh endpoint of the router, e.g. tcp/127.0.0.1:7447")
+    p.add_argument("--zenoh-config", help="Zenoh configuration file (default zenoh.json5)")
+    p.add_argument("--response-timeout", type=float, default=5.0, help="seconds to wait for the planner (default 5)")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--no-wait", action="store_true", help="do not wait for workloads to settle")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ap = sub.add_parser("apply", help="apply a manifest (add or update its workloads)")
+    ap.add_argument("manifest", help="manifest file, or - for stdin")
+    ap.add_argument("-d", "--delete", action="store_true", help="delete the manifest's workloads")
+    ap.add_argument("--agent", default=None, help="agent for workloads without one ('' = NotScheduled)")
+    ap.add_argument("--dry-run", action="store_true", help="validate and print the rendered manifest; no bus")
+    ap.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for workloads to settle")
+
+    de = sub.add_parser("delete", help="delete workloads")
+    de_sub = de.add_subparsers(dest="object", required=True)
+    dw = de_sub.add_parser("workload", aliases=["workloads"])
+    dw.add_argument("names", nargs="+")
+    dw.add_argument("--timeout", type=float, default=60.0)
+
+    ge = sub.add_parser("get", help="show state")
+    ge_sub = ge.add_subparsers(dest="object", required=True)
+    gws = ge_sub.add_parser("workloads")
+    gws.add_argument("names", nargs="*")
+    gws.add_argument("-a", "--agent")
+    gws.add_argument("-s", "--state")
+    gws.add_argument("-w", "--watch", action="store_true")
+    gws.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    gw = ge_sub.add_parser("workload")
+    gw.add_argument("name")
+    gw.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    gs = ge_sub.add_parser("state")
+    gs.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    for name in ("agents", "nodes"):
+        ga = ge_sub.add_parser(name)
+        ga.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    gev = ge_sub.add_parser("events")
+    gev.add_argument("-w", "--watch", action="store_true")
+    gev.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    lg = sub.add_parser("logs", help="a workload's output")
+    lg.add_argument("name")
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.add_argument("-t", "--tail", type=int)
+
+    ru = sub.add_parser("run", help="run one workload without a manifest file")
+    ru_sub = ru.add_subparsers(dest="object", required=True)
+    rw = ru_sub.add_parser("workload")
+    rw.add_argument("name")
+    rw.add_argument("--runtime", required=True)
+    rw.add_argument("--config", required=True, help="the runtimeConfig text")
+    rw.add_argument("--agent", required=True)
+    rw.add_argument("--restart-policy", default="NEVER", choices=["NEVER", "ON_FAILURE", "ALWAYS"])
+    rw.add_argument("--timeout", type=float, default=120.0)
+
+    se = sub.add_parser("set", help="Ankaios `set state` with update masks")
+    se_sub = se.add_subparsers(dest="object", required=True)
+    ss = se_sub.add_parser("state")
+    ss.add_argument("args", nargs="+", metavar="MASK... FILE")
+    ss.add_argument("--timeout", type=float, default=120.0)
+
+    up = sub.add_parser("up", help="start the embedded system on this machine")
+    up.add_argument("manifest", nargs="?")
+    up.add_argument("--agent", default=None, help="the agent's name (default: the host name)")
+    up.add_argument("--state-dir", default=".ank")
+    up.add_argument("--port", type=int, default=7447, help="the router's loopback port")
+    up.add_argument("--no-watch", action="store_true", help="print state changes as lines instead of a live table")
+
+    da = sub.add_parser("dashboard", help="the web dashboard and read-only HTTP API")
+    da.add_argument("rest", nargs=argparse.REMAINDER)
+
+    si = sub.add_parser("sim", help="simulations")
+    si_sub = si.add_subparsers(dest="object", required=True)
+    sf = si_sub.add_parser("fleet", help="the fleet energy study")
+    sf.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from services.logsetup import setup_logging
+
+    setup_logging("ank", args.verbose, quiet=not args.verbose)
+    try:
+        return _dispatch(args)
+    except NoPlanner as exc:
+        print(f"ank: {exc}", file=sys.stderr)
+        return EXIT_NO_SERVER
+    except BusConfigError as exc:
+        print(f"ank: {exc}", file=sys.stderr)
+        return EXIT_NO_SERVER
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "apply" and args.dry_run:
+        from services.manifest import dry_run
+
+        return int(dry_run(args.manifest, args.agent, args.output, sys.stdout, sys.stderr))
+    if args.command == "up":
+        from services.cli.up import run_up
+
+        return run_up(args)
+    if args.command == "dashboard":
+        import importlib
+
+        dashboard = importlib.import_module("services.dashboard")
+        return int(dashboard.main(_bus_args(args) + args.rest))
+    if args.command == "sim":
+        from services.scheduler.sim import main as sim_main
+
+        return int(sim_main(args.rest))
+    with Bus("ank-cli", config=args.zenoh_config, server=args.server_url) as bus:
+        client = Client(bus, args.response_timeout)
+        return COMMANDS[(args.command, getattr(args, "object", None))](client, args)
+
+
+def _bus_args(args: argparse.Namespace) -> list[str]:
+    out = []
+    if args.server_url:
+        out += ["--server", args.server_url]
+    if args.zenoh_config:
+        out += ["--zenoh-config", args.zenoh_config]
+    return out
+
+
+# -- apply / delete / set state / run ------------------------------------------
+def _read_source(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def cmd_apply(client: Client, args: argparse.Namespace) -> int:
+    try:
+        text = _read_source(args.manifest)
+    except OSError as exc:
+        print(f"ank: cannot read {args.manifest}: {exc.strerror}", file=sys.stderr)
+        return EXIT_ERROR
+    request = ApplyRequest(manifest=text, agent=args.agent, delete=args.delete)
+    return _apply_and_wait(client, args, request)
+
+
+def cmd_set_state(client: Client, args: argparse.Namespace) -> int:
+    *masks, path = args.args
+    if not masks:
+        print("ank: set state needs at least one update mask and a file", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        text = _read_source(path)
+    except OSError as exc:
+        print(f"ank: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return EXIT_ERROR
+    return _apply_and_wait(client, args, ApplyRequest(manifest=text, masks=masks))
+
+
+def cmd_run(client: Client, args: argparse.Namespace) -> int:
+    manifest = {
+        "apiVersion": "v1",
+        "workloads": {
+            args.name: {
+                "runtime": args.runtime,
+                "agent": args.agent,
+                "restartPolicy": args.restart_policy,
+                "runtimeConfig": args.config,
+            }
+        },
+    }
+    return _apply_and_wait(client, args, ApplyRequest(manifest=json.dumps(manifest)))
+
+
+def cmd_delete(client: Client, args: argparse.Namespace) -> int:
+    states: list[WorkloadState] = []
+    lock = threading.Condition()
+    if not args.no_wait:
+        client.watch_states(lambda st: _append(lock, states, st))
+    result = client.delete(args.names)
+    return _report_and_wait(client, args, result, states, lock, since_ms=0)
+
+
+def _append(lock: threading.Condition, states: list[WorkloadState], st: WorkloadState) -> None:
+    with lock:
+        states.append(st)
+        lock.notify_all()
+
+
+def _apply_and_wait(client: Client, args: argparse.Namespace, request: ApplyRequest) -> int:
+    states: list[WorkloadState] = []
+    lock = threading.Condition()
+    if not args.no_wait:
+        client.watch_states(lambda st: _append(lock, states, st))
+    since_ms = time.time_ns() // 1_000_000
+    result = client.apply(request)
+    return _report_and_wait(client, args, result, states, lock, since_ms=since_ms)
+
+
+def _report_and_wait(
+    client: Client,
+    args: argparse.Namespace,
+    result: ApplyResult,
+    states: list[WorkloadState],
+    lock: threading.Condition,
+    *,
+    since_ms: int,
+) -> int:
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if not result.ok:
+        for e in result.errors:
+            print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if not args.quiet:
+        for label, names in (("added", result.added), ("updated", result.updated), ("deleted", result.deleted)):
+            for name in names:
+                print(f"{label}: {name}")
+        for name in result.unchanged:
+            print(f"unchanged: {name}")
+    if args.no_wait:
+        return EXIT_OK
+    waiting = {n: False for n in result.added + result.updated} | {n: True for n in result.deleted}
+    if not waiting:
+        return EXIT_OK
+    # States already current before our subscription saw them: read them once.
+    for st in client.state().workload_states:
+        _append(lock, states, st)
+    deadline = time.monotonic() + args.timeout
+    with lock:
+        while True:
+            latest = views.latest_states(s for s in states if s.time_ms >= since_ms or s.workload in result.deleted)
+            pending = [
+                n
+                for n, deleting in waiting.items()
+                if not views.settled(
+                    (latest[n].execution_state.state, latest[n].execution_state.substate) if n in latest else None,
+                    deleting=deleting,
+                )
+            ]
+            if not pending:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                print(f"ank: timed out waiting for {', '.join(sorted(pending))} to settle", file=sys.stderr)
+                return EXIT_ERROR
+            lock.wait(remaining)
+    if not args.quiet:
+        for n in sorted(waiting):
+            final = latest.get(n)
+            where = f" ({final.agent})" if final and final.agent else ""
+            print(f"{n}: {final.execution_state if final else 'Removed'}{where}")
+    return EXIT_OK
+
+
+# -- get -----------------------------------------------------------------------
+def _rows(client: Client, args: argparse.Namespace) -> list[dict[str, Any]]:
+    cs = client.state()
+    return views.workload_rows(
+        cs.desired, cs.workload_states, names=args.names or None, agent=args.agent, state=args.state
+    )
+
+
+def cmd_get_workloads(client: Client, args: argparse.Namespace) -> int:
+    if args.watch:
+        from services.cli.live import watch_workloads
+
+        return watch_workloads(client, args)
+    rows = _rows(client, args)
+    if args.output == "json":
+        print(json.dumps(rows, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(rows, sort_keys=False), end="")
+    else:
+        from services.cli.live import workloads_table
+
+        _console().print(workloads_table(rows))
+    return EXIT_OK
+
+
+def cmd_get_workload(client: Client, args: argparse.Namespace) -> int:
+    cs = client.state()
+    if args.name not in cs.desired.workloads and not any(s.workload == args.name for s in cs.workload_states):
+        print(f"ank: workload {args.name!r} not found", file=sys.stderr)
+        return EXIT_ERROR
+    lines = views.workload_detail(args.name, cs.desired, cs.workload_states)
+    if args.output == "table":
+        width = max(len(k) for k, _ in lines)
+        for k, v in lines:
+            print(f"{k + ':':<{width + 1}} {v}")
+    else:
+        row = views.workload_row(args.name, cs.desired, views.latest_states(cs.workload_states).get(args.name))
+        wl = cs.desired.workloads.get(args.name)
+        row["dependencies"] = {d: c for d, c in sorted(wl.dependencies.items())} if wl else {}
+        print(json.dumps(row, indent=2) if args.output == "json" else yaml.safe_dump(row, sort_keys=False), end="\n")
+    return EXIT_OK
+
+
+def cmd_get_state(client: Client, args: argparse.Namespace) -> int:
+    cs = client.state()
+    doc = {
+        "desiredState": msgspec.to_builtins(cs.desired),
+        "workloadStates": [msgspec.to_builtins(s) for s in views.latest_states(cs.workload_states).values()],
+        "agents": cs.agents,
+    }
+    print(json.dumps(doc, indent=2) if args.output == "json" else yaml.safe_dump(doc, sort_keys=False), end="\n")
+    return EXIT_OK
+
+
+def cmd_get_agents(client: Client, args: argparse.Namespace) -> int:
+    statuses = client.agent_statuses()
+    energy = client.energy()
+    rows: list[dict[str, Any]] = []
+    for name, st in statuses.items():
+        e = energy.get(name)
+        rows.append(
+            {
+                "name": name,
+                "alive": True,
+                "arch": st.arch,
+                "os": st.os,
+                "tags": st.tags,
+                "cpuPercent": st.cpu_percent,
+                "freeMemoryBytes": st.free_memory_bytes,
+                "runtimes": st.runtimes,
+                "workloads": len(st.workloads),
+                "energyWh": e.energy_wh if e else None,
+                "pose": [e.x, e.y] if e and e.x is not None else None,
+            }
+        )
+    if args.output == "json":
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table("AGENT", "ARCH", "CPU %", "FREE MEM", "ENERGY", "POSE", "RUNTIMES", "TAGS")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["arch"],
+            f"{r['cpuPercent']:.0f}",
+            f"{r['freeMemoryBytes'] / 2**20:.0f} MiB",
+            "-" if r["energyWh"] is None else f"{r['energyWh']:.1f} Wh",
+            "-" if r["pose"] is None else f"({r['pose'][0]:.1f}, {r['pose'][1]:.1f})",
+            ",".join(r["runtimes"]),
+            ",".join(f"{k}={v}" for k, v in r["tags"].items()),
+        )
+    _console().print(table)
+    return EXIT_OK
+
+
+def cmd_get_events(client: Client, args: argparse.Namespace) -> int:
+    got: list[Event] = []
+    done = threading.Event()
+
+    def on_event(ev: Event) -> None:
+        if args.watch:
+            _print_event(ev, args.output)
+        else:
+            got.append(ev)
+
+    client.watch_events(on_event)
+    # Recent events are kept by the planner; the live ones come from the stream.
+    replies = client.bus.get_decoded("ank/events/**", Event, timeout=client.timeout)
+    for ev in sorted(replies, key=lambda e: e.time_ms):
+        _print_event(ev, args.output)
+    if args.watch:
+        signal.signal(signal.SIGTERM, lambda *_: done.set())
+        try:
+            done.wait()
+        except KeyboardInterrupt:
+            pass
+    return EXIT_OK
+
+
+def _print_event(ev: Event, output: str) -> None:
+    if output == "json":
+        print(msgspec.json.encode(ev).decode(), flush=True)
+    else:
+        when = time.strftime("%H:%M:%S", time.localtime(ev.time_ms / 1000)) if ev.time_ms else "--:--:--"
+        print(f"{when} {ev.severity:<7} {ev.kind:<18} {ev.subject:<24} {ev.message}", flush=True)
+
+
+def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    cs = client.state()
+    st = views.latest_states(cs.workload_states).get(args.name)
+    if st is None or not st.agent:
+        print(f"ank: workload {args.name!r} has no agent running it", file=sys.stderr)
+        return EXIT_ERROR
+    offset = 0
+    key = f"ank/logs/{st.agent}/{args.name}"
+    tail = f"tail={args.tail}" if args.tail is not None else ""
+    first = True
+    while True:
+        params = tail if first else f"offset={offset}"
+        replies = client.bus.get(f"{key}?{params}" if params else key, timeout=client.timeout)
+        if not replies:
+            print(f"ank: agent {st.agent} did not answer for {args.name}'s logs", file=sys.stderr)
+            return EXIT_ERROR
+        chunk = msgspec.json.decode(replies[0][1])
+        sys.stdout.write(chunk.get("text", ""))
+        sys.stdout.flush()
+        offset = int(chunk.get("offset", offset))
+        first = False
+        if not args.follow:
+            return EXIT_OK
+        time.sleep(0.5)  # follow: ask the agent for what was written since
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+COMMANDS = {
+    ("apply", None): cmd_apply,
+    ("delete", "workload"): cmd_delete,
+    ("delete", "workloads"): cmd_delete,
+    ("get", "workloads"): cmd_get_workloads,
+    ("get", "workload"): cmd_get_workload,
+    ("get", "state"): cmd_get_state,
+    ("get", "agents"): cmd_get_agents,
+    ("get", "nodes"): cmd_get_agents,
+    ("get", "events"): cmd_get_events,
+    ("logs", None): cmd_logs,
+    ("run", "workload"): cmd_run,
+    ("set", "state"): cmd_set_state,
+}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

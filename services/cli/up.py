@@ -1,0 +1,162 @@
+"""`ank up [MANIFEST]`: the whole embedded system on one machine — a Zenoh
+router, the planner, one agent, the health-watcher and the scheduler, each a
+separate child process — then the manifest applied and the live table until
+Ctrl-C, after which every child is stopped (SIGTERM, then SIGKILL after a
+grace period): no stray process is left."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from schemas.messages import ApplyRequest
+from services.bus import Bus
+from services.cli.client import Client, NoPlanner
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def child_environment(endpoint: str) -> dict[str, str]:
+    """Children (and the workloads the agent starts) reach the same router and
+    find this checkout's programs: the venv's bin first in PATH, the checkout
+    on PYTHONPATH."""
+    env = dict(os.environ)
+    env["ANK_SERVER"] = endpoint
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("CONTAINERS_CONF", str(ROOT / "containers.conf"))
+    return env
+
+
+def services(agent: str, state_dir: Path, endpoint: str) -> list[tuple[str, list[str]]]:
+    py = sys.executable
+    return [
+        ("router", [py, "-m", "services.bus.router", "--listen", endpoint]),
+        ("planner", [py, "-m", "services.planner", "--state-dir", str(state_dir / "planner")]),
+        ("agent", [py, "-m", "services.agent", "--name", agent, "--run-dir", str(state_dir / "agents" / agent)]),
+        ("health-watcher", [py, "-m", "services.health_watcher", "--agent", agent]),
+        ("scheduler", [py, "-m", "services.scheduler"]),
+    ]
+
+
+class Embedded:
+    """The child processes of `ank up`, started in order, stopped in reverse."""
+
+    def __init__(self, agent: str, state_dir: Path, port: int) -> None:
+        self.agent = agent
+        self.state_dir = state_dir
+        self.endpoint = f"tcp/127.0.0.1:{port}"
+        self.port = port
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.env = child_environment(self.endpoint)
+
+    def start(self) -> None:
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        for name, argv in services(self.agent, self.state_dir, self.endpoint):
+            log = open(self.state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child
+            proc = subprocess.Popen(
+                argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            log.close()
+            self.children.append((name, proc))
+            if name == "router":
+                _wait_port(self.port, proc)
+
+    def stop(self, grace: float = 10.0) -> None:
+        for _name, proc in reversed(self.children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for _name, proc in reversed(self.children):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+    def dead(self) -> list[str]:
+        return [name for name, proc in self.children if proc.poll() is not None]
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the router exited with {proc.returncode} (is port {port} in use?)")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"the router did not listen on port {port} within {timeout:g} s")
+
+
+def run_up(args: argparse.Namespace) -> int:
+    agent = args.agent or socket.gethostname().split(".")[0].replace(".", "-")
+    system = Embedded(agent, Path(args.state_dir).resolve(), args.port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        system.start()
+        print(f"ank up: router {system.endpoint}, agent {agent!r}, state in {system.state_dir}", file=sys.stderr)
+        with Bus("ank-up", server=system.endpoint) as bus:
+            client = Client(bus, args.response_timeout)
+            _wait_planner(client, system)
+            if args.manifest:
+                with open(args.manifest, encoding="utf-8") as f:
+                    result = client.apply(ApplyRequest(manifest=f.read(), agent=agent))
+                for w in result.warnings:
+                    print(f"warning: {w}", file=sys.stderr)
+                if not result.ok:
+                    for e in result.errors:
+                        print(f"error: {e}", file=sys.stderr)
+                    return 1
+                print(
+                    f"ank up: applied {args.manifest}: added {', '.join(result.added) or '-'}; "
+                    f"updated {', '.join(result.updated) or '-'}",
+                    file=sys.stderr,
+                )
+            from services.cli.live import watch_workloads
+
+            watcher_args = argparse.Namespace(names=None, agent=None, state=None)
+            watch = threading.Thread(target=watch_workloads, args=(client, watcher_args, stop), daemon=True)
+            watch.start()
+            while not stop.is_set():
+                if stop.wait(0.5):
+                    break
+                dead = system.dead()
+                if dead:
+                    print(f"ank up: {', '.join(dead)} exited; stopping", file=sys.stderr)
+                    return 1
+            watch.join(2)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    except (RuntimeError, NoPlanner, OSError) as exc:
+        print(f"ank up: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stop.set()
+        print("ank up: stopping", file=sys.stderr)
+        system.stop()
+
+
+def _wait_planner(client: Client, system: Embedded, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.state()
+            return
+        except NoPlanner:
+            if system.dead():
+                raise RuntimeError(f"{', '.join(system.dead())} exited at start; see {system.state_dir}/logs") from None
+            if time.monotonic() > deadline:
+                raise

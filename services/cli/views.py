@@ -1,0 +1,144 @@
+"""What the CLI shows, as pure functions of the contract's values: rows for
+`ank get workloads`, the detail of `ank get workload NAME`, and whether an
+apply has settled. No I/O here; rendering to the terminal is main.py's."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+from schemas.manifest import Manifest
+from schemas.messages import WorkloadState
+
+# States after which `ank apply` stops waiting for a workload: it is running,
+# finished, failed, waiting on something outside this apply, or unplaceable.
+TRANSIENT = {("Pending", "Initial"), ("Pending", "Starting"), ("Stopping", "Stopping")}
+
+CONDITION_STATE = {
+    "ADD_COND_RUNNING": ("Running", "Ok"),
+    "ADD_COND_SUCCEEDED": ("Succeeded", "Ok"),
+    "ADD_COND_FAILED": ("Failed", "ExecFailed"),
+}
+
+STATE_STYLE = {
+    "Running": "green",
+    "Succeeded": "cyan",
+    "Pending": "yellow",
+    "Stopping": "magenta",
+    "Failed": "red",
+    "NotScheduled": "bright_black",
+    "AgentDisconnected": "red",
+    "Removed": "bright_black",
+}
+
+
+def latest_states(states: Iterable[WorkloadState]) -> dict[str, WorkloadState]:
+    """The newest state per workload name (by time, then seq)."""
+    out: dict[str, WorkloadState] = {}
+    for st in states:
+        cur = out.get(st.workload)
+        if cur is None or (st.time_ms, st.seq) >= (cur.time_ms, cur.seq):
+            out[st.workload] = st
+    return out
+
+
+def workload_row(name: str, desired: Manifest | None, st: WorkloadState | None) -> dict[str, Any]:
+    """The JSON object `ank get workloads -o json` prints for one workload."""
+    wl = desired.workloads.get(name) if desired else None
+    agent = st.agent if st else (wl.agent or "" if wl else "")
+    return {
+        "name": name,
+        "agent": agent,
+        "runtime": (wl.runtime if wl else (st.runtime if st else "")),
+        "state": st.execution_state.state if st else "Pending",
+        "substate": st.execution_state.substate if st else "Initial",
+        "additionalInfo": st.execution_state.additional_info if st else "",
+        "restartCount": st.restart_count if st else 0,
+        "exitCode": st.exit_code if st else None,
+        "health": st.health if st else "",
+        "lastError": st.last_error if st else "",
+        "lastRestartMs": st.last_restart_ms if st else None,
+        "instance": st.instance if st else "",
+    }
+
+
+def workload_rows(
+    desired: Manifest | None,
+    states: Iterable[WorkloadState],
+    *,
+    names: list[str] | None = None,
+    agent: str | None = None,
+    state: str | None = None,
+) -> list[dict[str, Any]]:
+    """Rows for every desired workload (and every known state of one no longer
+    desired but not yet Removed), filtered as `ank get workloads` filters."""
+    latest = latest_states(states)
+    wanted = set(desired.workloads) if desired else set()
+    wanted |= {n for n, st in latest.items() if st.execution_state.state != "Removed"}
+    rows = [workload_row(n, desired, latest.get(n)) for n in sorted(wanted)]
+    if names:
+        rows = [r for r in rows if r["name"] in names]
+    if agent is not None:
+        rows = [r for r in rows if r["agent"] == agent]
+    if state is not None:
+        rows = [r for r in rows if r["state"].lower() == state.lower()]
+    return rows
+
+
+def execution_text(row: dict[str, Any]) -> str:
+    return f"{row['state']}({row['substate']})" if row["substate"] else row["state"]
+
+
+def workload_detail(name: str, desired: Manifest | None, states: Iterable[WorkloadState]) -> list[tuple[str, str]]:
+    """`ank get workload NAME`: label/value lines, with each dependency's
+    condition and its current state."""
+    latest = latest_states(states)
+    row = workload_row(name, desired, latest.get(name))
+    wl = desired.workloads.get(name) if desired else None
+    lines = [
+        ("Name", name),
+        ("Agent", row["agent"] or "(none)"),
+        ("Runtime", row["runtime"]),
+        ("State", execution_text(row)),
+        ("Reason", row["additionalInfo"] or "-"),
+        ("Restart policy", wl.restart_policy if wl else "-"),
+        ("Restart count", str(row["restartCount"])),
+        ("Last exit code", "-" if row["exitCode"] is None else str(row["exitCode"])),
+        ("Last error", row["lastError"] or "-"),
+        ("Last restart", _time_text(row["lastRestartMs"])),
+        ("Health", row["health"] or "-"),
+    ]
+    if wl and wl.dependencies:
+        for dep, cond in sorted(wl.dependencies.items()):
+            lines.append(("Dependency", f"{dep}: {dependency_text(cond, latest.get(dep))}"))
+    else:
+        lines.append(("Dependencies", "none"))
+    return lines
+
+
+def dependency_text(condition: str, st: WorkloadState | None) -> str:
+    """e.g. `ADD_COND_RUNNING: WAITING (current: Pending(Starting))`."""
+    current = str(st.execution_state) if st else "absent"
+    want = CONDITION_STATE.get(condition)
+    met = st is not None and want == (st.execution_state.state, st.execution_state.substate)
+    return f"{condition}: {'MET' if met else 'WAITING'} (current: {current})"
+
+
+def _time_text(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def settled(
+    row_state: tuple[str, str] | None,
+    *,
+    deleting: bool,
+) -> bool:
+    """Whether `ank apply` may stop waiting for a workload in this state."""
+    if row_state is None:
+        return False
+    if deleting:
+        return row_state[0] == "Removed"
+    return row_state not in TRANSIENT and row_state[0] != "Removed"
