@@ -10,6 +10,7 @@ command -v influxd >/dev/null 2>&1 || want+=(influxdb)
 command -v supervisord >/dev/null 2>&1 || want+=(supervisor)
 command -v ip >/dev/null 2>&1 || want+=(iproute2)
 command -v openssl >/dev/null 2>&1 || want+=(openssl)
+command -v chromium >/dev/null 2>&1 || want+=(chromium)
 [ ${#want[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "system-deps: cannot install ${want[*]} (not root or no apt-get); tests needing them will skip" >&2
