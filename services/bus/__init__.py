@@ -28,6 +28,7 @@ import zenoh
 from schemas.messages import Event, Message
 
 T = TypeVar("T", bound=msgspec.Struct)
+E = TypeVar("E")
 log = logging.getLogger("ank.bus")
 
 JSON = zenoh.Encoding.APPLICATION_JSON
@@ -136,6 +137,11 @@ class Bus:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _declared(self, entity: E) -> E:
+        """Keeps an entity for close(); callers may undeclare() it earlier."""
+        self._entities.append(entity)
+        return entity
+
     # -- publishing --------------------------------------------------------
     def stamp(self, msg: T) -> T:
         """The message with this bus's envelope (sender, seq)."""
@@ -203,7 +209,7 @@ class Bus:
         if report and not key.startswith("ank/events/"):
             self.event("dropped", f"{self.name} dropped a message on {key}: {reason}", subject=key, severity="warning")
 
-    def subscribe(self, key_expr: str, schema: type[T], callback: Callable[[str, T], None]) -> None:
+    def subscribe(self, key_expr: str, schema: type[T], callback: Callable[[str, T], None]) -> zenoh.Subscriber:
         """Calls callback(key, message) for every valid message on key_expr."""
 
         def on_sample(sample: zenoh.Sample) -> None:
@@ -218,9 +224,9 @@ class Bus:
             except Exception:
                 log.exception("error handling a message on %s", key)
 
-        self._entities.append(self.session.declare_subscriber(key_expr, on_sample))
+        return self._declared(self.session.declare_subscriber(key_expr, on_sample))
 
-    def subscribe_raw(self, key_expr: str, callback: Callable[[str, bytes], None]) -> None:
+    def subscribe_raw(self, key_expr: str, callback: Callable[[str, bytes], None]) -> zenoh.Subscriber:
         """Calls callback(key, payload) for every put on key_expr (for payloads
         that are not a contract Struct, such as a manifest on ank/desired)."""
 
@@ -234,7 +240,7 @@ class Bus:
             except Exception:
                 log.exception("error handling a message on %s", key)
 
-        self._entities.append(self.session.declare_subscriber(key_expr, on_sample))
+        return self._declared(self.session.declare_subscriber(key_expr, on_sample))
 
     def queryable(self, key_expr: str, handler: Callable[[str, bytes | None, str], list[tuple[str, bytes]]]) -> None:
         """Answers queries on key_expr: handler(key, payload, parameters)
