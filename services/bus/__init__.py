@@ -209,7 +209,7 @@ class Bus:
         if report and not key.startswith("ank/events/"):
             self.event("dropped", f"{self.name} dropped a message on {key}: {reason}", subject=key, severity="warning")
 
-    def subscribe(self, key_expr: str, schema: type[T], callback: Callable[[str, T], None]) -> zenoh.Subscriber:
+    def subscribe(self, key_expr: str, schema: type[T], callback: Callable[[str, T], None]) -> zenoh.Subscriber[None]:
         """Calls callback(key, message) for every valid message on key_expr."""
 
         def on_sample(sample: zenoh.Sample) -> None:
@@ -226,7 +226,7 @@ class Bus:
 
         return self._declared(self.session.declare_subscriber(key_expr, on_sample))
 
-    def subscribe_raw(self, key_expr: str, callback: Callable[[str, bytes], None]) -> zenoh.Subscriber:
+    def subscribe_raw(self, key_expr: str, callback: Callable[[str, bytes], None]) -> zenoh.Subscriber[None]:
         """Calls callback(key, payload) for every put on key_expr (for payloads
         that are not a contract Struct, such as a manifest on ank/desired)."""
 
