@@ -1,0 +1,270 @@
+"""`ank-health-watcher`: runs the health checks of the manifest's workloads
+and publishes their verdicts on `ank/health/<agent>/<workload>`.
+
+The shell around services.health_watcher.core: it learns the desired state
+by querying `ank/cmd/state` (at start, shortly after each put on
+`ank/desired`, when a state names a workload it has not seen in the desired
+state, and every few seconds in case it missed one), follows `ank/state/**`,
+runs the probes the core asks for on a small thread pool and feeds their
+results back through the event loop. It answers queries on `ank/health/**`
+with its current verdicts, for late joiners.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+import msgspec
+import zenoh
+
+from schemas.messages import CompleteState, HealthReport, WorkloadState
+from services.bus import Bus, BusConfigError
+from services.bus.loop import EventLoop
+from services.clock import SYSTEM_CLOCK, Clock
+from services.health_watcher import core
+from services.health_watcher.probes import ProbeContext, run_probe
+from services.logsetup import setup_logging
+
+log = logging.getLogger("ank.health")
+
+REFRESH_S = 5.0  # the periodic desired-state query, in case a put on ank/desired was missed
+DESIRED_SETTLE_S = 0.3  # after a put on ank/desired, give the planner time to apply it before asking
+UNKNOWN_WORKLOAD_REFRESH_S = 1.0  # at most this often because of states of workloads not in the desired state
+QUERY_TIMEOUT_S = 2.0
+
+
+class HealthWatcher:
+    """The shell's state: one core state, touched only on the loop thread."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        loop: EventLoop,
+        *,
+        agent: str | None = None,
+        context: ProbeContext | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        workers: int = 4,
+        refresh_s: float = REFRESH_S,
+    ) -> None:
+        self.bus = bus
+        self.loop = loop
+        self.agent = agent
+        self.clock = clock
+        self.context = context or ProbeContext()
+        self.refresh_s = refresh_s
+        self.state = core.initial_state(agent, podman_health=self.context.podman is not None)
+        self._probes = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe")
+        # Bus queries get their own thread: slow probes must not delay learning the desired state.
+        self._queries = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="query")
+        self._query_in_flight = False
+        self._last_query_s = float("-inf")
+        self._desired_names: set[str] = set()
+        self._desired_seq = 0
+        self._wake_at_ms: int | None = None
+        self._zenoh_keys: set[str] = set()
+        # key -> the exact payload last published; replaced whole (never mutated) so
+        # that the queryable, on a Zenoh thread, can read it without a lock.
+        self._published: dict[str, bytes] = {}
+
+    # -- wiring -----------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        states = f"ank/state/{self.agent}/*" if self.agent else "ank/state/**"
+        self.bus.subscribe(states, WorkloadState, lambda _key, ws: self.loop.post(self._on_state, ws))
+        self.bus.subscribe_raw("ank/desired", lambda _key, _payload: self.loop.post(self._on_desired_put))
+        health = f"ank/health/{self.agent}/**" if self.agent else "ank/health/**"
+        self.bus.queryable(health, self._answer_health_query)
+        self.loop.post(self._refresh, True)
+        self.loop.call_later(self.refresh_s, self._periodic_refresh)
+        log.info("watching %s", f"agent {self.agent}" if self.agent else "all agents")
+
+    def close(self) -> None:
+        self.context.close()
+        self._probes.shutdown(wait=False, cancel_futures=True)
+        self._queries.shutdown(wait=False, cancel_futures=True)
+
+    def _now_ms(self) -> int:
+        return int(self.clock.monotonic() * 1000)
+
+    # -- the core's steps -------------------------------------------------------------------------------------------
+    def _apply(self, step: core.Step) -> None:
+        self.state = step.state
+        for action in step.actions:
+            if isinstance(action, core.StartProbe):
+                self._start_probe(action)
+            elif isinstance(action, core.PublishReport):
+                self._publish(action.report)
+            else:
+                log.log(logging.WARNING if action.level == "warning" else logging.INFO, "%s", action.message)
+        self._forget_ended_reports()
+        self._schedule_wake()
+
+    def _schedule_wake(self) -> None:
+        due = core.next_due_ms(self.state)
+        if due is None or (self._wake_at_ms is not None and self._wake_at_ms <= due):
+            return  # a wake-up at or before it is already planned
+        self._wake_at_ms = due
+        self.loop.call_later(max(0.0, (due - self._now_ms()) / 1000), self._on_wake, due)
+
+    def _on_wake(self, planned_ms: int) -> None:
+        if self._wake_at_ms == planned_ms:
+            self._wake_at_ms = None
+        self._apply(core.start_due_probes(self.state, self._now_ms()))
+
+    def _on_state(self, ws: WorkloadState) -> None:
+        self._apply(core.observe_workload_state(self.state, ws, self._now_ms()))
+        if ws.workload not in self._desired_names and ws.execution_state.state == "Running":
+            self._refresh(False, min_gap_s=UNKNOWN_WORKLOAD_REFRESH_S)
+
+    def _on_desired_put(self) -> None:
+        self.loop.call_later(DESIRED_SETTLE_S, self._refresh, False)
+
+    def _periodic_refresh(self) -> None:
+        self._refresh(False)
+        if not self.loop.stopped:
+            self.loop.call_later(self.refresh_s, self._periodic_refresh)
+
+    # -- desired state ----------------------------------------------------------------------------------------------
+    def _refresh(self, with_states: bool, min_gap_s: float = 0.0) -> None:
+        now_s = self.clock.monotonic()
+        if self._query_in_flight or now_s - self._last_query_s < min_gap_s:
+            return
+        self._query_in_flight, self._last_query_s = True, now_s
+        try:
+            self._queries.submit(self._query_state, with_states)
+        except RuntimeError:  # shutting down
+            self._query_in_flight = False
+
+    def _query_state(self, with_states: bool) -> None:
+        """On the query thread: asks the planner (and, at start, the agents)."""
+        complete: CompleteState | None = None
+        states: list[WorkloadState] = []
+        try:
+            replies = self.bus.get_decoded("ank/cmd/state", CompleteState, timeout=QUERY_TIMEOUT_S)
+            complete = max(replies, key=lambda c: c.seq, default=None)
+            if with_states:
+                selector = f"ank/state/{self.agent}/*" if self.agent else "ank/state/**"
+                states = self.bus.get_decoded(selector, WorkloadState, timeout=QUERY_TIMEOUT_S)
+        except Exception as exc:  # a closing session, a Zenoh error: the next refresh tries again
+            log.warning("querying the desired state: %s", exc)
+        self.loop.post(self._on_query_answer, complete, states)
+
+    def _on_query_answer(self, complete: CompleteState | None, states: list[WorkloadState]) -> None:
+        self._query_in_flight = False
+        now = self._now_ms()
+        if complete is None:
+            log.debug("no answer on ank/cmd/state (planner down?): keeping what is known")
+        elif complete.seq and complete.seq < self._desired_seq:
+            log.debug("ignoring an older CompleteState")
+        else:
+            self._desired_seq = complete.seq
+            names = set(complete.desired.workloads)
+            if names != self._desired_names:
+                log.info("desired state: %d workloads", len(names))
+            self._desired_names = names
+            self._apply(core.observe_desired(self.state, complete.desired, now))
+            self._watch_zenoh_keys()
+            states = [*complete.workload_states, *states]
+        for ws in states:
+            self._apply(core.observe_workload_state(self.state, ws, now, snapshot=True))
+
+    def _watch_zenoh_keys(self) -> None:
+        # Subscribers stay declared until the bus closes: Bus has no way to
+        # undeclare one, and a check's key expressions are few.
+        for key_expr in sorted(core.zenoh_keys(self.state) - self._zenoh_keys):
+            self._zenoh_keys.add(key_expr)
+            try:
+                self.bus.subscribe_raw(key_expr, self._touch(key_expr))
+                log.info("following zenoh key %s for freshness checks", key_expr)
+            except Exception as exc:
+                log.warning("cannot subscribe to %s: %s", key_expr, exc)
+
+    def _touch(self, key_expr: str) -> Callable[[str, bytes], None]:
+        freshness = self.context.freshness
+        return lambda _key, _payload: freshness.touch(key_expr)
+
+    # -- probes -----------------------------------------------------------------------------------------------------
+    def _start_probe(self, request: core.StartProbe) -> None:
+        try:
+            future = self._probes.submit(run_probe, request, self.context)
+        except RuntimeError:  # shutting down
+            return
+        future.add_done_callback(lambda f: self.loop.post(self._on_probe_done, request, f))
+
+    def _on_probe_done(self, request: core.StartProbe, future: concurrent.futures.Future[core.ProbeResult]) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            result = future.result()
+        else:  # run_probe does not raise; should it, the series must still go on
+            result = core.ProbeResult(request.series_id, request.workload, ok=False, error=str(error))
+        self._apply(core.observe_probe_result(self.state, result, self._now_ms()))
+
+    # -- reports ----------------------------------------------------------------------------------------------------
+    def _publish(self, report: HealthReport) -> None:
+        key = f"ank/health/{report.agent}/{report.workload}"
+        try:
+            payload = self.bus.encode(msgspec.structs.replace(report, time_ms=self.clock.wall_ms()))
+            self.bus.put(key, payload)
+        except Exception as exc:
+            log.warning("could not publish %s: %s", key, exc)
+            return
+        self._published = {**self._published, key: payload}
+
+    def _forget_ended_reports(self) -> None:
+        live = {f"ank/health/{s.agent}/{s.workload}" for s in self.state.series.values() if not s.inert}
+        if set(self._published) - live:
+            self._published = {k: v for k, v in self._published.items() if k in live}
+
+    def _answer_health_query(self, key: str, _payload: bytes | None, _parameters: str) -> list[tuple[str, bytes]]:
+        asked = zenoh.KeyExpr(key)
+        return [(k, v) for k, v in self._published.items() if asked.intersects(zenoh.KeyExpr(k))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ank-health-watcher", description=__doc__)
+    parser.add_argument("--agent", help="watch only this agent's workloads (default: all)")
+    parser.add_argument("--zenoh-config", help="Zenoh configuration (json5; default zenoh.json5)")
+    parser.add_argument("--server", help="router endpoint host:port (replaces the config's; env ANK_SERVER)")
+    parser.add_argument("--workers", type=int, default=4, help="probes run at once (default 4)")
+    parser.add_argument("--refresh", type=float, default=REFRESH_S, help="seconds between desired-state queries")
+    parser.add_argument("--no-podman", action="store_true", help="do not use podman even where it is installed")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    args = parser.parse_args(argv)
+    setup_logging("ank-health-watcher", args.verbose)
+    if args.workers < 1 or args.refresh <= 0:
+        print("ank-health-watcher: --workers must be at least 1 and --refresh positive", file=sys.stderr)
+        return 2
+    name = f"health-watcher-{args.agent}" if args.agent else "health-watcher"
+    try:
+        bus = Bus(name, config=args.zenoh_config, server=args.server)
+    except BusConfigError as exc:
+        print(f"ank-health-watcher: {exc}", file=sys.stderr)
+        return 2
+    loop = EventLoop()
+    podman = None if args.no_podman else ProbeContext.find_podman()
+    if podman is None:
+        log.info("podman not found: podman HEALTHCHECK status is not reported")
+    watcher = HealthWatcher(
+        bus, loop, agent=args.agent, context=ProbeContext(podman=podman), workers=args.workers, refresh_s=args.refresh
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: loop.stop())
+    try:
+        watcher.start()
+        loop.run()
+    finally:
+        watcher.close()
+        bus.close()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
