@@ -1,0 +1,667 @@
+"""The planner's whole decision logic, pure: no I/O, no clock, no Zenoh, no threads.
+
+Theory of operation
+-------------------
+The planner owns the desired state (a normalised manifest, its rendering and
+the instance id of every rendered workload), the scheduler's bindings, which
+workload instances were released, and which deleted instances must still be
+kept running for their dependents. That part is `Durable`: the shell persists
+it before it acknowledges anything and reloads it on start.
+
+Everything else is observed: which agents are alive (liveliness tokens),
+which agents were ever seen, and the latest WorkloadState of every workload
+(`ank/state/**`). From desired + observed the planner derives, in `_settle`:
+
+1. release: a workload instance gets hold "" once every dependency is in the
+   state its condition names (ADD_CONDITION_MET_BY); until then its hold is
+   "WaitingToStart". Once released it stays released (Ankaios never stops a
+   started workload because a dependency changes later).
+2. delete ordering: an instance that leaves an agent's plan (deleted, updated,
+   moved) while workloads need it with ADD_COND_RUNNING stays in the plan with
+   hold "WaitingToStop" (a `Retiring` entry) until every such dependent is
+   neither Running nor Pending (KEEPS_DEPENDENCY_ALIVE); then it leaves the
+   plan and the agent stops it. An update is delete-then-create: the old
+   instance retires first, the new one follows under its own release rule.
+3. the states no live agent owns (DERIVED_STATE): NotScheduled (no agent),
+   Pending(Initial) (agent never seen), AgentDisconnected (agent lost), and
+   Removed when such a workload leaves that key.
+4. one AgentPlan per agent; a plan whose workloads changed gets a new
+   generation, higher than any before, also across restarts (persisted, and
+   never below the wall clock in microseconds).
+
+Every event function takes the state, the event and the wall clock `now_ms`,
+and returns a `Step`: the new state and the actions for the shell to run in
+order (Persist first, then publications). Replies to queries are returned
+alongside.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import msgspec
+
+from schemas.manifest import DependencyCondition, Manifest
+from schemas.messages import (
+    AgentPlan,
+    ApplyResult,
+    Binding,
+    CompleteState,
+    PlannedWorkload,
+    ValidationIssue,
+    WorkloadState,
+)
+from schemas.state import ExecutionState
+from services.manifest import (
+    apply_update_masks,
+    find_dependency_cycle,
+    instance_id,
+    parse_manifest,
+    parse_state_file,
+    render_manifest,
+)
+from services.manifest.core import agent_name_problem
+
+Hold = Literal["", "WaitingToStart", "WaitingToStop"]
+UNSCHEDULED = "~"  # the agent segment of state keys of workloads without an agent
+
+# Which (state, substate) of a dependency fulfils each add condition (Ankaios).
+ADD_CONDITION_MET_BY: dict[DependencyCondition, tuple[str, str]] = {
+    "ADD_COND_RUNNING": ("Running", "Ok"),
+    "ADD_COND_SUCCEEDED": ("Succeeded", "Ok"),
+    "ADD_COND_FAILED": ("Failed", "ExecFailed"),
+}
+
+# States of a dependent that keep a deleted ADD_COND_RUNNING dependency alive
+# (Ankaios's DelCondNotPendingNorRunning). Pending(WaitingToStart) is left out,
+# as in Ankaios: a dependent waiting to start must not deadlock a delete.
+KEEPS_DEPENDENCY_ALIVE: frozenset[tuple[str, str]] = frozenset(
+    {("Running", "Ok"), ("Pending", "Initial"), ("Pending", "Starting"), ("Pending", "StartingFailed")}
+)
+
+
+def derived_state(agent: str, seen: bool, alive: bool) -> ExecutionState | None:
+    """The state the planner publishes for a workload placed on `agent`, or
+    None when a live agent owns it.
+
+    | agent         | seen | alive | state                     |
+    |---------------|------|-------|---------------------------|
+    | "" (none)     |  -   |   -   | NotScheduled              |
+    | name          |  no  |   -   | Pending(Initial)          |
+    | name          | yes  |  no   | AgentDisconnected         |
+    | name          | yes  |  yes  | (the agent publishes)     |
+    """
+    if not agent:
+        return ExecutionState("NotScheduled", "", "waiting for the scheduler to place it")
+    if alive:
+        return None
+    if not seen:
+        return ExecutionState("Pending", "Initial", f"agent {agent} has not connected yet")
+    return ExecutionState("AgentDisconnected", "", f"agent {agent} is not connected")
+
+
+# -- state ------------------------------------------------------------------
+
+
+class Retiring(msgspec.Struct, frozen=True, rename="camel"):
+    """A deleted (or replaced) instance kept running for its dependents."""
+
+    agent: str
+    planned: PlannedWorkload  # hold "WaitingToStop"
+    blockers: list[str]  # the dependents that need it with ADD_COND_RUNNING
+
+
+class Durable(msgspec.Struct, frozen=True, rename="camel", kw_only=True):
+    """What the planner persists (and must never lose)."""
+
+    format: int = 1
+    desired: Manifest = Manifest(api_version="v1")  # as applied: unrendered, normalised
+    rendered: Manifest = Manifest(api_version="v1")
+    instances: dict[str, str] = {}  # workload name -> instance id of its rendering
+    bindings: dict[str, str] = {}  # workload name -> agent the scheduler chose
+    released: dict[str, str] = {}  # workload name -> the instance released (hold "")
+    retiring: list[Retiring] = []
+    agents_seen: list[str] = []
+    generation: int = 0  # the last plan generation handed out
+
+
+class PlannerState(msgspec.Struct, frozen=True, kw_only=True):
+    durable: Durable = Durable()
+    alive: frozenset[str] = frozenset()
+    states: dict[str, WorkloadState] = {}  # state key "agent/workload" ("~/workload") -> latest
+    owned: frozenset[str] = frozenset()  # state keys whose latest state the planner published
+    plans: dict[str, AgentPlan] = {}  # the last plan published per agent
+
+
+# -- actions ----------------------------------------------------------------
+
+
+class Persist(msgspec.Struct, frozen=True):
+    durable: Durable
+
+
+class PublishPlan(msgspec.Struct, frozen=True):
+    plan: AgentPlan
+
+
+class PublishState(msgspec.Struct, frozen=True):
+    key: str  # the bus key, ank/state/<agent or ~>/<workload>
+    state: WorkloadState
+
+
+class PublishEvent(msgspec.Struct, frozen=True):
+    kind: str
+    message: str
+    subject: str = ""
+    severity: Literal["info", "warning", "error"] = "info"
+
+
+class Log(msgspec.Struct, frozen=True):
+    message: str
+    level: Literal["info", "warning"] = "info"
+
+
+Action = Persist | PublishPlan | PublishState | PublishEvent | Log
+
+
+class Step(NamedTuple):
+    state: PlannerState
+    actions: list[Action]
+
+
+# -- small helpers ----------------------------------------------------------
+
+
+def state_key(agent: str, workload: str) -> str:
+    return f"{agent or UNSCHEDULED}/{workload}"
+
+
+def bus_state_key(agent: str, workload: str) -> str:
+    return f"ank/state/{state_key(agent, workload)}"
+
+
+def placed_agent(durable: Durable, name: str) -> str:
+    """The agent a desired workload runs on: its manifest's, else the
+    scheduler's binding, else "" (not scheduled)."""
+    workload = durable.rendered.workloads[name]
+    return workload.agent or durable.bindings.get(name, "")
+
+
+def _next_generation(last: int, now_ms: int) -> int:
+    return max(last + 1, now_ms * 1000)
+
+
+def _error(path: str, message: str) -> ValidationIssue:
+    return ValidationIssue(path=path, message=message)
+
+
+# -- derivations ------------------------------------------------------------
+
+
+class _Derived(NamedTuple):
+    execution_state: ExecutionState
+    agent: str
+    workload: str
+    instance: str
+    runtime: str
+
+
+def _placed_keys(durable: Durable) -> set[str]:
+    """The state keys of every desired and retiring instance."""
+    keys = {state_key(placed_agent(durable, name), name) for name in durable.rendered.workloads}
+    keys.update(state_key(r.agent, r.planned.name) for r in durable.retiring)
+    return keys
+
+
+def _derived_states(durable: Durable, alive: frozenset[str]) -> dict[str, _Derived]:
+    seen = set(durable.agents_seen)
+    out: dict[str, _Derived] = {}
+    for entry in durable.retiring:
+        es = derived_state(entry.agent, entry.agent in seen, entry.agent in alive)
+        if es is not None:
+            key = state_key(entry.agent, entry.planned.name)
+            out[key] = _Derived(
+                es, entry.agent, entry.planned.name, entry.planned.instance, entry.planned.workload.runtime
+            )
+    for name, workload in durable.rendered.workloads.items():
+        agent = placed_agent(durable, name)
+        es = derived_state(agent, agent in seen, agent in alive)
+        key = state_key(agent, name)
+        if es is not None and key not in out:
+            out[key] = _Derived(es, agent, name, durable.instances[name], workload.runtime)
+    return out
+
+
+def _current_state(state: PlannerState, name: str) -> ExecutionState | None:
+    """The execution state of the desired instance of `name`, if known."""
+    durable = state.durable
+    if name not in durable.rendered.workloads:
+        return None
+    ws = state.states.get(state_key(placed_agent(durable, name), name))
+    if ws is None or (ws.instance and ws.instance != durable.instances[name]):
+        return None
+    return ws.execution_state
+
+
+def dependencies_met(state: PlannerState, name: str) -> bool:
+    workload = state.durable.rendered.workloads[name]
+    for dep, condition in workload.dependencies.items():
+        current = _current_state(state, dep)
+        if current is None or (current.state, current.substate) != ADD_CONDITION_MET_BY[condition]:
+            return False
+    return True
+
+
+def _keeps_dependency_alive(state: PlannerState, dependent: str) -> bool:
+    suffix = f"/{dependent}"
+    return any(
+        key.endswith(suffix) and (ws.execution_state.state, ws.execution_state.substate) in KEEPS_DEPENDENCY_ALIVE
+        for key, ws in state.states.items()
+    )
+
+
+def _plan_entries(durable: Durable) -> dict[str, list[PlannedWorkload]]:
+    entries: dict[str, dict[str, PlannedWorkload]] = {}
+    for retiring in durable.retiring:
+        entries.setdefault(retiring.agent, {})[retiring.planned.name] = retiring.planned
+    for name, workload in durable.rendered.workloads.items():
+        agent = placed_agent(durable, name)
+        if not agent:
+            continue
+        per_agent = entries.setdefault(agent, {})
+        if name in per_agent:
+            continue  # its old instance retires first (delete-then-create)
+        instance = durable.instances[name]
+        hold: Hold = "" if durable.released.get(name) == instance else "WaitingToStart"
+        per_agent[name] = PlannedWorkload(name, instance, msgspec.structs.replace(workload, agent=agent), hold)
+    return {agent: [per[n] for n in sorted(per)] for agent, per in entries.items()}
+
+
+# -- the settling pass --------------------------------------------------------
+
+
+def _as_state(derived: _Derived, now_ms: int, execution_state: ExecutionState | None = None) -> WorkloadState:
+    return WorkloadState(
+        workload=derived.workload,
+        agent=derived.agent,
+        execution_state=execution_state or derived.execution_state,
+        runtime=derived.runtime,
+        instance=derived.instance,
+        time_ms=now_ms,
+    )
+
+
+def _settle(before: PlannerState, state: PlannerState, now_ms: int, actions: list[Action]) -> Step:
+    """Brings releases, retirements, derived states and plans in line with
+    the desired and observed state; `before` is the state the last
+    publications were made from."""
+    durable = state.durable
+    log: list[Action] = []
+    derived_before = _derived_states(before.durable, before.alive)
+
+    # The states the planner derives now count as observed (an agent just
+    # lost no longer keeps a dependency alive).
+    derived_mid = _derived_states(durable, state.alive)
+    observed = dict(state.states)
+    for key, derived in derived_mid.items():
+        if derived != derived_before.get(key):
+            observed[key] = _as_state(derived, now_ms)
+    view = msgspec.structs.replace(state, states=observed)
+
+    # 1. releases
+    released = {n: i for n, i in durable.released.items() if durable.instances.get(n) == i}
+    for name in sorted(durable.rendered.workloads):
+        instance = durable.instances[name]
+        if released.get(name) != instance and dependencies_met(view, name):
+            released[name] = instance
+            log.append(Log(f"release {name} ({instance}): its dependencies are met"))
+
+    # 2. retirements
+    retiring: list[Retiring] = []
+    for entry in durable.retiring:
+        name, agent = entry.planned.name, entry.agent
+        desired_again = (
+            name in durable.rendered.workloads
+            and placed_agent(durable, name) == agent
+            and durable.instances[name] == entry.planned.instance
+        )
+        if desired_again:
+            released[name] = entry.planned.instance  # re-applied as it runs: keep it running
+            log.append(Log(f"keep {name} on {agent}: desired again as it runs"))
+            continue
+        waiting_for = [d for d in entry.blockers if _keeps_dependency_alive(view, d)]
+        if waiting_for:
+            retiring.append(entry)
+            if not any(r == entry for r in before.durable.retiring):
+                log.append(Log(f"keep {name} ({entry.planned.instance}) on {agent} until {waiting_for} stop"))
+        else:
+            log.append(Log(f"stop {name} ({entry.planned.instance}) on {agent}: no dependent needs it running"))
+    retired_some = len(retiring) != len(durable.retiring)
+    durable = msgspec.structs.replace(durable, released=released, retiring=retiring)
+
+    # 3. states no live agent owns: publish what changed
+    states = dict(state.states)
+    owned = set(state.owned)
+    derived_now = _derived_states(durable, state.alive) if retired_some else derived_mid
+    placed = _placed_keys(durable)
+    publications: list[Action] = []
+    for key in sorted(derived_before.keys() | derived_now.keys()):
+        new, old = derived_now.get(key), derived_before.get(key)
+        if new is not None:
+            if new != old:
+                states[key] = _as_state(new, now_ms)
+                owned.add(key)
+                publications.append(PublishState(f"ank/state/{key}", states[key]))
+                log.append(Log(f"{new.workload} on {new.agent or '(no agent)'} is {new.execution_state}"))
+        elif old is not None:
+            owned.discard(key)
+            if key not in placed:  # it left this key while no agent owned it
+                states.pop(key, None)
+                removed = _as_state(old, now_ms, ExecutionState("Removed"))
+                publications.append(PublishState(f"ank/state/{key}", removed))
+                log.append(Log(f"{old.workload} on {old.agent or '(no agent)'} is Removed"))
+    # Departing instances on agents that are gone: the agent reports Removed
+    # itself when it returns.
+    for key in [k for k in states if k not in placed and k.split("/", 1)[0] not in state.alive]:
+        del states[key]
+        owned.discard(key)
+
+    # 4. plans
+    plans = dict(state.plans)
+    generation = durable.generation
+    entries = _plan_entries(durable)
+    for agent in sorted(entries.keys() | plans.keys() | state.alive):
+        workloads = entries.get(agent, [])
+        previous = plans.get(agent)
+        if previous is not None and previous.workloads == workloads:
+            continue
+        generation = _next_generation(generation, now_ms)
+        plans[agent] = AgentPlan(agent=agent, generation=generation, workloads=workloads)
+        publications.append(PublishPlan(plans[agent]))
+        listed = ", ".join(f"{w.name}[{w.hold}]" if w.hold else w.name for w in workloads) or "nothing"
+        log.append(Log(f"plan {generation} for {agent}: {listed}"))
+    durable = msgspec.structs.replace(durable, generation=generation)
+
+    new_state = msgspec.structs.replace(state, durable=durable, states=states, owned=frozenset(owned), plans=plans)
+    out: list[Action] = [*actions, *log]
+    if durable != before.durable:
+        out.append(Persist(durable))
+    out.extend(publications)
+    return Step(new_state, out)
+
+
+def _retire_leavers(state: PlannerState, durable: Durable) -> Durable:
+    """Adds a Retiring entry for every instance that ran under its plan (hold
+    "") and is no longer desired there, if workloads of the old desired state
+    need it with ADD_COND_RUNNING. `_settle` drops the ones nobody needs now."""
+    old = state.durable
+    retiring = list(durable.retiring)
+    held = {(r.agent, r.planned.name) for r in retiring}
+    for agent, plan in state.plans.items():
+        for planned in plan.workloads:
+            if planned.hold != "" or (agent, planned.name) in held:
+                continue
+            name = planned.name
+            still = (
+                name in durable.rendered.workloads
+                and placed_agent(durable, name) == agent
+                and durable.instances[name] == planned.instance
+            )
+            if still:
+                continue
+            blockers = sorted(
+                d
+                for d, w in old.rendered.workloads.items()
+                if w.dependencies.get(name) == "ADD_COND_RUNNING" and d != name
+            )
+            if blockers:
+                keep = msgspec.structs.replace(planned, hold="WaitingToStop")
+                retiring.append(Retiring(agent=agent, planned=keep, blockers=blockers))
+    return msgspec.structs.replace(durable, retiring=retiring)
+
+
+def _change_desired(state: PlannerState, durable: Durable, now_ms: int, actions: list[Action]) -> Step:
+    durable = _retire_leavers(state, durable)
+    return _settle(state, msgspec.structs.replace(state, durable=durable), now_ms, actions)
+
+
+# -- events -----------------------------------------------------------------
+
+
+def start(state: PlannerState, now_ms: int) -> Step:
+    """After a (re)start: publish every plan (with new generations) and every
+    state the planner owns. `state` holds the loaded durable state and what
+    was observed so far (live agents, states)."""
+    fresh = msgspec.structs.replace(state, plans={}, owned=frozenset())
+    # Settling against "nothing published yet" publishes everything.
+    return _settle(PlannerState(), fresh, now_ms, [])
+
+
+def _apply_result_failure(errors: list[ValidationIssue], warnings: list[ValidationIssue]) -> ApplyResult:
+    return ApplyResult(ok=False, errors=errors, warnings=warnings)
+
+
+def apply_manifest(
+    state: PlannerState,
+    text: str | bytes,
+    now_ms: int,
+    *,
+    agent: str | None = None,
+    delete: bool = False,
+    masks: list[str] | None = None,
+) -> tuple[Step, ApplyResult]:
+    """`ank apply` (merge the manifest's workloads and configs into the
+    desired state), `ank apply -d` (`delete`: remove them) or `ank set state`
+    (`masks`). Invalid input changes nothing and names every error."""
+    if masks is not None and delete:
+        return Step(state, []), _apply_result_failure([_error("", "delete and masks cannot be combined")], [])
+    parsed = parse_state_file(text, agent) if masks is not None else parse_manifest(text, agent=agent)
+    if parsed.errors or parsed.manifest is None:
+        errors = parsed.errors or [_error("", "the manifest is empty")]
+        return Step(state, []), _apply_result_failure(list(errors), list(parsed.warnings))
+    request = parsed.manifest
+    warnings: list[ValidationIssue] = list(parsed.warnings)
+    current = state.durable.desired
+    if masks is not None:
+        merged = apply_update_masks(current, request, masks)
+        if merged.errors or merged.manifest is None:
+            errors = merged.errors or [_error("", "the update masks select nothing")]
+            return Step(state, []), _apply_result_failure(list(errors), warnings + list(merged.warnings))
+        warnings += merged.warnings
+        desired = merged.manifest
+    else:
+        if not request.workloads and not request.configs:
+            return Step(state, []), _apply_result_failure(
+                [_error("workloads", "No workload provided in manifests!")], warnings
+            )
+        if delete:
+            workloads = {n: w for n, w in current.workloads.items() if n not in request.workloads}
+            configs = {k: v for k, v in current.configs.items() if k not in request.configs}
+        else:
+            workloads = {**current.workloads, **request.workloads}
+            configs = {**current.configs, **request.configs}
+        desired = Manifest(api_version="v1", workloads=workloads, configs=configs)
+    step, result = _replace_desired(state, desired, now_ms, mentioned=set(request.workloads), warnings=warnings)
+    return step, result
+
+
+def _replace_desired(
+    state: PlannerState,
+    desired: Manifest,
+    now_ms: int,
+    *,
+    mentioned: set[str],
+    warnings: list[ValidationIssue],
+) -> tuple[Step, ApplyResult]:
+    rendered, render_errors = render_manifest(desired)
+    if render_errors or rendered is None:
+        return Step(state, []), _apply_result_failure(list(render_errors) or [_error("", "cannot render")], warnings)
+    cycle = find_dependency_cycle(rendered.workloads)
+    if cycle:
+        issue = _error(f"workloads.{cycle[0]}.dependencies", f"dependency cycle: {' -> '.join(cycle)}")
+        return Step(state, []), _apply_result_failure([issue], warnings)
+    old = state.durable
+    instances = {name: instance_id(w) for name, w in rendered.workloads.items()}
+    added = sorted(n for n in instances if n not in old.instances)
+    updated = sorted(n for n in instances if n in old.instances and old.instances[n] != instances[n])
+    deleted = sorted(n for n in old.instances if n not in instances)
+    unchanged = sorted(n for n in mentioned if n in instances and old.instances.get(n) == instances[n])
+    bindings = {n: a for n, a in old.bindings.items() if n in instances}
+    durable = msgspec.structs.replace(old, desired=desired, rendered=rendered, instances=instances, bindings=bindings)
+    summary = f"added {added or '-'}, updated {updated or '-'}, deleted {deleted or '-'}, unchanged {unchanged or '-'}"
+    step = _change_desired(state, durable, now_ms, [Log(f"desired state changed: {summary}")])
+    result = ApplyResult(ok=True, added=added, updated=updated, deleted=deleted, unchanged=unchanged, warnings=warnings)
+    return step, result
+
+
+def desired_put(state: PlannerState, payload: bytes, now_ms: int) -> Step:
+    """A manifest put on `ank/desired`: applied, or rejected with an event
+    naming every error (and nothing changes)."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        step, result = Step(state, []), _apply_result_failure([_error("", f"not UTF-8 text: {exc}")], [])
+    else:
+        step, result = apply_manifest(state, text, now_ms)
+    if result.ok:
+        return step
+    reasons = "; ".join(str(e) for e in result.errors)
+    return Step(
+        state,
+        [
+            Log(f"rejected a manifest on ank/desired: {reasons}", "warning"),
+            PublishEvent("rejected", f"manifest on ank/desired rejected: {reasons}", "ank/desired", "error"),
+        ],
+    )
+
+
+def delete_workloads(state: PlannerState, names: list[str], now_ms: int) -> tuple[Step, ApplyResult]:
+    """`ank delete workload NAME...`; unknown names are warnings."""
+    current = state.durable.desired
+    unknown = [n for n in names if n not in current.workloads]
+    warnings = [_error(f"workloads.{n}", "no such workload") for n in unknown]
+    if len(unknown) == len(names):
+        return Step(state, []), ApplyResult(ok=True, warnings=warnings)
+    workloads = {n: w for n, w in current.workloads.items() if n not in names}
+    desired = msgspec.structs.replace(current, workloads=workloads)
+    return _replace_desired(state, desired, now_ms, mentioned=set(), warnings=warnings)
+
+
+def binding(state: PlannerState, bound: Binding, now_ms: int) -> Step:
+    """The scheduler placed (or, with agent "", unplaced) a workload."""
+    durable = state.durable
+    name = bound.workload
+    workload = durable.rendered.workloads.get(name)
+    if workload is None:
+        return Step(state, [Log(f"ignored binding of {name}: no such workload", "warning")])
+    if workload.agent:
+        return Step(state, [Log(f"ignored binding of {name}: its manifest names agent {workload.agent}", "warning")])
+    problem = agent_name_problem(bound.agent)
+    if problem:
+        return Step(state, [Log(f"ignored binding of {name}: {problem}", "warning")])
+    if durable.bindings.get(name, "") == bound.agent:
+        return Step(state, [])
+    bindings = dict(durable.bindings)
+    if bound.agent:
+        bindings[name] = bound.agent
+    else:
+        bindings.pop(name, None)
+    why = f" ({bound.policy}: {bound.reason})" if bound.policy or bound.reason else ""
+    message = f"bind {name} to {bound.agent}{why}" if bound.agent else f"unbind {name}{why}"
+    return _change_desired(state, msgspec.structs.replace(durable, bindings=bindings), now_ms, [Log(message)])
+
+
+def agent_liveliness(state: PlannerState, agent: str, alive: bool, now_ms: int) -> Step:
+    """An agent's liveliness token appeared (`alive`) or vanished."""
+    if alive == (agent in state.alive):
+        return Step(state, [])
+    if not alive:
+        lost = msgspec.structs.replace(state, alive=state.alive - {agent})
+        return _settle(state, lost, now_ms, [Log(f"agent {agent} lost", "warning")])
+    durable = state.durable
+    if agent not in durable.agents_seen:
+        durable = msgspec.structs.replace(durable, agents_seen=sorted([*durable.agents_seen, agent]))
+    back = msgspec.structs.replace(state, alive=state.alive | {agent}, durable=durable)
+    step = _settle(state, back, now_ms, [Log(f"agent {agent} connected")])
+    # Level-triggered: hand the agent its plan again even if it did not change.
+    if not any(isinstance(a, PublishPlan) and a.plan.agent == agent for a in step.actions):
+        step.actions.append(PublishPlan(step.state.plans[agent]))
+    return step
+
+
+def _record(state: PlannerState, key: str, ws: WorkloadState) -> PlannerState | None:
+    """The state with an agent's WorkloadState recorded, or None if it is
+    stale, misplaced or about something no longer desired there."""
+    if not ws.agent or key != bus_state_key(ws.agent, ws.workload):
+        return None
+    skey = state_key(ws.agent, ws.workload)
+    stored = state.states.get(skey)
+    if stored is not None and stored.sender == ws.sender and ws.seq and ws.seq <= stored.seq:
+        return None  # stale
+    durable = state.durable
+    expected: set[str] = set()
+    if ws.workload in durable.rendered.workloads and placed_agent(durable, ws.workload) == ws.agent:
+        expected.add(durable.instances[ws.workload])
+    expected.update(
+        r.planned.instance for r in durable.retiring if (r.agent, r.planned.name) == (ws.agent, ws.workload)
+    )
+    states = dict(state.states)
+    if expected:
+        if ws.instance and ws.instance not in expected and stored is not None and stored.instance in expected:
+            return None  # an older instance's news; the current one's state stands
+        states[skey] = ws
+    elif stored is None:
+        return None  # not (or no longer) desired there
+    elif ws.execution_state.state == "Removed":
+        del states[skey]  # a departed instance is gone
+    else:
+        states[skey] = ws  # a departing instance, tracked until Removed (it may keep a dependency alive)
+    return msgspec.structs.replace(state, states=states, owned=state.owned - {skey})
+
+
+def observe_state(state: PlannerState, key: str, ws: WorkloadState, now_ms: int) -> Step:
+    """A WorkloadState from an agent (`ank/state/<agent>/<workload>`)."""
+    if not ws.agent or key != bus_state_key(ws.agent, ws.workload):
+        return Step(state, [Log(f"ignored a state on {key}: it is about {ws.agent}/{ws.workload}", "warning")])
+    observed = _record(state, key, ws)
+    if observed is None:
+        return Step(state, [])
+    return _settle(state, observed, now_ms, [])
+
+
+def with_observed_states(state: PlannerState, states: list[tuple[str, WorkloadState]]) -> PlannerState:
+    """The state at start, knowing the states agents report (before `start`,
+    so that nothing is decided on missing knowledge)."""
+    for key, ws in states:
+        state = _record(state, key, ws) or state
+    return state
+
+
+# -- queries ----------------------------------------------------------------
+
+
+def complete_state(state: PlannerState) -> CompleteState:
+    return CompleteState(
+        desired=state.durable.desired,
+        workload_states=[state.states[k] for k in sorted(state.states)],
+        agents=sorted(state.alive),
+    )
+
+
+def plan_for(state: PlannerState, agent: str) -> AgentPlan:
+    """The agent's current plan (an empty one if it has none yet)."""
+    plan = state.plans.get(agent)
+    return plan if plan is not None else AgentPlan(agent=agent, generation=state.durable.generation)
+
+
+def owned_states(state: PlannerState) -> list[tuple[str, WorkloadState]]:
+    """(bus key, state) of every state the planner currently publishes itself."""
+    return [(f"ank/state/{k}", state.states[k]) for k in sorted(state.owned) if k in state.states]
+
+
+def with_live_agents(state: PlannerState, agents: list[str]) -> PlannerState:
+    """The state at start, knowing which agents are alive (before `start`)."""
+    seen = sorted(set(state.durable.agents_seen) | set(agents))
+    return msgspec.structs.replace(
+        state, alive=frozenset(agents), durable=msgspec.structs.replace(state.durable, agents_seen=seen)
+    )

@@ -1,0 +1,286 @@
+"""`ank-planner`: the shell around services.planner.core.
+
+It subscribes to `ank/desired`, `ank/state/**`, `ank/bind/*` and the agents'
+liveliness tokens, answers `ank/cmd/{apply,delete,state}`, `ank/plan/*` and
+`ank/state/**` (only the states it owns), and runs the core's actions: persist
+first (an apply is acknowledged only once its state is on disk), then publish.
+The core runs only on the event loop's thread; Zenoh callbacks just post.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+import zenoh
+
+from schemas.messages import (
+    AgentPlan,
+    ApplyRequest,
+    ApplyResult,
+    Binding,
+    DeleteRequest,
+    ValidationIssue,
+    WorkloadState,
+)
+from services.bus import Bus, BusConfigError
+from services.bus.loop import EventLoop
+from services.clock import SYSTEM_CLOCK, Clock
+from services.logsetup import setup_logging
+from services.planner import core, store
+
+R = TypeVar("R")
+log = logging.getLogger("ank.planner")
+
+DEFAULT_STATE_DIR = ".ank/planner"
+QUERY_TIMEOUT_S = 10.0  # how long a query waits for the loop before it is answered with an error
+LATE_JOIN_TIMEOUT_S = 2.0
+
+
+class Planner:
+    """Holds the core's state and runs its steps against the bus and the store."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        loop: EventLoop,
+        state_dir: str | Path,
+        durable: core.Durable | None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.bus = bus
+        self.loop = loop
+        self.state_dir = Path(state_dir)
+        self.clock = clock
+        self.state = core.PlannerState(durable=durable or core.Durable())
+        log.info(
+            "loaded %d workloads from %s",
+            len(self.state.durable.desired.workloads),
+            store.state_path(self.state_dir) if durable else "nowhere (first start)",
+        )
+
+    # -- running core steps (loop thread only) -------------------------------
+    def commit(self, step: core.Step) -> str | None:
+        """Runs a step's actions; adopts its state only if it could be
+        persisted. Returns the persistence error, if any."""
+        for action in step.actions:
+            if isinstance(action, core.Persist):
+                try:
+                    store.save(self.state_dir, action.durable)
+                except store.StoreError as exc:
+                    log.error("%s: change not applied", exc)
+                    return str(exc)
+        self.state = step.state
+        for action in step.actions:
+            try:
+                self._run(action)
+            except Exception as exc:  # a publication failing must not lose the rest
+                log.error("could not %s: %s", type(action).__name__, exc)
+        return None
+
+    def _run(self, action: core.Action) -> None:
+        if isinstance(action, core.Log):
+            log.log(logging.WARNING if action.level == "warning" else logging.INFO, "%s", action.message)
+        elif isinstance(action, core.PublishPlan):
+            self.bus.put(f"ank/plan/{action.plan.agent}", action.plan)
+        elif isinstance(action, core.PublishState):
+            self.bus.put(action.key, action.state)
+        elif isinstance(action, core.PublishEvent):
+            self.bus.event(action.kind, action.message, subject=action.subject, severity=action.severity)
+
+    def now_ms(self) -> int:
+        return self.clock.wall_ms()
+
+    # -- start ---------------------------------------------------------------
+    def start(self) -> None:
+        """Subscribes, learns who is alive, publishes every plan and owned
+        state, catches up on states (late joiner), then answers queries."""
+        self.bus.subscribe_raw("ank/desired", lambda _key, payload: self.loop.post(self.on_desired, payload))
+        self.bus.subscribe("ank/state/**", WorkloadState, lambda key, ws: self.loop.post(self.on_state, key, ws))
+        self.bus.subscribe("ank/bind/*", Binding, lambda _key, b: self.loop.post(self.on_binding, b))
+        # Asked before the liveliness subscriber exists: with one declared in
+        # the same session, Zenoh 1.x answers this query with nothing. The
+        # subscriber's history then reports whatever appeared meanwhile.
+        agents = [_agent_of(key) for key in self.bus.alive("ank/agents/*")]
+        self.bus.watch_liveliness("ank/agents/*", lambda key, up: self.loop.post(self.on_liveliness, key, up))
+        self.state = core.with_live_agents(self.state, [a for a in agents if a])
+        reported = []
+        for key, payload in self.bus.get("ank/state/**", timeout=LATE_JOIN_TIMEOUT_S):
+            ws = self.bus.decode(key, payload, WorkloadState)
+            if ws is not None and ws.sender != self.bus.name:
+                reported.append((key, ws))
+        self.state = core.with_observed_states(self.state, reported)
+        log.info("%d agents alive, %d workload states reported", len(self.state.alive), len(reported))
+        self.commit(core.start(self.state, self.now_ms()))
+        self.bus.queryable("ank/cmd/apply", self._answer_apply)
+        self.bus.queryable("ank/cmd/delete", self._answer_delete)
+        self.bus.queryable("ank/cmd/state", self._answer_state)
+        self.bus.queryable("ank/plan/*", self._answer_plan)
+        self.bus.queryable("ank/state/**", self._answer_states)
+        log.info("planner up: agents alive %s", sorted(self.state.alive) or "none")
+
+    # -- events (loop thread) ------------------------------------------------
+    def on_desired(self, payload: bytes) -> None:
+        self.commit(core.desired_put(self.state, payload, self.now_ms()))
+
+    def on_state(self, key: str, ws: WorkloadState) -> None:
+        if ws.sender == self.bus.name:
+            return  # our own publication, already in the state
+        self.commit(core.observe_state(self.state, key, ws, self.now_ms()))
+
+    def on_binding(self, bound: Binding) -> None:
+        self.commit(core.binding(self.state, bound, self.now_ms()))
+
+    def on_liveliness(self, key: str, alive: bool) -> None:
+        agent = _agent_of(key)
+        if agent:
+            self.commit(core.agent_liveliness(self.state, agent, alive, self.now_ms()))
+
+    # -- queries (Zenoh threads: the work is done on the loop) ---------------
+    def _on_loop(self, fn: Callable[[], R]) -> R:
+        if self.loop.stopped:
+            raise RuntimeError("the planner is stopping")
+        future: Future[R] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        self.loop.post(run)
+        return future.result(QUERY_TIMEOUT_S)
+
+    def _answer_apply(self, key: str, payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
+        def run(request: ApplyRequest) -> ApplyResult:
+            step, result = core.apply_manifest(
+                self.state,
+                request.manifest,
+                self.now_ms(),
+                agent=request.agent,
+                delete=request.delete,
+                masks=request.masks,
+            )
+            return self.acknowledge(step, result)
+
+        return self._answer_command(key, payload, ApplyRequest, run)
+
+    def _answer_delete(self, key: str, payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
+        def run(request: DeleteRequest) -> ApplyResult:
+            step, result = core.delete_workloads(self.state, request.workloads, self.now_ms())
+            return self.acknowledge(step, result)
+
+        return self._answer_command(key, payload, DeleteRequest, run)
+
+    def acknowledge(self, step: core.Step, result: ApplyResult) -> ApplyResult:
+        """The reply to a command: its result once its change is persisted
+        and published, or the persistence error (and nothing changed)."""
+        if not result.ok:
+            log.warning("rejected: %s", "; ".join(str(e) for e in result.errors))
+            return result
+        error = self.commit(step)
+        if error is not None:
+            return ApplyResult(ok=False, errors=[ValidationIssue(path="", message=error)])
+        return result
+
+    def _answer_command(
+        self,
+        key: str,
+        payload: bytes | None,
+        schema: type[ApplyRequest] | type[DeleteRequest],
+        run: Callable[[ApplyRequest], ApplyResult] | Callable[[DeleteRequest], ApplyResult],
+    ) -> list[tuple[str, bytes]]:
+        try:
+            request = msgspec.json.decode(payload or b"", type=schema)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            result = ApplyResult(
+                ok=False, errors=[ValidationIssue(path="", message=f"invalid {schema.__name__}: {exc}")]
+            )
+            log.warning("query on %s: %s", key, result.errors[0].message)
+            return [(key, self.bus.encode(result))]
+        try:
+            result = self._on_loop(lambda: run(request))  # type: ignore[arg-type]
+        except Exception as exc:
+            log.exception("query on %s failed", key)
+            result = ApplyResult(ok=False, errors=[ValidationIssue(path="", message=f"planner error: {exc}")])
+        return [(key, self.bus.encode(result))]
+
+    def _answer_state(self, key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
+        complete = self._on_loop(lambda: core.complete_state(self.state))
+        return [(key, self.bus.encode(complete))]
+
+    def _answer_plan(self, key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
+        def plans() -> list[AgentPlan]:
+            agent = key.rsplit("/", 1)[-1]
+            if _is_wild(agent):
+                return [core.plan_for(self.state, a) for a in sorted(self.state.plans)]
+            return [core.plan_for(self.state, agent)]
+
+        selector = zenoh.KeyExpr(key)
+        replies = []
+        for plan in self._on_loop(plans):
+            reply_key = f"ank/plan/{plan.agent}"
+            if selector.intersects(zenoh.KeyExpr(reply_key)):
+                replies.append((reply_key, self.bus.encode(plan)))
+        return replies
+
+    def _answer_states(self, key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
+        selector = zenoh.KeyExpr(key)
+        owned = self._on_loop(lambda: core.owned_states(self.state))
+        return [(k, self.bus.encode(ws)) for k, ws in owned if selector.intersects(zenoh.KeyExpr(k))]
+
+
+def _agent_of(liveliness_key: str) -> str:
+    """`ank/agents/<agent>` -> agent ("" if the key is not an agent token)."""
+    parts = liveliness_key.split("/")
+    return parts[2] if len(parts) == 3 and parts[:2] == ["ank", "agents"] else ""
+
+
+def _is_wild(chunk: str) -> bool:
+    return "*" in chunk or "$" in chunk
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ank-planner", description="The ank-zenoh planner.")
+    parser.add_argument("--zenoh-config", help="Zenoh configuration file (default: zenoh.json5)")
+    parser.add_argument("--server", help="router endpoint host:port or tcp/host:port (env ANK_SERVER)")
+    parser.add_argument(
+        "--state-dir",
+        default=os.environ.get("ANK_PLANNER_STATE_DIR", DEFAULT_STATE_DIR),
+        help=f"where the desired state is persisted (default {DEFAULT_STATE_DIR})",
+    )
+    parser.add_argument("--name", default="planner", help="sender name on the bus")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    args = parser.parse_args(argv)
+    setup_logging("ank-planner", args.verbose)
+    try:
+        store.check_writable(args.state_dir)
+        durable = store.load(args.state_dir)
+        bus = Bus(args.name, config=args.zenoh_config, server=args.server)
+    except (store.StoreError, BusConfigError) as exc:
+        print(f"ank-planner: {exc}", file=sys.stderr)
+        return 2
+    loop = EventLoop()
+    try:
+        planner = Planner(bus, loop, args.state_dir, durable)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: loop.stop())
+        planner.start()
+        loop.run()
+        log.info("planner stopped")
+        return 0
+    finally:
+        loop.stop()
+        bus.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
