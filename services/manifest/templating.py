@@ -33,8 +33,6 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import pybars
-
 INDENT_PARTIAL = "indent"
 _INDENT_ARG = "ank_indent"
 
@@ -293,7 +291,15 @@ def _prepare_source(source: str) -> tuple[str, bool]:
 _TAG = re.compile(r"\{\{(.*?)(\}\}|\Z)", re.DOTALL)
 # pybars3's compiler keeps its code builder on the class: one compile at a time.
 _COMPILE_LOCK = threading.Lock()
-_COMPILER = pybars.Compiler()
+
+
+@functools.cache
+def _compiler() -> Any:
+    """pybars3 compiles its grammar at import (~1.5 s): import it only when a
+    manifest actually has templates, so services and the CLI start fast."""
+    import pybars
+
+    return pybars.Compiler()
 
 
 def _refuse_unsafe_tags(source: str) -> None:
@@ -355,14 +361,14 @@ def _compiled(source: str) -> tuple[Callable[..., Any], dict[str, str], bool]:
     skeleton, literals = _set_literals_aside(prepared)
     try:
         with _COMPILE_LOCK:
-            code = _COMPILER.precompile(skeleton)
+            code = _compiler().precompile(skeleton)
     except RecursionError:
         raise TemplateError("template is nested too deeply") from None
     except Exception as err:  # pybars raises PybarsError and anything its parser hits
         raise TemplateError(f"invalid template: {err}") from None
     # No HTML escaping (Ankaios registers handlebars::no_escape).
     code = code.replace("prepare(value, True)", "prepare(value, False)")
-    template: Callable[..., Any] = _COMPILER.template(code)
+    template: Callable[..., Any] = _compiler().template(code)
     return template, literals, end_marked
 
 
