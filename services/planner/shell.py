@@ -32,6 +32,7 @@ from schemas.messages import (
     WorkloadState,
 )
 from services.bus import Bus, BusConfigError
+from services.bus.eventlog import RecentEvents
 from services.bus.loop import EventLoop
 from services.clock import SYSTEM_CLOCK, Clock
 from services.logsetup import setup_logging
@@ -125,6 +126,8 @@ class Planner:
         self.bus.queryable("ank/cmd/state", self._answer_state)
         self.bus.queryable("ank/plan/*", self._answer_plan)
         self.bus.queryable("ank/state/**", self._answer_states)
+        # Keeps recent events so that `ank get events` shows what came before.
+        self.recent_events = RecentEvents(self.bus)
         log.info("planner up: agents alive %s", sorted(self.state.alive) or "none")
 
     # -- events (loop thread) ------------------------------------------------
