@@ -41,6 +41,7 @@ from typing import Any
 import zenoh
 
 from services.bus import BusConfigError, default_config_path
+from services.bus.router import DEFAULT_CONFIG as PLAIN_ROUTER_CONFIG
 
 # The ACL's names of the message kinds it filters.
 PUT = "put"
@@ -182,17 +183,12 @@ def access_control(agents: Iterable[str]) -> dict[str, Any]:
     policies: list[dict[str, Any]] = [
         {"id": "everyone", "rules": [r["id"] for r in rules], "subjects": ["everyone"]},
     ]
-    for identity in SERVICE_IDENTITIES:
-        role_rules = _rules(identity, INGRESS_GRANTS[identity])
-        rules.extend(role_rules)
+    per_identity = [(identity, _rules(identity, INGRESS_GRANTS[identity])) for identity in SERVICE_IDENTITIES]
+    per_identity += [(agent_identity(a), _rules(agent_identity(a), INGRESS_GRANTS["agent"], a)) for a in agent_names]
+    for identity, identity_rules in per_identity:
+        rules.extend(identity_rules)
         subjects.append({"id": identity, "cert_common_names": [identity]})
-        policies.append({"id": identity, "rules": [r["id"] for r in role_rules], "subjects": [identity]})
-    for agent in agent_names:
-        identity = agent_identity(agent)
-        role_rules = _rules(identity, INGRESS_GRANTS["agent"], agent)
-        rules.extend(role_rules)
-        subjects.append({"id": identity, "cert_common_names": [identity]})
-        policies.append({"id": identity, "rules": [r["id"] for r in role_rules], "subjects": [identity]})
+        policies.append({"id": identity, "rules": [r["id"] for r in identity_rules], "subjects": [identity]})
     return {
         "enabled": True,
         "default_permission": "deny",
@@ -286,12 +282,6 @@ def _overlay(base: Path, settings: Mapping[str, Any]) -> zenoh.Config:
     return conf
 
 
-def default_router_base() -> Path:
-    from services.bus.router import DEFAULT_CONFIG  # the plain router configuration
-
-    return DEFAULT_CONFIG
-
-
 def router_config(
     cert_dir: str | Path,
     agents: list[str],
@@ -303,7 +293,7 @@ def router_config(
     services and these agents (names: `car1` for identity `agent-car1`)."""
     cert_dir = Path(cert_dir).resolve()
     _check_files(cert_dir, ROUTER_IDENTITY)
-    return _overlay(Path(base) if base else default_router_base(), router_settings(cert_dir, agents, listen))
+    return _overlay(Path(base) if base else PLAIN_ROUTER_CONFIG, router_settings(cert_dir, agents, listen))
 
 
 def client_config(

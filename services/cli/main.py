@@ -38,18 +38,18 @@ EXIT_OK, EXIT_ERROR, EXIT_NO_SERVER = 0, 1, 2
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ank", description="ank-zenoh: Ankaios-compatible orchestration over Zenoh")
-    p.add_argument(
-        "-k", "--insecure", action="store_true", help="accepted for Ankaios compatibility (the seed uses it)"
-    )
-    p.add_argument("-s", "--server-url", help="Zenoh endpoint of the router, e.g. tcp/127.0.0.1:7447")
-    p.add_argument("--zenoh-config", help="Zenoh configuration file (default zenoh.json5)")
-    p.add_argument("--response-timeout", type=float, default=5.0, help="seconds to wait for the planner (default 5)")
-    p.add_argument("-v", "--verbose", action="count", default=0)
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.add_argument("--no-wait", action="store_true", help="do not wait for workloads to settle")
+    _global_options(p, defaults=True)
+    # Like Ankaios's (clap `global`) options, these are also accepted after the
+    # subcommand: every subcommand parser gets them with suppressed defaults.
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, defaults=False)
     sub = p.add_subparsers(dest="command", required=True)
 
-    ap = sub.add_parser("apply", help="apply a manifest (add or update its workloads)")
+    def add(subparsers: Any, *names: str, **kw: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = subparsers.add_parser(*names, parents=[common], **kw)
+        return parser
+
+    ap = add(sub, "apply", help="apply a manifest (add or update its workloads)")
     ap.add_argument("manifest", help="manifest file, or - for stdin")
     ap.add_argument("-d", "--delete", action="store_true", help="delete the manifest's workloads")
     ap.add_argument("--agent", default=None, help="agent for workloads without one ('' = NotScheduled)")
@@ -57,40 +57,40 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for workloads to settle")
 
-    de = sub.add_parser("delete", help="delete workloads")
+    de = add(sub, "delete", help="delete workloads")
     de_sub = de.add_subparsers(dest="object", required=True)
-    dw = de_sub.add_parser("workload", aliases=["workloads"])
+    dw = add(de_sub, "workload", aliases=["workloads"])
     dw.add_argument("names", nargs="+")
     dw.add_argument("--timeout", type=float, default=60.0)
 
-    ge = sub.add_parser("get", help="show state")
+    ge = add(sub, "get", help="show state")
     ge_sub = ge.add_subparsers(dest="object", required=True)
-    gws = ge_sub.add_parser("workloads")
+    gws = add(ge_sub, "workloads")
     gws.add_argument("names", nargs="*")
     gws.add_argument("-a", "--agent")
     gws.add_argument("-s", "--state")
     gws.add_argument("-w", "--watch", action="store_true")
     gws.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
-    gw = ge_sub.add_parser("workload")
+    gw = add(ge_sub, "workload")
     gw.add_argument("name")
     gw.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
-    gs = ge_sub.add_parser("state")
+    gs = add(ge_sub, "state")
     gs.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     for name in ("agents", "nodes"):
-        ga = ge_sub.add_parser(name)
+        ga = add(ge_sub, name)
         ga.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    gev = ge_sub.add_parser("events")
+    gev = add(ge_sub, "events")
     gev.add_argument("-w", "--watch", action="store_true")
     gev.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
-    lg = sub.add_parser("logs", help="a workload's output")
+    lg = add(sub, "logs", help="a workload's output")
     lg.add_argument("name")
     lg.add_argument("-f", "--follow", action="store_true")
     lg.add_argument("-t", "--tail", type=int)
 
-    ru = sub.add_parser("run", help="run one workload without a manifest file")
+    ru = add(sub, "run", help="run one workload without a manifest file")
     ru_sub = ru.add_subparsers(dest="object", required=True)
-    rw = ru_sub.add_parser("workload")
+    rw = add(ru_sub, "workload")
     rw.add_argument("name")
     rw.add_argument("--runtime", required=True)
     rw.add_argument("--config", required=True, help="the runtimeConfig text")
@@ -98,27 +98,52 @@ def build_parser() -> argparse.ArgumentParser:
     rw.add_argument("--restart-policy", default="NEVER", choices=["NEVER", "ON_FAILURE", "ALWAYS"])
     rw.add_argument("--timeout", type=float, default=120.0)
 
-    se = sub.add_parser("set", help="Ankaios `set state` with update masks")
+    se = add(sub, "set", help="Ankaios `set state` with update masks")
     se_sub = se.add_subparsers(dest="object", required=True)
-    ss = se_sub.add_parser("state")
+    ss = add(se_sub, "state")
     ss.add_argument("args", nargs="+", metavar="MASK... FILE")
     ss.add_argument("--timeout", type=float, default=120.0)
 
-    up = sub.add_parser("up", help="start the embedded system on this machine")
+    up = add(sub, "up", help="start the embedded system on this machine")
     up.add_argument("manifest", nargs="?")
     up.add_argument("--agent", default=None, help="the agent's name (default: the host name)")
     up.add_argument("--state-dir", default=".ank")
     up.add_argument("--port", type=int, default=7447, help="the router's loopback port")
     up.add_argument("--no-watch", action="store_true", help="print state changes as lines instead of a live table")
 
-    da = sub.add_parser("dashboard", help="the web dashboard and read-only HTTP API")
+    da = add(sub, "dashboard", help="the web dashboard and read-only HTTP API")
     da.add_argument("rest", nargs=argparse.REMAINDER)
 
-    si = sub.add_parser("sim", help="simulations")
+    si = add(sub, "sim", help="simulations")
     si_sub = si.add_subparsers(dest="object", required=True)
-    sf = si_sub.add_parser("fleet", help="the fleet energy study")
+    sf = add(si_sub, "fleet", help="the fleet energy study")
     sf.add_argument("rest", nargs=argparse.REMAINDER)
     return p
+
+
+def _global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    def d(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    p.add_argument(
+        "-k",
+        "--insecure",
+        action="store_true",
+        default=d(False),
+        help="accepted for Ankaios compatibility (the seed writes `ank -k ...`)",
+    )
+    # `-s` after a subcommand is that subcommand's (`get workloads -s STATE`).
+    p.add_argument(
+        *(["-s"] if defaults else []),
+        "--server-url",
+        default=d(None),
+        help="Zenoh endpoint of the router, e.g. tcp/127.0.0.1:7447",
+    )
+    p.add_argument("--zenoh-config", default=d(None), help="Zenoh configuration file (default zenoh.json5)")
+    p.add_argument("--response-timeout", type=float, default=d(5.0), help="seconds to wait for the planner")
+    p.add_argument("-v", "--verbose", action="count", default=d(0))
+    p.add_argument("-q", "--quiet", action="store_true", default=d(False))
+    p.add_argument("--no-wait", action="store_true", default=d(False), help="do not wait for workloads to settle")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,315 @@
+"""The walking system end to end: the `ank` CLI, the planner and agents as
+separate processes on a real Zenoh router (loopback), running real
+processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, child_env, free_port, wait_for, wait_port
+from tests.system import System, running_system
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def system(router: str, tmp_path: Path) -> Iterator[System]:
+    with running_system(router, tmp_path) as s:
+        s.planner()
+        s.agent("car1")
+        wait_for(lambda: s.ank("get", "state", timeout=20).returncode == 0, 20, "the planner answers")
+        yield s
+
+
+def _manifest(workloads: str) -> str:
+    return "apiVersion: v1\nworkloads:\n" + textwrap.indent(textwrap.dedent(workloads), "  ")
+
+
+def test_apply_waits_until_running_and_get_workloads_json_has_the_contract_fields(system: System) -> None:
+    out = system.ank(
+        "apply",
+        "-",
+        input=_manifest("""
+        sleeper:
+          runtime: process
+          agent: car1
+          runtimeConfig: |
+            command: sleep
+            args: ["300"]
+    """),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "sleeper: Running(Ok)" in out.stdout
+    row = system.workloads()["sleeper"]
+    assert (row["agent"], row["runtime"], row["state"], row["substate"], row["restartCount"]) == (
+        "car1",
+        "process",
+        "Running",
+        "Ok",
+        0,
+    )
+    assert "additionalInfo" in row
+
+
+def test_dependency_conditions_release_workloads_in_order(system: System) -> None:
+    out = system.ank(
+        "apply",
+        "--no-wait",
+        "-",
+        input=_manifest("""
+        init:
+          runtime: process
+          agent: car1
+          runtimeConfig: |
+            command: sh
+            args: ["-c", "sleep 1; exit 0"]
+        failing:
+          runtime: process
+          agent: car1
+          runtimeConfig: |
+            command: sh
+            args: ["-c", "exit 3"]
+        after_success:
+          runtime: process
+          agent: car1
+          dependencies: {init: ADD_COND_SUCCEEDED}
+          runtimeConfig: |
+            command: sleep
+            args: ["300"]
+        after_failure:
+          runtime: process
+          agent: car1
+          dependencies: {failing: ADD_COND_FAILED}
+          runtimeConfig: |
+            command: sleep
+            args: ["300"]
+        after_running:
+          runtime: process
+          agent: car1
+          dependencies: {after_success: ADD_COND_RUNNING, never_there: ADD_COND_RUNNING}
+          runtimeConfig: |
+            command: sleep
+            args: ["300"]
+    """),
+    )
+    assert out.returncode == 0, out.stderr
+    system.wait_state("after_failure", "Running", "Ok")
+    assert system.workloads()["failing"]["state"] == "Failed"
+    system.wait_state("after_success", "Running", "Ok")
+    assert system.workloads()["init"]["state"] == "Succeeded"
+    # A dependency on a workload that does not exist keeps it waiting.
+    row = system.wait_state("after_running", "Pending", "WaitingToStart")
+    detail = system.ank("get", "workload", "after_running")
+    assert "never_there: ADD_COND_RUNNING: WAITING (current: absent)" in detail.stdout, detail.stdout
+    assert "after_success: ADD_COND_RUNNING: MET (current: Running(Ok))" in detail.stdout
+    assert row["agent"] == "car1"
+
+
+def test_garbage_on_ank_desired_is_rejected_with_an_event_and_changes_nothing(system: System, router: str) -> None:
+    from services.bus import Bus
+
+    system.ank(
+        "apply",
+        "-",
+        input=_manifest("""
+        keep:
+          runtime: process
+          agent: car1
+          runtimeConfig: |
+            command: sleep
+            args: ["300"]
+    """),
+    )
+    before = system.ank("get", "state", "-o", "json").stdout
+    with Bus("fuzzer", server=router) as bus:
+        for payload in (b"\xff\x00garbage", b"apiVersion: v7\nworkloads: {}\n", b"[1, 2", b"workloads: 3"):
+            bus.put("ank/desired", payload)
+    events = wait_for(
+        lambda: (
+            (e := system.ank("get", "events", "-o", "json")).returncode == 0
+            and e.stdout.count('"kind":"rejected"') >= 4
+            and e.stdout
+        ),
+        15,
+        "four rejected events in `ank get events`",
+    )
+    assert "apiVersion" in events
+    after = json.loads(system.ank("get", "state", "-o", "json").stdout)
+    assert after["desiredState"] == json.loads(before)["desiredState"]
+    assert system.workloads()["keep"]["restartCount"] == 0
+
+
+def test_invalid_manifest_apply_prints_every_error_and_exits_1(system: System) -> None:
+    out = system.ank(
+        "apply",
+        "-",
+        input=_manifest("""
+        a:
+          runtime: process
+          agent: car1
+          dependencies: {b: ADD_COND_RUNNING}
+        b:
+          runtime: process
+          agent: car1
+          dependencies: {a: ADD_COND_RUNNING}
+    """),
+    )
+    assert out.returncode == 1
+    assert "cycle" in out.stderr
+    assert system.workloads() == {}
+
+
+def test_delete_workload_removes_it_and_stops_the_process(system: System) -> None:
+    system.ank(
+        "apply",
+        "-",
+        input=_manifest("""
+        doomed:
+          runtime: process
+          agent: car1
+          runtimeConfig: |
+            command: sleep
+            args: ["300"]
+    """),
+    )
+    out = system.ank("delete", "workload", "doomed")
+    assert out.returncode == 0, out.stderr
+    assert "doomed: Removed" in out.stdout
+    assert "doomed" not in system.workloads()
+
+
+def test_cli_without_a_planner_says_so_and_exits_nonzero(router: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "--response-timeout", "0.5", "get", "workloads"],
+        cwd=ROOT,
+        env=child_env(router),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2
+    assert "no planner answered" in out.stderr
+
+
+def test_cli_without_a_router_says_so_and_exits_nonzero() -> None:
+    endpoint = f"tcp/127.0.0.1:{free_port()}"
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "get", "workloads"],
+        cwd=ROOT,
+        env=child_env(endpoint),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2
+    assert "cannot open Zenoh session" in out.stderr
+
+
+def test_ank_up_runs_the_system_and_ctrl_c_leaves_no_stray_process(tmp_path: Path) -> None:
+    port = free_port()
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        _manifest("""
+        sleeper:
+          runtime: process
+          runtimeConfig: |
+            command: sleep
+            args: ["301"]
+    """)
+    )
+    env = child_env(f"tcp/127.0.0.1:{port}")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services.cli.main",
+            "up",
+            str(manifest),
+            "--agent",
+            "upagent",
+            "--port",
+            str(port),
+            "--state-dir",
+            str(tmp_path / "ank"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_port(port, 20)
+
+        def ank(*a: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "services.cli.main", *a],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+
+        wait_for(lambda: '"Running"' in ank("get", "workloads", "-o", "json").stdout, 30, "sleeper Running")
+        children = _descendants(proc.pid)
+        assert len(children) >= 5  # router, planner, agent, health-watcher, scheduler (+ the workload)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+        survivors = [p for p in children if _alive(p) and "sleep" not in _cmdline(p)]
+        assert survivors == [], [(p, _cmdline(p)) for p in survivors]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for p in _pids_with("301"):
+            try:
+                import os
+
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.split("\n")
+    parents: dict[int, list[int]] = {}
+    for line in out:
+        parts = line.split()
+        if len(parts) == 2:
+            parents.setdefault(int(parts[1]), []).append(int(parts[0]))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _pids_with(arg: str) -> list[int]:
+    return [
+        int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(int(p.name)) == f"sleep {arg} "
+    ]
