@@ -266,7 +266,11 @@ class Bus:
 
     def get(self, selector: str, payload: bytes | None = None, timeout: float = 2.0) -> list[tuple[str, bytes]]:
         """A query; the (key, payload) of every OK reply received before the timeout."""
-        replies = self.session.get(selector, payload=payload, timeout=timeout)
+        # No consolidation: several replies may share a key (recent events),
+        # and Zenoh's default keeps only the latest per key.
+        replies = self.session.get(
+            selector, payload=payload, timeout=timeout, consolidation=zenoh.ConsolidationMode.NONE
+        )
         out = []
         for reply in replies:
             if reply.ok is not None:

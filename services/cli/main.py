@@ -147,7 +147,12 @@ def _global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `ank dashboard` and `ank sim fleet` pass their own options through.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in ("dashboard", "sim"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.rest = [*getattr(args, "rest", []), *extra]
     from services.logsetup import setup_logging
 
     setup_logging("ank", args.verbose, quiet=not args.verbose)

@@ -1,0 +1,3 @@
+from services.dashboard.shell import main
+
+raise SystemExit(main())

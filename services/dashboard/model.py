@@ -1,0 +1,223 @@
+"""The dashboard's data model: what the system looks like from the bus.
+
+Theory of operation: a `DashboardView` is a frozen value. Every input the
+shell receives — the `ank/cmd/state` reply (CompleteState), a WorkloadState
+from `ank/state/**`, an agent's liveliness token, its AgentStatus, an
+EnergyReport, an Event — goes through one pure `apply_*` function that
+returns the next view and the `Update`s to push to open pages. Nothing here
+reads a clock, a socket or Zenoh, so the tests need none of them.
+
+Workload states are keyed by (agent, workload), as Ankaios keys instances:
+during a move a workload can briefly be on two agents. Rules:
+
+    input                                   | effect on the view
+    ----------------------------------------+------------------------------------------------
+    WorkloadState, older than the one held  | ignored (a late reply or a reordered put)
+    WorkloadState Removed                   | the instance leaves the view
+    WorkloadState of W on agent A (not "")  | also drops W's NotScheduled entry (it was placed)
+    WorkloadState otherwise                 | replaces the instance
+    CompleteState                           | desired manifest replaced; its states applied as above;
+                                            | its agents known; pushed as a whole snapshot
+    liveliness / AgentStatus / EnergyReport | the agent's row (created if new)
+    Event                                   | appended; only the newest `max_events` are kept
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from schemas import AgentStatus, CompleteState, EnergyReport, Event, Manifest, WorkloadState
+
+UpdateKind = Literal["snapshot", "workload", "workloadRemoved", "agent", "event"]
+
+
+class Update(msgspec.Struct, frozen=True):
+    """One change to push to the open pages: `data` is the JSON-ready row
+    (or the whole snapshot)."""
+
+    kind: UpdateKind
+    data: dict[str, Any]
+
+
+class AgentView(msgspec.Struct, frozen=True):
+    name: str
+    alive: bool | None = None  # None: no liveliness seen (e.g. a robot that only reports energy)
+    status: AgentStatus | None = None
+    energy: EnergyReport | None = None
+
+
+class DashboardView(msgspec.Struct, frozen=True):
+    desired: Manifest | None = None
+    workloads: dict[tuple[str, str], WorkloadState] = {}  # (agent, workload) → latest state
+    agents: dict[str, AgentView] = {}
+    events: tuple[Event, ...] = ()
+    max_events: int = 100
+
+
+# -- inputs --------------------------------------------------------------------
+
+
+def apply_complete_state(view: DashboardView, complete: CompleteState) -> tuple[DashboardView, list[Update]]:
+    view = msgspec.structs.replace(view, desired=complete.desired)
+    for state in complete.workload_states:
+        view, _ = apply_state(view, state)
+    for name in complete.agents:
+        if name not in view.agents:
+            view = _with_agent(view, AgentView(name, alive=True))
+    return view, [Update("snapshot", snapshot(view))]
+
+
+def apply_liveliness(view: DashboardView, agent: str, alive: bool) -> tuple[DashboardView, list[Update]]:
+    current = view.agents.get(agent, AgentView(agent))
+    if current.alive == alive:
+        return view, []
+    return _changed_agent(view, msgspec.structs.replace(current, alive=alive))
+
+
+def apply_agent_status(view: DashboardView, status: AgentStatus) -> tuple[DashboardView, list[Update]]:
+    current = view.agents.get(status.agent, AgentView(status.agent))
+    return _changed_agent(view, msgspec.structs.replace(current, status=status))
+
+
+def apply_energy(view: DashboardView, report: EnergyReport) -> tuple[DashboardView, list[Update]]:
+    current = view.agents.get(report.node, AgentView(report.node))
+    if current.energy is not None and report.time_ms and current.energy.time_ms > report.time_ms:
+        return view, []
+    return _changed_agent(view, msgspec.structs.replace(current, energy=report))
+
+
+def apply_event(view: DashboardView, event: Event) -> tuple[DashboardView, list[Update]]:
+    events = (*view.events, event)[-view.max_events :]
+    return msgspec.structs.replace(view, events=events), [Update("event", event_row(event))]
+
+
+def apply_state(view: DashboardView, state: WorkloadState) -> tuple[DashboardView, list[Update]]:
+    key = (state.agent, state.workload)
+    held = view.workloads.get(key)
+    if held is not None and state.time_ms and held.time_ms > state.time_ms:
+        return view, []
+    workloads = dict(view.workloads)
+    updates: list[Update] = []
+    if state.execution_state.state == "Removed":
+        if workloads.pop(key, None) is None:
+            return view, []
+        updates.append(Update("workloadRemoved", {"name": state.workload, "agent": state.agent}))
+    else:
+        workloads[key] = state
+        if state.agent and workloads.pop(("", state.workload), None) is not None:
+            updates.append(Update("workloadRemoved", {"name": state.workload, "agent": ""}))
+        updates.append(Update("workload", workload_row(state, view.desired)))
+    return msgspec.structs.replace(view, workloads=workloads), updates
+
+
+def _with_agent(view: DashboardView, agent: AgentView) -> DashboardView:
+    return msgspec.structs.replace(view, agents={**view.agents, agent.name: agent})
+
+
+def _changed_agent(view: DashboardView, agent: AgentView) -> tuple[DashboardView, list[Update]]:
+    view = _with_agent(view, agent)
+    return view, [Update("agent", agent_row(agent, view))]
+
+
+# -- outputs (JSON-ready rows, camelCase as on the wire) -----------------------
+
+
+def workload_row(state: WorkloadState, desired: Manifest | None) -> dict[str, Any]:
+    spec = desired.workloads.get(state.workload) if desired is not None else None
+    return {
+        "name": state.workload,
+        "agent": state.agent,
+        "state": state.execution_state.state,
+        "substate": state.execution_state.substate,
+        "additionalInfo": state.execution_state.additional_info,
+        "restartCount": state.restart_count,
+        "restartPolicy": spec.restart_policy if spec is not None else None,
+        "runtime": state.runtime or (spec.runtime if spec is not None else ""),
+        "instance": state.instance,
+        "exitCode": state.exit_code,
+        "lastError": state.last_error,
+        "health": state.health,
+        "timeMs": state.time_ms,
+    }
+
+
+def workload_rows(view: DashboardView, name: str | None = None) -> list[dict[str, Any]]:
+    """Every instance (or those of workload `name`) plus desired workloads no
+    state has been seen for yet (state "")."""
+    rows = [
+        workload_row(state, view.desired)
+        for (_agent, workload), state in sorted(view.workloads.items(), key=lambda item: (item[0][1], item[0][0]))
+        if name is None or workload == name
+    ]
+    if view.desired is not None:
+        seen = {workload for _agent, workload in view.workloads}
+        for wl_name, spec in sorted(view.desired.workloads.items()):
+            if wl_name not in seen and (name is None or wl_name == name):
+                rows.append(_desired_only_row(wl_name, spec.agent or "", spec.restart_policy, spec.runtime))
+    return rows
+
+
+def _desired_only_row(name: str, agent: str, restart_policy: str, runtime: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "agent": agent,
+        "state": "",
+        "substate": "",
+        "additionalInfo": "no state reported yet",
+        "restartCount": 0,
+        "restartPolicy": restart_policy,
+        "runtime": runtime,
+        "instance": "",
+        "exitCode": None,
+        "lastError": "",
+        "health": "",
+        "timeMs": 0,
+    }
+
+
+def agent_row(agent: AgentView, view: DashboardView) -> dict[str, Any]:
+    status, energy = agent.status, agent.energy
+    return {
+        "name": agent.name,
+        "alive": agent.alive,
+        "arch": status.arch if status else "",
+        "os": status.os if status else "",
+        "tags": dict(status.tags) if status else {},
+        "cpuPercent": status.cpu_percent if status else None,
+        "freeMemoryBytes": status.free_memory_bytes if status else None,
+        "totalMemoryBytes": status.total_memory_bytes if status else None,
+        "runtimes": list(status.runtimes) if status else [],
+        "energyWh": energy.energy_wh if energy else None,
+        "capacityWh": energy.capacity_wh if energy else None,
+        "x": energy.x if energy else None,
+        "y": energy.y if energy else None,
+        "energyTimeMs": energy.time_ms if energy else None,
+        "energySource": energy.source if energy else "",
+        "workloads": sorted(wl for (agent_name, wl) in view.workloads if agent_name == agent.name),
+    }
+
+
+def agent_rows(view: DashboardView) -> list[dict[str, Any]]:
+    return [agent_row(agent, view) for _name, agent in sorted(view.agents.items())]
+
+
+def event_row(event: Event) -> dict[str, Any]:
+    return {
+        "kind": event.kind,
+        "subject": event.subject,
+        "message": event.message,
+        "severity": event.severity,
+        "sender": event.sender,
+        "timeMs": event.time_ms,
+    }
+
+
+def event_rows(view: DashboardView) -> list[dict[str, Any]]:
+    """Newest first."""
+    return [event_row(event) for event in reversed(view.events)]
+
+
+def snapshot(view: DashboardView) -> dict[str, Any]:
+    return {"workloads": workload_rows(view), "agents": agent_rows(view), "events": event_rows(view)}

@@ -1,0 +1,217 @@
+"""`ank dashboard`: a read-only HTTP API and a live web page of workloads,
+agents and recent events.
+
+    GET /                         the page (static; it fetches nothing secret by itself)
+    GET /api/v1/workloads         {"workloads": [...]}   every instance, plus desired workloads with no state yet
+    GET /api/v1/workloads/<name>  {"workloads": [...]}   the instances of one workload (404 if none)
+    GET /api/v1/agents            {"agents": [...]}      liveliness, status, energy and pose
+    GET /api/v1/events            {"events": [...]}      newest first
+    WS  /api/v1/stream            a snapshot, then one message per change
+
+With a token (`--token` or env ANK_DASHBOARD_TOKEN) every /api route wants
+`Authorization: Bearer <token>` (or `?access_token=<token>`, for browsers'
+WebSockets); without one the API is open, so keep it on loopback.
+
+The data model is services.dashboard.model (pure). This shell feeds it from
+Zenoh — `ank/state/**`, `ank/agents/*` liveliness and `*/status`,
+`ank/energy/**`, `ank/events/**`, and the `ank/cmd/state` query at start
+and every `--resync` seconds (so a lost message heals) — on the web
+server's asyncio loop: Zenoh callbacks only post onto it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from schemas import AgentStatus, CompleteState, EnergyReport, Event, WorkloadState
+from services.bus import Bus, BusConfigError
+from services.dashboard import model
+from services.dashboard.page import PAGE
+from services.dashboard.web import Fanout, run_server
+from services.logsetup import setup_logging
+
+log = logging.getLogger("ank.dashboard")
+DEFAULT_PORT = 8800
+STATE_QUERY = "ank/cmd/state"
+
+
+class DashboardShell:
+    """Holds the view; every change goes through the model on the web loop."""
+
+    def __init__(self, bus: Bus, fanout: Fanout) -> None:
+        self.bus = bus
+        self.fanout = fanout
+        self.view = model.DashboardView()
+
+    def apply(self, change: Callable[..., tuple[model.DashboardView, list[model.Update]]], *args: Any) -> None:
+        self.view, updates = change(self.view, *args)
+        for update in updates:
+            self.fanout.publish(_json({"type": update.kind, "data": update.data}))
+
+    def subscribe(self) -> None:
+        post = self.fanout.post
+        self.bus.subscribe("ank/state/**", WorkloadState, lambda _k, msg: post(self.apply, model.apply_state, msg))
+        self.bus.subscribe(
+            "ank/agents/*/status", AgentStatus, lambda _k, msg: post(self.apply, model.apply_agent_status, msg)
+        )
+        self.bus.subscribe("ank/energy/**", EnergyReport, lambda _k, msg: post(self.apply, model.apply_energy, msg))
+        self.bus.subscribe("ank/events/**", Event, lambda _k, msg: post(self.apply, model.apply_event, msg))
+        self.bus.watch_liveliness(
+            "ank/agents/*",
+            lambda key, alive: post(self.apply, model.apply_liveliness, key.rsplit("/", 1)[-1], alive),
+        )
+
+    async def resync_forever(self, every_s: float) -> None:
+        """Asks `ank/cmd/state` now and every `every_s` seconds (0: only now)."""
+        while True:
+            try:
+                replies = await asyncio.to_thread(self.bus.get_decoded, STATE_QUERY, CompleteState, None, 2.0)
+            except Exception as exc:  # the router may be restarting; the next round retries
+                log.warning("query %s failed: %s", STATE_QUERY, exc)
+                replies = []
+            if replies:
+                self.apply(model.apply_complete_state, replies[-1])
+            else:
+                log.info("no reply to %s (is the planner up?); showing live updates only", STATE_QUERY)
+            if every_s <= 0:
+                return
+            await asyncio.sleep(every_s)
+
+
+def _json(obj: object) -> str:
+    return msgspec.json.encode(obj).decode()
+
+
+def _authorised(connection: HTTPConnection, token: str | None) -> bool:
+    if not token:
+        return True
+    header = connection.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    offered = value.strip() if scheme.lower() == "bearer" else connection.query_params.get("access_token", "")
+    return hmac.compare_digest(offered.encode(), token.encode())
+
+
+def _unauthorised() -> JSONResponse:
+    return JSONResponse(
+        {"error": "missing or wrong bearer token"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def build_app(bus: Bus, token: str | None = None, resync_s: float = 10.0) -> Starlette:
+    fanout = Fanout()
+    shell = DashboardShell(bus, fanout)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        fanout.bind(asyncio.get_running_loop())
+        shell.subscribe()  # before the first query, so nothing between them is missed
+        resync = asyncio.create_task(shell.resync_forever(resync_s))
+        try:
+            yield
+        finally:
+            resync.cancel()
+
+    def api(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def guarded(request: Request) -> Response:
+            return await handler(request) if _authorised(request, token) else _unauthorised()
+
+        return guarded
+
+    async def page(_request: Request) -> HTMLResponse:
+        return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
+
+    @api
+    async def workloads(_request: Request) -> Response:
+        return JSONResponse({"workloads": model.workload_rows(shell.view)})
+
+    @api
+    async def workload(request: Request) -> Response:
+        name = request.path_params["name"]
+        rows = model.workload_rows(shell.view, name)
+        if not rows:
+            return JSONResponse({"error": f"no workload named {name!r}"}, status_code=404)
+        return JSONResponse({"workloads": rows})
+
+    @api
+    async def agents(_request: Request) -> Response:
+        return JSONResponse({"agents": model.agent_rows(shell.view)})
+
+    @api
+    async def events(_request: Request) -> Response:
+        return JSONResponse({"events": model.event_rows(shell.view)})
+
+    async def stream(websocket: WebSocket) -> None:
+        await websocket.accept()
+        if not _authorised(websocket, token):
+            # Accept first so that the page sees the policy-violation code.
+            await websocket.close(code=1008, reason="missing or wrong bearer token")
+            return
+        snapshot = _json({"type": "snapshot", "data": model.snapshot(shell.view)})
+        await fanout.stream(websocket, [snapshot])
+
+    return Starlette(
+        routes=[
+            Route("/", page),
+            Route("/api/v1/workloads", workloads),
+            Route("/api/v1/workloads/{name}", workload),
+            Route("/api/v1/agents", agents),
+            Route("/api/v1/events", events),
+            WebSocketRoute("/api/v1/stream", stream),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def serve(bus: Bus, host: str, port: int, token: str | None, *, resync_s: float = 10.0) -> int:
+    """Serves the dashboard until SIGTERM/SIGINT; 0 after a clean stop, 2 if
+    it cannot listen. The caller owns (and closes) the bus."""
+    if not token and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without a token: anyone who can reach it can read the system's state", host)
+    log.info("dashboard on http://%s:%d/%s", host, port, " (bearer token required)" if token else "")
+    return run_server(build_app(bus, token, resync_s), host, port, "ank dashboard")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ank dashboard", description="A live web view of ank-zenoh.")
+    parser.add_argument("--zenoh-config", help="Zenoh configuration (json5; default zenoh.json5)")
+    parser.add_argument("--server", help="router endpoint (host:port or tcp/host:port; env ANK_SERVER)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("ANK_DASHBOARD_TOKEN") or None,
+        help="bearer token the API requires (env ANK_DASHBOARD_TOKEN; default: none)",
+    )
+    parser.add_argument("--resync", type=float, default=10.0, help="seconds between state re-reads (0: only at start)")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--"]:  # `ank dashboard -- --port N` passes the separator on
+        argv = argv[1:]
+    args = parser.parse_args(argv)
+    if not 0 < args.port < 65536:
+        parser.error(f"--port {args.port} is not a TCP port")
+    setup_logging("ank-dashboard", args.verbose)
+    try:
+        bus = Bus("dashboard", config=args.zenoh_config, server=args.server)
+    except BusConfigError as exc:
+        print(f"ank dashboard: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return serve(bus, args.host, args.port, args.token, resync_s=args.resync)
+    finally:
+        bus.close()
