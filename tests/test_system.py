@@ -26,6 +26,7 @@ def system(router: str, tmp_path: Path) -> Iterator[System]:
         s.planner()
         s.agent("car1")
         wait_for(lambda: s.ank("get", "state", timeout=20).returncode == 0, 20, "the planner answers")
+        wait_for(lambda: '"car1"' in s.ank("get", "agents", "-o", "json").stdout, 20, "agent car1 is alive")
         yield s
 
 
@@ -156,10 +157,12 @@ def test_invalid_manifest_apply_prints_every_error_and_exits_1(system: System) -
           runtime: process
           agent: car1
           dependencies: {b: ADD_COND_RUNNING}
+          runtimeConfig: "command: 'true'"
         b:
           runtime: process
           agent: car1
           dependencies: {a: ADD_COND_RUNNING}
+          runtimeConfig: "command: 'true'"
     """),
     )
     assert out.returncode == 1
