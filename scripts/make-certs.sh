@@ -4,7 +4,8 @@
 #
 #   scripts/make-certs.sh DIR [IDENTITY...]      e.g. scripts/make-certs.sh certs agent-car1 agent-car2
 #
-# Always made: router, cli, planner, health-watcher, scheduler; the arguments
+# Always made: router, cli, planner, health-watcher, scheduler, workload (the
+# workloads' own programs); the arguments
 # add more (one `agent-<name>` per agent). The common name of each certificate
 # is its identity: the router's access control (services/bus/secure.py) grants
 # permissions by common name. Files: DIR/ca.pem, DIR/ca.key, DIR/<identity>.pem,
@@ -21,7 +22,7 @@ usage() { echo "usage: $0 DIR [IDENTITY...]   (identities: letters, digits, '-',
 command -v openssl >/dev/null || { echo "$0: openssl is not installed" >&2; exit 1; }
 
 dir=$1; shift
-identities=(router cli planner health-watcher scheduler "$@")
+identities=(router cli planner health-watcher scheduler workload "$@")
 for id in "${identities[@]}"; do
   [[ $id =~ ^[A-Za-z0-9_-]{1,64}$ ]] || { echo "$0: bad identity name '$id'" >&2; usage; }
 done

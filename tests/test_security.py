@@ -424,3 +424,22 @@ def recorded_pids(run_dir: Path) -> list[int]:
         except (OSError, ValueError, KeyError, TypeError):
             pass
     return pids
+
+
+def test_workloads_talk_freely_on_their_keys_but_cannot_write_the_orchestrators(
+    open_as: Callable[[str], Bus],
+) -> None:
+    workload, peer, cli = open_as("workload"), open_as("workload"), open_as("cli")
+    app, desired, states = Collector(), Collector(), Collector()
+    peer.subscribe_raw("vehicle/**", app)
+    cli.subscribe_raw("ank/desired", desired)
+    cli.subscribe_raw("ank/state/**", states)
+    put_until_seen(workload, "vehicle/Vehicle.Speed", b"42", app)
+    # Denied writes, then an allowed one from the same session: once the
+    # allowed one has arrived, the denied ones would have too.
+    workload.put("ank/desired", b"apiVersion: v1\nworkloads: {}\n")
+    workload.put("ank/state/car1/x", b"{}")
+    put_until_seen(cli, "ank/desired", b"from-cli", desired)
+    put_until_seen(workload, "vehicle/Vehicle.Speed", b"43", app)
+    assert payloads(desired) == [b"from-cli"] * len(desired.items)
+    assert states.items == []

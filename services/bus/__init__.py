@@ -60,7 +60,8 @@ def load_config(path: str | Path | None = None, server: str | None = None) -> ze
         raise BusConfigError(f"cannot read Zenoh configuration {path}: {exc}") from exc
     server = server or os.environ.get("ANK_SERVER")
     if server:
-        endpoints = [_endpoint(s) for s in server.split(",") if s.strip()]
+        scheme = "tls" if _uses_tls(conf) else "tcp"
+        endpoints = [_endpoint(s, scheme) for s in server.split(",") if s.strip()]
         try:
             conf.insert_json5("connect/endpoints", json.dumps(endpoints))
         except Exception as exc:
@@ -68,11 +69,18 @@ def load_config(path: str | Path | None = None, server: str | None = None) -> ze
     return conf
 
 
-def _endpoint(text: str) -> str:
+def _uses_tls(conf: zenoh.Config) -> bool:
+    try:
+        return json.loads(conf.get_json("transport/link/tls/connect_certificate")) is not None
+    except Exception:
+        return False
+
+
+def _endpoint(text: str, scheme: str = "tcp") -> str:
     text = text.strip()
     if "/" in text:
         return text
-    return f"tcp/{text}"  # "host:port", as Ankaios's --server takes it
+    return f"{scheme}/{text}"  # "host:port", as Ankaios's --server takes it
 
 
 class _SeqStamp:

@@ -56,6 +56,11 @@ LIVELINESS_QUERY = "liveliness_query"
 ALL_MESSAGES = (PUT, DELETE, SUBSCRIBE, QUERY, QUERYABLE, REPLY, TOKEN, LIVELINESS_SUBSCRIBE, LIVELINESS_QUERY)
 
 SERVICE_IDENTITIES = ("cli", "planner", "health-watcher", "scheduler")
+# The identity of the workloads themselves (middleware programs such as the
+# police example's): free on their own keys, read-only on the orchestrator's.
+WORKLOAD_IDENTITY = "workload"
+APP_KEYS = ("**",)
+ORCHESTRATOR_KEYS = ("ank/**",)
 ROUTER_IDENTITY = "router"
 AGENT_PREFIX = "agent-"
 AGENT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
@@ -164,6 +169,29 @@ def _rules(rule_prefix: str, grants: Grants, agent: str | None = None) -> list[d
     return rules
 
 
+def _workload_rules() -> list[dict[str, Any]]:
+    """Workloads may do anything outside ank/**, and on ank/** only what
+    everyone may (read states and events, report events): a deny rule on
+    ank/** wins over the allow rule on **."""
+    writes = [PUT, DELETE, QUERYABLE, REPLY, TOKEN]
+    return [
+        {
+            "id": "workload/app",
+            "messages": list(ALL_MESSAGES),
+            "flows": ["ingress", "egress"],
+            "permission": "allow",
+            "key_exprs": list(APP_KEYS),
+        },
+        {
+            "id": "workload/orchestrator",
+            "messages": writes,
+            "flows": ["ingress"],
+            "permission": "deny",
+            "key_exprs": list(ORCHESTRATOR_KEYS),
+        },
+    ]
+
+
 def access_control(agents: Iterable[str]) -> dict[str, Any]:
     """The router's `access_control` section for these agents (names, not
     identities: `car1` for `agent-car1`)."""
@@ -183,6 +211,11 @@ def access_control(agents: Iterable[str]) -> dict[str, Any]:
     policies: list[dict[str, Any]] = [
         {"id": "everyone", "rules": [r["id"] for r in rules], "subjects": ["everyone"]},
     ]
+    rules.extend(_workload_rules())
+    subjects.append({"id": WORKLOAD_IDENTITY, "cert_common_names": [WORKLOAD_IDENTITY]})
+    policies.append(
+        {"id": WORKLOAD_IDENTITY, "rules": [r["id"] for r in _workload_rules()], "subjects": [WORKLOAD_IDENTITY]}
+    )
     per_identity = [(identity, _rules(identity, INGRESS_GRANTS[identity])) for identity in SERVICE_IDENTITIES]
     per_identity += [(agent_identity(a), _rules(agent_identity(a), INGRESS_GRANTS["agent"], a)) for a in agent_names]
     for identity, identity_rules in per_identity:

@@ -36,31 +36,78 @@ def child_environment(endpoint: str) -> dict[str, str]:
     return env
 
 
-def services(agent: str, state_dir: Path, endpoint: str) -> list[tuple[str, list[str]]]:
+def services(
+    agent: str, state_dir: Path, endpoint: str, configs: dict[str, Path] | None = None
+) -> list[tuple[str, list[str]]]:
+    """Each child's command line. `configs` (identity → Zenoh configuration
+    file) secures them: each service then connects with its own certificate."""
     py = sys.executable
+
+    def zconf(identity: str) -> list[str]:
+        return ["--zenoh-config", str(configs[identity])] if configs else []
+
+    router = ["--zenoh-config", str(configs["router"])] if configs else ["--listen", endpoint]
     return [
-        ("router", [py, "-m", "services.bus.router", "--listen", endpoint]),
-        ("planner", [py, "-m", "services.planner", "--state-dir", str(state_dir / "planner")]),
-        ("agent", [py, "-m", "services.agent", "--name", agent, "--run-dir", str(state_dir / "agents" / agent)]),
-        ("health-watcher", [py, "-m", "services.health_watcher", "--agent", agent]),
-        ("scheduler", [py, "-m", "services.scheduler"]),
+        ("router", [py, "-m", "services.bus.router", *router]),
+        ("planner", [py, "-m", "services.planner", "--state-dir", str(state_dir / "planner"), *zconf("planner")]),
+        (
+            "agent",
+            [
+                py,
+                "-m",
+                "services.agent",
+                "--name",
+                agent,
+                "--run-dir",
+                str(state_dir / "agents" / agent),
+                *zconf(f"agent-{agent}"),
+            ],
+        ),
+        ("health-watcher", [py, "-m", "services.health_watcher", "--agent", agent, *zconf("health-watcher")]),
+        ("scheduler", [py, "-m", "services.scheduler", *zconf("scheduler")]),
     ]
+
+
+def secure_configs(agent: str, state_dir: Path, endpoint: str) -> dict[str, Path]:
+    """Makes the certificates (scripts/make-certs.sh) and one Zenoh
+    configuration per identity under state_dir; returns identity → file."""
+    from services.bus import secure
+
+    cert_dir, conf_dir = state_dir / "certs", state_dir / "zenoh"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "make-certs.sh"), str(cert_dir), f"agent-{agent}"],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"making certificates failed: {done.stderr.strip()}")
+    configs = {"router": conf_dir / "router.json5"}
+    secure.write_config(secure.router_config(cert_dir, [agent], endpoint), configs["router"])
+    for identity in ("cli", "planner", "health-watcher", "scheduler", "workload", f"agent-{agent}"):
+        configs[identity] = conf_dir / f"{identity}.json5"
+        secure.write_config(secure.client_config(cert_dir, identity, endpoint), configs[identity])
+    return configs
 
 
 class Embedded:
     """The child processes of `ank up`, started in order, stopped in reverse."""
 
-    def __init__(self, agent: str, state_dir: Path, port: int) -> None:
+    def __init__(self, agent: str, state_dir: Path, port: int, *, secure: bool = False) -> None:
         self.agent = agent
         self.state_dir = state_dir
-        self.endpoint = f"tcp/127.0.0.1:{port}"
+        self.endpoint = f"{'tls' if secure else 'tcp'}/127.0.0.1:{port}"
         self.port = port
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.configs = secure_configs(agent, state_dir, self.endpoint) if secure else None
         self.env = child_environment(self.endpoint)
+        if self.configs:
+            # The workloads' own programs connect as the `workload` identity.
+            self.env["ANK_ZENOH_CONFIG"] = str(self.configs["workload"])
 
     def start(self) -> None:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
-        for name, argv in services(self.agent, self.state_dir, self.endpoint):
+        for name, argv in services(self.agent, self.state_dir, self.endpoint, self.configs):
             log = open(self.state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child
             proc = subprocess.Popen(
                 argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -101,13 +148,20 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) 
 
 def run_up(args: argparse.Namespace) -> int:
     agent = args.agent or socket.gethostname().split(".")[0].replace(".", "-")
-    system = Embedded(agent, Path(args.state_dir).resolve(), args.port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
+        system = Embedded(agent, Path(args.state_dir).resolve(), args.port, secure=args.secure)
+    except (RuntimeError, OSError) as exc:
+        print(f"ank up: {exc}", file=sys.stderr)
+        return 1
+    try:
         system.start()
         print(f"ank up: router {system.endpoint}, agent {agent!r}, state in {system.state_dir}", file=sys.stderr)
-        with Bus("ank-up", server=system.endpoint) as bus:
+        cli_config = system.configs["cli"] if system.configs else None
+        if cli_config:
+            print(f"ank up: secured; use `ank --zenoh-config {cli_config} ...`", file=sys.stderr)
+        with Bus("ank-up", config=cli_config, server=system.endpoint) as bus:
             client = Client(bus, args.response_timeout)
             _wait_planner(client, system)
             if args.manifest:
