@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from services.cli.up import stop_recorded_processes
 from tests.helpers import ROOT, child_env, stop_process, wait_for
 
 
@@ -101,12 +102,7 @@ def running_system(endpoint: str, base: Path) -> Iterator[System]:
         yield system
     finally:
         system.stop()
-        # Workloads started by agents run in their own sessions: kill leftovers
-        # recorded by the process runtime so that no test leaks processes.
-        for rec in (base / "agents").glob("*/**/*.json") if (base / "agents").exists() else []:
-            try:
-                pid = json.loads(rec.read_text()).get("pid")
-                if isinstance(pid, int):
-                    os.killpg(pid, signal.SIGKILL)
-            except (OSError, ValueError, AttributeError):
-                pass
+        # Workloads started by agents run in their own sessions (adoption):
+        # stop what the agents recorded so that no test leaks processes.
+        for run_dir in (base / "agents").glob("*"):
+            stop_recorded_processes(run_dir)

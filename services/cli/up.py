@@ -37,32 +37,30 @@ def child_environment(endpoint: str) -> dict[str, str]:
 
 
 def services(
-    agent: str, state_dir: Path, endpoint: str, configs: dict[str, Path] | None = None
+    agent: str,
+    state_dir: Path,
+    endpoint: str,
+    configs: dict[str, Path] | None = None,
+    extra_agents: int = 0,
 ) -> list[tuple[str, list[str]]]:
     """Each child's command line. `configs` (identity → Zenoh configuration
-    file) secures them: each service then connects with its own certificate."""
+    file) secures them: each service then connects with its own certificate.
+    `extra_agents` adds agents <agent>2, <agent>3, ... (benchmarks)."""
     py = sys.executable
 
     def zconf(identity: str) -> list[str]:
         return ["--zenoh-config", str(configs[identity])] if configs else []
 
+    def agent_argv(name: str) -> list[str]:
+        run_dir = str(state_dir / "agents" / name)
+        return [py, "-m", "services.agent", "--name", name, "--run-dir", run_dir, *zconf(f"agent-{name}")]
+
     router = ["--zenoh-config", str(configs["router"])] if configs else ["--listen", endpoint]
     return [
         ("router", [py, "-m", "services.bus.router", *router]),
         ("planner", [py, "-m", "services.planner", "--state-dir", str(state_dir / "planner"), *zconf("planner")]),
-        (
-            "agent",
-            [
-                py,
-                "-m",
-                "services.agent",
-                "--name",
-                agent,
-                "--run-dir",
-                str(state_dir / "agents" / agent),
-                *zconf(f"agent-{agent}"),
-            ],
-        ),
+        ("agent", agent_argv(agent)),
+        *((f"agent{i}", agent_argv(f"{agent}{i}")) for i in range(2, 2 + extra_agents)),
         ("health-watcher", [py, "-m", "services.health_watcher", "--agent", agent, *zconf("health-watcher")]),
         ("scheduler", [py, "-m", "services.scheduler", *zconf("scheduler")]),
     ]
@@ -93,8 +91,9 @@ def secure_configs(agent: str, state_dir: Path, endpoint: str) -> dict[str, Path
 class Embedded:
     """The child processes of `ank up`, started in order, stopped in reverse."""
 
-    def __init__(self, agent: str, state_dir: Path, port: int, *, secure: bool = False) -> None:
+    def __init__(self, agent: str, state_dir: Path, port: int, *, secure: bool = False, extra_agents: int = 0) -> None:
         self.agent = agent
+        self.extra_agents = extra_agents
         self.state_dir = state_dir
         self.endpoint = f"{'tls' if secure else 'tcp'}/127.0.0.1:{port}"
         self.port = port
@@ -107,7 +106,7 @@ class Embedded:
 
     def start(self) -> None:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
-        for name, argv in services(self.agent, self.state_dir, self.endpoint, self.configs):
+        for name, argv in services(self.agent, self.state_dir, self.endpoint, self.configs, self.extra_agents):
             log = open(self.state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child
             proc = subprocess.Popen(
                 argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -129,8 +128,49 @@ class Embedded:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
 
+        for run_dir in (self.state_dir / "agents").glob("*"):
+            stop_recorded_processes(run_dir)
+
     def dead(self) -> list[str]:
         return [name for name, proc in self.children if proc.poll() is not None]
+
+
+def stop_recorded_processes(run_dir: Path, grace: float = 5.0) -> int:
+    """Stops the process workloads an agent recorded in run_dir (they run in
+    their own sessions and outlive the agent by design, for adoption): used
+    when the whole embedded system stops. Returns how many were signalled."""
+    import json
+
+    groups = []
+    for rec in run_dir.glob("records/*.json"):
+        try:
+            handle = json.loads(rec.read_text()).get("handle", {})
+            if handle.get("runtime") == "process" and handle.get("record", {}).get("pid"):
+                groups.append(int(handle["record"]["pid"]))
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = []
+        for pgid in groups:
+            try:
+                os.killpg(pgid, sig)
+                alive.append(pgid)
+            except OSError:
+                pass
+        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 0)
+        while alive and time.monotonic() < deadline:
+            alive = [g for g in alive if _group_alive(g)]
+            time.sleep(0.05)
+        groups = alive
+    return len(groups)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except OSError:
+        return False
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
