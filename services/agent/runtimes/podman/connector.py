@@ -1,0 +1,467 @@
+"""The `podman` runtime connector: the shell around podman/core.py.
+
+`podman run -d` through the CLI (a manifest's commandOptions are options of
+that command line, so the CLI is the only faithful way to honour them),
+states from the agent's one `podman events` stream (podman/cli.py): its
+`died` events carry the exit code, so no inspect is needed. See
+docs/podman.md.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import msgspec
+
+from schemas.messages import WorkloadUsage
+from services.agent.runtimes.base import Notify, RunHandle, RuntimeEvent, StartError, StartSpec
+from services.agent.runtimes.podman.cli import (
+    EventStream,
+    ExitFiles,
+    PodmanCli,
+    acquire_exit_files,
+    acquire_stream,
+    release_exit_files,
+    release_stream,
+)
+from services.agent.runtimes.podman.core import (
+    IMAGE_MAP_ENV,
+    LABEL_INSTANCE,
+    LABEL_RUN,
+    LABEL_WORKLOAD,
+    ContainerEvent,
+    ImageMap,
+    Run,
+    container_name,
+    decode_podman_config,
+    map_image,
+    names_itself,
+    on_container_event,
+    on_started,
+    parse_image_map,
+    parse_stats,
+    run_command,
+    run_labels,
+    start_error,
+)
+
+log = logging.getLogger("ank.agent.podman")
+
+# Events of runs not (yet) registered, kept for adopt(): an adopted container
+# may change between `podman ps` and its registration.
+UNCLAIMED_EVENTS = 256
+STOP_TIMEOUT_MARGIN_S = 30.0
+# An ended container's removal waits this long for a restart to take it over.
+DEFERRED_REMOVE_S = 1.0
+
+
+def image_map_from_env() -> ImageMap:
+    """ANK_IMAGE_MAP (`FROM=TO,...`); a malformed value raises ValueError."""
+    return parse_image_map(os.environ.get(IMAGE_MAP_ENV, ""))
+
+
+class PodmanWatcher:
+    """What the two podman connectors share: the registered runs, the agent's
+    event stream, notify. Runs are keyed by their `ank.run` label."""
+
+    def __init__(self, cli: PodmanCli) -> None:
+        self.cli = cli
+        self._lock = threading.RLock()
+        self._runs: dict[str, Run] = {}
+        self._notify: dict[str, Notify] = {}
+        self._streams: dict[str, EventStream] = {}
+        self._unclaimed: collections.deque[ContainerEvent] = collections.deque(maxlen=UNCLAIMED_EVENTS)
+        self._exit_files: ExitFiles | None = None
+
+    def watch_agent(self, agent: str) -> None:
+        """Starts the agent's event stream (before any of its containers is touched)."""
+        with self._lock:
+            if agent not in self._streams:
+                self._streams[agent] = acquire_stream(self.cli, agent, self._on_event)
+            if self._exit_files is None and self.cli.exits_dir is not None:
+                self._exit_files = acquire_exit_files(self._on_exit_file, self.cli.exits_dir)
+
+    def register(self, run: Run, notify: Notify, *, replay: bool = False) -> None:
+        with self._lock:
+            self._runs[run.run_id] = run
+            self._notify[run.run_id] = notify
+            if replay:
+                for event in [e for e in self._unclaimed if e.Attributes.get(LABEL_RUN) == run.run_id]:
+                    self._apply(event)
+
+    def forget(self, run_id: str) -> Run | None:
+        with self._lock:
+            self._notify.pop(run_id, None)
+            return self._runs.pop(run_id, None)
+
+    def get(self, run_id: str) -> Run | None:
+        with self._lock:
+            return self._runs.get(run_id)
+
+    def runs(self) -> list[Run]:
+        with self._lock:
+            return list(self._runs.values())
+
+    def update(self, run_id: str, **changes: object) -> None:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is not None:
+                self._runs[run_id] = msgspec.structs.replace(run, **changes)
+
+    def started(self, run_id: str, container_id: str) -> None:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is not None:
+                self._emit(run_id, *on_started(run, container_id))
+
+    def close(self) -> None:
+        with self._lock:
+            streams, self._streams = self._streams, {}
+            exit_files, self._exit_files = self._exit_files, None
+        for stream in streams.values():
+            release_stream(stream, self._on_event)
+        if exit_files is not None:
+            release_exit_files(exit_files, self._on_exit_file)
+
+    def _on_exit_file(self, container_id: str, exit_code: int) -> None:
+        """The exit-file fast path: a `died` event ahead of podman's own."""
+        with self._lock:
+            for run in self._runs.values():
+                if container_id in run.phases:
+                    died = ContainerEvent(
+                        ID=container_id, Status="died", ContainerExitCode=exit_code, Attributes={LABEL_RUN: run.run_id}
+                    )
+                    self._apply(died)
+                    return
+
+    def _on_event(self, event: ContainerEvent) -> None:
+        run_id = event.Attributes.get(LABEL_RUN, "")
+        with self._lock:
+            if run_id in self._runs:
+                self._apply(event)
+            else:
+                self._unclaimed.append(event)
+
+    def _apply(self, event: ContainerEvent) -> None:
+        run_id = event.Attributes.get(LABEL_RUN, "")
+        run = self._runs.get(run_id)
+        if run is not None:
+            self._emit(run_id, *on_container_event(run, event))
+
+    def _emit(self, run_id: str, run: Run, events: list[RuntimeEvent]) -> None:
+        # Called with the lock held, so that the agent hears each run's
+        # events in the order they happened (notify only posts).
+        self._runs[run_id] = run
+        notify = self._notify.get(run_id)
+        for event in events:
+            log.info("%s (%s): %s %s", event.workload, event.instance, event.kind, event.exit_code)
+            if notify is not None:
+                try:
+                    notify(event)
+                except Exception:
+                    log.exception("notify failed for %s", event.workload)
+
+
+def files_dir(base: Path, workload: str, instance: str) -> Path:
+    return base / "files" / f"{workload}.{instance}"
+
+
+def write_files(folder: Path, files: list[tuple[str, bytes]]) -> list[tuple[str, str]]:
+    """Writes each (mountPoint, content) under `folder`; (host path, mountPoint)
+    pairs to bind-mount. A mountPoint that is not an absolute path inside the
+    container raises StartError(permanent=True)."""
+    mounts: list[tuple[str, str]] = []
+    for mount_point, content in files:
+        target = PurePosixPath(mount_point)
+        if not target.is_absolute() or ".." in target.parts or len(target.parts) < 2:
+            raise StartError(f"files: mountPoint {mount_point!r} must be an absolute file path", permanent=True)
+        host = folder.joinpath(*target.parts[1:])
+        host.parent.mkdir(parents=True, exist_ok=True)
+        host.write_bytes(content)
+        mounts.append((str(host), str(target)))
+    return mounts
+
+
+def ps_containers(cli: PodmanCli, label_filters: list[str]) -> list[dict[str, object]]:
+    """`podman ps -a --format json` of the containers carrying these labels."""
+    args = ["ps", "-a", "--format", "json"]
+    for label in label_filters:
+        args += ["--filter", f"label={label}"]
+    result = cli.run(args, timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"podman ps failed: {result.stderr.strip()}")
+    try:
+        rows = json.loads(result.stdout or "[]")
+    except json.JSONDecodeError as exc:
+        raise RuntimeError(f"podman ps printed no JSON: {exc}") from None
+    return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+
+
+def remove_run_containers(cli: PodmanCli, run_id: str) -> None:
+    """Removes whatever a failed create left behind (a created, never started container)."""
+    try:
+        ids = [str(row["Id"]) for row in ps_containers(cli, [f"{LABEL_RUN}={run_id}"]) if "Id" in row]
+        if ids:
+            cli.run(["rm", "-f", "-t", "0", *ids], timeout=60)
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        log.warning("cleaning up after failed run %s: %s", run_id, exc)
+
+
+class DeferredRemovals:
+    """Removals of ended containers, put off by DEFERRED_REMOVE_S: a create of
+    the same name in the meantime takes the removal over (`--replace`); else
+    one thread removes them when due. `close` removes what is still pending."""
+
+    def __init__(self, cli: PodmanCli) -> None:
+        self.cli = cli
+        self._cond = threading.Condition()
+        self._pending: dict[str, tuple[str, Path | None, float]] = {}  # name → (container id, files, due)
+        self._in_flight: set[str] = set()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def defer(self, name: str, container_id: str, files: Path | None) -> None:
+        with self._cond:
+            closed = self._closed
+            if not closed:
+                self._pending[name] = (container_id, files, time.monotonic() + DEFERRED_REMOVE_S)
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._reap, name="podman-removals", daemon=True)
+                    self._thread.start()
+                self._cond.notify_all()
+        if closed:
+            self.remove_now(container_id, files, name)
+
+    def claim(self, name: str) -> None:
+        """A create of `name` follows: its pending removal is dropped, one
+        under way is waited for (bounded)."""
+        deadline = time.monotonic() + 60
+        with self._cond:
+            self._pending.pop(name, None)
+            while name in self._in_flight and time.monotonic() < deadline:
+                self._cond.wait(1.0)
+
+    def remove_now(self, container_id: str, files: Path | None, what: str) -> None:
+        try:
+            result = self.cli.run(["rm", "-f", "-t", "0", container_id], timeout=60)
+            if result.returncode != 0 and "no such container" not in result.stderr.lower():
+                log.warning("%s: podman rm: %s", what, result.stderr.strip())
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.error("%s: podman rm failed: %s", what, exc)
+        if files is not None:
+            shutil.rmtree(files, ignore_errors=True)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            pending, self._pending = self._pending, {}
+            self._cond.notify_all()
+            thread = self._thread
+        for name, (container_id, files, _due) in pending.items():
+            self.remove_now(container_id, files, name)
+        if thread is not None:
+            thread.join(30)
+
+    def _reap(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed:
+                    due = [name for name, (_, _, at) in self._pending.items() if at <= time.monotonic()]
+                    if due:
+                        break
+                    earliest = min((at for _, _, at in self._pending.values()), default=None)
+                    self._cond.wait(None if earliest is None else max(0.0, earliest - time.monotonic()))
+                if self._closed:
+                    return
+                jobs = [(name, self._pending.pop(name)) for name in due]
+                self._in_flight.update(name for name, _ in jobs)
+            for name, (container_id, files, _due) in jobs:
+                self.remove_now(container_id, files, name)
+            with self._cond:
+                self._in_flight.difference_update(name for name, _ in jobs)
+                self._cond.notify_all()
+
+
+class PodmanRuntime:
+    name = "podman"
+
+    def __init__(self, run_dir: str | Path, *, cli: PodmanCli | None = None, image_map: ImageMap | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.cli = cli or PodmanCli()
+        self.image_map = image_map_from_env() if image_map is None else image_map
+        self.watcher = PodmanWatcher(self.cli)
+        self.removals = DeferredRemovals(self.cli)
+
+    def available(self) -> bool:
+        return self.cli.available()
+
+    def create(self, spec: StartSpec, notify: Notify) -> RunHandle:
+        config = decode_podman_config(spec.runtime_config)
+        base = Path(spec.run_dir) if spec.run_dir else self.run_dir
+        run_id = uuid.uuid4().hex[:12]
+        name = container_name(spec.workload, spec.instance, spec.agent)
+        self.watcher.watch_agent(spec.agent)
+        self.removals.claim(name)  # before the files are written: a pending removal may delete them
+        mounts = write_files(files_dir(base, spec.workload, spec.instance), spec.files) if spec.files else []
+        argv = run_command(
+            config,
+            name=name,
+            labels=run_labels(spec.agent, spec.workload, spec.instance, run_id),
+            mounts=mounts,
+            image=map_image(self.image_map, config.image),
+        )
+        self._retire_earlier_runs(spec, custom_name=names_itself(config.command_options))
+        self.watcher.register(Run(spec.workload, spec.instance, run_id), notify)
+        try:
+            result = self.cli.run(argv, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            self.watcher.forget(run_id)
+            remove_run_containers(self.cli, run_id)
+            raise StartError(f"podman run failed: {exc}", permanent=False) from None
+        if result.returncode != 0:
+            self.watcher.forget(run_id)
+            remove_run_containers(self.cli, run_id)
+            raise start_error("run", result.returncode, result.stderr)
+        container_id = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+        self.watcher.started(run_id, container_id)
+        log.info("%s: podman run %s → %s", spec.workload, config.image, container_id[:12])
+        return RunHandle(
+            workload=spec.workload,
+            instance=spec.instance,
+            runtime=self.name,
+            id=container_id,
+            record={"agent": spec.agent, "name": name, "run": run_id, "files": str(base)},
+        )
+
+    def _retire_earlier_runs(self, spec: StartSpec, *, custom_name: bool) -> None:
+        """A create of an instance this connector still watches (a restart
+        without remove) replaces the earlier container: `--replace` removes it,
+        which is no news for the agent. A name of the manifest's own gets no
+        `--replace`: the earlier container is removed here."""
+        for run in self.watcher.runs():
+            if (run.workload, run.instance) != (spec.workload, spec.instance):
+                continue
+            self.watcher.forget(run.run_id)
+            if custom_name and run.phases:
+                self.cli.run(["rm", "-f", "-t", "0", *run.phases], timeout=60)
+
+    def stop(self, handle: RunHandle, grace_s: float) -> None:
+        run_id = handle.record.get("run", "")
+        self.watcher.update(run_id, stopping=True)
+        seconds = max(0, math.ceil(grace_s))
+
+        def stop_in_background() -> None:
+            try:
+                result = self.cli.run(["stop", "-t", str(seconds), handle.id], timeout=seconds + STOP_TIMEOUT_MARGIN_S)
+                if result.returncode != 0:
+                    log.info("%s: podman stop: %s", handle.workload, result.stderr.strip())
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                log.error("%s: podman stop failed: %s", handle.workload, exc)
+
+        threading.Thread(target=stop_in_background, name=f"podman-stop-{handle.workload}", daemon=True).start()
+
+    def remove(self, handle: RunHandle) -> None:
+        run_id = handle.record.get("run", "")
+        run = self.watcher.get(run_id)
+        self.watcher.update(run_id, removing=True)
+        self.watcher.forget(run_id)
+        name = handle.record.get("name", "")
+        files = (
+            files_dir(Path(handle.record["files"]), handle.workload, handle.instance)
+            if "files" in handle.record
+            else None
+        )
+        ended = run is not None and run.summary in ("exited", "lost")
+        if ended and name == container_name(handle.workload, handle.instance, handle.record.get("agent", "")):
+            # A restart creates the same name next: its `--replace` removes
+            # the old container in the same podman call (an `rm` right after a
+            # crash waits for podman's cleanup of it: hundreds of ms).
+            self.removals.defer(name, handle.id, files)
+            return
+        self.removals.remove_now(handle.id, files, handle.workload)
+
+    def adopt(self, records: list[RunHandle], notify: Notify) -> list[RunHandle]:
+        adopted: list[RunHandle] = []
+        by_agent: dict[str, list[RunHandle]] = {}
+        for record in records:
+            if record.runtime == self.name and record.record.get("agent"):
+                by_agent.setdefault(record.record["agent"], []).append(record)
+        for agent, wanted in by_agent.items():
+            self.watcher.watch_agent(agent)
+            try:
+                rows = ps_containers(self.cli, [f"ank.agent={agent}"])
+            except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+                log.error("adopt: cannot list the containers of agent %s: %s", agent, exc)
+                continue
+            for record in wanted:
+                row = find_running(rows, record.workload, record.instance)
+                if row is None:
+                    log.info("adopt: %s (%s) no longer runs", record.workload, record.instance)
+                    continue
+                labels = _labels(row)
+                container_id, run_id = str(row.get("Id", "")), labels.get(LABEL_RUN, "")
+                run = Run(record.workload, record.instance, run_id, phases={container_id: "running"}, summary="running")
+                self.watcher.register(run, notify, replay=True)
+                adopted.append(
+                    msgspec.structs.replace(record, id=container_id, record={**record.record, "run": run_id})
+                )
+                log.info("adopt: %s (%s) runs as %s", record.workload, record.instance, container_id[:12])
+        return adopted
+
+    def logs(self, handle: RunHandle, *, follow: bool = False, tail: int | None = None) -> Iterator[str]:
+        args = ["logs"]
+        if follow:
+            args.append("--follow")
+        if tail is not None:
+            args += ["--tail", str(max(0, tail))]
+        return self.cli.lines([*args, handle.id])
+
+    def usage(self, handles: list[RunHandle]) -> dict[str, WorkloadUsage]:
+        if not handles:
+            return {}
+        try:
+            result = self.cli.run(["stats", "--no-stream", "--format", "json"], timeout=30)
+            stats = parse_stats(json.loads(result.stdout or "[]")) if result.returncode == 0 else {}
+        except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+            log.warning("podman stats failed: %s", exc)
+            return {}
+        usage: dict[str, WorkloadUsage] = {}
+        for handle in handles:
+            found = stats.get(handle.id[:12]) or stats.get(handle.record.get("name", ""))
+            if found is not None:
+                usage[handle.workload] = WorkloadUsage(cpu_percent=found[0], memory_bytes=found[1])
+        return usage
+
+    def close(self) -> None:
+        self.removals.close()
+        self.watcher.close()
+
+
+def _labels(row: dict[str, object]) -> dict[str, str]:
+    labels = row.get("Labels")
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+
+
+def find_running(rows: list[dict[str, object]], workload: str, instance: str) -> dict[str, object] | None:
+    """The running container of this workload instance in `podman ps --format json` rows."""
+    for row in rows:
+        labels = _labels(row)
+        ours = labels.get(LABEL_WORKLOAD) == workload and labels.get(LABEL_INSTANCE) == instance
+        if ours and str(row.get("State", "")).lower() == "running":
+            return row
+    return None
+
+
+def make_runtime(run_dir: str | Path) -> PodmanRuntime:
+    return PodmanRuntime(run_dir)

@@ -1,0 +1,328 @@
+"""The podman connectors' decisions, without podman: what command to run for a
+workload, what a failed command means, and which RuntimeEvents follow from
+podman's event stream. Pure: no subprocess, no clock, no threads.
+
+Theory of operation
+-------------------
+Every container the connectors create carries four labels: `ank.agent`,
+`ank.workload`, `ank.instance` and `ank.run`. `ank.run` is fresh for every
+create, so a restart of the same workload instance (same container name,
+`--replace`) never mixes the events of the old container with the new one.
+One `podman events --filter label=ank.agent=<agent>` stream feeds every
+event to `on_container_event`, which finds the run by its `ank.run` label
+(events of unknown runs are dropped) and updates the run's containers.
+
+A run is one `podman run` (one container) or one `podman kube play` (the
+pod's containers; the infra container carries no labels). Its containers
+move through these phases, driven by podman's event `Status`:
+
+    event        container phase      notes
+    start        running              also `podman run -d` returning the id
+    died         exited(code)         `ContainerExitCode` of the event (absent: 0)
+    remove       gone
+    (others)     unchanged            create, init, cleanup, attach, ...
+
+After each event the run's summary is derived from its containers:
+
+    running   at least `expected` containers run
+    exited    none runs and at least `expected` have exited or are gone;
+              exit code: the first non-zero, else 0
+    lost      a container vanished that nobody asked to remove (`--rm`,
+              `podman rm` by hand) and it is not being stopped
+
+A RuntimeEvent is emitted when the summary changes (running again after an
+exit is a change: a restart by podman itself). Nothing is emitted once the
+agent asked to remove the run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, TypeVar
+
+import msgspec
+import yaml
+
+from schemas.runtime_configs import PodmanConfig
+from services.agent.runtimes.base import RuntimeEvent, StartError
+
+LABEL_AGENT = "ank.agent"
+LABEL_WORKLOAD = "ank.workload"
+LABEL_INSTANCE = "ank.instance"
+LABEL_RUN = "ank.run"
+IMAGE_MAP_ENV = "ANK_IMAGE_MAP"
+
+C = TypeVar("C")
+
+# -- runtimeConfig -------------------------------------------------------------------
+
+
+def decode_runtime_config(text: str, kind: type[C], runtime: str) -> C:
+    """The runtimeConfig YAML as a config Struct; a config that can never work
+    raises StartError(permanent=True) naming the problem. Every field is text,
+    so scalars are read as written (`[sleep, 30]`, `[true]`), as Ankaios does."""
+    try:
+        raw = yaml.load(text, Loader=yaml.BaseLoader) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise StartError(f"runtimeConfig of runtime {runtime} is not valid YAML: {exc}", permanent=True) from None
+    if not isinstance(raw, dict):
+        raise StartError(
+            f"runtimeConfig of runtime {runtime} must be a mapping, got {type(raw).__name__}", permanent=True
+        )
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as exc:
+        raise StartError(f"runtimeConfig of runtime {runtime}: {exc}", permanent=True) from None
+
+
+def decode_podman_config(text: str) -> PodmanConfig:
+    config = decode_runtime_config(text, PodmanConfig, "podman")
+    if not config.image.strip():
+        raise StartError("runtimeConfig of runtime podman: `image` is empty", permanent=True)
+    return config
+
+
+# -- image map -----------------------------------------------------------------------
+
+ImageMap = tuple[tuple[str, str], ...]
+
+
+def parse_image_map(text: str) -> ImageMap:
+    """`FROM=TO` rules separated by commas, spaces or newlines. A FROM ending in
+    `/` maps every image under that prefix (`ghcr.io/eclipse-ankaios/tests/=
+    localhost/ank-test/`). Raises ValueError naming a malformed rule."""
+    rules: list[tuple[str, str]] = []
+    for rule in re.split(r"[,\s]+", text.strip()):
+        if not rule:
+            continue
+        source, sep, target = rule.partition("=")
+        if not sep or not source or not target:
+            raise ValueError(f"image map rule {rule!r} is not FROM=TO")
+        rules.append((source, target))
+    return tuple(rules)
+
+
+def map_image(rules: ImageMap, image: str) -> str:
+    """The image to run instead of `image`: an exact rule first, else the
+    longest matching prefix rule, else `image` itself."""
+    for source, target in rules:
+        if source == image:
+            return target
+    best = ("", "")
+    for source, target in rules:
+        if source.endswith("/") and image.startswith(source) and len(source) > len(best[0]):
+            best = (source, target)
+    if best[0]:
+        return best[1] + image[len(best[0]) :]
+    return image
+
+
+# -- the `podman run` command --------------------------------------------------------
+
+
+def container_name(workload: str, instance: str, agent: str) -> str:
+    """As Ankaios names them: `<workload>.<instance>.<agent>`."""
+    return f"{workload}.{instance}.{agent}"
+
+
+def run_labels(agent: str, workload: str, instance: str, run_id: str) -> dict[str, str]:
+    return {LABEL_AGENT: agent, LABEL_WORKLOAD: workload, LABEL_INSTANCE: instance, LABEL_RUN: run_id}
+
+
+def names_itself(command_options: Iterable[str]) -> bool:
+    """Whether the manifest's commandOptions give the container a name."""
+    return any(opt == "--name" or opt.startswith("--name=") for opt in command_options)
+
+
+def run_command(
+    config: PodmanConfig,
+    *,
+    name: str,
+    labels: Mapping[str, str],
+    mounts: Iterable[tuple[str, str]] = (),
+    image: str | None = None,
+) -> list[str]:
+    """`podman [generalOptions] run -d <ours> [commandOptions] image [commandArgs]`.
+    Ours come first so that the manifest's options win where podman lets the
+    last one win; a `--name` of the manifest replaces ours (as in Ankaios).
+    `mounts`: (host file, mountPoint) bind-mounted read-only."""
+    argv = [*config.general_options, "run", "-d"]
+    if not names_itself(config.command_options):
+        # --replace: a leftover of the same name (an earlier run of this
+        # instance, or one from before an agent restart) gives way.
+        argv += ["--name", name, "--replace"]
+    for key, value in labels.items():
+        argv += ["--label", f"{key}={value}"]
+    for source, target in mounts:
+        argv += ["--mount", f"type=bind,source={source},destination={target},ro=true"]
+    argv += [*config.command_options, image or config.image, *config.command_args]
+    return argv
+
+
+# What a failed podman command means: (pattern in its stderr, permanent).
+# Missing images may appear later (pulled, built, mapped): retry. A command
+# line podman does not understand never will.
+FAILURE_TABLE: tuple[tuple[str, bool], ...] = (
+    (r"unknown (shorthand )?flag", True),
+    (r"flag needs an argument", True),
+    (r"invalid (argument|reference format)", True),
+    (r"image not known|unable to find|did not resolve to an alias|manifest unknown|pinging container registry", False),
+    (r"initializing source|no such image|repository .* not found|name unknown", False),
+)
+
+
+def start_error(command: str, exit_code: int, stderr: str) -> StartError:
+    """The StartError for a podman command (`run`, `kube play`) that failed."""
+    message = " ".join(line.strip() for line in stderr.strip().splitlines() if line.strip()) or f"exit {exit_code}"
+    message = message.removeprefix("Error: ")
+    for pattern, permanent in FAILURE_TABLE:
+        if re.search(pattern, stderr, re.IGNORECASE):
+            return StartError(f"podman {command} failed: {message}", permanent=permanent)
+    return StartError(f"podman {command} failed: {message}", permanent=False)
+
+
+# -- events --------------------------------------------------------------------------
+
+
+class ContainerEvent(msgspec.Struct, frozen=True):
+    """One line of `podman events --format json` (the fields used here)."""
+
+    ID: str = ""
+    Name: str = ""
+    Status: str = ""
+    Type: str = ""
+    Time: str = ""
+    ContainerExitCode: int | None = None
+    Attributes: dict[str, str] = {}
+
+
+_event_decoder = msgspec.json.Decoder(ContainerEvent)
+
+
+def parse_event(line: bytes | str) -> ContainerEvent | None:
+    """A container event of the stream, or None for anything else (blank
+    lines, other types, garbage: the stream must never stop on one line)."""
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        event = _event_decoder.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if event.Type and event.Type != "container":
+        return None
+    return event
+
+
+ContainerPhase = Literal["running", "exited", "gone"]
+Summary = Literal["", "running", "exited", "lost"]
+
+# podman event Status → the phase it puts a container in.
+EVENT_PHASES: dict[str, ContainerPhase] = {"start": "running", "died": "exited", "remove": "gone"}
+
+
+class Run(msgspec.Struct, frozen=True):
+    """One create of a workload instance and what is known of its containers."""
+
+    workload: str
+    instance: str
+    run_id: str
+    expected: int = 1  # containers that make the workload run (kube: the pod's)
+    phases: dict[str, ContainerPhase] = {}  # container id → phase
+    exit_codes: dict[str, int] = {}
+    stopping: bool = False  # the agent asked it to stop: its disappearance is expected
+    removing: bool = False  # the agent asked to remove it: nothing more to say
+    summary: Summary = ""
+
+
+def summarise(run: Run) -> tuple[Summary, int | None]:
+    phases = list(run.phases.values())
+    running = phases.count("running")
+    ended = len(phases) - running
+    if run.expected and running >= run.expected:
+        return "running", None
+    if running == 0 and ended >= max(run.expected, 1):
+        if "gone" in phases and not run.stopping:
+            unexplained = [cid for cid, phase in run.phases.items() if phase == "gone" and cid not in run.exit_codes]
+            if unexplained or run.summary in ("exited", "lost"):
+                return "lost", None
+        codes = list(run.exit_codes.values())
+        return "exited", next((code for code in codes if code != 0), 0 if codes else None)
+    return run.summary, None
+
+
+def on_container_event(run: Run, event: ContainerEvent) -> tuple[Run, list[RuntimeEvent]]:
+    """The run after one of its containers' events, and what to tell the agent."""
+    phase = EVENT_PHASES.get(event.Status)
+    if phase is None or not event.ID or run.removing:
+        return run, []
+    previous = run.phases.get(event.ID)
+    if previous == "gone" or (phase == "exited" and previous == "exited"):
+        return run, []  # replayed or duplicate
+    phases = {**run.phases, event.ID: phase}
+    exit_codes = dict(run.exit_codes)
+    if phase == "exited":
+        # podman omits ContainerExitCode when it is 0 (Go's omitempty).
+        exit_codes[event.ID] = event.ContainerExitCode or 0
+    elif phase == "running":
+        exit_codes.pop(event.ID, None)
+    return _resummarise(msgspec.structs.replace(run, phases=phases, exit_codes=exit_codes))
+
+
+def on_started(run: Run, container_id: str) -> tuple[Run, list[RuntimeEvent]]:
+    """`podman run -d` returned `container_id`: it has started, unless its
+    events already told more (a short command may have exited already)."""
+    if container_id in run.phases:
+        return run, []
+    return on_container_event(run, ContainerEvent(ID=container_id, Status="start"))
+
+
+def _resummarise(run: Run) -> tuple[Run, list[RuntimeEvent]]:
+    summary, exit_code = summarise(run)
+    if summary == run.summary or summary == "":
+        return run, []
+    event = RuntimeEvent(workload=run.workload, instance=run.instance, kind=summary, exit_code=exit_code)
+    if summary == "lost":
+        event = msgspec.structs.replace(event, info="container removed outside the agent (--rm or by hand)")
+    return msgspec.structs.replace(run, summary=summary), [event]
+
+
+# -- usage ---------------------------------------------------------------------------
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int | None:
+    """`876.5kB` → 876500 (podman prints decimal units, as go-units does)."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        return None
+    try:
+        return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    except ValueError:
+        return None
+
+
+def parse_percent(text: str) -> float | None:
+    try:
+        return float(text.strip().rstrip("%"))
+    except ValueError:
+        return None
+
+
+def parse_stats(rows: Any) -> dict[str, tuple[float | None, int | None]]:
+    """`podman stats --no-stream --format json` → (cpu %, memory bytes) by
+    container name and by short id."""
+    usage: dict[str, tuple[float | None, int | None]] = {}
+    if not isinstance(rows, list):
+        return usage
+    for row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+            continue
+        memory = str(row.get("mem_usage", "")).split("/")[0]
+        value = (parse_percent(str(row.get("cpu_percent", ""))), parse_size(memory))
+        usage[row["name"]] = value
+        usage[str(row.get("id", ""))[:12]] = value
+    return usage

@@ -1,0 +1,212 @@
+"""The `podman-kube` runtime connector: `podman kube play` / `podman kube down`
+of the workload's Kubernetes YAML; its containers are watched through the
+same `podman events` stream as podman workloads (services/agent/runtimes/
+podman). See docs/podman.md."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from schemas.messages import WorkloadUsage
+from services.agent.runtimes.base import Notify, RunHandle, StartError, StartSpec
+from services.agent.runtimes.podman.cli import PodmanCli
+from services.agent.runtimes.podman.connector import (
+    STOP_TIMEOUT_MARGIN_S,
+    PodmanWatcher,
+    image_map_from_env,
+    ps_containers,
+)
+from services.agent.runtimes.podman.core import (
+    LABEL_INSTANCE,
+    LABEL_RUN,
+    LABEL_WORKLOAD,
+    ContainerPhase,
+    ImageMap,
+    Run,
+    parse_stats,
+    run_labels,
+    start_error,
+)
+from services.agent.runtimes.podman_kube.core import decode_kube_config, down_command, play_command, prepare_manifest
+
+log = logging.getLogger("ank.agent.podman-kube")
+
+
+class PodmanKubeRuntime:
+    name = "podman-kube"
+
+    def __init__(self, run_dir: str | Path, *, cli: PodmanCli | None = None, image_map: ImageMap | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.cli = cli or PodmanCli()
+        self.image_map = image_map_from_env() if image_map is None else image_map
+        self.watcher = PodmanWatcher(self.cli)
+
+    def available(self) -> bool:
+        return self.cli.available()
+
+    def create(self, spec: StartSpec, notify: Notify) -> RunHandle:
+        config = decode_kube_config(spec.runtime_config)
+        if spec.files:
+            raise StartError("files are not supported by runtime podman-kube (use a ConfigMap)", permanent=True)
+        run_id = uuid.uuid4().hex[:12]
+        play = prepare_manifest(
+            config.manifest, run_labels(spec.agent, spec.workload, spec.instance, run_id), self.image_map
+        )
+        folder = (Path(spec.run_dir) if spec.run_dir else self.run_dir) / "kube"
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest_file = folder / f"{spec.workload}.{spec.instance}.{run_id}.yaml"
+        manifest_file.write_text(play.text)
+        self.watcher.watch_agent(spec.agent)
+        self.watcher.register(Run(spec.workload, spec.instance, run_id, expected=play.expected), notify)
+        try:
+            result = self.cli.run(play_command(config, str(manifest_file)), timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            result = subprocess.CompletedProcess([], 1, "", str(exc))
+        if result.returncode != 0:
+            self.watcher.forget(run_id)
+            self._down(config.general_options, config.down_options, manifest_file)
+            raise start_error("kube play", result.returncode, result.stderr)
+        log.info("%s: podman kube play → pods %s", spec.workload, ", ".join(play.pods))
+        return RunHandle(
+            workload=spec.workload,
+            instance=spec.instance,
+            runtime=self.name,
+            id=",".join(play.pods),
+            record={
+                "agent": spec.agent,
+                "run": run_id,
+                "manifest": str(manifest_file),
+                "expected": str(play.expected),
+                "general_options": json.dumps(config.general_options),
+                "down_options": json.dumps(config.down_options),
+            },
+        )
+
+    def stop(self, handle: RunHandle, grace_s: float) -> None:
+        run_id = handle.record.get("run", "")
+        self.watcher.update(run_id, stopping=True)
+        seconds = max(0, math.ceil(grace_s))
+        args = ["stop", "-t", str(seconds), "--filter", f"label={LABEL_RUN}={run_id}"]
+
+        def stop_in_background() -> None:
+            try:
+                result = self.cli.run(args, timeout=seconds + STOP_TIMEOUT_MARGIN_S)
+                if result.returncode != 0:
+                    log.info("%s: podman stop: %s", handle.workload, result.stderr.strip())
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                log.error("%s: podman stop failed: %s", handle.workload, exc)
+
+        threading.Thread(target=stop_in_background, name=f"podman-kube-stop-{handle.workload}", daemon=True).start()
+
+    def remove(self, handle: RunHandle) -> None:
+        run_id = handle.record.get("run", "")
+        self.watcher.update(run_id, removing=True)
+        manifest_file = Path(handle.record.get("manifest", ""))
+        self._down(_options(handle, "general_options"), _options(handle, "down_options"), manifest_file)
+        self.watcher.forget(run_id)
+        manifest_file.unlink(missing_ok=True)
+
+    def adopt(self, records: list[RunHandle], notify: Notify) -> list[RunHandle]:
+        adopted: list[RunHandle] = []
+        for record in records:
+            agent, run_id = record.record.get("agent", ""), record.record.get("run", "")
+            if record.runtime != self.name or not agent or not run_id:
+                continue
+            self.watcher.watch_agent(agent)
+            try:
+                rows = ps_containers(self.cli, [f"{LABEL_RUN}={run_id}"])
+            except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+                log.error("adopt: cannot list the containers of %s: %s", record.workload, exc)
+                continue
+            running = {
+                str(row.get("Id", ""))
+                for row in rows
+                if str(row.get("State", "")).lower() == "running" and _is(row, record.workload, record.instance)
+            }
+            expected = int(record.record.get("expected", "1") or 1)
+            if len(running) < expected:
+                log.info("adopt: %s (%s) no longer runs", record.workload, record.instance)
+                continue
+            phases: dict[str, ContainerPhase] = dict.fromkeys(running, "running")
+            run = Run(record.workload, record.instance, run_id, expected=expected, phases=phases, summary="running")
+            self.watcher.register(run, notify, replay=True)
+            adopted.append(record)
+        return adopted
+
+    def logs(self, handle: RunHandle, *, follow: bool = False, tail: int | None = None) -> Iterator[str]:
+        ids = self._container_ids(handle)
+        if not ids:
+            return iter(())
+        args = ["logs"]
+        if follow:
+            args.append("--follow")
+        if tail is not None:
+            args += ["--tail", str(max(0, tail))]
+        if len(ids) > 1:
+            args.append("--names")
+        return self.cli.lines([*args, *ids])
+
+    def usage(self, handles: list[RunHandle]) -> dict[str, WorkloadUsage]:
+        if not handles:
+            return {}
+        try:
+            result = self.cli.run(["stats", "--no-stream", "--format", "json"], timeout=30)
+            stats = parse_stats(json.loads(result.stdout or "[]")) if result.returncode == 0 else {}
+        except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+            log.warning("podman stats failed: %s", exc)
+            return {}
+        usage: dict[str, WorkloadUsage] = {}
+        for handle in handles:
+            run = self.watcher.get(handle.record.get("run", ""))
+            found = [stats[cid[:12]] for cid in (run.phases if run else {}) if cid[:12] in stats]
+            if found:
+                cpu = sum(c for c, _ in found if c is not None)
+                memory = sum(m for _, m in found if m is not None)
+                usage[handle.workload] = WorkloadUsage(cpu_percent=cpu, memory_bytes=memory)
+        return usage
+
+    def close(self) -> None:
+        self.watcher.close()
+
+    def _container_ids(self, handle: RunHandle) -> list[str]:
+        try:
+            rows = ps_containers(self.cli, [f"{LABEL_RUN}={handle.record.get('run', '')}"])
+        except (OSError, RuntimeError, subprocess.TimeoutExpired):
+            return []
+        return [str(row["Id"]) for row in rows if "Id" in row]
+
+    def _down(self, general_options: list[str], down_options: list[str], manifest_file: Path) -> None:
+        if not manifest_file.is_file():
+            return
+        try:
+            result = self.cli.run(down_command(general_options, down_options, str(manifest_file)), timeout=120)
+            if result.returncode != 0:
+                log.warning("podman kube down %s: %s", manifest_file.name, result.stderr.strip())
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.error("podman kube down %s failed: %s", manifest_file.name, exc)
+
+
+def _options(handle: RunHandle, key: str) -> list[str]:
+    try:
+        value = json.loads(handle.record.get(key, "[]"))
+    except json.JSONDecodeError:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _is(row: dict[str, object], workload: str, instance: str) -> bool:
+    labels = row.get("Labels")
+    if not isinstance(labels, dict):
+        return False
+    return labels.get(LABEL_WORKLOAD) == workload and labels.get(LABEL_INSTANCE) == instance
+
+
+def make_runtime(run_dir: str | Path) -> PodmanKubeRuntime:
+    return PodmanKubeRuntime(run_dir)

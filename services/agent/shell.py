@@ -1,0 +1,589 @@
+"""`ank-agent`: the shell around services.agent.core.
+
+It subscribes to its plan and to its workloads' health verdicts, feeds
+every event to the core on one event-loop thread, and carries out the
+actions the core returns: runtime create/stop/remove, publishing
+WorkloadStates, timers. Runtime calls may block (a `podman run` takes a
+second), so each runtime's calls run in order on that runtime's own worker
+thread, and the status is gathered on a thread of its own: the loop never
+waits for a runtime. It persists one record per created instance in
+`<run dir>/records/` so that after its own restart (kill -9 included) it
+adopts what still runs instead of starting it again. On SIGTERM/SIGINT it
+stops watching and leaves the workloads running, as an Ankaios agent does:
+the next agent adopts them (`--stop-workloads-on-exit` stops them instead,
+for embedded use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import logging
+import os
+import platform
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import psutil
+import zenoh
+
+from schemas.manifest import FileItem
+from schemas.messages import (
+    AgentPlan,
+    AgentStatus,
+    EnergyReport,
+    HealthReport,
+    PlannedWorkload,
+    WorkloadState,
+    WorkloadUsage,
+)
+from services.agent import core
+from services.agent.energy import SimulatedBattery, read_power_supply
+from services.agent.runtimes import load_runtimes
+from services.agent.runtimes.base import Notify, RunHandle, Runtime, RuntimeEvent, StartError, StartSpec
+from services.bus import Bus, BusConfigError
+from services.bus.loop import EventLoop
+from services.clock import SYSTEM_CLOCK, Clock
+from services.logsetup import setup_logging
+
+log = logging.getLogger("ank.agent")
+
+
+class InstanceRecord(msgspec.Struct, frozen=True):
+    """What the agent keeps on disk per created instance, for adoption."""
+
+    handle: RunHandle
+    planned: PlannedWorkload | None = None
+    restart_count: int = 0
+    last_restart_ms: int | None = None
+
+
+class AgentOptions(msgspec.Struct, frozen=True):
+    name: str
+    run_dir: str
+    tags: dict[str, str] = {}
+    backoff: core.Backoff = core.Backoff()
+    stop_grace_s: float = 10.0
+    status_period_s: float = 2.0
+    battery: SimulatedBattery | None = None
+    stop_workloads_on_exit: bool = False  # embedded use (`ank up`, tests): leave nothing behind
+
+
+class RuntimeWorker:
+    """One runtime's calls, carried out in order on one thread. It owns the
+    handles of that runtime's instances and their records on disk."""
+
+    def __init__(self, runtime: Runtime, records_dir: Path, report: Callable[[core.AgentEvent], None]) -> None:
+        self.runtime = runtime
+        self.records_dir = records_dir
+        self.report = report  # feeds an event back to the core (posts it onto the loop)
+        self.handles: dict[str, RunHandle] = {}
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"runtime-{runtime.name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                job()
+            except Exception:
+                log.exception("runtime %s: job failed", self.runtime.name)
+
+    # -- jobs (worker thread) ----------------------------------------------------------
+    def create(self, action: core.Create, spec: StartSpec, notify: Notify) -> None:
+        planned = action.planned
+        # The runtime's events wait until the record is on disk: once the
+        # workload is reported Running, an agent killed at once still adopts it.
+        held: list[RuntimeEvent] | None = []
+        lock = threading.Lock()
+
+        def notify_after_record(event: RuntimeEvent) -> None:
+            with lock:
+                if held is not None:
+                    held.append(event)
+                    return
+            notify(event)
+
+        try:
+            if not self.runtime.available():
+                raise StartError(f"runtime {self.runtime.name!r} is not available on this node", permanent=True)
+            handle = self.runtime.create(spec, notify_after_record)
+        except StartError as exc:
+            self.report(core.CreateFailed(planned.name, planned.instance, str(exc), exc.permanent))
+            return
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self.report(core.CreateFailed(planned.name, planned.instance, reason, False))
+            return
+        self.handles[planned.name] = handle
+        record = InstanceRecord(handle, planned, action.restart_count, action.last_restart_ms)
+        try:
+            _write_atomically(self.records_dir / f"{planned.name}.json", msgspec.json.encode(record))
+        except OSError as exc:
+            log.warning("%s: cannot write its instance record (%s): it will not be adopted", planned.name, exc)
+        with lock:
+            events, held = held or [], None
+        for event in events:
+            notify(event)
+
+    def stop(self, action: core.Stop) -> None:
+        handle = self.handles.get(action.workload)
+        if handle is None or handle.instance != action.instance:
+            self.report(core.Exited(action.workload, action.instance, None, "no instance to stop"))
+            return
+        self.runtime.stop(handle, action.grace_s)
+
+    def remove(self, action: core.Remove) -> None:
+        handle = self.handles.get(action.workload)
+        if handle is None or handle.instance != action.instance:
+            return
+        del self.handles[action.workload]
+        (self.records_dir / f"{action.workload}.json").unlink(missing_ok=True)
+        self.runtime.remove(handle)
+
+
+class AgentShell:
+    def __init__(
+        self,
+        options: AgentOptions,
+        bus: Bus,
+        loop: EventLoop,
+        runtimes: dict[str, Runtime],
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.options = options
+        self.name = options.name
+        self.bus = bus
+        self.loop = loop
+        self.runtimes = runtimes
+        self.clock = clock
+        self.run_dir = Path(options.run_dir)
+        self.records_dir = self.run_dir / "records"
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        self.state = core.AgentState(agent=self.name, backoff=options.backoff, stop_grace_s=options.stop_grace_s)
+        self.workers = {
+            name: RuntimeWorker(runtime, self.records_dir, self._report) for name, runtime in runtimes.items()
+        }
+        self._closing = threading.Event()
+        self._exited: set[tuple[str, str]] = set()  # (workload, instance) seen exiting, for stop_all
+        self._exit_cond = threading.Condition()
+        # the latest published state per workload, for the late-joiner queryable (read on Zenoh threads)
+        self._published: dict[str, WorkloadState] = {}
+        self._published_lock = threading.Lock()
+
+    # -- start-up ------------------------------------------------------------------
+    def start(self) -> None:
+        """Adopts what still runs, then listens; call before loop.run()."""
+        self._adopt()
+        self.bus.subscribe(f"ank/health/{self.name}/**", HealthReport, self._on_health)
+        self.bus.subscribe(f"ank/plan/{self.name}", AgentPlan, self._on_plan)
+        self.bus.queryable(f"ank/state/{self.name}/**", self._answer_state_query)
+        # the token last: a planner that sees it re-sends the plan, which the subscriber above receives
+        self.bus.liveliness_token(f"ank/agents/{self.name}")
+        threading.Thread(target=self._query_plan, name="plan-query", daemon=True).start()
+        threading.Thread(target=self._status_thread, name="status", daemon=True).start()
+        log.info("agent %s up: runtimes %s, run dir %s", self.name, sorted(self.runtimes), self.run_dir)
+
+    def _adopt(self) -> None:
+        records: dict[str, InstanceRecord] = {}
+        for path in sorted(self.records_dir.glob("*.json")):
+            try:
+                record = msgspec.json.decode(path.read_bytes(), type=InstanceRecord)
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("unreadable instance record %s (%s): ignored", path, exc)
+                path.unlink(missing_ok=True)
+                continue
+            records[record.handle.workload] = record
+        adopted: list[core.AdoptedInstance] = []
+        by_runtime: dict[str, list[RunHandle]] = {}
+        for record in records.values():
+            by_runtime.setdefault(record.handle.runtime, []).append(record.handle)
+        adopted_names: set[str] = set()
+        for runtime_name, handles in by_runtime.items():
+            worker = self.workers.get(runtime_name)
+            try:
+                alive = worker.runtime.adopt(handles, self._on_runtime_event) if worker is not None else []
+            except Exception as exc:
+                # keep the records: a later start may adopt them; the plan recreates what is missing now
+                log.warning("runtime %s could not adopt %s: %s", runtime_name, [h.workload for h in handles], exc)
+                adopted_names.update(h.workload for h in handles)
+                continue
+            for handle in alive:
+                record = records[handle.workload]
+                assert worker is not None
+                worker.handles[handle.workload] = handle
+                adopted_names.add(handle.workload)
+                adopted.append(
+                    core.AdoptedInstance(
+                        workload=handle.workload,
+                        instance=handle.instance,
+                        runtime=runtime_name,
+                        planned=record.planned,
+                        restart_count=record.restart_count,
+                        last_restart_ms=record.last_restart_ms,
+                    )
+                )
+        for workload in set(records) - adopted_names:
+            log.info("%s: the instance recorded before the restart is gone", workload)
+            (self.records_dir / f"{workload}.json").unlink(missing_ok=True)
+        if adopted:
+            self.feed(core.Adopted(adopted))
+
+    def _query_plan(self) -> None:
+        try:
+            for plan in self.bus.get_decoded(f"ank/plan/{self.name}", AgentPlan, timeout=2.0):
+                self.loop.post(self.feed, core.PlanReceived(plan))
+        except Exception as exc:
+            log.warning("querying ank/plan/%s: %s", self.name, exc)
+
+    # -- events in (any thread) -------------------------------------------------------
+    def _on_plan(self, _key: str, plan: AgentPlan) -> None:
+        self.loop.post(self.feed, core.PlanReceived(plan))
+
+    def _on_health(self, _key: str, report: HealthReport) -> None:
+        self.loop.post(self.feed, core.HealthChanged(report))
+
+    def _report(self, event: core.AgentEvent) -> None:
+        self.loop.post(self.feed, event)
+
+    def _on_runtime_event(self, event: RuntimeEvent) -> None:
+        if event.kind in ("exited", "lost"):
+            with self._exit_cond:
+                self._exited.add((event.workload, event.instance))
+                self._exit_cond.notify_all()
+        translated: core.AgentEvent
+        if event.kind == "running":
+            translated = core.Started(event.workload, event.instance)
+        elif event.kind in ("exited", "lost"):
+            info = event.info or ("lost" if event.kind == "lost" else "")
+            translated = core.Exited(event.workload, event.instance, event.exit_code, info)
+        else:  # "unhealthy" from the runtime's own health check
+            report = HealthReport(workload=event.workload, agent=self.name, status="unhealthy", last_error=event.info)
+            translated = core.HealthChanged(report)
+        self.loop.post(self.feed, translated)
+
+    # -- the core and its actions (loop thread) ----------------------------------------
+    def now(self) -> core.Now:
+        return core.Now(self.clock.monotonic(), self.clock.wall_ms())
+
+    def feed(self, event: core.AgentEvent) -> None:
+        result = core.step(self.state, event, self.now())
+        self.state = result.state
+        for action in result.actions:
+            if isinstance(action, core.Note):
+                continue
+            try:
+                self._execute(action)
+            except Exception:
+                log.exception("carrying out %r", action)
+        for action in result.actions:  # logged after acting: a log line never delays a state
+            if isinstance(action, core.Note):
+                log.info("%s", action.text)
+
+    def _execute(self, action: core.Action) -> None:
+        if isinstance(action, core.Publish):
+            self._publish(action.state)
+        elif isinstance(action, core.Create):
+            self._create(action)
+        elif isinstance(action, core.Stop):
+            self._stop(action)
+        elif isinstance(action, core.Remove):
+            self._remove(action)
+        elif isinstance(action, core.WakeAt):
+            delay = max(0.0, action.at_mono - self.clock.monotonic())
+            self.loop.call_later(delay, self.feed, core.Wake(action.workload, action.token))
+
+    def _publish(self, state: WorkloadState) -> None:
+        key = f"ank/state/{self.name}/{state.workload}"
+        with self._published_lock:
+            if state.execution_state.state == "Removed":
+                self._published.pop(state.workload, None)
+            else:
+                self._published[state.workload] = state
+        try:
+            self.bus.put(key, state)
+        except Exception as exc:
+            log.warning("could not publish %s: %s", key, exc)
+        log.info("%s: %s %s", state.workload, state.execution_state, state.execution_state.additional_info)
+
+    def _create(self, action: core.Create) -> None:
+        planned = action.planned
+        worker = self.workers.get(planned.workload.runtime)
+        if worker is None:
+            reason = f"runtime {planned.workload.runtime!r} is not available on agent {self.name}"
+            self._report(core.CreateFailed(planned.name, planned.instance, reason, True))
+            return
+        try:
+            files = [_file_content(item) for item in planned.workload.files]
+        except ValueError as exc:
+            self._report(core.CreateFailed(planned.name, planned.instance, f"bad file content: {exc}", True))
+            return
+        spec = StartSpec(
+            agent=self.name,
+            workload=planned.name,
+            instance=planned.instance,
+            runtime_config=planned.workload.runtime_config,
+            files=files,
+            run_dir=str(self.run_dir),
+        )
+        worker.submit(lambda: worker.create(action, spec, self._on_runtime_event))
+        if action.restart:
+            self.bus.event(
+                "restart", f"{self.name} restarts {planned.name} (restart {action.restart_count})", subject=planned.name
+            )
+
+    def _stop(self, action: core.Stop) -> None:
+        worker = self.workers.get(action.runtime)
+        if worker is None:
+            self._report(core.Exited(action.workload, action.instance, None, "no instance to stop"))
+            return
+        worker.submit(lambda: worker.stop(action))
+
+    def _remove(self, action: core.Remove) -> None:
+        worker = self.workers.get(action.runtime)
+        if worker is not None:
+            worker.submit(lambda: worker.remove(action))
+
+    # -- late joiners ------------------------------------------------------------------
+    def _answer_state_query(self, key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
+        asked = zenoh.KeyExpr(key)
+        with self._published_lock:
+            published = dict(self._published)
+        replies = []
+        for workload, state in published.items():
+            reply_key = f"ank/state/{self.name}/{workload}"
+            if asked.intersects(zenoh.KeyExpr(reply_key)):
+                # stamped anew: a receiver that saw the put drops a repeated seq as stale
+                replies.append((reply_key, self.bus.encode(state)))
+        return replies
+
+    # -- status and energy ------------------------------------------------------------
+    def _status_thread(self) -> None:
+        """Publishes the status (and energy) every period; on its own thread
+        because runtimes may take a while to answer `available` and `usage`."""
+        while not self._closing.is_set():
+            try:
+                self.bus.put(f"ank/agents/{self.name}/status", self.status(), reliable=False)
+                energy = self.energy()
+                if energy is not None:
+                    self.bus.put(f"ank/energy/{self.name}", energy, reliable=False)
+            except Exception as exc:
+                if self._closing.is_set():
+                    return
+                log.warning("could not publish status: %s", exc)
+            self._closing.wait(self.options.status_period_s)
+
+    def status(self) -> AgentStatus:
+        memory = psutil.virtual_memory()
+        usage: dict[str, WorkloadUsage] = {}
+        for name, runtime in self.runtimes.items():
+            handles = list(self.workers[name].handles.values())
+            if handles:
+                try:
+                    usage.update(runtime.usage(handles))
+                except Exception as exc:
+                    log.debug("usage of %s: %s", name, exc)
+        return AgentStatus(
+            agent=self.name,
+            arch=platform.machine(),
+            os=platform.system().lower(),
+            tags=self.options.tags,
+            cpu_percent=psutil.cpu_percent(None),
+            free_memory_bytes=memory.available,
+            total_memory_bytes=memory.total,
+            runtimes=sorted(name for name, runtime in self.runtimes.items() if _available(runtime)),
+            workloads=usage,
+        )
+
+    def energy(self) -> EnergyReport | None:
+        now = self.now()
+        battery = self.options.battery
+        if battery is not None:
+            return EnergyReport(
+                node=self.name,
+                energy_wh=round(battery.energy_at(now.mono), 6),
+                capacity_wh=battery.capacity_wh,
+                time_ms=now.wall_ms,
+                source="sim",
+            )
+        found = read_power_supply()
+        if found is None:
+            return None
+        energy_wh, capacity_wh = found
+        return EnergyReport(
+            node=self.name, energy_wh=energy_wh, capacity_wh=capacity_wh, time_ms=now.wall_ms, source="agent"
+        )
+
+    def stop_all(self) -> None:
+        """Stops every workload (after the loop has stopped) and forgets it:
+        for embedded use, where the agent's exit must leave nothing running."""
+        self._closing.set()
+        for worker in self.workers.values():
+            worker.close()  # its queued jobs are done first
+        pending: list[tuple[RuntimeWorker, RunHandle]] = []
+        for worker in self.workers.values():
+            for handle in list(worker.handles.values()):
+                try:
+                    worker.runtime.stop(handle, self.options.stop_grace_s)
+                    pending.append((worker, handle))
+                except Exception as exc:
+                    log.warning("%s: could not stop: %s", handle.workload, exc)
+        deadline = self.clock.monotonic() + self.options.stop_grace_s + 5
+        with self._exit_cond:
+            while any((h.workload, h.instance) not in self._exited for _, h in pending):
+                remaining = deadline - self.clock.monotonic()
+                if remaining <= 0:
+                    log.warning("workloads still stopping at exit: %s", [h.workload for _, h in pending])
+                    break
+                self._exit_cond.wait(remaining)
+        for worker, handle in pending:
+            try:
+                worker.runtime.remove(handle)
+            except Exception as exc:
+                log.warning("%s: could not remove: %s", handle.workload, exc)
+            (self.records_dir / f"{handle.workload}.json").unlink(missing_ok=True)
+        log.info("stopped %d workloads at exit", len(pending))
+
+    def close(self) -> None:
+        """Stops watching; leaves the workloads running for the next agent."""
+        self._closing.set()
+        for worker in self.workers.values():
+            worker.close()
+        for runtime in self.runtimes.values():
+            try:
+                runtime.close()
+            except Exception as exc:
+                log.warning("closing runtime %s: %s", runtime.name, exc)
+
+
+def _available(runtime: Runtime) -> bool:
+    try:
+        return runtime.available()
+    except Exception:
+        return False
+
+
+def _file_content(item: FileItem) -> tuple[str, bytes]:
+    if item.binary_data is not None:
+        return item.mount_point, base64.b64decode(item.binary_data)
+    return item.mount_point, (item.data or "").encode()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Replaces the file whole. No fsync: a record only matters while its
+    process lives, and no process outlives a power loss."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def _tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"a tag is key=value, not {text!r}")
+    return key, value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ank-agent", description="Runs the workloads of one node.")
+    parser.add_argument("--name", required=True, help="the agent's name (workloads name it in `agent`)")
+    parser.add_argument("--tag", action="append", type=_tag, default=[], help="an agent tag key=value (repeatable)")
+    parser.add_argument("--server", help="the router endpoint (host:port or tcp/host:port); env ANK_SERVER")
+    parser.add_argument("--zenoh-config", help="Zenoh configuration file (default: zenoh.json5)")
+    parser.add_argument("--run-dir", help="logs and instance records (default .ank/agents/NAME)")
+    parser.add_argument("--backoff-initial", type=_non_negative, default=0.1, help="second restart's delay, s")
+    parser.add_argument("--backoff-max", type=_non_negative, default=10.0, help="largest restart delay, s")
+    parser.add_argument("--stable-after", type=_non_negative, default=10.0, help="a run this long resets the backoff")
+    parser.add_argument("--stop-grace", type=_non_negative, default=10.0, help="SIGTERM → SIGKILL grace, s")
+    parser.add_argument(
+        "--stop-workloads-on-exit",
+        action="store_true",
+        help="stop the workloads when the agent exits (embedded use); by default they keep running for adoption",
+    )
+    parser.add_argument("--status-period", type=_non_negative, default=2.0, help="AgentStatus period, s")
+    parser.add_argument("--battery-wh", type=_non_negative, help="simulated battery: energy now, Wh")
+    parser.add_argument("--battery-capacity-wh", type=_non_negative, help="simulated battery: capacity, Wh")
+    parser.add_argument("--battery-drain-w", type=_non_negative, default=0.0, help="simulated battery: drain, W")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    args = parser.parse_args(argv)
+    if not all(c.isalnum() or c in "_-" for c in args.name) or not 0 < len(args.name) <= 63:
+        parser.error(f"--name {args.name!r}: use 1-63 letters, digits, '_' or '-'")
+    if args.battery_capacity_wh is not None and args.battery_wh is None:
+        parser.error("--battery-capacity-wh needs --battery-wh")
+    if args.status_period <= 0:
+        parser.error("--status-period must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(f"ank-agent[{args.name}]", args.verbose)
+    clock = SYSTEM_CLOCK
+    battery = None
+    if args.battery_wh is not None:
+        battery = SimulatedBattery(args.battery_wh, args.battery_capacity_wh, args.battery_drain_w, clock.monotonic())
+    options = AgentOptions(
+        name=args.name,
+        run_dir=args.run_dir or str(Path(".ank") / "agents" / args.name),
+        tags=dict(args.tag),
+        backoff=core.Backoff(args.backoff_initial, args.backoff_max, args.stable_after),
+        stop_grace_s=args.stop_grace,
+        status_period_s=args.status_period,
+        battery=battery,
+        stop_workloads_on_exit=args.stop_workloads_on_exit,
+    )
+    try:
+        bus = Bus(f"agent/{args.name}", config=args.zenoh_config, server=args.server)
+    except BusConfigError as exc:
+        print(f"ank-agent: {exc}", file=sys.stderr)
+        return 2
+    loop = EventLoop()
+    shell: AgentShell | None = None
+    try:
+        shell = AgentShell(options, bus, loop, load_runtimes(options.run_dir), clock)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: loop.stop())
+        shell.start()
+        loop.run()
+        if options.stop_workloads_on_exit:
+            log.info("agent %s stopping with its workloads", args.name)
+            shell.stop_all()
+        else:
+            log.info("agent %s stopping; workloads keep running", args.name)
+    finally:
+        if shell is not None:
+            shell.close()
+        bus.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
