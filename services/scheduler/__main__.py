@@ -1,0 +1,7 @@
+"""`python -m services.scheduler`: the same as `ank-scheduler`."""
+
+import sys
+
+from services.scheduler.shell import main
+
+sys.exit(main())

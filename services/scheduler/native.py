@@ -1,0 +1,472 @@
+"""Native mode's decisions: which workloads the scheduler owns, when it places
+them, when it re-places them (pure: no I/O, no clock, no threads).
+
+Theory of operation
+-------------------
+`NativeScheduler` holds what the scheduler knows — the workloads it must
+place (from the desired state), the live agents and their status, the last
+energy report of every node, the bindings it made and the placements still
+in flight — and every `on_*` method takes one input plus `now_ms` (wall
+clock) and returns the actions for the shell to carry out
+(`PublishBinding`, `PublishEvent`, `Requery`). After each call the shell asks
+`next_wake_ms()` and calls `tick(now_ms)` then.
+
+A workload is the scheduler's when its `agent` is empty or absent
+(NotScheduled) or when it carries the `scheduling` extension (the binding
+then overrides its `agent`). Each such workload is in one of these states:
+
+| state     | meaning                                   | leaves on                                   |
+|-----------|-------------------------------------------|---------------------------------------------|
+| unplaced  | needs a node; tried at `next_try_ms`      | fit -> bound (Binding + Scheduled event)    |
+|           |                                           | no fit -> unplaced, backoff 1 s .. 10 s     |
+|           |                                           | (FailedScheduling event)                    |
+| bound     | runs (or will run) on `agent`             | agent lost -> unplaced (re-place at once)   |
+|           |                                           | energy < reserve - hysteresis for a         |
+|           |                                           | binding older than min_dwell -> re-place    |
+| moving    | bound, but should leave its node          | fit elsewhere -> bound there                |
+|           | (low energy); keeps its binding until     | node recovers to >= reserve -> bound        |
+|           | another node fits                         | no fit -> moving, backoff                   |
+
+An unplaced or moving workload whose last attempt failed is retried at once
+(not waiting for its backoff) when an agent appears or changes, or when an
+energy report arrives for a node that rejected it for energy.
+
+In flight: a binding counts its `energyCostWh` against its node until the
+workload is reported from that node, or `in_flight_ms` passes — so a burst of
+placements spreads over the nodes instead of piling onto the richest.
+
+Hysteresis: a node is a candidate only when its projected energy after the
+placement stays >= the reserve, but a workload leaves a node only when the
+node's energy falls below reserve - `hysteresis_wh`, and not within
+`min_dwell_ms` of being bound there. So a node hovering around its reserve
+does not make workloads flap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from schemas.manifest import Manifest, Scheduling, Workload
+from schemas.messages import AgentStatus, Binding, CompleteState, EnergyReport, WorkloadState
+from services.scheduler.core import (
+    CycleContext,
+    NodeView,
+    NoFit,
+    Placement,
+    PlacementRequest,
+    backoff_ms,
+    schedule,
+)
+
+
+class NativeConfig(msgspec.Struct, frozen=True, kw_only=True):
+    max_energy_age_ms: int = 30_000
+    default_energy_cost_wh: float = 1.0
+    in_flight_ms: int = 30_000
+    backoff_initial_ms: int = 1_000
+    backoff_max_ms: int = 10_000
+    hysteresis_wh: float = 2.0
+    min_dwell_ms: int = 10_000
+    require_energy: bool = True
+    seed: int = 0
+
+
+# -- actions -----------------------------------------------------------------
+
+
+class PublishBinding(msgspec.Struct, frozen=True):
+    binding: Binding
+
+
+class PublishEvent(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str  # "Scheduled", "FailedScheduling"
+    subject: str
+    message: str
+    severity: str = "info"
+
+
+class Requery(msgspec.Struct, frozen=True):
+    """Re-read the desired state (`ank/cmd/state`)."""
+
+    reason: str
+
+
+Action = PublishBinding | PublishEvent | Requery
+
+# States that say nothing about where a workload runs.
+_PLACELESS_STATES = ("NotScheduled", "Removed")
+
+
+@dataclass
+class Tracked:
+    """One workload the scheduler owns."""
+
+    request: PlacementRequest
+    agent: str = ""  # "" unplaced
+    bound_at_ms: int = 0
+    sent_ms: int = 0  # when we last published its binding (0: adopted, never sent)
+    needs_placement: bool = True  # unplaced, or moving
+    why: str = "new workload"
+    attempts: int = 0
+    next_try_ms: int = 0
+    last_failure: str = ""
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class InFlight:
+    agent: str
+    cost_wh: float
+    until_ms: int
+
+
+def request_for(name: str, workload: Workload, config: NativeConfig) -> PlacementRequest | None:
+    """The placement request of a workload, or None if it is not the scheduler's."""
+    if workload.scheduling is None and workload.agent:
+        return None  # a fixed agent and no scheduling extension: the planner places it
+    hints = workload.scheduling or Scheduling()
+    cost = hints.energy_cost_wh if hints.energy_cost_wh is not None else config.default_energy_cost_wh
+    return PlacementRequest(
+        workload=name,
+        selector=dict(hints.selector),
+        policy=hints.policy or "MALE",
+        min_energy_wh=hints.min_energy_wh,
+        energy_cost_wh=cost,
+    )
+
+
+class NativeScheduler:
+    def __init__(self, config: NativeConfig | None = None) -> None:
+        self.config = config or NativeConfig()
+        self.workloads: dict[str, Tracked] = {}
+        self.alive: set[str] = set()
+        self.status: dict[str, AgentStatus] = {}
+        self.energy: dict[str, EnergyReport] = {}
+        self.in_flight: dict[str, InFlight] = {}  # workload -> its reservation
+        self._reserved: dict[str, float] = {}  # node -> sum of its in-flight costs
+        self.placements = 0
+        self.desired_known = False
+        self.desired_names: set[str] = set()  # every workload of the desired state, ours or not
+        self._views: dict[str, NodeView] = {}  # cache, rebuilt per node on change
+        self._names: list[str] | None = None  # every known node, sorted (cache)
+        self._ring_cache: tuple[str, ...] | None = None  # live agents, sorted (round-robin)
+
+    # -- inputs ------------------------------------------------------------
+
+    def on_complete_state(self, state: CompleteState, now_ms: int) -> list[Action]:
+        """The desired state and the known workload states (reply to ank/cmd/state)."""
+        self.desired_known = True
+        self.desired_names = set(state.desired.workloads)
+        where = _current_agents(state.workload_states)
+        actions: list[Action] = []
+        wanted = _requests(state.desired, self.config)
+        for name in list(self.workloads):
+            if name not in wanted:
+                del self.workloads[name]
+                self._release(name)
+        for name, request in wanted.items():
+            tracked = self.workloads.get(name)
+            if tracked is None:
+                tracked = Tracked(request=request, next_try_ms=now_ms)
+                self.workloads[name] = tracked
+                agent = where.get(name, "")
+                if agent:
+                    # Already placed (our earlier binding, or before we started): adopt it.
+                    tracked.agent, tracked.bound_at_ms, tracked.needs_placement = agent, now_ms, False
+                    if agent not in self.alive and self._liveness_known(agent):
+                        self._unplace(tracked, now_ms, f"agent {agent} not alive")
+            elif tracked.request != request:
+                tracked.request = request
+                if tracked.agent and self._rejects(tracked, tracked.agent, now_ms, own=True):
+                    self._unplace(tracked, now_ms, "its scheduling hints changed", moving=True)
+                elif not tracked.agent:
+                    tracked.next_try_ms, tracked.attempts = now_ms, 0
+        actions += self._run(now_ms)
+        return actions
+
+    def on_workload_state(self, ws: WorkloadState, now_ms: int) -> list[Action]:
+        tracked = self.workloads.get(ws.workload)
+        state = ws.execution_state.state
+        if tracked is None:
+            if ws.workload not in self.desired_names and state not in ("Removed", "Stopping"):
+                return [Requery(f"{ws.workload} is {state} and not in the desired state known to the scheduler")]
+            return []
+        if state == "NotScheduled":
+            if not tracked.agent or tracked.needs_placement:
+                return []
+            if tracked.sent_ms and now_ms - tracked.sent_ms < self.config.in_flight_ms:
+                return []  # our binding has not reached the planner yet
+            # The planner lost the binding (e.g. it restarted): say it again.
+            tracked.sent_ms = now_ms
+            binding = Binding(
+                workload=ws.workload,
+                agent=tracked.agent,
+                policy=tracked.request.policy,
+                reason=f"re-sent: the planner reported NotScheduled, bound to {tracked.agent}",
+            )
+            return [PublishBinding(binding)]
+        if state in _PLACELESS_STATES or not ws.agent:
+            return []
+        if ws.agent == tracked.agent:
+            self._release(ws.workload)  # landed: the node's own energy reports count it from now on
+        elif not tracked.agent:
+            tracked.agent, tracked.bound_at_ms, tracked.needs_placement = ws.agent, now_ms, False
+        return []
+
+    def on_agent(self, agent: str, alive: bool, now_ms: int) -> list[Action]:
+        """An agent's liveliness token appeared or vanished."""
+        if alive:
+            if agent in self.alive:
+                return []
+            self.alive.add(agent)
+            self._ring_cache = None
+            self._invalidate(agent)
+            self._retry_failed(now_ms, lambda t: True)
+            return self._run(now_ms)
+        if agent not in self.alive:
+            return []
+        self.alive.discard(agent)
+        self._ring_cache = None
+        self._invalidate(agent)
+        for name, tracked in sorted(self.workloads.items()):
+            if tracked.agent == agent:
+                self._unplace(tracked, now_ms, f"agent {agent} lost")
+                self._release(name)
+        return self._run(now_ms)
+
+    def on_agent_status(self, status: AgentStatus, now_ms: int) -> list[Action]:
+        old = self.status.get(status.agent)
+        self.status[status.agent] = status
+        if old is not None and (old.arch, old.tags) == (status.arch, status.tags):
+            return []
+        self._invalidate(status.agent)
+        self._retry_failed(now_ms, lambda t: True)
+        return self._run(now_ms)
+
+    def on_energy(self, report: EnergyReport, now_ms: int) -> list[Action]:
+        if report.time_ms <= 0:
+            report = msgspec.structs.replace(report, time_ms=now_ms)
+        old = self.energy.get(report.node)
+        if old is not None and old.time_ms > report.time_ms:
+            return []  # an older measurement arriving late
+        self.energy[report.node] = report
+        self._invalidate(report.node)
+        node = report.node
+        for tracked in self.workloads.values():
+            if tracked.agent != node or tracked.needs_placement:
+                continue
+            floor = tracked.request.min_energy_wh - self.config.hysteresis_wh
+            dwelt = now_ms - tracked.bound_at_ms >= self.config.min_dwell_ms
+            if report.energy_wh < floor and dwelt:
+                self._unplace(
+                    tracked,
+                    now_ms,
+                    f"{node} energy {report.energy_wh:.1f} Wh below reserve {tracked.request.min_energy_wh:.1f} Wh"
+                    f" - hysteresis {self.config.hysteresis_wh:.1f} Wh",
+                    moving=True,
+                )
+        self._retry_failed(now_ms, lambda t: _energy_related(t.rejected.get(node)))
+        return self._run(now_ms)
+
+    def tick(self, now_ms: int) -> list[Action]:
+        for name, flight in list(self.in_flight.items()):
+            if flight.until_ms <= now_ms:
+                self._release(name)
+        return self._run(now_ms)
+
+    # -- queries -----------------------------------------------------------
+
+    def next_wake_ms(self) -> int | None:
+        times = [t.next_try_ms for t in self.workloads.values() if t.needs_placement]
+        times += [f.until_ms for f in self.in_flight.values()]
+        return min(times) if times else None
+
+    def bindings(self) -> list[Binding]:
+        """The current binding of every placed workload (for late joiners)."""
+        return [
+            Binding(workload=name, agent=t.agent, policy=t.request.policy, reason="current binding")
+            for name, t in sorted(self.workloads.items())
+            if t.agent
+        ]
+
+    def node_views(self, now_ms: int) -> list[NodeView]:
+        if self._names is None:
+            self._names = sorted(self.alive | set(self.status) | set(self.energy))
+        views = []
+        for name in self._names:
+            view = self._views.get(name)
+            if view is None:
+                view = self._view(name)
+                self._views[name] = view
+            views.append(view)
+        return views
+
+    # -- internals ---------------------------------------------------------
+
+    def _view(self, name: str) -> NodeView:
+        status = self.status.get(name)
+        report = self.energy.get(name)
+        reserved = self._reserved.get(name, 0.0)
+        return NodeView(
+            name=name,
+            alive=name in self.alive,
+            has_status=status is not None,
+            arch=status.arch if status else "",
+            labels=dict(status.tags) if status else {},
+            energy_wh=report.energy_wh if report else None,
+            capacity_wh=report.capacity_wh if report else None,
+            energy_time_ms=report.time_ms if report else None,
+            reserved_wh=reserved,
+        )
+
+    def _invalidate(self, node: str) -> None:
+        self._views.pop(node, None)
+        if self._names is not None and node not in self._names:
+            self._names = None  # a node appeared: its name joins the sorted list
+
+    def _liveness_known(self, agent: str) -> bool:
+        # Before any liveliness sample arrived we cannot tell "lost" from "not seen yet".
+        return bool(self.alive) or agent in self.status
+
+    def _release(self, workload: str) -> None:
+        flight = self.in_flight.pop(workload, None)
+        if flight is not None:
+            left = self._reserved.get(flight.agent, 0.0) - flight.cost_wh
+            if left > 1e-9:
+                self._reserved[flight.agent] = left
+            else:
+                self._reserved.pop(flight.agent, None)
+            self._invalidate(flight.agent)
+
+    def _unplace(self, tracked: Tracked, now_ms: int, why: str, *, moving: bool = False) -> None:
+        tracked.needs_placement = True
+        tracked.why = why
+        tracked.attempts = 0
+        tracked.next_try_ms = now_ms
+        tracked.last_failure = ""
+        if not moving:
+            tracked.agent = ""
+
+    def _retry_failed(self, now_ms: int, relevant: Callable[[Tracked], bool]) -> None:
+        for tracked in self.workloads.values():
+            if tracked.needs_placement and tracked.attempts and relevant(tracked):
+                tracked.next_try_ms = min(tracked.next_try_ms, now_ms)
+
+    def _rejects(self, tracked: Tracked, node: str, now_ms: int, *, own: bool) -> bool:
+        """Whether the filters reject `node` for the workload (own: it already runs there)."""
+        request = tracked.request
+        if own:
+            request = msgspec.structs.replace(request, energy_cost_wh=0.0)
+        view = self._views.get(node) or self._view(node)
+        return isinstance(schedule(request, [view], self._context(now_ms)), NoFit)
+
+    def _ring(self) -> tuple[str, ...]:
+        if self._ring_cache is None:
+            self._ring_cache = tuple(sorted(self.alive))
+        return self._ring_cache
+
+    def _context(self, now_ms: int) -> CycleContext:
+        return CycleContext(
+            now_ms=now_ms,
+            max_energy_age_ms=self.config.max_energy_age_ms,
+            require_energy=self.config.require_energy,
+            cursor=self.placements,
+            seed=self.config.seed,
+            ring=self._ring(),
+        )
+
+    def _run(self, now_ms: int) -> list[Action]:
+        if not self.desired_known:
+            return []
+        due = sorted(
+            (t.next_try_ms, name) for name, t in self.workloads.items() if t.needs_placement and t.next_try_ms <= now_ms
+        )
+        actions: list[Action] = []
+        for _, name in due:
+            actions += self._attempt(name, self.workloads[name], now_ms)
+        return actions
+
+    def _attempt(self, name: str, tracked: Tracked, now_ms: int) -> list[Action]:
+        moving_from = tracked.agent
+        if moving_from and moving_from in self.alive and not self._rejects(tracked, moving_from, now_ms, own=True):
+            # Its node recovered (e.g. charged above the reserve): stay.
+            tracked.needs_placement, tracked.attempts, tracked.last_failure = False, 0, ""
+            return []
+        candidates = [v for v in self.node_views(now_ms) if v.name != moving_from]
+        result = schedule(tracked.request, candidates, self._context(now_ms))
+        if isinstance(result, Placement):
+            return self._bind(name, tracked, result, now_ms)
+        tracked.attempts += 1
+        tracked.rejected = dict(result.reasons)
+        tracked.next_try_ms = now_ms + backoff_ms(
+            tracked.attempts, self.config.backoff_initial_ms, self.config.backoff_max_ms
+        )
+        message = result.message
+        if moving_from:
+            message = f"cannot move off {moving_from} ({tracked.why}): {message}"
+        if message == tracked.last_failure:
+            return []  # the same failure again: the event would only repeat itself
+        tracked.last_failure = message
+        detail = "; ".join(f"{n}: {r}" for n, r in sorted(result.reasons.items()))
+        return [
+            PublishEvent(
+                kind="FailedScheduling",
+                subject=name,
+                message=f"{name}: {message}" + (f" ({detail})" if detail else ""),
+                severity="warning",
+            )
+        ]
+
+    def _bind(self, name: str, tracked: Tracked, placement: Placement, now_ms: int) -> list[Action]:
+        previous = tracked.agent
+        tracked.agent = placement.node
+        tracked.bound_at_ms = now_ms
+        tracked.needs_placement = False
+        tracked.attempts = 0
+        tracked.last_failure = ""
+        tracked.rejected = {}
+        self.placements += 1
+        self._release(name)
+        until = now_ms + self.config.in_flight_ms
+        self.in_flight[name] = InFlight(placement.node, tracked.request.energy_cost_wh, until)
+        self._reserved[placement.node] = self._reserved.get(placement.node, 0.0) + tracked.request.energy_cost_wh
+        self._invalidate(placement.node)
+        why = tracked.why if previous or tracked.why != "new workload" else ""
+        reason = placement.reason + (f" (re-placed: {why})" if why else "")
+        binding = Binding(
+            workload=name, agent=placement.node, policy=placement.policy, score=placement.score, reason=reason
+        )
+        tracked.sent_ms = now_ms
+        moved = f" (was on {previous})" if previous else ""
+        return [
+            PublishBinding(binding),
+            PublishEvent(kind="Scheduled", subject=name, message=f"{name} bound to {placement.node}{moved}: {reason}"),
+        ]
+
+
+def _energy_related(reason: str | None) -> bool:
+    return reason is None or reason.startswith(("no energy", "energy"))
+
+
+def _requests(desired: Manifest, config: NativeConfig) -> dict[str, PlacementRequest]:
+    out = {}
+    for name, workload in desired.workloads.items():
+        request = request_for(name, workload, config)
+        if request is not None:
+            out[name] = request
+    return out
+
+
+def _current_agents(states: Iterable[WorkloadState]) -> dict[str, str]:
+    """workload -> the agent its latest placed state names."""
+    latest: dict[str, tuple[int, int, str]] = {}
+    for ws in states:
+        if ws.execution_state.state in _PLACELESS_STATES or not ws.agent:
+            continue
+        stamp = (ws.time_ms, ws.seq, ws.agent)
+        if ws.workload not in latest or stamp > latest[ws.workload]:
+            latest[ws.workload] = stamp
+    return {name: stamp[2] for name, stamp in latest.items()}

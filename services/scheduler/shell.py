@@ -1,0 +1,295 @@
+"""`ank-scheduler`: the scheduler's shell. Native mode (default) places
+workloads over the bus; `--kubernetes` binds pods (services.scheduler.kube).
+
+Native mode wiring (decisions are all in services.scheduler.native):
+
+    ank/cmd/state (query)          -> on_complete_state   (at start, on ank/desired,
+                                                            on states of unknown workloads,
+                                                            and every --resync-s)
+    ank/state/**                   -> on_workload_state
+    liveliness ank/agents/*        -> on_agent
+    ank/agents/*/status            -> on_agent_status
+    ank/energy/**                  -> on_energy
+    timer (core.next_wake_ms)      -> tick
+    actions: Binding -> ank/bind/<wl>; events -> ank/events/<kind>
+    queryable ank/bind/*           <- the current bindings (for a restarted planner)
+
+With `--influx` (settings from INFLUX_* env) a poller thread reads InfluxDB
+every `--influx-interval-s` and publishes the reports on ank/energy/<bot>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
+
+from schemas.messages import AgentStatus, Binding, CompleteState, EnergyReport, WorkloadState
+from services.bus import Bus, BusConfigError
+from services.bus.loop import EventLoop
+from services.clock import SYSTEM_CLOCK, Clock
+from services.logsetup import setup_logging
+from services.scheduler.influx import InfluxConfigError, InfluxEnergySource, InfluxSettings, poll_until_stopped
+from services.scheduler.native import (
+    Action,
+    NativeConfig,
+    NativeScheduler,
+    PublishBinding,
+    PublishEvent,
+    Requery,
+)
+
+log = logging.getLogger("ank.scheduler")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ank-scheduler", description="ank-zenoh's energy-aware scheduler")
+    p.add_argument("--zenoh-config", default=None, help="Zenoh configuration file (default: zenoh.json5)")
+    p.add_argument("--server", default=None, help="router endpoint host:port (env ANK_SERVER)")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("--name", default="scheduler", help="sender name on the bus")
+    p.add_argument("--kubernetes", action="store_true", help="bind Kubernetes pods instead of bus workloads")
+    p.add_argument("--max-energy-age-s", type=float, default=30.0, help="an older energy report is stale")
+    p.add_argument("--energy-cost-wh", type=float, default=1.0, help="default in-flight energy cost of a placement")
+    p.add_argument("--in-flight-s", type=float, default=30.0, help="how long a placement counts as in flight")
+    p.add_argument("--hysteresis-wh", type=float, default=2.0, help="re-place only below reserve minus this")
+    p.add_argument("--min-dwell-s", type=float, default=10.0, help="never re-place for energy sooner than this")
+    p.add_argument("--backoff-initial-s", type=float, default=1.0)
+    p.add_argument("--backoff-max-s", type=float, default=10.0)
+    p.add_argument("--allow-unmetered", action="store_true", help="nodes with no energy report at all are candidates")
+    p.add_argument("--resync-s", type=float, default=10.0, help="re-read the desired state this often")
+    p.add_argument("--influx", action="store_true", help="poll InfluxDB (INFLUX_* env) into ank/energy/<bot>")
+    p.add_argument("--influx-interval-s", type=float, default=5.0)
+    # Kubernetes mode
+    p.add_argument("--scheduler-name", default="sdi-scheduler", help="pods with this spec.schedulerName")
+    p.add_argument("--kubeconfig", default=None, help="kubeconfig when not running in a cluster")
+    p.add_argument("--arch", default="arm64", help="required node arch ('' for any)")
+    p.add_argument("--arch-label", default="kubernetes.io/arch")
+    p.add_argument("--bot-label", default="", help="node label naming its robot (default: the node name)")
+    p.add_argument(
+        "--energy-source",
+        choices=("bus", "influx", "none"),
+        default=None,
+        help="Kubernetes mode: where node energy comes from (default: influx if INFLUX_URL is set, else bus)",
+    )
+    p.add_argument("--watch-timeout-s", type=float, default=60.0, help="Kubernetes watch: server-side timeout")
+    p.add_argument("--request-timeout-s", type=float, default=10.0, help="Kubernetes API: client-side timeout")
+    p.add_argument("--node-cache-s", type=float, default=2.0, help="Kubernetes: re-list nodes at most this often")
+    return p
+
+
+def native_config(args: argparse.Namespace) -> NativeConfig:
+    for name in ("max_energy_age_s", "in_flight_s", "min_dwell_s", "backoff_initial_s", "backoff_max_s"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must not be negative")
+    if args.energy_cost_wh < 0 or args.hysteresis_wh < 0:
+        raise ValueError("--energy-cost-wh and --hysteresis-wh must not be negative")
+    return NativeConfig(
+        max_energy_age_ms=int(args.max_energy_age_s * 1000),
+        default_energy_cost_wh=args.energy_cost_wh,
+        in_flight_ms=int(args.in_flight_s * 1000),
+        backoff_initial_ms=int(args.backoff_initial_s * 1000),
+        backoff_max_ms=int(args.backoff_max_s * 1000),
+        hysteresis_wh=args.hysteresis_wh,
+        min_dwell_ms=int(args.min_dwell_s * 1000),
+        require_energy=not args.allow_unmetered,
+    )
+
+
+class NativeShell:
+    """Connects a NativeScheduler to the bus. Core calls happen on the loop thread only."""
+
+    def __init__(
+        self, bus: Bus, loop: EventLoop, core: NativeScheduler, *, clock: Clock = SYSTEM_CLOCK, resync_s: float = 10.0
+    ) -> None:
+        self.bus, self.loop, self.core, self.clock = bus, loop, core, clock
+        self.resync_s = resync_s
+        self._armed_ms: int | None = None
+        self._requery_wanted = threading.Event()
+        self._requery_lock = threading.Lock()
+        self._requery_reasons: list[str] = []
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- wiring ------------------------------------------------------------
+    def start(self) -> None:
+        b = self.bus
+        b.queryable("ank/bind/*", self._answer_bindings)
+        b.subscribe("ank/state/**", WorkloadState, lambda k, m: self._post(self.core.on_workload_state, m))
+        b.subscribe("ank/agents/*/status", AgentStatus, lambda k, m: self._post(self.core.on_agent_status, m))
+        b.subscribe("ank/energy/**", EnergyReport, self._on_energy)
+        b.watch_liveliness("ank/agents/*", self._on_liveliness)
+        b.subscribe_raw("ank/desired", lambda k, p: self.requery("ank/desired changed", delay_s=0.3))
+        self._spawn("requery", self._requery_worker)
+        self.requery("start")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._requery_wanted.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=f"scheduler-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # -- inputs (Zenoh threads: only post) --------------------------------
+    def _post(self, method: Callable[[Any, int], list[Action]], msg: Any) -> None:
+        self.loop.post(self._call, method, msg)
+
+    def _on_energy(self, key: str, report: EnergyReport) -> None:
+        node = key.rsplit("/", 1)[-1]
+        if report.node != node:
+            log.warning("energy report on %s names node %r; ignored", key, report.node)
+            return
+        self._post(self.core.on_energy, report)
+
+    def _on_liveliness(self, key: str, alive: bool) -> None:
+        parts = key.split("/")
+        if len(parts) != 3 or not parts[2]:
+            return
+        self.loop.post(self._call_agent, parts[2], alive)
+
+    def _answer_bindings(self, key: str, payload: bytes | None, params: str) -> list[tuple[str, bytes]]:
+        # Runs on a Zenoh thread: the core belongs to the loop thread, so ask it there (bounded wait).
+        done = threading.Event()
+        snapshot: list[Binding] = []
+
+        def read() -> None:
+            snapshot.extend(self.core.bindings())
+            done.set()
+
+        self.loop.post(read)
+        if not done.wait(timeout=1.0):
+            raise TimeoutError("the scheduler's loop did not answer within 1 s")
+        return [(f"ank/bind/{b.workload}", self.bus.encode(b)) for b in snapshot]
+
+    # -- loop thread -------------------------------------------------------
+    def _call(self, method: Callable[[Any, int], list[Action]], msg: Any) -> None:
+        self._execute(method(msg, self.clock.wall_ms()))
+
+    def _call_agent(self, agent: str, alive: bool) -> None:
+        log.info("agent %s %s", agent, "alive" if alive else "lost")
+        self._execute(self.core.on_agent(agent, alive, self.clock.wall_ms()))
+
+    def _tick(self) -> None:
+        self._armed_ms = None
+        self._execute(self.core.tick(self.clock.wall_ms()))
+
+    def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            try:
+                if isinstance(action, PublishBinding):
+                    b = action.binding
+                    log.info("bind %s -> %s (%s, score %.1f): %s", b.workload, b.agent, b.policy, b.score, b.reason)
+                    self.bus.put(f"ank/bind/{b.workload}", b)
+                elif isinstance(action, PublishEvent):
+                    log.info("%s %s: %s", action.kind, action.subject, action.message)
+                    self.bus.event(action.kind, action.message, subject=action.subject, severity=action.severity)
+                elif isinstance(action, Requery):
+                    self.requery(action.reason)
+            except Exception:
+                log.exception("could not carry out %r", action)
+        self._arm()
+
+    def _arm(self) -> None:
+        wake = self.core.next_wake_ms()
+        if wake is None or (self._armed_ms is not None and self._armed_ms <= wake):
+            return
+        self._armed_ms = wake
+        delay = max(0.0, (wake - self.clock.wall_ms()) / 1000)
+        self.loop.call_later(delay + 0.001, self._tick)
+
+    # -- the desired state -------------------------------------------------
+    def requery(self, reason: str, delay_s: float = 0.0) -> None:
+        """Re-read ank/cmd/state soon (coalesced; on the requery thread)."""
+        if delay_s > 0:
+            timer = threading.Timer(delay_s, self.requery, args=(reason,))
+            timer.daemon = True
+            timer.start()
+            return
+        with self._requery_lock:
+            self._requery_reasons.append(reason)
+        self._requery_wanted.set()
+
+    def _requery_worker(self) -> None:
+        while not self._stopping.is_set():
+            asked = self._requery_wanted.wait(timeout=self.resync_s)
+            if self._stopping.is_set():
+                return
+            self._requery_wanted.clear()
+            with self._requery_lock:
+                reasons, self._requery_reasons = self._requery_reasons, []
+            why = "; ".join(dict.fromkeys(reasons)) if asked else "periodic resync"
+            try:
+                states = self.bus.get_decoded("ank/cmd/state", CompleteState, timeout=2.0)
+            except Exception as exc:
+                states = []
+                log.warning("querying ank/cmd/state failed: %s", exc)
+            if not states:
+                log.warning("no reply to ank/cmd/state (%s); is the planner up? retrying in 1 s", why)
+                self._stopping.wait(1.0)
+                self.requery(why)
+                continue
+            log.debug("desired state read (%s): %d workloads", why, len(states[0].desired.workloads))
+            self.loop.post(self._call, self.core.on_complete_state, states[0])
+            self._stopping.wait(0.2)  # coalesce bursts of triggers into one query per 200 ms
+
+    # -- InfluxDB ----------------------------------------------------------
+    def start_influx(self, source: InfluxEnergySource, interval_s: float) -> None:
+        def publish(reports: list[EnergyReport]) -> None:
+            for report in reports:
+                self.bus.put(f"ank/energy/{report.node}", report, reliable=False)
+
+        self._spawn(
+            "influx", lambda: poll_until_stopped(source, publish, self._stopping, interval_s, self.clock.wall_ms)
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging("ank-scheduler", args.verbose)
+    if args.kubernetes:
+        from services.scheduler.kube_shell import run_kubernetes
+
+        return run_kubernetes(args)
+    try:
+        config = native_config(args)
+        influx = InfluxEnergySource(InfluxSettings.from_env(os.environ)) if args.influx else None
+    except (ValueError, InfluxConfigError) as exc:
+        print(f"ank-scheduler: {exc}", file=sys.stderr)
+        return 2
+    try:
+        bus = Bus(args.name, config=args.zenoh_config, server=args.server)
+    except BusConfigError as exc:
+        print(f"ank-scheduler: {exc}", file=sys.stderr)
+        return 2
+    loop = EventLoop()
+    shell = NativeShell(bus, loop, NativeScheduler(config), resync_s=args.resync_s)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        loop.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        shell.start()
+        if influx is not None:
+            shell.start_influx(influx, args.influx_interval_s)
+        log.info("ank-scheduler (native) started: policies MALE, round-robin, random")
+        loop.run()
+    finally:
+        shell.stop()
+        bus.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
