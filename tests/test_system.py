@@ -25,8 +25,8 @@ def system(router: str, tmp_path: Path) -> Iterator[System]:
     with running_system(router, tmp_path) as s:
         s.planner()
         s.agent("car1")
-        wait_for(lambda: s.ank("get", "state", timeout=20).returncode == 0, 20, "the planner answers")
-        wait_for(lambda: '"car1"' in s.ank("get", "agents", "-o", "json").stdout, 20, "agent car1 is alive")
+        wait_for(lambda: s.ank("get", "state", timeout=20).returncode == 0, 40, "the planner answers")
+        wait_for(lambda: '"car1"' in s.ank("get", "agents", "-o", "json").stdout, 40, "agent car1 is alive")
         yield s
 
 
@@ -187,6 +187,30 @@ def test_delete_workload_removes_it_and_stops_the_process(system: System) -> Non
     assert out.returncode == 0, out.stderr
     assert "doomed: Removed" in out.stdout
     assert "doomed" not in system.workloads()
+
+
+def test_logs_shows_a_workloads_output_and_its_tail(system: System) -> None:
+    out = system.ank(
+        "apply",
+        "-",
+        input=_manifest("""
+        talker:
+          runtime: process
+          agent: car1
+          runtimeConfig: |
+            command: sh
+            args: ["-c", "echo one; echo two; echo three; exec sleep 300"]
+    """),
+    )
+    assert out.returncode == 0, out.stderr
+    logs = wait_for(
+        lambda: (r := system.ank("logs", "talker")).returncode == 0 and "three" in r.stdout and r.stdout,
+        10,
+        "talker's output",
+    )
+    # The process runtime marks each start in the log with a `--- ank:` line.
+    assert [line for line in logs.splitlines() if not line.startswith("--- ank:")] == ["one", "two", "three"]
+    assert system.ank("logs", "talker", "-t", "1").stdout.splitlines() == ["three"]
 
 
 def test_cli_without_a_planner_says_so_and_exits_nonzero(router: str) -> None:

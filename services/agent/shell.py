@@ -193,6 +193,7 @@ class AgentShell:
         self.bus.subscribe(f"ank/health/{self.name}/**", HealthReport, self._on_health)
         self.bus.subscribe(f"ank/plan/{self.name}", AgentPlan, self._on_plan)
         self.bus.queryable(f"ank/state/{self.name}/**", self._answer_state_query)
+        self.bus.queryable(f"ank/logs/{self.name}/*", self._answer_logs_query)
         # the token last: a planner that sees it re-sends the plan, which the subscriber above receives
         self.bus.liveliness_token(f"ank/agents/{self.name}")
         threading.Thread(target=self._query_plan, name="plan-query", daemon=True).start()
@@ -371,6 +372,23 @@ class AgentShell:
                 # stamped anew: a receiver that saw the put drops a repeated seq as stale
                 replies.append((reply_key, self.bus.encode(state)))
         return replies
+
+    def _answer_logs_query(self, key: str, _payload: bytes | None, params: str) -> list[tuple[str, bytes]]:
+        """`ank logs`: `ank/logs/<agent>/<workload>?tail=N` gives the last N
+        lines, `?offset=N` the lines after the first N (the CLI follows with
+        it); the reply carries the new offset."""
+        workload = key.rsplit("/", 1)[-1]
+        args = dict(p.split("=", 1) for p in params.split(";") if "=" in p)
+        for worker in self.workers.values():
+            handle = worker.handles.get(workload)
+            if handle is None:
+                continue
+            lines = list(worker.runtime.logs(handle))
+            tail, offset = int(args.get("tail", 0) or 0), int(args.get("offset", 0) or 0)
+            shown = lines[offset:] if "offset" in args else lines[-tail:] if tail > 0 else lines
+            text = "".join(line if line.endswith("\n") else line + "\n" for line in shown)
+            return [(key, msgspec.json.encode({"workload": workload, "text": text, "offset": len(lines)}))]
+        raise LookupError(f"no workload {workload!r} on agent {self.name}")
 
     # -- status and energy ------------------------------------------------------------
     def _status_thread(self) -> None:

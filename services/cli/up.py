@@ -59,7 +59,8 @@ def services(
     return [
         ("router", [py, "-m", "services.bus.router", *router]),
         ("planner", [py, "-m", "services.planner", "--state-dir", str(state_dir / "planner"), *zconf("planner")]),
-        ("agent", agent_argv(agent)),
+        # The whole system stops with `ank up`: so do the workloads.
+        ("agent", [*agent_argv(agent), "--stop-workloads-on-exit"]),
         *((f"agent{i}", agent_argv(f"{agent}{i}")) for i in range(2, 2 + extra_agents)),
         ("health-watcher", [py, "-m", "services.health_watcher", "--agent", agent, *zconf("health-watcher")]),
         ("scheduler", [py, "-m", "services.scheduler", *zconf("scheduler")]),
