@@ -337,6 +337,16 @@ def test_binding_is_ignored_for_a_workload_whose_manifest_names_an_agent() -> No
     assert step.state is state
 
 
+def test_binding_moves_a_workload_with_the_scheduling_extension_off_its_named_agent() -> None:
+    from schemas import Scheduling
+
+    roaming = msgspec.structs.replace(wl("a1"), scheduling=Scheduling(selector={"arch": "arm64"}))
+    state = apply(fresh("a1", "a2"), nav=roaming).state
+    assert holds(state, "a1") == {"nav": ""}
+    step = core.binding(state, Binding(workload="nav", agent="a2", policy="MALE"), NOW)
+    assert holds(step.state, "a1") == {} and holds(step.state, "a2") == {"nav": ""}
+
+
 def test_binding_to_an_invalid_agent_name_is_ignored() -> None:
     state = apply(fresh("a1"), roam=wl(agent="")).state
     assert core.binding(state, Binding(workload="roam", agent="a/**"), NOW).state is state

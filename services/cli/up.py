@@ -63,7 +63,8 @@ def services(
         ("agent", [*agent_argv(agent), "--stop-workloads-on-exit"]),
         *((f"agent{i}", agent_argv(f"{agent}{i}")) for i in range(2, 2 + extra_agents)),
         ("health-watcher", [py, "-m", "services.health_watcher", "--agent", agent, *zconf("health-watcher")]),
-        ("scheduler", [py, "-m", "services.scheduler", *zconf("scheduler")]),
+        # One machine, usually no battery: every live agent is a candidate.
+        ("scheduler", [py, "-m", "services.scheduler", "--allow-unmetered", *zconf("scheduler")]),
     ]
 
 

@@ -182,8 +182,12 @@ def bus_state_key(agent: str, workload: str) -> str:
 
 def placed_agent(durable: Durable, name: str) -> str:
     """The agent a desired workload runs on: its manifest's, else the
-    scheduler's binding, else "" (not scheduled)."""
+    scheduler's binding, else "" (not scheduled). A workload with the
+    `scheduling` extension is the scheduler's to move: its binding, once
+    there, overrides the manifest's agent (which is then only the start)."""
     workload = durable.rendered.workloads[name]
+    if workload.scheduling is not None and durable.bindings.get(name):
+        return durable.bindings[name]
     return workload.agent or durable.bindings.get(name, "")
 
 
@@ -554,7 +558,7 @@ def binding(state: PlannerState, bound: Binding, now_ms: int) -> Step:
     workload = durable.rendered.workloads.get(name)
     if workload is None:
         return Step(state, [Log(f"ignored binding of {name}: no such workload", "warning")])
-    if workload.agent:
+    if workload.agent and workload.scheduling is None:
         return Step(state, [Log(f"ignored binding of {name}: its manifest names agent {workload.agent}", "warning")])
     problem = agent_name_problem(bound.agent)
     if problem:
