@@ -26,8 +26,8 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check services schemas tests bin manifests bench
-	$(BIN)/ruff format --check services schemas tests bin manifests bench || true
+	$(BIN)/ruff check services schemas tests bin manifests bench examples
+	$(BIN)/ruff format --check services schemas tests bin manifests bench examples || true
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -36,7 +36,7 @@ schemas: $(STAMP)
 	$(BIN)/python -m schemas.export
 
 test: $(STAMP) system-deps
-	$(BIN)/ruff check services schemas tests bin manifests bench
+	$(BIN)/ruff check services schemas tests bin manifests bench examples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

@@ -53,7 +53,8 @@ def watch_workloads(client: Client, args: argparse.Namespace, stop: threading.Ev
     desired = cs.desired
     with lock:
         states[:0] = cs.workload_states
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
     console = Console()
 
     def render() -> Table:
