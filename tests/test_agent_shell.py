@@ -215,6 +215,33 @@ def test_agent_kill9_and_restart_adopts_the_running_process(
     wait_state(states, "keeper", "Running(Ok)", after=len(states_of(states, "keeper")(states.items)) - 1)
 
 
+def test_a_finished_workload_is_not_run_again_after_an_agent_restart(
+    make_bus: Callable[[str], Bus], start_agent: Callable[..., AgentProcess]
+) -> None:
+    bus, states, agent = up(make_bus, start_agent)
+    job = planned("job", "command: /bin/sh\nargs: ['-c', 'exit 0']\n", "NEVER")
+    send_plan(bus, agent, 1, job)
+    wait_state(states, "job", "Succeeded(Ok)")
+    record = wait_for(
+        lambda: (
+            '"final":{' in (agent.run_dir / "records" / "job.json").read_text()
+            and (agent.run_dir / "records" / "job.json").read_text()
+        ),
+        5,
+        "the final state on disk",
+    )
+    assert '"Succeeded"' in record
+    agent.kill9()
+    n = len(states_of(states, "job")(states.items))
+    agent.start()
+    wait_alive(bus, agent)
+    send_plan(bus, agent, 2, job)  # the planner re-sends the same plan
+    replies = wait_for(lambda: bus.get_decoded(f"ank/state/{agent.name}/job", WorkloadState), 10, "job's state")
+    assert [str(r.execution_state) for r in replies] == ["Succeeded(Ok)"]
+    assert all(str(s.execution_state) != "Running(Ok)" for s in states_of(states, "job")(states.items)[n:])
+    assert (agent.run_dir / "job.log").read_text().count("--- ank: starting") == 1
+
+
 def test_status_and_simulated_energy_are_published(
     make_bus: Callable[[str], Bus], start_agent: Callable[..., AgentProcess]
 ) -> None:

@@ -177,7 +177,8 @@ class HealthChanged(msgspec.Struct, frozen=True):
 
 
 class AdoptedInstance(msgspec.Struct, frozen=True):
-    """An instance still running from before the agent's restart."""
+    """An instance from before the agent's restart: still running, or
+    (`final` set) finished for good, so that it is not run again."""
 
     workload: str
     instance: str
@@ -185,6 +186,8 @@ class AdoptedInstance(msgspec.Struct, frozen=True):
     planned: PlannedWorkload | None = None
     restart_count: int = 0
     last_restart_ms: int | None = None
+    final: ExecutionState | None = None
+    exit_code: int | None = None
 
 
 class Adopted(msgspec.Struct, frozen=True):
@@ -629,6 +632,24 @@ def _stopped(b: _Builder, slot: Slot, exit_code: int | None) -> None:
 
 
 def _adopt(b: _Builder, inst: AdoptedInstance) -> None:
+    if inst.final is not None:
+        b.put(
+            Slot(
+                name=inst.workload,
+                planned=inst.planned,
+                instance=inst.instance,
+                runtime=inst.runtime,
+                phase="done",
+                state=inst.final,
+                restart_count=inst.restart_count,
+                last_restart_ms=inst.last_restart_ms,
+                exit_code=inst.exit_code,
+                has_instance=True,
+                hold=inst.planned.hold if inst.planned else "",
+            )
+        )
+        b.note(f"{inst.workload}: instance {inst.instance} had finished before the restart: {inst.final}")
+        return
     slot = Slot(
         name=inst.workload,
         planned=inst.planned,

@@ -61,6 +61,7 @@ class InstanceRecord(msgspec.Struct, frozen=True):
     planned: PlannedWorkload | None = None
     restart_count: int = 0
     last_restart_ms: int | None = None
+    final: WorkloadState | None = None  # set once it finished for good (not to be run again)
 
 
 class AgentOptions(msgspec.Struct, frozen=True):
@@ -140,6 +141,21 @@ class RuntimeWorker:
             events, held = held or [], None
         for event in events:
             notify(event)
+
+    def mark_final(self, state: WorkloadState) -> None:
+        """Records that an instance finished for good, so that an agent
+        restart neither runs it again nor forgets how it ended."""
+        path = self.records_dir / f"{state.workload}.json"
+        if not path.exists():
+            return  # never created (StartingFailed): nothing to run again anyway
+        try:
+            record = msgspec.json.decode(path.read_bytes(), type=InstanceRecord)
+            if record.handle.instance != state.instance:
+                return
+            record = msgspec.structs.replace(record, final=state)
+            _write_atomically(path, msgspec.json.encode(record))
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("%s: cannot record how it finished (%s)", state.workload, exc)
 
     def stop(self, action: core.Stop) -> None:
         handle = self.handles.get(action.workload)
@@ -224,6 +240,25 @@ class AgentShell:
                 log.warning("runtime %s could not adopt %s: %s", runtime_name, [h.workload for h in handles], exc)
                 adopted_names.update(h.workload for h in handles)
                 continue
+            alive_names = {h.workload for h in alive}
+            for handle in handles:
+                record = records[handle.workload]
+                if handle.workload in alive_names or record.final is None or worker is None:
+                    continue
+                worker.handles[handle.workload] = handle
+                adopted_names.add(handle.workload)
+                adopted.append(
+                    core.AdoptedInstance(
+                        workload=handle.workload,
+                        instance=handle.instance,
+                        runtime=runtime_name,
+                        planned=record.planned,
+                        restart_count=record.restart_count,
+                        last_restart_ms=record.last_restart_ms,
+                        final=record.final.execution_state,
+                        exit_code=record.final.exit_code,
+                    )
+                )
             for handle in alive:
                 record = records[handle.workload]
                 assert worker is not None
@@ -299,6 +334,11 @@ class AgentShell:
     def _execute(self, action: core.Action) -> None:
         if isinstance(action, core.Publish):
             self._publish(action.state)
+            slot = self.state.slots.get(action.state.workload)
+            worker = self.workers.get(slot.runtime) if slot else None
+            if slot is not None and slot.phase == "done" and worker is not None:
+                final = action.state
+                worker.submit(lambda: worker.mark_final(final))
         elif isinstance(action, core.Create):
             self._create(action)
         elif isinstance(action, core.Stop):

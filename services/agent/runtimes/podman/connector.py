@@ -36,6 +36,7 @@ from services.agent.runtimes.podman.cli import (
     release_stream,
 )
 from services.agent.runtimes.podman.core import (
+    EXIT_FILE,
     IMAGE_MAP_ENV,
     LABEL_INSTANCE,
     LABEL_RUN,
@@ -140,7 +141,10 @@ class PodmanWatcher:
             for run in self._runs.values():
                 if container_id in run.phases:
                     died = ContainerEvent(
-                        ID=container_id, Status="died", ContainerExitCode=exit_code, Attributes={LABEL_RUN: run.run_id}
+                        ID=container_id,
+                        Status=EXIT_FILE,
+                        ContainerExitCode=exit_code,
+                        Attributes={LABEL_RUN: run.run_id},
                     )
                     self._apply(died)
                     return

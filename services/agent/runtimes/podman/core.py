@@ -19,6 +19,9 @@ move through these phases, driven by podman's event `Status`:
     event        container phase      notes
     start        running              also `podman run -d` returning the id
     died         exited(code)         `ContainerExitCode` of the event (absent: 0)
+    exit-file    exited(code)         conmon's exit file, seen at once (inotify);
+                                      the stream's late `start`/`died` of that
+                                      container are then ignored
     remove       gone
     (others)     unchanged            create, init, cleanup, attach, ...
 
@@ -218,8 +221,11 @@ def parse_event(line: bytes | str) -> ContainerEvent | None:
 ContainerPhase = Literal["running", "exited", "gone"]
 Summary = Literal["", "running", "exited", "lost"]
 
+# The exit-file fast path (podman/cli.py) reports an exit as this Status,
+# usually ahead of podman's own `start` and `died` events of that container.
+EXIT_FILE = "exit-file"
 # podman event Status → the phase it puts a container in.
-EVENT_PHASES: dict[str, ContainerPhase] = {"start": "running", "died": "exited", "remove": "gone"}
+EVENT_PHASES: dict[str, ContainerPhase] = {"start": "running", "died": "exited", EXIT_FILE: "exited", "remove": "gone"}
 
 
 class Run(msgspec.Struct, frozen=True):
@@ -231,6 +237,7 @@ class Run(msgspec.Struct, frozen=True):
     expected: int = 1  # containers that make the workload run (kube: the pod's)
     phases: dict[str, ContainerPhase] = {}  # container id → phase
     exit_codes: dict[str, int] = {}
+    early_exits: frozenset[str] = frozenset()  # exits told by exit files, not yet by the stream
     stopping: bool = False  # the agent asked it to stop: its disappearance is expected
     removing: bool = False  # the agent asked to remove it: nothing more to say
     summary: Summary = ""
@@ -258,8 +265,17 @@ def on_container_event(run: Run, event: ContainerEvent) -> tuple[Run, list[Runti
     if phase is None or not event.ID or run.removing:
         return run, []
     previous = run.phases.get(event.ID)
+    early = run.early_exits
+    if event.ID in early and event.Status in ("start", "died"):
+        # the stream catching up with an exit the exit file told first: its
+        # `start` is not a restart, its `died` no news
+        if event.Status == "died":
+            run = msgspec.structs.replace(run, early_exits=early - {event.ID})
+        return run, []
+    if event.Status == EXIT_FILE:
+        early = early | {event.ID}
     if previous == "gone" or (phase == "exited" and previous == "exited"):
-        return run, []  # replayed or duplicate
+        return msgspec.structs.replace(run, early_exits=early), []  # replayed or duplicate
     phases = {**run.phases, event.ID: phase}
     exit_codes = dict(run.exit_codes)
     if phase == "exited":
@@ -267,7 +283,7 @@ def on_container_event(run: Run, event: ContainerEvent) -> tuple[Run, list[Runti
         exit_codes[event.ID] = event.ContainerExitCode or 0
     elif phase == "running":
         exit_codes.pop(event.ID, None)
-    return _resummarise(msgspec.structs.replace(run, phases=phases, exit_codes=exit_codes))
+    return _resummarise(msgspec.structs.replace(run, phases=phases, exit_codes=exit_codes, early_exits=early))
 
 
 def on_started(run: Run, container_id: str) -> tuple[Run, list[RuntimeEvent]]:
