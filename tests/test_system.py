@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -241,7 +242,7 @@ def test_cli_without_a_router_says_so_and_exits_nonzero() -> None:
 
 
 def test_ank_up_runs_the_system_and_ctrl_c_leaves_no_stray_process(tmp_path: Path) -> None:
-    port = free_port()
+    port, dashboard_port = free_port(), free_port()
     manifest = tmp_path / "m.yaml"
     manifest.write_text(
         _manifest("""
@@ -264,6 +265,8 @@ def test_ank_up_runs_the_system_and_ctrl_c_leaves_no_stray_process(tmp_path: Pat
             "upagent",
             "--port",
             str(port),
+            "--dashboard-port",
+            str(dashboard_port),
             "--state-dir",
             str(tmp_path / "ank"),
         ],
@@ -286,9 +289,11 @@ def test_ank_up_runs_the_system_and_ctrl_c_leaves_no_stray_process(tmp_path: Pat
                 timeout=30,
             )
 
-        wait_for(lambda: '"Running"' in ank("get", "workloads", "-o", "json").stdout, 30, "sleeper Running")
+        wait_for(lambda: '"Running"' in ank("get", "workloads", "-o", "json").stdout, 60, "sleeper Running")
+        page = urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/api/v1/workloads", timeout=10).read()
+        assert b"sleeper" in page  # the dashboard is part of the embedded system
         children = _descendants(proc.pid)
-        assert len(children) >= 5  # router, planner, agent, health-watcher, scheduler (+ the workload)
+        assert len(children) >= 6  # router, planner, agent, health-watcher, scheduler, dashboard (+ the workload)
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
         assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""

@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--state-dir", default=".ank")
     up.add_argument("--port", type=int, default=7447, help="the router's loopback port")
     up.add_argument("--no-watch", action="store_true", help="print state changes as lines instead of a live table")
+    up.add_argument("--dashboard-port", type=int, default=8800, help="the web dashboard's port (0: none)")
     up.add_argument("--secure", action="store_true", help="TLS with mutual authentication and access control")
 
     da = add(sub, "dashboard", help="the web dashboard and read-only HTTP API")

@@ -42,6 +42,7 @@ def services(
     endpoint: str,
     configs: dict[str, Path] | None = None,
     extra_agents: int = 0,
+    dashboard_port: int = 0,
 ) -> list[tuple[str, list[str]]]:
     """Each child's command line. `configs` (identity → Zenoh configuration
     file) secures them: each service then connects with its own certificate.
@@ -65,6 +66,11 @@ def services(
         ("health-watcher", [py, "-m", "services.health_watcher", "--agent", agent, *zconf("health-watcher")]),
         # One machine, usually no battery: every live agent is a candidate.
         ("scheduler", [py, "-m", "services.scheduler", "--allow-unmetered", *zconf("scheduler")]),
+        *(
+            [("dashboard", [py, "-m", "services.dashboard", "--port", str(dashboard_port), *zconf("cli")])]
+            if dashboard_port
+            else []
+        ),
     ]
 
 
@@ -93,9 +99,19 @@ def secure_configs(agent: str, state_dir: Path, endpoint: str) -> dict[str, Path
 class Embedded:
     """The child processes of `ank up`, started in order, stopped in reverse."""
 
-    def __init__(self, agent: str, state_dir: Path, port: int, *, secure: bool = False, extra_agents: int = 0) -> None:
+    def __init__(
+        self,
+        agent: str,
+        state_dir: Path,
+        port: int,
+        *,
+        secure: bool = False,
+        extra_agents: int = 0,
+        dashboard_port: int = 0,
+    ) -> None:
         self.agent = agent
         self.extra_agents = extra_agents
+        self.dashboard_port = dashboard_port
         self.state_dir = state_dir
         self.endpoint = f"{'tls' if secure else 'tcp'}/127.0.0.1:{port}"
         self.port = port
@@ -108,7 +124,9 @@ class Embedded:
 
     def start(self) -> None:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
-        for name, argv in services(self.agent, self.state_dir, self.endpoint, self.configs, self.extra_agents):
+        for name, argv in services(
+            self.agent, self.state_dir, self.endpoint, self.configs, self.extra_agents, self.dashboard_port
+        ):
             log = open(self.state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child
             proc = subprocess.Popen(
                 argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -193,13 +211,17 @@ def run_up(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        system = Embedded(agent, Path(args.state_dir).resolve(), args.port, secure=args.secure)
+        system = Embedded(
+            agent, Path(args.state_dir).resolve(), args.port, secure=args.secure, dashboard_port=args.dashboard_port
+        )
     except (RuntimeError, OSError) as exc:
         print(f"ank up: {exc}", file=sys.stderr)
         return 1
     try:
         system.start()
         print(f"ank up: router {system.endpoint}, agent {agent!r}, state in {system.state_dir}", file=sys.stderr)
+        if system.dashboard_port:
+            print(f"ank up: dashboard on http://127.0.0.1:{system.dashboard_port}/", file=sys.stderr)
         cli_config = system.configs["cli"] if system.configs else None
         if cli_config:
             print(f"ank up: secured; use `ank --zenoh-config {cli_config} ...`", file=sys.stderr)
