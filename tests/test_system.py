@@ -289,7 +289,13 @@ def test_ank_up_runs_the_system_and_ctrl_c_leaves_no_stray_process(tmp_path: Pat
                 timeout=30,
             )
 
-        wait_for(lambda: '"Running"' in ank("get", "workloads", "-o", "json").stdout, 60, "sleeper Running")
+        try:
+            wait_for(lambda: '"Running"' in ank("get", "workloads", "-o", "json").stdout, 60, "sleeper Running")
+        except AssertionError:
+            for log in sorted((tmp_path / "ank" / "logs").glob("*.log")):
+                print(f"--- {log.name}\n{log.read_text()[-3000:]}")
+            raise
+        wait_port(dashboard_port, 20)
         page = urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/api/v1/workloads", timeout=10).read()
         assert b"sleeper" in page  # the dashboard is part of the embedded system
         children = _descendants(proc.pid)

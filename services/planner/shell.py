@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -24,6 +25,7 @@ import zenoh
 
 from schemas.messages import (
     AgentPlan,
+    AgentStatus,
     ApplyRequest,
     ApplyResult,
     Binding,
@@ -107,6 +109,7 @@ class Planner:
         self.bus.subscribe_raw("ank/desired", lambda _key, payload: self.loop.post(self.on_desired, payload))
         self.bus.subscribe("ank/state/**", WorkloadState, lambda key, ws: self.loop.post(self.on_state, key, ws))
         self.bus.subscribe("ank/bind/*", Binding, lambda _key, b: self.loop.post(self.on_binding, b))
+        self.bus.subscribe("ank/agents/*/status", AgentStatus, lambda _key, st: self.loop.post(self.on_status, st))
         # Asked before the liveliness subscriber exists: with one declared in
         # the same session, Zenoh 1.x answers this query with nothing. The
         # subscriber's history then reports whatever appeared meanwhile.
@@ -145,7 +148,31 @@ class Planner:
     def on_liveliness(self, key: str, alive: bool) -> None:
         agent = _agent_of(key)
         if agent:
+            was_alive = agent in self.state.alive
             self.commit(core.agent_liveliness(self.state, agent, alive, self.now_ms()))
+            if alive and not was_alive:
+                self._reread_states(agent)
+
+    def on_status(self, status: AgentStatus) -> None:
+        """A status proves its agent alive. Zenoh has been seen to report a
+        token gone while its agent runs on (under load, right after the
+        agent connected); the agent re-declares it, and its status revives
+        it here within one status period."""
+        if status.agent not in self.state.alive:
+            log.warning("agent %s sends status while its token is gone: alive again", status.agent)
+            self.on_liveliness(f"ank/agents/{status.agent}", True)
+
+    def _reread_states(self, agent: str) -> None:
+        """An agent (re)connected: its states may have changed while it was
+        away; ask its late-joiner queryable, off the loop thread."""
+
+        def query() -> None:
+            for key, payload in self.bus.get(f"ank/state/{agent}/**", timeout=LATE_JOIN_TIMEOUT_S):
+                ws = self.bus.decode(key, payload, WorkloadState)
+                if ws is not None and ws.sender != self.bus.name:
+                    self.loop.post(self.on_state, key, ws)
+
+        threading.Thread(target=query, name=f"states-of-{agent}", daemon=True).start()
 
     # -- queries (Zenoh threads: the work is done on the loop) ---------------
     def _on_loop(self, fn: Callable[[], R]) -> R:

@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import shutil
+import signal
 import struct
 import subprocess
 import threading
@@ -144,6 +145,7 @@ class EventStream:
             stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
             env=self.cli.env,
+            preexec_fn=_die_with_parent,
         )
 
     def _read_forever(self) -> None:
@@ -185,6 +187,18 @@ class EventStream:
                 except Exception:
                     log.exception("podman event listener failed on %s %s", event.Status, event.ID[:12])
         proc.stdout.close()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: an agent killed with -9 takes its `podman
+    events` along (it would otherwise live on until its next write)."""
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 _streams: dict[tuple[str, str], EventStream] = {}
@@ -307,32 +321,31 @@ def _read_exit_code(path: Path) -> int | None:
         return None  # already consumed by podman's cleanup, or not an exit file
 
 
-_exit_files: ExitFiles | None = None
+_exit_files: dict[Path, ExitFiles] = {}
 
 
 def acquire_exit_files(listener: ExitListener, folder: Path = ROOTFUL_EXITS_DIR) -> ExitFiles | None:
     """The shared watcher of the exits folder, with `listener` subscribed;
     None where there is no such folder or no inotify (the event stream alone
     then reports exits)."""
-    global _exit_files
     with _streams_lock:
-        if _exit_files is None:
+        files = _exit_files.get(folder)
+        if files is None:
             if not folder.is_dir():
                 return None
             try:
-                _exit_files = ExitFiles(folder)
+                files = _exit_files[folder] = ExitFiles(folder)
             except OSError as exc:
                 log.info("no exit-file fast path: %s", exc)
                 return None
-        _exit_files.subscribe(listener)
-        return _exit_files
+        files.subscribe(listener)
+        return files
 
 
 def release_exit_files(files: ExitFiles, listener: ExitListener) -> None:
-    global _exit_files
     with _streams_lock:
         last = files.unsubscribe(listener) == 0
-        if last and _exit_files is files:
-            _exit_files = None
+        if last and _exit_files.get(files.folder) is files:
+            del _exit_files[files.folder]
     if last:
         files.close()

@@ -2,9 +2,9 @@
 
 `podman run -d` through the CLI (a manifest's commandOptions are options of
 that command line, so the CLI is the only faithful way to honour them),
-states from the agent's one `podman events` stream (podman/cli.py): its
-`died` events carry the exit code, so no inspect is needed. See
-docs/podman.md.
+states from the agent's one `podman events` stream (podman/cli.py; its
+`died` events carry the exit code, so no inspect is needed), exits at once
+from conmon's exit files where they can be watched. See docs/podman.md.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 import msgspec
 
 from schemas.messages import WorkloadUsage
-from services.agent.runtimes.base import Notify, RunHandle, RuntimeEvent, StartError, StartSpec
+from services.agent.runtimes.base import Notify, RunHandle, Runtime, RuntimeEvent, StartError, StartSpec
 from services.agent.runtimes.podman.cli import (
     EventStream,
     ExitFiles,
@@ -50,6 +50,7 @@ from services.agent.runtimes.podman.core import (
     names_itself,
     on_container_event,
     on_started,
+    on_stop_asked,
     parse_image_map,
     parse_stats,
     run_command,
@@ -119,6 +120,12 @@ class PodmanWatcher:
             run = self._runs.get(run_id)
             if run is not None:
                 self._runs[run_id] = msgspec.structs.replace(run, **changes)
+
+    def stop_asked(self, run_id: str) -> None:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is not None:
+                self._emit(run_id, *on_stop_asked(run))
 
     def started(self, run_id: str, container_id: str) -> None:
         with self._lock:
@@ -297,18 +304,68 @@ class DeferredRemovals:
                 self._cond.notify_all()
 
 
-class PodmanRuntime:
-    name = "podman"
+class PodmanConnector:
+    """What the podman and podman-kube connectors share: the CLI, the image
+    map, the watcher of their runs, stopping in the background, stats."""
 
     def __init__(self, run_dir: str | Path, *, cli: PodmanCli | None = None, image_map: ImageMap | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.cli = cli or PodmanCli()
         self.image_map = image_map_from_env() if image_map is None else image_map
         self.watcher = PodmanWatcher(self.cli)
-        self.removals = DeferredRemovals(self.cli)
 
     def available(self) -> bool:
         return self.cli.available()
+
+    def close(self) -> None:
+        self.watcher.close()
+
+    def _stop_in_background(self, handle: RunHandle, args: list[str], grace_s: float) -> None:
+        """`podman stop -t <grace> …` (SIGTERM, SIGKILL after the grace) without
+        blocking the agent; the exit arrives through the events."""
+        self.watcher.stop_asked(handle.record.get("run", ""))
+        seconds = max(0, math.ceil(grace_s))
+        argv = ["stop", "-t", str(seconds), *args]
+
+        def stop() -> None:
+            try:
+                result = self.cli.run(argv, timeout=seconds + STOP_TIMEOUT_MARGIN_S)
+                if result.returncode != 0:
+                    log.info("%s: podman stop: %s", handle.workload, result.stderr.strip())
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                log.error("%s: podman stop failed: %s", handle.workload, exc)
+
+        threading.Thread(target=stop, name=f"podman-stop-{handle.workload}", daemon=True).start()
+
+    def _logs(self, containers: list[str], *, follow: bool, tail: int | None) -> Iterator[str]:
+        """`podman logs` of these containers (named per line when several)."""
+        if not containers:
+            return iter(())
+        args = ["logs"]
+        if follow:
+            args.append("--follow")
+        if tail is not None:
+            args += ["--tail", str(max(0, tail))]
+        if len(containers) > 1:
+            args.append("--names")
+        return self.cli.lines([*args, *containers])
+
+    def _stats(self) -> dict[str, tuple[float | None, int | None]]:
+        """One `podman stats` for every running container: by name and short id."""
+        try:
+            result = self.cli.run(["stats", "--no-stream", "--format", "json"], timeout=30)
+            return parse_stats(json.loads(result.stdout or "[]")) if result.returncode == 0 else {}
+        except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+            log.warning("podman stats failed: %s", exc)
+            return {}
+
+
+class PodmanRuntime(PodmanConnector):
+    name = "podman"
+
+    def __init__(self, run_dir: str | Path, *, cli: PodmanCli | None = None, image_map: ImageMap | None = None) -> None:
+        super().__init__(run_dir, cli=cli, image_map=image_map)
+        self.removals = DeferredRemovals(self.cli)
 
     def create(self, spec: StartSpec, notify: Notify) -> RunHandle:
         config = decode_podman_config(spec.runtime_config)
@@ -361,19 +418,7 @@ class PodmanRuntime:
                 self.cli.run(["rm", "-f", "-t", "0", *run.phases], timeout=60)
 
     def stop(self, handle: RunHandle, grace_s: float) -> None:
-        run_id = handle.record.get("run", "")
-        self.watcher.update(run_id, stopping=True)
-        seconds = max(0, math.ceil(grace_s))
-
-        def stop_in_background() -> None:
-            try:
-                result = self.cli.run(["stop", "-t", str(seconds), handle.id], timeout=seconds + STOP_TIMEOUT_MARGIN_S)
-                if result.returncode != 0:
-                    log.info("%s: podman stop: %s", handle.workload, result.stderr.strip())
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                log.error("%s: podman stop failed: %s", handle.workload, exc)
-
-        threading.Thread(target=stop_in_background, name=f"podman-stop-{handle.workload}", daemon=True).start()
+        self._stop_in_background(handle, [handle.id], grace_s)
 
     def remove(self, handle: RunHandle) -> None:
         run_id = handle.record.get("run", "")
@@ -424,22 +469,10 @@ class PodmanRuntime:
         return adopted
 
     def logs(self, handle: RunHandle, *, follow: bool = False, tail: int | None = None) -> Iterator[str]:
-        args = ["logs"]
-        if follow:
-            args.append("--follow")
-        if tail is not None:
-            args += ["--tail", str(max(0, tail))]
-        return self.cli.lines([*args, handle.id])
+        return self._logs([handle.id], follow=follow, tail=tail)
 
     def usage(self, handles: list[RunHandle]) -> dict[str, WorkloadUsage]:
-        if not handles:
-            return {}
-        try:
-            result = self.cli.run(["stats", "--no-stream", "--format", "json"], timeout=30)
-            stats = parse_stats(json.loads(result.stdout or "[]")) if result.returncode == 0 else {}
-        except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
-            log.warning("podman stats failed: %s", exc)
-            return {}
+        stats = self._stats() if handles else {}
         usage: dict[str, WorkloadUsage] = {}
         for handle in handles:
             found = stats.get(handle.id[:12]) or stats.get(handle.record.get("name", ""))
@@ -449,7 +482,7 @@ class PodmanRuntime:
 
     def close(self) -> None:
         self.removals.close()
-        self.watcher.close()
+        super().close()
 
 
 def _labels(row: dict[str, object]) -> dict[str, str]:
@@ -467,5 +500,6 @@ def find_running(rows: list[dict[str, object]], workload: str, instance: str) ->
     return None
 
 
-def make_runtime(run_dir: str | Path) -> PodmanRuntime:
+def make_runtime(run_dir: str | Path) -> Runtime:
+    """The connector the agent loads (mypy checks it against the Protocol)."""
     return PodmanRuntime(run_dir)

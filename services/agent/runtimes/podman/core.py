@@ -146,20 +146,22 @@ def run_command(
     mounts: Iterable[tuple[str, str]] = (),
     image: str | None = None,
 ) -> list[str]:
-    """`podman [generalOptions] run -d <ours> [commandOptions] image [commandArgs]`.
-    Ours come first so that the manifest's options win where podman lets the
-    last one win; a `--name` of the manifest replaces ours (as in Ankaios).
-    `mounts`: (host file, mountPoint) bind-mounted read-only."""
+    """`podman [generalOptions] run -d <name, mounts> [commandOptions] <labels>
+    image [commandArgs]`. A `--name` of the manifest replaces ours (as in
+    Ankaios). Our labels come last: podman keeps the last value of a label,
+    and the agent finds its containers by them. `mounts`: (host file,
+    mountPoint) bind-mounted read-only."""
     argv = [*config.general_options, "run", "-d"]
     if not names_itself(config.command_options):
         # --replace: a leftover of the same name (an earlier run of this
         # instance, or one from before an agent restart) gives way.
         argv += ["--name", name, "--replace"]
-    for key, value in labels.items():
-        argv += ["--label", f"{key}={value}"]
     for source, target in mounts:
         argv += ["--mount", f"type=bind,source={source},destination={target},ro=true"]
-    argv += [*config.command_options, image or config.image, *config.command_args]
+    argv += config.command_options
+    for key, value in labels.items():
+        argv += ["--label", f"{key}={value}"]
+    argv += [image or config.image, *config.command_args]
     return argv
 
 
@@ -292,6 +294,18 @@ def on_started(run: Run, container_id: str) -> tuple[Run, list[RuntimeEvent]]:
     if container_id in run.phases:
         return run, []
     return on_container_event(run, ContainerEvent(ID=container_id, Status="start"))
+
+
+def on_stop_asked(run: Run) -> tuple[Run, list[RuntimeEvent]]:
+    """The agent asks the run to stop; its exit follows from the events. A run
+    that has already ended has no exit to come: it is told again, so that the
+    agent's stop completes."""
+    run = msgspec.structs.replace(run, stopping=True)
+    if run.summary not in ("exited", "lost"):
+        return run, []
+    codes = list(run.exit_codes.values())
+    code = next((c for c in codes if c != 0), 0) if codes else None
+    return run, [RuntimeEvent(workload=run.workload, instance=run.instance, kind="exited", exit_code=code)]
 
 
 def _resummarise(run: Run) -> tuple[Run, list[RuntimeEvent]]:

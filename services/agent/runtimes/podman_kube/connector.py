@@ -7,30 +7,20 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import subprocess
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from schemas.messages import WorkloadUsage
-from services.agent.runtimes.base import Notify, RunHandle, StartError, StartSpec
-from services.agent.runtimes.podman.cli import PodmanCli
-from services.agent.runtimes.podman.connector import (
-    STOP_TIMEOUT_MARGIN_S,
-    PodmanWatcher,
-    image_map_from_env,
-    ps_containers,
-)
+from services.agent.runtimes.base import Notify, RunHandle, Runtime, StartError, StartSpec
+from services.agent.runtimes.podman.connector import PodmanConnector, ps_containers
 from services.agent.runtimes.podman.core import (
     LABEL_INSTANCE,
     LABEL_RUN,
     LABEL_WORKLOAD,
     ContainerPhase,
-    ImageMap,
     Run,
-    parse_stats,
     run_labels,
     start_error,
 )
@@ -39,17 +29,8 @@ from services.agent.runtimes.podman_kube.core import decode_kube_config, down_co
 log = logging.getLogger("ank.agent.podman-kube")
 
 
-class PodmanKubeRuntime:
+class PodmanKubeRuntime(PodmanConnector):
     name = "podman-kube"
-
-    def __init__(self, run_dir: str | Path, *, cli: PodmanCli | None = None, image_map: ImageMap | None = None) -> None:
-        self.run_dir = Path(run_dir)
-        self.cli = cli or PodmanCli()
-        self.image_map = image_map_from_env() if image_map is None else image_map
-        self.watcher = PodmanWatcher(self.cli)
-
-    def available(self) -> bool:
-        return self.cli.available()
 
     def create(self, spec: StartSpec, notify: Notify) -> RunHandle:
         config = decode_kube_config(spec.runtime_config)
@@ -90,20 +71,7 @@ class PodmanKubeRuntime:
         )
 
     def stop(self, handle: RunHandle, grace_s: float) -> None:
-        run_id = handle.record.get("run", "")
-        self.watcher.update(run_id, stopping=True)
-        seconds = max(0, math.ceil(grace_s))
-        args = ["stop", "-t", str(seconds), "--filter", f"label={LABEL_RUN}={run_id}"]
-
-        def stop_in_background() -> None:
-            try:
-                result = self.cli.run(args, timeout=seconds + STOP_TIMEOUT_MARGIN_S)
-                if result.returncode != 0:
-                    log.info("%s: podman stop: %s", handle.workload, result.stderr.strip())
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                log.error("%s: podman stop failed: %s", handle.workload, exc)
-
-        threading.Thread(target=stop_in_background, name=f"podman-kube-stop-{handle.workload}", daemon=True).start()
+        self._stop_in_background(handle, ["--filter", f"label={LABEL_RUN}={handle.record.get('run', '')}"], grace_s)
 
     def remove(self, handle: RunHandle) -> None:
         run_id = handle.record.get("run", "")
@@ -141,27 +109,10 @@ class PodmanKubeRuntime:
         return adopted
 
     def logs(self, handle: RunHandle, *, follow: bool = False, tail: int | None = None) -> Iterator[str]:
-        ids = self._container_ids(handle)
-        if not ids:
-            return iter(())
-        args = ["logs"]
-        if follow:
-            args.append("--follow")
-        if tail is not None:
-            args += ["--tail", str(max(0, tail))]
-        if len(ids) > 1:
-            args.append("--names")
-        return self.cli.lines([*args, *ids])
+        return self._logs(self._container_ids(handle), follow=follow, tail=tail)
 
     def usage(self, handles: list[RunHandle]) -> dict[str, WorkloadUsage]:
-        if not handles:
-            return {}
-        try:
-            result = self.cli.run(["stats", "--no-stream", "--format", "json"], timeout=30)
-            stats = parse_stats(json.loads(result.stdout or "[]")) if result.returncode == 0 else {}
-        except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
-            log.warning("podman stats failed: %s", exc)
-            return {}
+        stats = self._stats() if handles else {}
         usage: dict[str, WorkloadUsage] = {}
         for handle in handles:
             run = self.watcher.get(handle.record.get("run", ""))
@@ -171,9 +122,6 @@ class PodmanKubeRuntime:
                 memory = sum(m for _, m in found if m is not None)
                 usage[handle.workload] = WorkloadUsage(cpu_percent=cpu, memory_bytes=memory)
         return usage
-
-    def close(self) -> None:
-        self.watcher.close()
 
     def _container_ids(self, handle: RunHandle) -> list[str]:
         try:
@@ -208,5 +156,6 @@ def _is(row: dict[str, object], workload: str, instance: str) -> bool:
     return labels.get(LABEL_WORKLOAD) == workload and labels.get(LABEL_INSTANCE) == instance
 
 
-def make_runtime(run_dir: str | Path) -> PodmanKubeRuntime:
+def make_runtime(run_dir: str | Path) -> Runtime:
+    """The connector the agent loads (mypy checks it against the Protocol)."""
     return PodmanKubeRuntime(run_dir)
