@@ -220,19 +220,12 @@ class Bus:
     def subscribe(self, key_expr: str, schema: type[T], callback: Callable[[str, T], None]) -> zenoh.Subscriber[None]:
         """Calls callback(key, message) for every valid message on key_expr."""
 
-        def on_sample(sample: zenoh.Sample) -> None:
-            key = str(sample.key_expr)
-            try:
-                if sample.kind != zenoh.SampleKind.PUT:
-                    return
-                self.received += 1
-                msg = self.decode(key, sample.payload.to_bytes(), schema)
-                if msg is not None:
-                    callback(key, msg)
-            except Exception:
-                log.exception("error handling a message on %s", key)
+        def on_payload(key: str, payload: bytes) -> None:
+            msg = self.decode(key, payload, schema)
+            if msg is not None:
+                callback(key, msg)
 
-        return self._declared(self.session.declare_subscriber(key_expr, on_sample))
+        return self.subscribe_raw(key_expr, on_payload)
 
     def subscribe_raw(self, key_expr: str, callback: Callable[[str, bytes], None]) -> zenoh.Subscriber[None]:
         """Calls callback(key, payload) for every put on key_expr (for payloads
