@@ -240,13 +240,19 @@ class AgentShell:
                 log.warning("runtime %s could not adopt %s: %s", runtime_name, [h.workload for h in handles], exc)
                 adopted_names.update(h.workload for h in handles)
                 continue
+            if worker is None:
+                continue  # a runtime this node no longer has: the plan recreates what is missing
             alive_names = {h.workload for h in alive}
-            for handle in handles:
+            # Running instances are adopted as they run; finished ones with
+            # how they ended, so that they are not run again.
+            kept = [*alive] + [
+                h for h in handles if h.workload not in alive_names and records[h.workload].final is not None
+            ]
+            for handle in kept:
                 record = records[handle.workload]
-                if handle.workload in alive_names or record.final is None or worker is None:
-                    continue
                 worker.handles[handle.workload] = handle
                 adopted_names.add(handle.workload)
+                final = record.final if handle.workload not in alive_names else None
                 adopted.append(
                     core.AdoptedInstance(
                         workload=handle.workload,
@@ -255,23 +261,8 @@ class AgentShell:
                         planned=record.planned,
                         restart_count=record.restart_count,
                         last_restart_ms=record.last_restart_ms,
-                        final=record.final.execution_state,
-                        exit_code=record.final.exit_code,
-                    )
-                )
-            for handle in alive:
-                record = records[handle.workload]
-                assert worker is not None
-                worker.handles[handle.workload] = handle
-                adopted_names.add(handle.workload)
-                adopted.append(
-                    core.AdoptedInstance(
-                        workload=handle.workload,
-                        instance=handle.instance,
-                        runtime=runtime_name,
-                        planned=record.planned,
-                        restart_count=record.restart_count,
-                        last_restart_ms=record.last_restart_ms,
+                        final=final.execution_state if final else None,
+                        exit_code=final.exit_code if final else None,
                     )
                 )
         for workload in set(records) - adopted_names:

@@ -14,7 +14,6 @@ import logging
 import os
 import select
 import shutil
-import signal
 import struct
 import subprocess
 import threading
@@ -145,7 +144,6 @@ class EventStream:
             stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
             env=self.cli.env,
-            preexec_fn=_die_with_parent,
         )
 
     def _read_forever(self) -> None:
@@ -187,18 +185,6 @@ class EventStream:
                 except Exception:
                     log.exception("podman event listener failed on %s %s", event.Status, event.ID[:12])
         proc.stdout.close()
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: an agent killed with -9 takes its `podman
-    events` along (it would otherwise live on until its next write)."""
-    try:
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
 _streams: dict[tuple[str, str], EventStream] = {}
