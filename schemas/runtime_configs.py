@@ -24,6 +24,7 @@ class PodmanKubeConfig(msgspec.Struct, frozen=True, rename="camel", forbid_unkno
     play_options: list[str] = []
     down_options: list[str] = []
     general_options: list[str] = []
+    control_interface_target: str = ""  # Ankaios: the container that gets the control interface
 
 
 class ProcessConfig(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):

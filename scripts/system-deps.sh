@@ -5,6 +5,7 @@ set -u
 want=()
 command -v podman >/dev/null 2>&1 || want+=(podman)
 command -v runc >/dev/null 2>&1 || want+=(runc)
+[ -x /usr/libexec/podman/catatonit ] || command -v catatonit >/dev/null 2>&1 || want+=(catatonit)
 command -v busybox >/dev/null 2>&1 || want+=(busybox-static)
 command -v influxd >/dev/null 2>&1 || want+=(influxdb)
 command -v supervisord >/dev/null 2>&1 || want+=(supervisor)

@@ -584,6 +584,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ank-agent", description="Runs the workloads of one node.")
     parser.add_argument("--name", required=True, help="the agent's name (workloads name it in `agent`)")
     parser.add_argument("--tag", action="append", type=_tag, default=[], help="an agent tag key=value (repeatable)")
+    parser.add_argument(
+        "--image-map",
+        action="append",
+        type=_image_rule,
+        default=[],
+        metavar="FROM=TO",
+        help="run image FROM as TO (a FROM ending in / maps a prefix), e.g. "
+        "ghcr.io/eclipse-ankaios/tests/=localhost/ank-test/ (repeatable; env ANK_IMAGE_MAP)",
+    )
     parser.add_argument("--server", help="the router endpoint (host:port or tcp/host:port); env ANK_SERVER")
     parser.add_argument("--zenoh-config", help="Zenoh configuration file (default: zenoh.json5)")
     parser.add_argument("--run-dir", help="logs and instance records (default .ank/agents/NAME)")
@@ -611,6 +620,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _image_rule(text: str) -> str:
+    source, sep, target = text.partition("=")
+    if not sep or not source or not target or "," in text:
+        raise argparse.ArgumentTypeError(f"expected FROM=TO (no commas), got {text!r}")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(f"ank-agent[{args.name}]", args.verbose)
@@ -628,6 +644,9 @@ def main(argv: list[str] | None = None) -> int:
         battery=battery,
         stop_workloads_on_exit=args.stop_workloads_on_exit,
     )
+    if args.image_map:
+        # The container runtimes read their image mapping from the environment.
+        os.environ["ANK_IMAGE_MAP"] = ",".join(filter(None, [os.environ.get("ANK_IMAGE_MAP", ""), *args.image_map]))
     try:
         bus = Bus(f"agent/{args.name}", config=args.zenoh_config, server=args.server)
     except BusConfigError as exc:

@@ -1,0 +1,275 @@
+"""Podman benchmarks, with real containers (local test images).
+
+P3        create → Running for a podman workload through the connector
+          (PodmanRuntime.create until its `running` notification), beside raw
+          `podman run -d` of the same image and command in the same run,
+          samples interleaved. Goal: <= 1.15x raw.
+P3-sys    the same through the whole system: a manifest put on ank/desired
+          until Running(Ok) reaches a subscriber (router, planner, agent as
+          processes), beside the same raw `podman run -d`.
+P3-crash  crash → Running again under ALWAYS through the whole system
+          (SIGKILL of the container's main process from outside until
+          Running(Ok) with the next restart count), beside podman's own
+          `--restart=always` (SIGKILL until podman's `start` event of the
+          restarted container).
+
+Skipped (no rows) when podman cannot run here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from schemas.messages import WorkloadState
+from services.agent.runtimes.base import RuntimeEvent, StartSpec
+from services.agent.runtimes.podman import PodmanRuntime
+from services.agent.runtimes.podman.cli import PodmanCli
+from services.agent.runtimes.podman.core import ContainerEvent, parse_event
+from services.bus import Bus
+from tests.helpers import running_router, wait_for
+from tests.system import running_system
+from tests.test_podman_helpers import IMAGE_MAP, IMAGE_RULES, podman_unusable, remove_agent_containers
+
+IMAGE = "localhost/ank-test/sleepy:latest"
+TARGET = "<= 1.15x peer"
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _ms(samples: list[float]) -> tuple[float | None, float | None]:
+    if not samples:
+        return None, None
+    return round(statistics.median(samples) * 1000, 1), round(_percentile(samples, 0.99) * 1000, 1)
+
+
+def _raw_run(cli: PodmanCli, agent: str) -> float:
+    """Seconds of one `podman run -d` of IMAGE (labelled for clean-up)."""
+    name = f"raw-{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    result = cli.run(["run", "-d", "--name", name, "--label", f"ank.agent={agent}", IMAGE])
+    took = time.monotonic() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"podman run failed: {result.stderr.strip()}")
+    cli.run(["rm", "-f", "-t", "0", name])
+    return took
+
+
+def _connector_run(runtime: PodmanRuntime, agent: str, index: int) -> float:
+    running = threading.Event()
+
+    def notify(event: RuntimeEvent) -> None:
+        if event.kind == "running":
+            running.set()
+
+    spec = StartSpec(agent=agent, workload=f"bench{index}", instance="b", runtime_config=f"image: {IMAGE}\n")
+    started = time.monotonic()
+    handle = runtime.create(spec, notify)
+    if not running.wait(30):
+        raise RuntimeError("no running event within 30 s")
+    took = time.monotonic() - started
+    runtime.remove(handle)
+    return took
+
+
+class _States:
+    def __init__(self) -> None:
+        self.items: list[tuple[float, WorkloadState]] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, _key: str, state: WorkloadState) -> None:
+        with self.cond:
+            self.items.append((time.monotonic(), state))
+            self.cond.notify_all()
+
+    def wait(self, predicate: Callable[[WorkloadState], bool], after: float, timeout: float = 30.0) -> float:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for at, state in self.items:
+                    if at >= after and predicate(state):
+                        return at
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("no matching WorkloadState")
+                self.cond.wait(remaining)
+
+
+def _manifest(agent: str, name: str, policy: str = "NEVER") -> str:
+    return (
+        f"apiVersion: v1\nworkloads:\n  {name}:\n    runtime: podman\n    agent: {agent}\n"
+        f"    restartPolicy: {policy}\n    runtimeConfig: |\n      image: ghcr.io/eclipse-ankaios/tests/sleepy:latest\n"
+    )
+
+
+def _system(samples: int, cli: PodmanCli, raw_agent: str) -> tuple[list[float], list[float], list[float], list[float]]:
+    """(manifest → Running, raw run, crash → Running, podman restart) samples."""
+    create: list[float] = []
+    raw: list[float] = []
+    crash: list[float] = []
+    agent = f"bench_{uuid.uuid4().hex[:6]}"
+    with tempfile.TemporaryDirectory() as tmp, running_router() as (endpoint, _router):
+        try:
+            with running_system(endpoint, Path(tmp)) as system, Bus("bench/podman", server=endpoint) as bus:
+                system.env["ANK_IMAGE_MAP"] = IMAGE_MAP
+                system.env["ANK_LOG"] = "WARNING"
+                system.planner()
+                system.agent(agent, "--stop-grace", "1", "--stable-after", "0.05", "--backoff-initial", "0")
+                states = _States()
+                bus.subscribe("ank/state/**", WorkloadState, states)
+                wait_for(lambda: bool(bus.get("ank/cmd/state", timeout=1.0)), 30, "planner")
+                wait_for(lambda: bool(bus.alive(f"ank/agents/{agent}")), 30, "agent")
+                for i in range(samples):
+                    raw.append(_raw_run(cli, raw_agent))
+                    name = f"w{i}"
+                    started = time.monotonic()
+                    bus.put("ank/desired", _manifest(agent, name).encode())
+                    at = states.wait(
+                        lambda s, n=name: s.workload == n and s.execution_state.state == "Running", started
+                    )
+                    create.append(at - started)
+                # crash → Running under ALWAYS
+                started = time.monotonic()
+                bus.put("ank/desired", _manifest(agent, "crashy", "ALWAYS").encode())
+                states.wait(lambda s: s.workload == "crashy" and s.execution_state.state == "Running", started)
+                for restart in range(1, samples + 1):
+                    ours = ["--filter", f"label=ank.agent={agent}", "--filter", "label=ank.workload=crashy"]
+                    ids = cli.run(["ps", "-q", *ours]).stdout.split()
+                    pid = _main_pid(cli, ids[0])
+                    killed = time.monotonic()
+                    os.kill(pid, signal.SIGKILL)
+                    at = states.wait(
+                        lambda s, r=restart: (
+                            s.workload == "crashy" and s.execution_state.state == "Running" and s.restart_count >= r
+                        ),
+                        killed,
+                    )
+                    crash.append(at - killed)
+        finally:
+            remove_agent_containers(agent)
+    return create, raw, crash, _podman_restart(cli, samples, raw_agent)
+
+
+def _podman_restart(cli: PodmanCli, samples: int, agent: str) -> list[float]:
+    """podman's own --restart=always: `podman kill` until the restarted container's start event."""
+    name = f"restarter-{uuid.uuid4().hex[:6]}"
+    events: list[tuple[float, ContainerEvent]] = []
+    cond = threading.Condition()
+    watcher = subprocess.Popen(
+        [cli.binary, "events", "--format", "json", "--filter", f"container={name}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=cli.env,
+    )
+
+    def read() -> None:
+        assert watcher.stdout is not None
+        for line in watcher.stdout:
+            event = parse_event(line)
+            if event is not None:
+                with cond:
+                    events.append((time.monotonic(), event))
+                    cond.notify_all()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    out: list[float] = []
+    try:
+        time.sleep(0.3)  # podman events takes a moment to follow the log
+        cli.run(["run", "-d", "--name", name, "--label", f"ank.agent={agent}", "--restart=always", IMAGE])
+        for _ in range(samples):
+            with cond:
+                seen = len(events)
+            pid = _main_pid(cli, name)
+            killed = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            deadline = killed + 30
+            with cond:
+                while not any(e.Status == "start" for _, e in events[seen:]):
+                    if not cond.wait(max(0.0, deadline - time.monotonic())):
+                        raise TimeoutError("podman did not restart the container")
+                out.append(next(t for t, e in events[seen:] if e.Status == "start") - killed)
+    finally:
+        cli.run(["rm", "-f", "-t", "0", name])
+        watcher.terminate()
+        watcher.wait(10)
+    return out
+
+
+def _main_pid(cli: PodmanCli, container: str) -> int:
+    """The host pid of the container's main process (killed as a crash would)."""
+    return int(cli.run(["inspect", "--format", "{{.State.Pid}}", container]).stdout.strip())
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    reason = podman_unusable()
+    if reason:
+        print(f"bench_podman: skipped: {reason}")
+        return []
+    samples = 3 if quick else 10
+    cli = PodmanCli()
+    agent = f"bench_{uuid.uuid4().hex[:6]}"
+    ours: list[float] = []
+    raw: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runtime = PodmanRuntime(tmp, cli=cli, image_map=IMAGE_RULES)
+        try:
+            _raw_run(cli, agent)  # warm up the storage and the image
+            for i in range(samples):
+                raw.append(_raw_run(cli, agent))
+                ours.append(_connector_run(runtime, agent, i))
+        finally:
+            runtime.close()
+            remove_agent_containers(agent)
+    try:
+        sys_create, sys_raw, crash, podman_restart = _system(samples, cli, agent)
+    finally:
+        remove_agent_containers(agent)  # the raw and podman-restart containers carry its label
+
+    def row(id_: str, name: str, samples_: list[float], peer: list[float], note: str) -> dict[str, Any]:
+        p50, p99 = _ms(samples_)
+        peer_p50, peer_p99 = _ms(peer)
+        return {
+            "id": id_,
+            "name": name,
+            "unit": "ms",
+            "p50": p50,
+            "p99": p99,
+            "floor": None,
+            "peer": peer_p50,
+            "peer_p99": peer_p99,
+            "target": TARGET,
+            "ratio": round(p50 / peer_p50, 2) if p50 and peer_p50 else None,
+            "samples": len(samples_),
+            "note": note,
+        }
+
+    return [
+        row("P3", "podman create -> Running (connector)", ours, raw, "peer: raw `podman run -d`, interleaved"),
+        row(
+            "P3-sys",
+            "podman manifest on ank/desired -> Running(Ok) (whole system)",
+            sys_create,
+            sys_raw,
+            "peer: raw `podman run -d`, interleaved",
+        ),
+        row(
+            "P3-crash",
+            "container killed -> Running again, ALWAYS (whole system)",
+            crash,
+            podman_restart,
+            "peer: podman --restart=always, kill until its start event",
+        ),
+    ]

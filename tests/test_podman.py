@@ -1,0 +1,284 @@
+"""The `podman` connector against real rootful podman and real containers
+(local test images: scripts/build-test-images.sh)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from services.agent.runtimes.base import RunHandle, StartError, StartSpec
+from services.agent.runtimes.podman import PodmanRuntime
+from services.agent.runtimes.podman.cli import EventStream, PodmanCli
+from tests.helpers import wait_for
+from tests.test_podman_helpers import ALPINE, IMAGE_RULES, SLEEPY, Events, containers_of, podman, podman_agent
+
+pytestmark = [pytest.mark.podman, pytest.mark.slow]
+__all__ = ["podman_agent"]  # the fixture, imported for pytest
+
+
+def spec(agent: str, workload: str, config: str, *, instance: str = "i1", **kw: object) -> StartSpec:
+    return StartSpec(agent=agent, workload=workload, instance=instance, runtime_config=config, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> PodmanRuntime:
+    rt = PodmanRuntime(tmp_path, image_map=IMAGE_RULES)
+    yield rt  # type: ignore[misc]
+    rt.close()
+
+
+def test_create_reports_running_then_the_exit_code(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    config = f"image: {ALPINE}\ncommandArgs: [sh, -c, 'sleep 0.5; exit 3']\n"
+    handle = runtime.create(spec(podman_agent, "exits3", config), events)
+    events.wait("exited")
+    assert events.kinds() == ["running", "exited"]
+    assert events.wait("exited")[1].exit_code == 3
+    assert handle.id in containers_of(podman_agent)
+    assert handle.record["name"] == f"exits3.i1.{podman_agent}"
+
+
+def test_container_carries_agent_workload_and_instance_labels(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    handle = runtime.create(spec(podman_agent, "labelled", f"image: {SLEEPY}\n", instance="abc123"), events)
+    events.wait("running")
+    labels = podman("inspect", "--format", "{{json .Config.Labels}}", handle.id).stdout
+    assert f'"ank.agent":"{podman_agent}"' in labels
+    assert '"ank.workload":"labelled"' in labels
+    assert '"ank.instance":"abc123"' in labels
+
+
+def test_missing_image_is_a_retryable_start_error_that_leaves_nothing(
+    runtime: PodmanRuntime, podman_agent: str
+) -> None:
+    config = 'image: image_typo:latest\ncommandOptions: [ "--entrypoint", "/bin/true" ]\n'
+    with pytest.raises(StartError) as caught:
+        runtime.create(spec(podman_agent, "hello1", config), Events())
+    assert caught.value.permanent is False
+    assert "image_typo" in str(caught.value)
+    assert containers_of(podman_agent) == []
+
+
+def test_unknown_podman_option_is_a_permanent_start_error(runtime: PodmanRuntime, podman_agent: str) -> None:
+    with pytest.raises(StartError) as caught:
+        runtime.create(spec(podman_agent, "bogus", f"image: {ALPINE}\ncommandOptions: [--bogus]\n"), Events())
+    assert caught.value.permanent is True
+    assert "--bogus" in str(caught.value)
+
+
+def test_missing_command_is_a_start_error_and_the_created_container_is_removed(
+    runtime: PodmanRuntime, podman_agent: str
+) -> None:
+    with pytest.raises(StartError):
+        runtime.create(spec(podman_agent, "nocmd", f"image: {ALPINE}\ncommandArgs: [/does/not/exist]\n"), Events())
+    assert containers_of(podman_agent) == []
+
+
+def test_stop_asks_with_sigterm_first(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    handle = runtime.create(spec(podman_agent, "sleepy", f"image: {SLEEPY}\n"), events)
+    events.wait("running")
+    asked = time.monotonic()
+    runtime.stop(handle, grace_s=10)
+    at, exited = events.wait("exited")
+    assert exited.exit_code == 0  # sleepy's TERM trap exits 0: it was not killed
+    assert at - asked < 5
+
+
+def test_stop_kills_after_the_grace_period_when_sigterm_is_ignored(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    config = f"image: {ALPINE}\ncommandArgs: [sh, -c, \"trap '' TERM; sleep 60 & wait; sleep 60\"]\n"
+    handle = runtime.create(spec(podman_agent, "stubborn", config), events)
+    events.wait("running")
+    asked = time.monotonic()
+    runtime.stop(handle, grace_s=1)
+    at, exited = events.wait("exited", timeout=15)
+    assert exited.exit_code == 137  # SIGKILL
+    assert at - asked >= 0.9
+
+
+def test_container_removed_by_hand_is_lost(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    handle = runtime.create(spec(podman_agent, "victim", f"image: {SLEEPY}\n"), events)
+    events.wait("running")
+    podman("rm", "-f", "-t", "0", handle.id)
+    lost = events.wait("lost")[1]
+    assert lost.workload == "victim"
+    assert "removed" in lost.info
+
+
+def test_rm_option_container_reports_its_exit_then_lost(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    config = f'image: {ALPINE}\ncommandOptions: [ "--rm"]\ncommandArgs: [ "echo", "Hello Ankaios"]\n'
+    runtime.create(spec(podman_agent, "hello1", config), events)
+    events.wait("lost")
+    assert events.kinds() == ["running", "exited", "lost"]
+    assert events.wait("exited")[1].exit_code == 0
+
+
+def test_stopping_an_rm_container_is_not_lost(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    handle = runtime.create(spec(podman_agent, "rmsleepy", f"image: {SLEEPY}\ncommandOptions: [--rm]\n"), events)
+    events.wait("running")
+    runtime.stop(handle, grace_s=5)
+    events.wait("exited")
+    wait_for(lambda: containers_of(podman_agent) == [], what="--rm container gone")
+    assert "lost" not in events.kinds()
+
+
+def test_create_again_of_the_same_instance_replaces_the_old_container_without_lost(
+    runtime: PodmanRuntime, podman_agent: str
+) -> None:
+    events = Events()
+    config = f"image: {ALPINE}\ncommandArgs: [sh, -c, 'exit 1']\n"
+    first = runtime.create(spec(podman_agent, "again", config), events)
+    events.wait("exited")
+    second = runtime.create(spec(podman_agent, "again", config), events)
+    events.wait("exited", count=2)
+    assert second.id != first.id
+    assert containers_of(podman_agent) == [second.id]
+    assert events.kinds() == ["running", "exited", "running", "exited"]
+
+
+def test_remove_deletes_the_container_quietly(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    handle = runtime.create(spec(podman_agent, "gone", f"image: {SLEEPY}\n"), events)
+    events.wait("running")
+    runtime.stop(handle, 5)
+    events.wait("exited")
+    runtime.remove(handle)  # an ended container: removed within DEFERRED_REMOVE_S
+    wait_for(lambda: containers_of(podman_agent) == [], timeout=10, what="the container removed")
+    assert events.kinds() == ["running", "exited"]
+
+
+def test_restart_after_remove_takes_the_pending_removal_over(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    config = f"image: {ALPINE}\ncommandArgs: [sh, -c, 'exit 2']\n"
+    first = runtime.create(spec(podman_agent, "restarter", config), events)
+    events.wait("exited")
+    runtime.remove(first)
+    second = runtime.create(spec(podman_agent, "restarter", config), events)
+    events.wait("exited", count=2)
+    assert containers_of(podman_agent) == [second.id]
+    assert events.kinds() == ["running", "exited", "running", "exited"]
+
+
+def test_close_removes_what_is_pending(tmp_path: Path, podman_agent: str) -> None:
+    runtime = PodmanRuntime(tmp_path, image_map=IMAGE_RULES)
+    events = Events()
+    handle = runtime.create(spec(podman_agent, "short", f"image: {ALPINE}\ncommandArgs: [true]\n"), events)
+    events.wait("exited")
+    runtime.remove(handle)
+    runtime.close()
+    assert containers_of(podman_agent) == []
+
+
+def test_adopt_returns_the_running_container_of_an_unchanged_instance(tmp_path: Path, podman_agent: str) -> None:
+    before = PodmanRuntime(tmp_path, image_map=IMAGE_RULES)
+    events = Events()
+    try:
+        running = before.create(spec(podman_agent, "keeper", f"image: {SLEEPY}\n"), events)
+        ended = before.create(spec(podman_agent, "ender", f"image: {ALPINE}\ncommandArgs: [true]\n"), events)
+        events.wait("running", "keeper")
+        events.wait("exited", "ender")
+    finally:
+        before.close()  # the agent exits; its containers stay
+    after = PodmanRuntime(tmp_path, image_map=IMAGE_RULES)
+    later = Events()
+    try:
+        other_instance = RunHandle(
+            workload="keeper", instance="i0", runtime="podman", id="", record={"agent": podman_agent}
+        )
+        adopted = after.adopt([running, ended, other_instance], later)
+        assert [(h.workload, h.id) for h in adopted] == [("keeper", running.id)]
+        # watched again: its exit is reported
+        after.stop(adopted[0], 5)
+        assert later.wait("exited")[1].workload == "keeper"
+    finally:
+        after.close()
+
+
+def test_logs_returns_the_output_lines_and_tail(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    config = f"image: {ALPINE}\ncommandOptions: [--entrypoint, /bin/sh]\ncommandArgs: [-c, \"echo -e '1\\n2\\n3'\"]\n"
+    handle = runtime.create(spec(podman_agent, "count", config), events)
+    events.wait("exited")
+    assert list(runtime.logs(handle)) == ["1", "2", "3"]
+    assert list(runtime.logs(handle, tail=1)) == ["3"]
+
+
+def test_logs_follow_yields_lines_while_they_come(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    config = f"image: {ALPINE}\ncommandArgs: [sh, -c, 'echo a; sleep 1; echo b; sleep 60']\n"
+    handle = runtime.create(spec(podman_agent, "talker", config), events)
+    events.wait("running")
+    lines = runtime.logs(handle, follow=True)
+    assert next(lines) == "a"
+    assert next(lines) == "b"
+    lines.close()  # type: ignore[attr-defined]
+
+
+def test_files_are_mounted_read_only_at_their_mount_point(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    config = f"image: {ALPINE}\ncommandArgs: [sh, -c, 'cat /etc/app/greeting; echo >>/etc/app/greeting || exit 7']\n"
+    files = [("/etc/app/greeting", b"Hello, World!\n")]
+    handle = runtime.create(spec(podman_agent, "files", config, files=files), events)
+    assert events.wait("exited")[1].exit_code == 7  # written: refused
+    assert next(iter(runtime.logs(handle))) == "Hello, World!"
+
+
+def test_usage_reports_memory_of_running_containers(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    handle = runtime.create(spec(podman_agent, "measured", f"image: {SLEEPY}\n"), events)
+    events.wait("running")
+    usage = runtime.usage([handle])
+    assert usage["measured"].memory_bytes and usage["measured"].memory_bytes > 0
+
+
+def test_available_on_this_machine(runtime: PodmanRuntime, podman_agent: str) -> None:
+    assert runtime.available() is True
+
+
+def _main_pid(container_id: str) -> int:
+    return int(podman("inspect", "--format", "{{.State.Pid}}", container_id).stdout.strip())
+
+
+def test_exit_file_reports_a_crash_while_the_event_stream_is_silent(
+    tmp_path: Path, podman_agent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a `podman events` that never says anything: only conmon's exit file can tell
+    def silent(self: EventStream) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(["sleep", "60"], stdout=subprocess.PIPE)
+
+    monkeypatch.setattr(EventStream, "_spawn", silent)
+    runtime = PodmanRuntime(tmp_path, image_map=IMAGE_RULES)
+    events = Events()
+    try:
+        handle = runtime.create(spec(podman_agent, "crasher", f"image: {SLEEPY}\n"), events)
+        events.wait("running")
+        os.kill(_main_pid(handle.id), signal.SIGKILL)
+        assert events.wait("exited", timeout=10)[1].exit_code == 137
+    finally:
+        runtime.close()
+
+
+def test_event_stream_that_dies_is_restarted_without_losing_an_exit(tmp_path: Path, podman_agent: str) -> None:
+    runtime = PodmanRuntime(tmp_path, cli=PodmanCli(exits_dir=tmp_path / "no-exit-files"), image_map=IMAGE_RULES)
+    events = Events()
+    try:
+        handle = runtime.create(spec(podman_agent, "survivor", f"image: {SLEEPY}\n"), events)
+        events.wait("running")
+        stream = runtime.watcher._streams[podman_agent]
+        old = stream._proc
+        assert old is not None
+        old.kill()
+        podman("kill", handle.id)  # while no stream runs
+        assert events.wait("exited", timeout=15)[1].exit_code == 137
+        assert stream._proc is not old
+    finally:
+        runtime.close()

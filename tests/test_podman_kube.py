@@ -1,0 +1,117 @@
+"""The `podman-kube` connector against real podman: `kube play` / `kube down`
+of Ankaios's simple_kube manifest (images mapped onto the local test images)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.agent.runtimes.base import StartError, StartSpec
+from services.agent.runtimes.podman_kube import PodmanKubeRuntime
+from tests.test_podman_helpers import IMAGE_RULES, Events, containers_of, kube_unusable, podman, podman_agent
+
+pytestmark = [pytest.mark.podman, pytest.mark.slow]
+__all__ = ["podman_agent"]  # the fixture, imported for pytest
+
+
+def kube_config(pod: str, *containers: tuple[str, str]) -> str:
+    lines = [
+        "manifest: |",
+        "  apiVersion: v1",
+        "  kind: Pod",
+        "  metadata:",
+        f"    name: {pod}",
+        "  spec:",
+        "    restartPolicy: Never",
+        "    containers:",
+    ]
+    for name, script in containers:
+        lines += [
+            f"    - name: {name}",
+            "      image: ghcr.io/eclipse-ankaios/tests/alpine:latest",
+            f'      command: ["/bin/sh", "-c", "{script}"]',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(autouse=True)
+def _kube_usable() -> None:
+    reason = kube_unusable()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> PodmanKubeRuntime:
+    rt = PodmanKubeRuntime(tmp_path, image_map=IMAGE_RULES)
+    yield rt  # type: ignore[misc]
+    rt.close()
+
+
+def spec(agent: str, workload: str, config: str, **kw: object) -> StartSpec:
+    return StartSpec(agent=agent, workload=workload, instance="k1", runtime_config=config, **kw)  # type: ignore[arg-type]
+
+
+def test_kube_pod_runs_and_stops_and_down_removes_the_pod(runtime: PodmanKubeRuntime, podman_agent: str) -> None:
+    events = Events()
+    pod = f"simple-pod-{podman_agent}"
+    handle = runtime.create(spec(podman_agent, "simple-kube", kube_config(pod, ("c", "sleep 30"))), events)
+    events.wait("running")
+    assert handle.id == pod
+    runtime.stop(handle, grace_s=1)
+    events.wait("exited")
+    runtime.remove(handle)
+    assert podman("pod", "exists", pod).returncode == 1
+    assert containers_of(podman_agent) == []
+    assert events.kinds() == ["running", "exited"]
+
+
+def test_kube_workload_runs_when_all_containers_run_and_exits_with_the_failing_code(
+    runtime: PodmanKubeRuntime, podman_agent: str
+) -> None:
+    events = Events()
+    config = kube_config(f"two-{podman_agent}", ("ok", "sleep 1; exit 0"), ("bad", "sleep 1.5; exit 4"))
+    handle = runtime.create(spec(podman_agent, "two", config), events)
+    events.wait("exited")
+    assert events.kinds() == ["running", "exited"]
+    assert events.wait("exited")[1].exit_code == 4
+    assert sorted(runtime.logs(handle)) == []  # they print nothing
+    runtime.remove(handle)
+
+
+def test_kube_files_are_a_permanent_start_error(runtime: PodmanKubeRuntime, podman_agent: str) -> None:
+    with pytest.raises(StartError) as caught:
+        runtime.create(spec(podman_agent, "f", kube_config("p", ("c", "true")), files=[("/x", b"")]), Events())
+    assert caught.value.permanent is True
+
+
+def test_kube_missing_image_is_retryable_and_leaves_no_pod(runtime: PodmanKubeRuntime, podman_agent: str) -> None:
+    config = kube_config(f"typo-{podman_agent}", ("c", "true")).replace(
+        "ghcr.io/eclipse-ankaios/tests/alpine:latest", "localhost/image_typo:latest"
+    )
+    with pytest.raises(StartError) as caught:
+        runtime.create(spec(podman_agent, "typo", config), Events())
+    assert caught.value.permanent is False
+    assert podman("pod", "exists", f"typo-{podman_agent}").returncode == 1
+
+
+def test_kube_adopt_returns_a_running_pod(tmp_path: Path, podman_agent: str) -> None:
+    before = PodmanKubeRuntime(tmp_path, image_map=IMAGE_RULES)
+    events = Events()
+    try:
+        handle = before.create(
+            spec(podman_agent, "kept", kube_config(f"kept-{podman_agent}", ("c", "sleep 60"))), events
+        )
+        events.wait("running")
+    finally:
+        before.close()
+    after = PodmanKubeRuntime(tmp_path, image_map=IMAGE_RULES)
+    later = Events()
+    try:
+        assert after.adopt([handle], later) == [handle]
+        after.stop(handle, 0)
+        later.wait("exited")
+        after.remove(handle)
+    finally:
+        after.close()
