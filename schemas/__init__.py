@@ -69,3 +69,26 @@ __all__ = [
     "WorkloadState",
     "WorkloadUsage",
 ]
+
+
+def prepare(*types: object) -> None:
+    """Builds msgspec's type information for `types` now.
+
+    msgspec builds a Struct's type information on its first use, running
+    Python code meanwhile (type hints); two threads making that first use at
+    once crashed processes here (SIGSEGV in msgspec's
+    json_decode_struct_map_inner, on a field table still NULL). Zenoh calls
+    back on several threads, so every Struct that is decoded off the main
+    thread is prepared at import, before any thread exists."""
+    import msgspec
+
+    for t in types:
+        msgspec.json.Decoder(t)
+
+
+prepare(
+    AccessRule, ConfigItem, ControlInterfaceAccess, FileItem, HealthCheck, Manifest, Scheduling, Workload,
+    AgentPlan, AgentStatus, ApplyRequest, ApplyResult, Binding, CompleteState, DeleteRequest, EnergyReport, Event,
+    HealthReport, Message, PlannedWorkload, ValidationIssue, WorkloadState, WorkloadUsage,
+    PodmanConfig, PodmanKubeConfig, ProcessConfig, ExecutionState,
+)  # fmt: skip

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from manifests.police.program import program_bus, setup_program_logging, stop_event_on_signals
+from schemas import prepare
 
 SOURCE_KEYS = "vehicle/**"
 TARGET_PREFIX = "kuksa/"
@@ -40,6 +41,9 @@ class RawSignal(msgspec.Struct, frozen=True):
     value: Any
     timestamp: int  # ms since the epoch
     unit: str = ""
+
+
+prepare(VssDatapoint, RawSignal)  # decoded on Zenoh threads
 
 
 def to_datapoint(key: str, payload: bytes) -> tuple[str, bytes] | str:

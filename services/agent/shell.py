@@ -32,6 +32,7 @@ import msgspec
 import psutil
 import zenoh
 
+from schemas import prepare
 from schemas.manifest import FileItem
 from schemas.messages import (
     AgentPlan,
@@ -62,6 +63,9 @@ class InstanceRecord(msgspec.Struct, frozen=True):
     restart_count: int = 0
     last_restart_ms: int | None = None
     final: WorkloadState | None = None  # set once it finished for good (not to be run again)
+
+
+prepare(InstanceRecord)  # decoded on runtime worker threads too
 
 
 class AgentOptions(msgspec.Struct, frozen=True):
