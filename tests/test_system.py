@@ -5,6 +5,7 @@ processes."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -214,6 +215,62 @@ def test_logs_shows_a_workloads_output_and_its_tail(system: System) -> None:
     assert system.ank("logs", "talker", "-t", "1").stdout.splitlines() == ["three"]
 
 
+def test_set_state_with_update_masks_adds_and_removes_only_the_masked_workloads(system: System, tmp_path: Path) -> None:
+    system.ank(
+        "apply",
+        "-",
+        input=_manifest("""
+        keep:
+          runtime: process
+          agent: car1
+          runtimeConfig: |
+            command: sleep
+            args: ["300"]
+        drop:
+          runtime: process
+          agent: car1
+          runtimeConfig: |
+            command: sleep
+            args: ["300"]
+    """),
+    )
+    state_file = tmp_path / "state.yaml"
+    state_file.write_text(
+        textwrap.dedent("""
+        desiredState:
+          apiVersion: v1
+          workloads:
+            added:
+              runtime: process
+              agent: car1
+              runtimeConfig: |
+                command: sleep
+                args: ["300"]
+    """)
+    )
+    out = system.ank("set", "state", "desiredState.workloads.added", "desiredState.workloads.drop", str(state_file))
+    assert out.returncode == 0, out.stderr
+    rows = system.workloads()
+    assert set(rows) == {"keep", "added"}
+    assert rows["added"]["state"] == "Running" and rows["keep"]["restartCount"] == 0
+
+
+def test_run_workload_creates_one_workload_without_a_manifest_file(system: System) -> None:
+    out = system.ank(
+        "run",
+        "workload",
+        "oneoff",
+        "--runtime",
+        "process",
+        "--agent",
+        "car1",
+        "--config",
+        "command: sh\nargs: ['-c', 'exit 0']",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "oneoff: Succeeded(Ok)" in out.stdout
+
+
 def test_cli_without_a_planner_says_so_and_exits_nonzero(router: str) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "services.cli.main", "--response-timeout", "0.5", "get", "workloads"],
@@ -351,3 +408,76 @@ def _pids_with(arg: str) -> list[int]:
     return [
         int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(int(p.name)) == f"sleep {arg} "
     ]
+
+
+def test_ank_up_secure_runs_with_tls_and_access_control(tmp_path: Path) -> None:
+    port = free_port()
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        _manifest("""
+        guarded:
+          runtime: process
+          runtimeConfig: |
+            command: sleep
+            args: ["302"]
+    """)
+    )
+    state = tmp_path / "ank"
+    env = child_env(f"tls/127.0.0.1:{port}")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services.cli.main",
+            "up",
+            str(manifest),
+            "--secure",
+            "--agent",
+            "secagent",
+            "--port",
+            str(port),
+            "--dashboard-port",
+            "0",
+            "--state-dir",
+            str(state),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def ank(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli.main", "--response-timeout", "2", *args],
+            cwd=ROOT,
+            env=env | extra_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    try:
+        wait_port(port, 30)
+        cli_conf = str(state / "zenoh" / "cli.json5")
+        wait_for(
+            lambda: '"Running"' in ank("--zenoh-config", cli_conf, "get", "workloads", "-o", "json").stdout,
+            60,
+            "guarded Running, seen with the cli identity",
+        )
+        # Without a certificate nothing gets through: plain tcp is not even listened on.
+        plain = ank("--server-url", f"tcp/127.0.0.1:{port}", "get", "workloads")
+        assert plain.returncode == 2
+        # The workload identity may not change the desired state.
+        denied = ank("--zenoh-config", str(state / "zenoh" / "workload.json5"), "delete", "workload", "guarded")
+        assert denied.returncode == 2 and "no planner answered" in denied.stderr
+        assert '"guarded"' in ank("--zenoh-config", cli_conf, "get", "workloads", "-o", "json").stdout
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for p in _pids_with("302"):
+            os.kill(p, signal.SIGKILL)

@@ -61,6 +61,7 @@ SERVICE_IDENTITIES = ("cli", "planner", "health-watcher", "scheduler")
 WORKLOAD_IDENTITY = "workload"
 APP_KEYS = ("**",)
 ORCHESTRATOR_KEYS = ("ank/**",)
+COMMAND_KEYS = ("ank/cmd/apply", "ank/cmd/delete")
 ROUTER_IDENTITY = "router"
 AGENT_PREFIX = "agent-"
 AGENT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
@@ -170,9 +171,9 @@ def _rules(rule_prefix: str, grants: Grants, agent: str | None = None) -> list[d
 
 
 def _workload_rules() -> list[dict[str, Any]]:
-    """Workloads may do anything outside ank/**, and on ank/** only what
-    everyone may (read states and events, report events): a deny rule on
-    ank/** wins over the allow rule on **."""
+    """Workloads may do anything outside ank/**, and on ank/** only read
+    (subscribe, query the state): deny rules on ank/** writes and on the
+    commands win over the allow rule on **."""
     writes = [PUT, DELETE, QUERYABLE, REPLY, TOKEN]
     return [
         {
@@ -188,6 +189,14 @@ def _workload_rules() -> list[dict[str, Any]]:
             "flows": ["ingress"],
             "permission": "deny",
             "key_exprs": list(ORCHESTRATOR_KEYS),
+        },
+        # Commands are queries: a workload may read the state, not change it.
+        {
+            "id": "workload/commands",
+            "messages": [QUERY],
+            "flows": ["ingress"],
+            "permission": "deny",
+            "key_exprs": list(COMMAND_KEYS),
         },
     ]
 
