@@ -121,21 +121,3 @@ def test_liveliness_token_vanishes_when_its_process_is_killed(router: str, make_
         proc.kill()
         proc.wait()
 
-
-def test_own_token_counts_as_known_only_when_the_router_reports_it() -> None:
-    from tests.helpers import running_router, wait_for
-
-    with running_router() as (endpoint, proc):
-        bus = Bus("agent", server=endpoint)
-        try:
-            bus.liveliness_token("ank/agents/me")
-            wait_for(lambda: bus.known_remotely("ank/agents/me", timeout=0.5), 5, "the router reports the token")
-            assert bus.alive("ank/agents/me")  # the session itself always answers for its token...
-            proc.kill()
-            proc.wait()
-            # ...so only the router's answer tells whether the network knows it.
-            wait_for(
-                lambda: not bus.known_remotely("ank/agents/me", timeout=0.5), 5, "the token unknown without router"
-            )
-        finally:
-            bus.close()

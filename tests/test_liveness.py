@@ -1,6 +1,5 @@
-"""Liveness beyond the token: Zenoh has been seen to report an agent's token
-gone while the agent runs on (under load, right after it connected). The
-planner then takes the agent's status as proof of life."""
+"""Liveness beyond the token: an agent whose liveliness token the planner
+missed, but whose status arrives, is taken as alive."""
 
 from __future__ import annotations
 

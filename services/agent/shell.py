@@ -215,7 +215,7 @@ class AgentShell:
         self.bus.queryable(f"ank/state/{self.name}/**", self._answer_state_query)
         self.bus.queryable(f"ank/logs/{self.name}/*", self._answer_logs_query)
         # the token last: a planner that sees it re-sends the plan, which the subscriber above receives
-        self._token = self.bus.liveliness_token(f"ank/agents/{self.name}")
+        self.bus.liveliness_token(f"ank/agents/{self.name}")
         threading.Thread(target=self._query_plan, name="plan-query", daemon=True).start()
         threading.Thread(target=self._status_thread, name="status", daemon=True).start()
         log.info("agent %s up: runtimes %s, run dir %s", self.name, sorted(self.runtimes), self.run_dir)
@@ -429,12 +429,8 @@ class AgentShell:
     def _status_thread(self) -> None:
         """Publishes the status (and energy) every period; on its own thread
         because runtimes may take a while to answer `available` and `usage`."""
-        first = True
         while not self._closing.is_set():
             try:
-                if not first:  # a token just declared may not have reached the router yet
-                    self._check_token()
-                first = False
                 self.bus.put(f"ank/agents/{self.name}/status", self.status(), reliable=False)
                 energy = self.energy()
                 if energy is not None:
@@ -444,21 +440,6 @@ class AgentShell:
                     return
                 log.warning("could not publish status: %s", exc)
             self._closing.wait(self.options.status_period_s)
-
-    def _check_token(self) -> None:
-        """Zenoh has been seen to drop a client's liveliness token at the
-        router while the session lives on (under load, right after it
-        connected): then nobody would notice this agent's loss. If the router
-        does not know the token, declare it again."""
-        key = f"ank/agents/{self.name}"
-        if self.bus.known_remotely(key, timeout=1.0):
-            return
-        log.warning("the router does not know this agent's liveliness token: declaring it again")
-        try:
-            self._token.undeclare()
-        except Exception:
-            pass
-        self._token = self.bus.liveliness_token(key)
 
     def status(self) -> AgentStatus:
         memory = psutil.virtual_memory()

@@ -39,6 +39,23 @@ _PACKAGED_CONFIG = Path(__file__).resolve().parent / "zenoh.json5"
 MAX_PAYLOAD = 4 * 1024 * 1024
 
 
+_DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+_DECODERS_LOCK = threading.Lock()
+
+
+def _decoder(schema: type[T]) -> msgspec.json.Decoder[T]:
+    """One decoder per schema, made under a lock: msgspec builds a type's
+    information on first use, and two threads doing that at once crashed
+    processes (see schemas.prepare). Reusing the decoder is faster too."""
+    decoder = _DECODERS.get(schema)
+    if decoder is None:
+        with _DECODERS_LOCK:
+            decoder = _DECODERS.get(schema)
+            if decoder is None:
+                decoder = _DECODERS[schema] = msgspec.json.Decoder(schema)
+    return decoder
+
+
 class BusConfigError(Exception):
     """A Zenoh configuration that cannot be used; the message names the problem."""
 
@@ -189,7 +206,7 @@ class Bus:
             self._drop(key, f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
             return None
         try:
-            msg = msgspec.json.decode(payload, type=schema)
+            msg = _decoder(schema).decode(payload)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             self._drop(key, f"invalid {schema.__name__}: {exc}")
             return None
@@ -305,15 +322,6 @@ class Bus:
                 log.exception("error handling liveliness of %s", key)
 
         self._entities.append(self.session.liveliness().declare_subscriber(key_expr, on_sample, history=history))
-
-    def known_remotely(self, key: str, timeout: float = 1.0) -> bool:
-        """Whether the router reports this session's own liveliness token
-        `key`. A session answers for its own tokens too, and Zenoh 1.10 gives
-        no replier id on liveliness replies, so: the router knows the token
-        when there are two answers, ours and its (tests/test_bus.py checks
-        this on the Zenoh version in use)."""
-        replies = [r for r in self.session.liveliness().get(key, timeout=timeout) if r.ok is not None]
-        return len(replies) >= 2
 
     def alive(self, key_expr: str, timeout: float = 1.0) -> list[str]:
         """The keys of the liveliness tokens alive now."""

@@ -154,10 +154,9 @@ class Planner:
                 self._reread_states(agent)
 
     def on_status(self, status: AgentStatus) -> None:
-        """A status proves its agent alive. Zenoh has been seen to report a
-        token gone while its agent runs on (under load, right after the
-        agent connected); the agent re-declares it, and its status revives
-        it here within one status period."""
+        """A status proves its agent alive: an agent taken for lost whose
+        status still arrives (its token missed, e.g. an access-control policy
+        that denies tokens) is alive again within one status period."""
         if status.agent not in self.state.alive:
             log.warning("agent %s sends status while its token is gone: alive again", status.agent)
             self.on_liveliness(f"ank/agents/{status.agent}", True)
