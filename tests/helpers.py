@@ -15,6 +15,18 @@ from pathlib import Path
 from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
+# Eclipse Ankaios's manifests: ../shared beside the checkout (as CI lays it out).
+CORPUS = next(
+    (
+        p
+        for p in (
+            ROOT.parent / "shared" / "ankaios-compat" / "manifests",
+            Path("/work/shared/ankaios-compat/manifests"),
+        )
+        if p.is_dir()
+    ),
+    ROOT.parent / "shared" / "ankaios-compat" / "manifests",
+)
 T = TypeVar("T")
 
 

@@ -12,13 +12,10 @@ with a current state by update masks it is judged in test_manifest.py.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from services.manifest import Parsed, parse_manifest, parse_state_file
-
-CORPUS = Path("/work/shared/ankaios-compat/manifests")
+from tests.helpers import CORPUS
 
 ACCEPT = ""  # the verdict of a file Ankaios accepts
 

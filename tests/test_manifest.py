@@ -37,8 +37,8 @@ from services.manifest import (
 )
 from services.manifest.document import MAX_DOCUMENT_BYTES
 from services.manifest.templating import TemplateError, render_template
+from tests.helpers import CORPUS
 
-CORPUS = Path("/work/shared/ankaios-compat/manifests")
 REPO = Path(__file__).resolve().parent.parent
 CONSTRAINT = "Only a-z, A-Z, 0-9 chars, underscore (_), and hyphen (-) allowed. Maximum length is 63 characters."
 

@@ -15,7 +15,6 @@ import signal
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -23,15 +22,11 @@ import yaml
 
 from schemas.messages import DeleteRequest, WorkloadState
 from services.bus import Bus
-from tests.helpers import Collector, free_port, wait_for
+from tests.helpers import CORPUS, Collector, free_port, wait_for
 from tests.system import System, running_system
 from tests.test_podman_helpers import IMAGE_MAP, kube_unusable, podman, podman_unusable, remove_agent_containers
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "ankaios-compat" / "manifests"
-if not CORPUS.is_dir():
-    CORPUS = Path("/work/shared/ankaios-compat/manifests")
 
 
 class Podman:
