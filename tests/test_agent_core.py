@@ -185,10 +185,18 @@ def test_backoff_sequence_then_reset_after_a_stable_run() -> None:
 def test_stale_plan_is_ignored() -> None:
     d = Driver()
     d.run(planned(), generation=5)
-    d.feed(plan(5))
-    assert d.actions == []
     d.feed(plan(4))
     assert d.actions == []
+    assert d.state.slots["w"].phase == "running"
+
+
+def test_a_resent_plan_makes_the_agent_say_every_state_again() -> None:
+    # The planner re-sends the same plan when it (re)discovers the agent, and
+    # may have published AgentDisconnected meanwhile.
+    d = Driver()
+    d.run(planned(), generation=5)
+    d.feed(plan(5))
+    assert [type(a).__name__ for a in d.actions] == ["Publish"]
     assert d.state.slots["w"].phase == "running"
 
 

@@ -920,3 +920,9 @@ def test_each_block_on_its_own_lines_builds_a_yaml_list_like_handlebars() -> Non
     assert render_template(template + "\n", {"l": ["a", "b"]}) == "args:\n  - a\n  - b\n"
     assert render_template(template + "\nnext: 1", {"l": ["a"]}) == "args:\n  - a\nnext: 1"
     assert render_template("a\n{{#if x}}\ny\n{{/if}}\nz", {"x": "1"}) == "a\ny\nz"
+
+
+def test_a_lone_surrogate_is_rejected_with_a_clear_error() -> None:
+    parsed = parse_manifest('apiVersion: "\\uDFFF"\nworkloads: {}\n')
+    assert [e.message for e in parsed.errors] == ["text is not valid Unicode: a lone surrogate U+DFFF"]
+    msgspec.json.encode(parsed.errors)  # the reply can carry the error

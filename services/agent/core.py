@@ -336,7 +336,14 @@ def step(state: AgentState, event: AgentEvent, now: Now) -> Step:
         if event.plan.agent != state.agent:
             b.note(f"ignored a plan for agent {event.plan.agent!r}")
             return b.done()
-        if event.plan.generation <= state.generation:
+        if event.plan.generation == state.generation:
+            # The planner re-sends the plan it sent when it (re)discovers this
+            # agent: whatever was said meanwhile (AgentDisconnected) is stale,
+            # so say every state again.
+            b.actions.extend(Publish(ws) for ws in current_states(state, now))
+            b.note(f"plan {event.plan.generation} re-sent: published every state again")
+            return b.done()
+        if event.plan.generation < state.generation:
             b.note(f"ignored stale plan generation {event.plan.generation} (applied {state.generation})")
             return b.done()
         _apply_plan(b, event.plan)

@@ -286,7 +286,10 @@ class AgentShell:
     def _on_plan(self, _key: str, plan: AgentPlan) -> None:
         self.loop.post(self.feed, core.PlanReceived(plan))
 
-    def _on_health(self, _key: str, report: HealthReport) -> None:
+    def _on_health(self, key: str, report: HealthReport) -> None:
+        if key != f"ank/health/{report.agent}/{report.workload}":
+            self.bus.drop(key, f"health report names {report.agent}/{report.workload}, not its key")
+            return
         self.loop.post(self.feed, core.HealthChanged(report))
 
     def _report(self, event: core.AgentEvent) -> None:

@@ -228,6 +228,11 @@ class Bus:
                     return None
         return msg
 
+    def drop(self, key: str, reason: str) -> None:
+        """Drops a message the schema admits but its receiver cannot use
+        (e.g. a payload that contradicts its key): counted, logged, reported."""
+        self._drop(key, reason)
+
     def _drop(self, key: str, reason: str, *, report: bool = True) -> None:
         self.dropped[key] += 1
         log.warning("dropped message on %s: %s", key, reason)

@@ -174,17 +174,30 @@ def _one_line(err: BaseException) -> str:
 
 def _stringify_keys(value: Any) -> Any:
     """Integer keys become strings (as when serde_yaml's value becomes JSON);
-    any other non-string key is refused."""
+    any other non-string key is refused, and so is text that is not valid
+    Unicode (a YAML escape such as "\\uDFFF" makes a lone surrogate, which
+    no UTF-8 message can carry)."""
     if isinstance(value, dict):
         result: dict[str, Any] = {}
         for key, item in value.items():
             if isinstance(key, bool) or not isinstance(key, str | int):
                 raise ManifestError(f"mapping key {key!r} is not a string")
-            result[str(key)] = _stringify_keys(item)
+            result[_valid_text(str(key))] = _stringify_keys(item)
         return result
     if isinstance(value, list):
         return [_stringify_keys(item) for item in value]
+    if isinstance(value, str):
+        return _valid_text(value)
     return value
+
+
+def _valid_text(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = text[err.start]
+        raise ManifestError(f"text is not valid Unicode: a lone surrogate U+{ord(bad):04X}") from None
+    return text
 
 
 def load_optional_document(data: bytes | str) -> dict[str, Any] | None:
