@@ -38,13 +38,17 @@ from tests.test_scheduler_shell import FakePlanner
 
 pytestmark = pytest.mark.influx
 
+# When the fixture wrote its points: set by the fixture, not at collection,
+# or a long test session would find the data stale by the time it runs.
 NOW_MS = int(time.time() * 1000)
 
 
 @pytest.fixture(scope="module")
 def influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
+    global NOW_MS
     with running_influxd(tmp_path_factory.mktemp("influxd")) as server:
         server.query("CREATE DATABASE turtlebot")
+        NOW_MS = int(time.time() * 1000)
         t = NOW_MS - 5000
         server.write(
             "turtlebot",

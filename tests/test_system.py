@@ -268,7 +268,8 @@ def test_run_workload_creates_one_workload_without_a_manifest_file(system: Syste
         "command: sh\nargs: ['-c', 'exit 0']",
     )
     assert out.returncode == 0, out.stderr
-    assert "oneoff: Succeeded(Ok)" in out.stdout
+    assert "added: oneoff" in out.stdout
+    system.wait_state("oneoff", "Succeeded", "Ok")
 
 
 def test_cli_without_a_planner_says_so_and_exits_nonzero(router: str) -> None:
@@ -363,16 +364,25 @@ def test_ank_up_runs_the_system_and_ctrl_c_leaves_no_stray_process(tmp_path: Pat
         survivors = [p for p in children if _alive(p)] + _pids_with("301")
         assert survivors == [], [(p, _cmdline(p)) for p in survivors]
     finally:
-        if proc.poll() is None:
+        _stop_up(proc, "301")
+
+
+def _stop_up(proc: subprocess.Popen[str], marker: str) -> None:
+    """Stops `ank up` as a user would (Ctrl-C), and whatever is left of its
+    tree even when the test failed half-way: no test leaks a system."""
+    tree = _descendants(proc.pid)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        for p in _pids_with("301"):
-            try:
-                import os
-
-                os.kill(p, signal.SIGKILL)
-            except OSError:
-                pass
+    for pid in [*tree, *_pids_with(marker)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _descendants(pid: int) -> list[int]:
@@ -476,8 +486,4 @@ def test_ank_up_secure_runs_with_tls_and_access_control(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for p in _pids_with("302"):
-            os.kill(p, signal.SIGKILL)
+        _stop_up(proc, "302")
