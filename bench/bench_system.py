@@ -103,7 +103,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                     "n": len(samples),
                 }
             )
-            client.delete([f"p2-{i}" for i in range(len(samples))])
+            Client(bus, 120.0).delete([f"p2-{i}" for i in range(len(samples))])
             # P5: 1000 workloads over 4 agents.
             count = 200 if quick else 1000
             names = [f"p5-{i}" for i in range(count)]
@@ -124,7 +124,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                     "n": count,
                 }
             )
-            client.delete(names)
+            Client(bus, 120.0).delete(names)
     finally:
         system.stop()
         shutil.rmtree(state_dir, ignore_errors=True)
