@@ -33,6 +33,7 @@ from typing import Any
 
 import msgspec
 
+from bench.stats import percentile
 from schemas.manifest import Workload
 from schemas.messages import AgentPlan, PlannedWorkload, WorkloadState
 from services.bus import Bus
@@ -41,13 +42,8 @@ from tests.helpers import ROOT, child_env, running_router, stop_process
 PROGRAM = ["/bin/sleep", "600"]
 
 
-def _percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def _ms(samples: list[float]) -> tuple[float, float]:
-    return round(statistics.median(samples) * 1000, 3), round(_percentile(samples, 0.99) * 1000, 3)
+    return round(statistics.median(samples) * 1000, 3), round(percentile(samples, 0.99) * 1000, 3)
 
 
 class _Arrivals:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.stats import percentile
 from schemas.messages import WorkloadState
 from services.agent.runtimes.base import RuntimeEvent, StartSpec
 from services.agent.runtimes.podman import PodmanRuntime
@@ -44,15 +45,10 @@ IMAGE = "localhost/ank-test/sleepy:latest"
 TARGET = "<= 1.15x peer"
 
 
-def _percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def _ms(samples: list[float]) -> tuple[float | None, float | None]:
     if not samples:
         return None, None
-    return round(statistics.median(samples) * 1000, 1), round(_percentile(samples, 0.99) * 1000, 1)
+    return round(statistics.median(samples) * 1000, 1), round(percentile(samples, 0.99) * 1000, 1)
 
 
 def _raw_run(cli: PodmanCli, agent: str) -> float:

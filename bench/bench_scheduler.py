@@ -28,17 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.stats import percentile  # noqa: E402
 from schemas.manifest import Manifest, Workload  # noqa: E402
 from schemas.messages import AgentStatus, CompleteState, EnergyReport  # noqa: E402
 from services.scheduler.core import CycleContext, NodeView, PlacementRequest, schedule  # noqa: E402
 from services.scheduler.native import NativeConfig, NativeScheduler  # noqa: E402
 
 T0 = 1_700_000_000_000
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def bench_native(batches: int) -> dict[str, Any]:
@@ -73,7 +69,7 @@ def bench_native(batches: int) -> dict[str, Any]:
         "name": "native placements per second, 100 nodes (scheduler core, no bus)",
         "unit": "placements/s",
         "p50": round(statistics.median(rates)),
-        "p99": round(_percentile(rates, 0.01)),
+        "p99": round(percentile(rates, 0.01)),
         "floor": round(floor),
         "peer": None,
         "target": 2000,

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.stats import percentile
 from schemas.messages import ApplyRequest, WorkloadState
 from services.bus import Bus
 from services.cli.client import Client
@@ -64,11 +65,6 @@ class Running:
         return True
 
 
-def _percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
-
-
 def run(quick: bool = False) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     state_dir = Path(tempfile.mkdtemp(prefix="ank-bench-"))
@@ -96,7 +92,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                     "name": "apply → Running, one process workload",
                     "unit": "ms",
                     "p50": statistics.median(samples),
-                    "p99": _percentile(samples, 0.99),
+                    "p99": percentile(samples, 0.99),
                     "floor": None,
                     "peer": None,
                     "target": "p50 ≤ 50",
