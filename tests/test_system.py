@@ -133,7 +133,12 @@ def test_garbage_on_ank_desired_is_rejected_with_an_event_and_changes_nothing(sy
     )
     before = system.ank("get", "state", "-o", "json").stdout
     with Bus("fuzzer", server=router) as bus:
-        for payload in (b"\xff\x00garbage", b"apiVersion: v7\nworkloads: {}\n", b"[1, 2", b"workloads: 3"):
+        for payload in (
+            b"\xff\x00garbage",
+            b"apiVersion: v7\nworkloads: {}\n",
+            b"[1, 2",
+            'apiVersion: v1\nworkloads:\n  "bad\u2028name": {}\n'.encode(),  # a line separator in the error
+        ):
             bus.put("ank/desired", payload)
     events = wait_for(
         lambda: (
@@ -145,6 +150,7 @@ def test_garbage_on_ank_desired_is_rejected_with_an_event_and_changes_nothing(sy
         "four rejected events in `ank get events`",
     )
     assert "apiVersion" in events
+    assert all(json.loads(line)["kind"] for line in events.splitlines() if line.strip())
     after = json.loads(system.ank("get", "state", "-o", "json").stdout)
     assert after["desiredState"] == json.loads(before)["desiredState"]
     assert system.workloads()["keep"]["restartCount"] == 0

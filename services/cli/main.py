@@ -451,7 +451,9 @@ def cmd_get_events(client: Client, args: argparse.Namespace) -> int:
 
 def _print_event(ev: Event, output: str) -> None:
     if output == "json":
-        print(msgspec.json.encode(ev).decode(), flush=True)
+        # One event per line, ASCII-escaped: a message may carry characters
+        # that line-based readers split on (U+2028, U+0085).
+        print(json.dumps(msgspec.to_builtins(ev), separators=(",", ":")), flush=True)
     else:
         when = time.strftime("%H:%M:%S", time.localtime(ev.time_ms / 1000)) if ev.time_ms else "--:--:--"
         print(f"{when} {ev.severity:<7} {ev.kind:<18} {ev.subject:<24} {ev.message}", flush=True)
