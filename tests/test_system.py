@@ -32,6 +32,23 @@ def system(router: str, tmp_path: Path) -> Iterator[System]:
         yield s
 
 
+def _sleepers(*names: str) -> str:
+    """A manifest of long-running process workloads on car1."""
+    return _manifest(
+        "".join(
+            f"""
+        {name}:
+          runtime: process
+          agent: car1
+          runtimeConfig: |
+            command: sleep
+            args: ["300"]
+    """
+            for name in names
+        )
+    )
+
+
 def _manifest(workloads: str) -> str:
     return "apiVersion: v1\nworkloads:\n" + textwrap.indent(textwrap.dedent(workloads), "  ")
 
@@ -40,14 +57,7 @@ def test_apply_waits_until_running_and_get_workloads_json_has_the_contract_field
     out = system.ank(
         "apply",
         "-",
-        input=_manifest("""
-        sleeper:
-          runtime: process
-          agent: car1
-          runtimeConfig: |
-            command: sleep
-            args: ["300"]
-    """),
+        input=_sleepers("sleeper"),
     )
     assert out.returncode == 0, out.stderr
     assert "sleeper: Running(Ok)" in out.stdout
@@ -122,14 +132,7 @@ def test_garbage_on_ank_desired_is_rejected_with_an_event_and_changes_nothing(sy
     system.ank(
         "apply",
         "-",
-        input=_manifest("""
-        keep:
-          runtime: process
-          agent: car1
-          runtimeConfig: |
-            command: sleep
-            args: ["300"]
-    """),
+        input=_sleepers("keep"),
     )
     before = system.ank("get", "state", "-o", "json").stdout
     with Bus("fuzzer", server=router) as bus:
@@ -182,14 +185,7 @@ def test_delete_workload_removes_it_and_stops_the_process(system: System) -> Non
     system.ank(
         "apply",
         "-",
-        input=_manifest("""
-        doomed:
-          runtime: process
-          agent: car1
-          runtimeConfig: |
-            command: sleep
-            args: ["300"]
-    """),
+        input=_sleepers("doomed"),
     )
     out = system.ank("delete", "workload", "doomed")
     assert out.returncode == 0, out.stderr
@@ -225,20 +221,7 @@ def test_set_state_with_update_masks_adds_and_removes_only_the_masked_workloads(
     system.ank(
         "apply",
         "-",
-        input=_manifest("""
-        keep:
-          runtime: process
-          agent: car1
-          runtimeConfig: |
-            command: sleep
-            args: ["300"]
-        drop:
-          runtime: process
-          agent: car1
-          runtimeConfig: |
-            command: sleep
-            args: ["300"]
-    """),
+        input=_sleepers("keep", "drop"),
     )
     state_file = tmp_path / "state.yaml"
     state_file.write_text(
