@@ -261,29 +261,26 @@ def test_run_workload_creates_one_workload_without_a_manifest_file(system: Syste
     system.wait_state("oneoff", "Succeeded", "Ok")
 
 
-def test_cli_without_a_planner_says_so_and_exits_nonzero(router: str) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "services.cli.main", "--response-timeout", "0.5", "get", "workloads"],
+def _ank(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The `ank` CLI as a process, against the router named in env."""
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *args],
         cwd=ROOT,
-        env=child_env(router),
+        env=env,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=timeout,
     )
+
+
+def test_cli_without_a_planner_says_so_and_exits_nonzero(router: str) -> None:
+    out = _ank(child_env(router), "--response-timeout", "0.5", "get", "workloads")
     assert out.returncode == 2
     assert "no planner answered" in out.stderr
 
 
 def test_cli_without_a_router_says_so_and_exits_nonzero() -> None:
-    endpoint = f"tcp/127.0.0.1:{free_port()}"
-    out = subprocess.run(
-        [sys.executable, "-m", "services.cli.main", "get", "workloads"],
-        cwd=ROOT,
-        env=child_env(endpoint),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = _ank(child_env(f"tcp/127.0.0.1:{free_port()}"), "get", "workloads")
     assert out.returncode == 2
     assert "cannot open Zenoh session" in out.stderr
 
@@ -327,14 +324,7 @@ def test_ank_up_runs_the_system_and_ctrl_c_leaves_no_stray_process(tmp_path: Pat
         wait_port(port, 20)
 
         def ank(*a: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "services.cli.main", *a],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
+            return _ank(env, *a)
 
         try:
             wait_for(lambda: '"Running"' in ank("get", "workloads", "-o", "json").stdout, 60, "sleeper Running")
@@ -447,15 +437,8 @@ def test_ank_up_secure_runs_with_tls_and_access_control(tmp_path: Path) -> None:
         text=True,
     )
 
-    def ank(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "services.cli.main", "--response-timeout", "2", *args],
-            cwd=ROOT,
-            env=env | extra_env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    def ank(*args: str) -> subprocess.CompletedProcess[str]:
+        return _ank(env, "--response-timeout", "2", *args)
 
     try:
         wait_port(port, 30)
