@@ -7,15 +7,34 @@ STAMP := $(VENV)/.installed
 export CONTAINERS_CONF := $(CURDIR)/containers.conf
 PYTEST_ARGS ?=
 
-.PHONY: all venv system-deps lint typecheck test test-quick test-faults demo bench schemas images clean
+.PHONY: all lock venv system-deps lint typecheck test test-quick test-faults demo bench schemas images clean
 
 all: test
 
-$(STAMP): pyproject.toml
+# One lock per supported Python (requirements/py3XX.lock, hashed): a fresh clone
+# installs exactly these versions, whatever the registry serves today.
+PYVER := $(shell $(PY) -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
+LOCK := requirements/py$(PYVER).lock
+UV_VERSION := 0.13.9
+
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip >/dev/null
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $(STAMP)
+
+$(LOCK):
+	@echo "no lock for Python $(PYVER) (supported: $$(ls requirements/*.lock | tr '\n' ' ')); use PY=python3.X or run make lock" >&2; exit 1
+
+# Refreshes every lock from pyproject.toml's ranges (the newest versions the
+# registry serves that satisfy them), with hashes.
+lock:
+	test -x .lockenv/bin/uv || ($(PY) -m venv .lockenv && .lockenv/bin/pip install -q uv==$(UV_VERSION))
+	for v in 3.11 3.12 3.13; do \
+	  .lockenv/bin/uv pip compile pyproject.toml requirements/build.in --extra dev --generate-hashes --universal \
+	    --python-version $$v --no-header -q -o requirements/py$${v/./}.lock || exit 1; \
+	done
 
 venv: $(STAMP)
 
@@ -25,9 +44,11 @@ venv: $(STAMP)
 system-deps:
 	@bash scripts/system-deps.sh
 
+LINTED := services schemas tests bin manifests bench examples
+
 lint: $(STAMP)
-	$(BIN)/ruff check services schemas tests bin manifests bench examples
-	$(BIN)/ruff format --check services schemas tests bin manifests bench examples || true
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -35,9 +56,7 @@ typecheck: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/python -m schemas.export
 
-test: $(STAMP) system-deps
-	$(BIN)/ruff check services schemas tests bin manifests bench examples
-	$(BIN)/mypy
+test: $(STAMP) system-deps lint typecheck
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-quick: $(STAMP)
@@ -56,4 +75,4 @@ bench: $(STAMP) system-deps
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .ank .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .lockenv .ank .mypy_cache .ruff_cache .pytest_cache

@@ -110,6 +110,15 @@ def _manifest(agent: str, name: str, policy: str = "NEVER") -> str:
     )
 
 
+def running(workload: str, restarts: int = 0) -> Callable[[WorkloadState], bool]:
+    """A predicate: `workload` is Running after at least `restarts` restarts."""
+
+    def predicate(s: WorkloadState) -> bool:
+        return s.workload == workload and s.execution_state.state == "Running" and s.restart_count >= restarts
+
+    return predicate
+
+
 def _system(samples: int, cli: PodmanCli, raw_agent: str) -> tuple[list[float], list[float], list[float], list[float]]:
     """(manifest → Running, raw run, crash → Running, podman restart) samples."""
     create: list[float] = []
@@ -132,14 +141,12 @@ def _system(samples: int, cli: PodmanCli, raw_agent: str) -> tuple[list[float], 
                     name = f"w{i}"
                     started = time.monotonic()
                     bus.put("ank/desired", _manifest(agent, name).encode())
-                    at = states.wait(
-                        lambda s, n=name: s.workload == n and s.execution_state.state == "Running", started
-                    )
+                    at = states.wait(running(name), started)
                     create.append(at - started)
                 # crash → Running under ALWAYS
                 started = time.monotonic()
                 bus.put("ank/desired", _manifest(agent, "crashy", "ALWAYS").encode())
-                states.wait(lambda s: s.workload == "crashy" and s.execution_state.state == "Running", started)
+                states.wait(running("crashy"), started)
                 for restart in range(1, samples + 1):
                     ours = ["--filter", f"label=ank.agent={agent}", "--filter", "label=ank.workload=crashy"]
                     ids = cli.run(["ps", "-q", *ours]).stdout.split()
@@ -147,9 +154,7 @@ def _system(samples: int, cli: PodmanCli, raw_agent: str) -> tuple[list[float], 
                     killed = time.monotonic()
                     os.kill(pid, signal.SIGKILL)
                     at = states.wait(
-                        lambda s, r=restart: (
-                            s.workload == "crashy" and s.execution_state.state == "Running" and s.restart_count >= r
-                        ),
+                        running("crashy", restarts=restart),
                         killed,
                     )
                     crash.append(at - killed)

@@ -144,6 +144,7 @@ def bench_kubernetes(pods: int, rounds: int) -> dict[str, Any]:
                         "target": {"apiVersion": "v1", "kind": "Node", "name": "arm-0"},
                     }
                 )
+                assert body is not None
                 api.create_namespaced_pod_binding(f"f{r}-{i}", "default", body, _preload_content=False)
             floors.append(pods / (time.perf_counter() - start))
             api_client.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -35,11 +36,27 @@ EXPORTED: tuple[type[msgspec.Struct], ...] = (
 )
 
 
+def normalised(node: Any) -> Any:
+    """The schema with every description folded to single-spaced text.
+
+    How a library dedents and wraps docstrings is not part of the contract
+    (msgspec 0.23 changed it); the words are, so the files keep only those.
+    """
+    if isinstance(node, dict):
+        return {
+            k: " ".join(v.split()) if k == "description" and isinstance(v, str) else normalised(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [normalised(v) for v in node]
+    return node
+
+
 def rendered() -> dict[str, str]:
     """File name → JSON Schema text, for every exported Struct."""
     files = {}
     for struct in EXPORTED:
-        schema = msgspec.json.schema(struct)
+        schema = normalised(msgspec.json.schema(struct))
         schema["$id"] = f"https://ank-zenoh/schemas/{struct.__name__}.schema.json"
         schema["title"] = struct.__name__
         files[f"{struct.__name__}.schema.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 # Eclipse Ankaios's manifests: ../shared beside the checkout (as CI lays it out).
@@ -47,7 +47,7 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+def wait_for(predicate: Callable[[], T | Literal[False] | None], timeout: float = 10.0, what: str = "condition") -> T:
     """Returns predicate()'s first truthy value; fails after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -72,7 +72,12 @@ class Collector:
             self.items.append((key, msg))
             self._cond.notify_all()
 
-    def wait(self, predicate: Callable[[list[tuple[str, object]]], T], timeout: float = 10.0, what: str = "") -> T:
+    def wait(
+        self,
+        predicate: Callable[[list[tuple[str, object]]], T | Literal[False] | None],
+        timeout: float = 10.0,
+        what: str = "",
+    ) -> T:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:

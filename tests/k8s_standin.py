@@ -310,6 +310,7 @@ class KubeStandIn:
                         send({"type": "MODIFIED" if was else "ADDED", "object": new})
                     elif was:
                         gone = copy.deepcopy(new or old)
+                        assert gone is not None  # `was` matched, so old is an object
                         gone["metadata"]["resourceVersion"] = str(rv)
                         send({"type": "DELETED", "object": gone})
         except (BrokenPipeError, ConnectionResetError):

@@ -74,7 +74,14 @@ def test_garbage_payload_is_dropped_counted_and_reported(make_bus: Callable[[str
             break
         except AssertionError:
             continue
-    good.wait(lambda items: items, timeout=5, what="the valid message after the garbage")
+    good.wait(lambda items: items, timeout=5, what="a first valid message")
+    # The route is up now: garbage then one more valid message, which arrives
+    # after all the garbage (one publisher, one key: order is kept).
+    before = len(good.items)
+    for g in garbage:
+        pub.put("ank/state/a1/w", g)
+    pub.put("ank/state/a1/w", _state("w"))
+    good.wait(lambda items: len(items) > before, timeout=5, what="the valid message after the garbage")
     assert all(isinstance(m, WorkloadState) for _, m in good.items)
     assert sub.dropped["ank/state/a1/w"] >= len(garbage)
     _, ev = events.wait(lambda items: items[0] if items else None, timeout=5, what="a dropped event")
@@ -120,4 +127,3 @@ def test_liveliness_token_vanishes_when_its_process_is_killed(router: str, make_
     finally:
         proc.kill()
         proc.wait()
-

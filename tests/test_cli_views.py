@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from schemas import ExecutionState, Manifest, Workload, WorkloadState
+from schemas.state import State, Substate
 from services.cli import views
 
 
-def _st(name: str, state: str, sub: str, t: int, agent: str = "a1", **kw: object) -> WorkloadState:
+def _st(name: str, state: State, sub: Substate, t: int, agent: str = "a1", **kw: object) -> WorkloadState:
     return WorkloadState(
         workload=name,
         agent=agent,

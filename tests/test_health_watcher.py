@@ -24,7 +24,7 @@ from services.bus import Bus
 from tests.helpers import ROOT, Collector, child_env, free_port, stop_process, wait_for
 
 RUNNING = ExecutionState("Running", "Ok")
-FAST = {"interval_ms": 100, "timeout_ms": 500, "retries": 2, "start_period_ms": 0}
+FAST: dict[str, object] = {"interval_ms": 100, "timeout_ms": 500, "retries": 2, "start_period_ms": 0}
 
 
 class FakePlanner:
@@ -51,7 +51,7 @@ def running(name: str, agent: str = "a1", restarts: int = 0) -> WorkloadState:
     return WorkloadState(workload=name, agent=agent, execution_state=RUNNING, restart_count=restarts, instance="i1")
 
 
-def workload(agent: str = "a1", **check: object) -> Workload:
+def workload(agent: str = "a1", /, **check: object) -> Workload:
     return Workload(runtime="process", agent=agent, runtime_config="command: x", health_check=HealthCheck(**check))  # type: ignore[arg-type]
 
 

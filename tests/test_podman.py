@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,9 @@ def spec(agent: str, workload: str, config: str, *, instance: str = "i1", **kw: 
 
 
 @pytest.fixture
-def runtime(tmp_path: Path) -> PodmanRuntime:
+def runtime(tmp_path: Path) -> Iterator[PodmanRuntime]:
     rt = PodmanRuntime(tmp_path, image_map=IMAGE_RULES)
-    yield rt  # type: ignore[misc]
+    yield rt
     rt.close()
 
 

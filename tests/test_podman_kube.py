@@ -3,6 +3,7 @@ of Ankaios's simple_kube manifest (images mapped onto the local test images)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,9 +44,9 @@ def _kube_usable() -> None:
 
 
 @pytest.fixture
-def runtime(tmp_path: Path) -> PodmanKubeRuntime:
+def runtime(tmp_path: Path) -> Iterator[PodmanKubeRuntime]:
     rt = PodmanKubeRuntime(tmp_path, image_map=IMAGE_RULES)
-    yield rt  # type: ignore[misc]
+    yield rt
     rt.close()
 
 

@@ -15,6 +15,7 @@ import signal
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from functools import partial
 
 import msgspec
 import pytest
@@ -124,7 +125,7 @@ def sut(router: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podma
             system.agent(podman_system.agent_b, "--stop-grace", "3")
             wait_for(lambda: "planner up" in system.log("planner"), 30, "the planner")
             for agent in (podman_system.agent_a, podman_system.agent_b):
-                wait_for(lambda a=agent: " up: runtimes" in system.log(f"agent-{a}"), 30, f"agent {agent}")
+                wait_for(partial(_agent_up, system, agent), 30, f"agent {agent}")
             wait_for(lambda: len(bus.alive("ank/agents/*")) >= 2, 30, "agents alive")
             yield podman_system
     finally:
@@ -134,6 +135,10 @@ def sut(router: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podma
 
 
 @pytest.fixture(autouse=True)
+def _agent_up(system: System, agent: str) -> bool:
+    return " up: runtimes" in system.log(f"agent-{agent}")
+
+
 def _deletes_what_it_applied(sut: Podman) -> Iterator[None]:
     yield
     sut.clean_up()

@@ -58,7 +58,6 @@ def test_each_police_workload_runs_a_stand_in_program_that_exists(name: str) -> 
 
 
 def test_police_manifest_is_valid_with_an_agent_given() -> None:
-    manifest_module = pytest.importorskip("services.manifest", reason="services.manifest is not there yet")
-    parsed = manifest_module.parse_manifest(POLICE.read_text(), agent="police_agent")
+    parsed = parse_manifest(POLICE.read_text(), agent="police_agent")
     assert parsed.errors == []
     assert {w.agent for w in parsed.manifest.workloads.values()} == {"police_agent"}

@@ -24,6 +24,7 @@ from services.scheduler.kube import (
     BindPod,
     KubeConfig,
     KubeScheduler,
+    PendingPod,
     PodRef,
     PodUnschedulable,
     node_view,
@@ -157,7 +158,7 @@ class KubeRun:
     energy: Bus
     proc: subprocess.Popen[bytes]
 
-    def energise(self, confirm: bool = True, **nodes: float) -> None:
+    def energise(self, nodes: dict[str, float], confirm: bool = True) -> None:
         """Publishes the nodes' first energy reports and waits until the
         scheduler has them: a probe pod pinned to the last node binds only once
         its report arrived (and the earlier ones, from the same publisher,
@@ -222,7 +223,7 @@ def events_for(standin: KubeStandIn, pod: str, reason: str) -> list[dict[str, ob
 
 
 def test_pod_is_bound_to_the_arm64_node_with_most_energy_and_a_scheduled_event_recorded(kube_run: KubeRun) -> None:
-    kube_run.energise(**{"x86-1": 99.0, "arm-1": 30.0, "arm-2": 80.0})
+    kube_run.energise({"x86-1": 99.0, "arm-1": 30.0, "arm-2": 80.0})
     kube_run.standin.create_pod("nav")
     wait_for(lambda: kube_run.standin.node_of("nav"), timeout=10, what="nav bound")
     assert kube_run.standin.node_of("nav") == "arm-2"
@@ -232,19 +233,19 @@ def test_pod_is_bound_to_the_arm64_node_with_most_energy_and_a_scheduled_event_r
 
 
 def test_unschedulable_pod_gets_failed_scheduling_then_binds_when_energy_arrives(kube_run: KubeRun) -> None:
-    kube_run.energise(**{"arm-1": 2.0})
+    kube_run.energise({"arm-1": 2.0})
     kube_run.standin.create_pod("heavy", annotations={"sdi.scheduler/min-energy-wh": "40"})
     [event] = wait_for(lambda: events_for(kube_run.standin, "heavy", "FailedScheduling"), what="FailedScheduling")
     assert event["type"] == "Warning"
     assert "0/3 nodes are available" in str(event["message"]) and "arm-1: energy below reserve" in str(event["message"])
     assert kube_run.standin.node_of("heavy") == ""
-    kube_run.energise(confirm=False, **{"arm-1": 75.0})
+    kube_run.energise({"arm-1": 75.0}, confirm=False)
     wait_for(lambda: kube_run.standin.node_of("heavy"), timeout=5, what="heavy bound after energy arrived")
     assert kube_run.standin.node_of("heavy") == "arm-1"
 
 
 def test_expired_resource_version_re_lists_and_still_binds(kube_run: KubeRun) -> None:
-    kube_run.energise(**{"arm-1": 50.0})
+    kube_run.energise({"arm-1": 50.0})
     lists_before = kube_run.standin.list_calls
     kube_run.standin.compact()  # the next watch from the old resourceVersion gets ERROR 410 Gone
     wait_for(lambda: kube_run.standin.list_calls > lists_before, timeout=10, what="a re-list after 410")
@@ -253,7 +254,7 @@ def test_expired_resource_version_re_lists_and_still_binds(kube_run: KubeRun) ->
 
 
 def test_many_pods_in_a_burst_spread_and_all_bind(kube_run: KubeRun) -> None:
-    kube_run.energise(**{"arm-1": 50.0, "arm-2": 50.0})
+    kube_run.energise({"arm-1": 50.0, "arm-2": 50.0})
     for i in range(20):
         kube_run.standin.create_pod(f"burst-{i}", annotations={"sdi.scheduler/energy-cost-wh": "2"})
     burst = lambda: [node for _, pod, node in kube_run.standin.bindings if pod.startswith("burst-")]  # noqa: E731
@@ -291,9 +292,7 @@ def test_bind_answers_409_already_bound_without_error_through_the_real_client(tm
         assert shell.bound == 1
 
 
-def _pending(name: str) -> object:
-    from services.scheduler.kube import PendingPod
-
+def _pending(name: str) -> PendingPod:
     return PendingPod(ref=PodRef("default", name), request=None, binding=True)
 
 

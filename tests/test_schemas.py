@@ -20,6 +20,14 @@ def test_drift_is_detected(tmp_path: pytest.TempPathFactory, monkeypatch: pytest
     assert export.main(["--check"]) == 0
 
 
+def test_descriptions_do_not_depend_on_how_a_library_dedents_docstrings() -> None:
+    # msgspec 0.22 and 0.23 render the same docstring with different
+    # indentation; the exported files must be the same for both.
+    a = export.normalised({"description": "One line.\n    Two   lines.", "x": [{"description": "a\n\n b"}]})
+    b = export.normalised({"description": "One line.\nTwo lines.\n", "x": [{"description": "a b"}]})
+    assert a == b == {"description": "One line. Two lines.", "x": [{"description": "a b"}]}
+
+
 @pytest.mark.parametrize(
     "struct",
     [s for s in export.EXPORTED if issubclass(s, schemas.Message)],

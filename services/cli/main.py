@@ -32,6 +32,8 @@ from schemas.messages import ApplyRequest, ApplyResult, Event, WorkloadState
 from services.bus import Bus, BusConfigError
 from services.cli import views
 from services.cli.client import Client, NoPlanner
+from services.dashboard import options as dashboard_options
+from services.scheduler import sim
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_SERVER = 0, 1, 2
 
@@ -114,12 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--secure", action="store_true", help="TLS with mutual authentication and access control")
 
     da = add(sub, "dashboard", help="the web dashboard and read-only HTTP API")
-    da.add_argument("rest", nargs=argparse.REMAINDER)
+    dashboard_options.add_arguments(da, bus_options=False)
 
     si = add(sub, "sim", help="simulations")
     si_sub = si.add_subparsers(dest="object", required=True)
     sf = add(si_sub, "fleet", help="the fleet energy study")
-    sf.add_argument("rest", nargs=argparse.REMAINDER)
+    sim.add_arguments(sf)
     return p
 
 
@@ -150,11 +152,7 @@ def _global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    # `ank dashboard` and `ank sim fleet` pass their own options through.
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("dashboard", "sim"):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.rest = [*getattr(args, "rest", []), *extra]
+    args = parser.parse_args(argv)
     from services.logsetup import setup_logging
 
     setup_logging("ank", args.verbose, quiet=not args.verbose)
@@ -180,26 +178,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_up(args)
     if args.command == "dashboard":
-        import importlib
+        from services.dashboard import shell as dashboard
 
-        dashboard = importlib.import_module("services.dashboard")
-        return int(dashboard.main(_bus_args(args) + args.rest))
+        args.server = args.server_url
+        return dashboard.run(args)
     if args.command == "sim":
-        from services.scheduler.sim import main as sim_main
-
-        return int(sim_main(args.rest))
+        return sim.run(args)
     with Bus("ank-cli", config=args.zenoh_config, server=args.server_url) as bus:
         client = Client(bus, args.response_timeout)
         return COMMANDS[(args.command, getattr(args, "object", None))](client, args)
-
-
-def _bus_args(args: argparse.Namespace) -> list[str]:
-    out = []
-    if args.server_url:
-        out += ["--server", args.server_url]
-    if args.zenoh_config:
-        out += ["--zenoh-config", args.zenoh_config]
-    return out
 
 
 # -- apply / delete / set state / run ------------------------------------------

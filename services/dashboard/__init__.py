@@ -1,6 +1,2 @@
 """`ank dashboard`: a read-only HTTP API and live web page (services.dashboard.shell);
-its data model is services.dashboard.model (pure)."""
-
-from services.dashboard.shell import main, serve
-
-__all__ = ["main", "serve"]
+its data model is services.dashboard.model (pure), its options services.dashboard.options."""

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -40,13 +39,13 @@ from starlette.websockets import WebSocket
 
 from schemas import AgentStatus, CompleteState, EnergyReport, Event, WorkloadState
 from services.bus import Bus, BusConfigError
-from services.dashboard import model
+from services.dashboard import model, options
 from services.dashboard.page import PAGE
 from services.dashboard.web import Fanout, run_server
 from services.logsetup import setup_logging
 
 log = logging.getLogger("ank.dashboard")
-DEFAULT_PORT = 8800
+DEFAULT_PORT = options.DEFAULT_PORT
 STATE_QUERY = "ank/cmd/state"
 
 
@@ -188,23 +187,16 @@ def serve(bus: Bus, host: str, port: int, token: str | None, *, resync_s: float 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ank dashboard", description="A live web view of ank-zenoh.")
-    parser.add_argument("--zenoh-config", help="Zenoh configuration (json5; default zenoh.json5)")
-    parser.add_argument("--server", help="router endpoint (host:port or tcp/host:port; env ANK_SERVER)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("ANK_DASHBOARD_TOKEN") or None,
-        help="bearer token the API requires (env ANK_DASHBOARD_TOKEN; default: none)",
-    )
-    parser.add_argument("--resync", type=float, default=10.0, help="seconds between state re-reads (0: only at start)")
+    options.add_arguments(parser)
     parser.add_argument("-v", "--verbose", action="count", default=0)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["--"]:  # `ank dashboard -- --port N` passes the separator on
-        argv = argv[1:]
-    args = parser.parse_args(argv)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serves the dashboard for parsed options (from this module's `main` or from `ank dashboard`)."""
     if not 0 < args.port < 65536:
-        parser.error(f"--port {args.port} is not a TCP port")
+        print(f"ank dashboard: --port {args.port} is not a TCP port", file=sys.stderr)
+        return 2
     setup_logging("ank-dashboard", args.verbose)
     try:
         bus = Bus("dashboard", config=args.zenoh_config, server=args.server)

@@ -268,8 +268,8 @@ def plot(spec: FleetSpec, summaries: list[Summary], runs: dict[str, RunResult], 
     return [energy_png, summary_png]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="ank sim fleet", description="MALE vs round-robin vs random on a robot fleet")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`ank sim fleet`'s options (shared by `ank` and `python -m services.scheduler.sim`)."""
     p.add_argument("--robots", type=int, default=8)
     p.add_argument("--seeds", type=int, default=5, help="number of seeds to average over")
     p.add_argument("--seed", type=int, default=1, help="first seed")
@@ -277,7 +277,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--arrivals-per-hour", type=float, default=60.0)
     p.add_argument("--out", type=Path, default=Path("sim-out"), help="directory for the PNG plots")
     p.add_argument("--no-plots", action="store_true")
-    args = p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ank sim fleet", description="MALE vs round-robin vs random on a robot fleet")
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the study for parsed options."""
     if args.robots < 2 or args.seeds < 1 or args.hours <= 0 or args.arrivals_per_hour <= 0:
         print("ank sim fleet: --robots >= 2, --seeds >= 1, --hours > 0 and --arrivals-per-hour > 0", file=sys.stderr)
         return 2
