@@ -115,11 +115,10 @@ def _entry(argv: tuple[str, ...]) -> tuple[Callable[[list[str]], Any], list[str]
     """The `main` function of one of our programs and the arguments it gets, or None."""
     program = argv[0].removeprefix(".venv/bin/")
     if program in SCRIPTS:
-        module, func = SCRIPTS[program].split(":")
-        return getattr(importlib.import_module(module), func), list(argv[1:])
+        name, func = SCRIPTS[program].split(":")
+        return getattr(importlib.import_module(name), func), list(argv[1:])
     if program in ("python", "python3") and argv[1:2] == ("-m",):
-        module = importlib.import_module(argv[2])
-        return module.main, list(argv[3:])
+        return importlib.import_module(argv[2]).main, list(argv[3:])
     if program in ("python", "python3") and argv[1].endswith(".py"):
         spec = importlib.util.spec_from_file_location("doc_program", ROOT / argv[1])
         assert spec and spec.loader, argv[1]
@@ -180,5 +179,7 @@ def test_command_line_that_needs_no_system_runs_and_exits_0(line: Line, tmp_path
     argv = [str(Path(sys.executable).parent / program), *line.argv[1:]] if program in SCRIPTS else list(line.argv)
     if argv[0] in ("python", "python3"):
         argv[0] = sys.executable
-    out = subprocess.run(argv, cwd=tmp_path, env=child_env("tcp/127.0.0.1:9"), capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        argv, cwd=tmp_path, env=child_env("tcp/127.0.0.1:9"), capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, f"{line}: exit {out.returncode}\n{out.stderr[-2000:]}"

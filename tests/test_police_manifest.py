@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from schemas import ProcessConfig
+from services.manifest import parse_manifest
 from tests.helpers import ROOT
 
 POLICE = ROOT / "manifests" / "police.yaml"
@@ -59,5 +60,5 @@ def test_each_police_workload_runs_a_stand_in_program_that_exists(name: str) -> 
 
 def test_police_manifest_is_valid_with_an_agent_given() -> None:
     parsed = parse_manifest(POLICE.read_text(), agent="police_agent")
-    assert parsed.errors == []
+    assert parsed.errors == [] and parsed.manifest is not None
     assert {w.agent for w in parsed.manifest.workloads.values()} == {"police_agent"}
