@@ -51,8 +51,16 @@ QUERY_TIMEOUT_S = 5.0
 class Channel:
     """The Control Interface of one workload instance."""
 
-    def __init__(self, bus: Bus, folder: Path, workload: str, access: ControlInterfaceAccess) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        folder: Path,
+        workload: str,
+        access: ControlInterfaceAccess,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
+    ) -> None:
         self.bus = bus
+        self.write_timeout_s = write_timeout_s
         self.folder = folder
         self.workload = workload
         self.access = access
@@ -116,7 +124,8 @@ class Channel:
     def _connection(self, fd: int) -> None:
         """One writer session: until the writer closes (EOF) or we close."""
         decoder = core.Decoder()
-        greeted = dead = False
+        greeted = dead = False  # dead: closed by us; only a new Hello opens it again
+        broken = False  # the byte stream lost its framing: ignored until the writer closes
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
@@ -132,25 +141,27 @@ class Channel:
                 if greeted or dead:
                     log.info("%s: control interface connection ended", self.workload)
                 return  # the writer closed (or none yet: poll said hang-up): reopen and wait
-            if dead:
-                continue  # the rest of a closed connection is ignored
+            if broken:
+                continue
             try:
                 bodies = decoder.feed(data)
             except core.FrameError as exc:
                 log.warning("%s: control interface: %s: connection closed", self.workload, exc)
                 self.send(core.closed(core.DECODE_ERROR))
-                dead = True
+                dead = broken = True
                 continue
             for body in bodies:
                 message = core.decode_to_ankaios(body)
                 kind = message.WhichOneof("ToAnkaiosEnum") if message is not None else None
+                if dead and kind != "hello":
+                    continue  # the rest of a closed connection is ignored
                 if message is None or kind is None:
                     reason = core.DECODE_ERROR if message is None else core.HELLO_MISSING
                     if not greeted:
                         log.warning("%s: control interface: %s: connection closed", self.workload, reason)
                         self.send(core.closed(reason))
-                        dead = True
-                        break
+                        greeted, dead = False, True
+                        continue
                     log.warning("%s: control interface: could not decode a message", self.workload)
                     continue
                 if kind == "hello":
@@ -158,24 +169,24 @@ class Channel:
                     if problem is not None:
                         log.warning("%s: control interface: %s: connection closed", self.workload, problem)
                         self.send(core.closed(problem))
-                        dead = True
-                        break
+                        greeted, dead = False, True
+                        continue
                     if greeted:
                         log.warning("%s: control interface: yet another Hello", self.workload)
-                    greeted = True
+                    greeted, dead = True, False  # a program that reconnects (a FIFO shows no new writer)
                     self.send(core.accepted())
                     continue
                 if not greeted:
                     log.warning("%s: control interface: %s: connection closed", self.workload, core.HELLO_MISSING)
                     self.send(core.closed(core.HELLO_MISSING))
                     dead = True
-                    break
+                    continue
                 self._jobs.put(_job(self._serve, message.request))
 
     # -- writing (any thread) ---------------------------------------------------------
     def send(self, message: control_api.FromAnkaios) -> bool:
         data = core.frame(message)
-        deadline = time.monotonic() + WRITE_TIMEOUT_S
+        deadline = time.monotonic() + self.write_timeout_s
         with self._write_lock:
             while data and not self._closing.is_set():
                 try:
