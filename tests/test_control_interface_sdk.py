@@ -145,3 +145,41 @@ def test_without_a_mount_namespace_the_env_names_the_real_folder(tmp_path: Path)
         assert mount.preexec(str(tmp_path)) is not None
     else:
         assert mount.preexec(str(tmp_path)) is None
+
+
+def container(script: str, access: bool) -> dict[str, Any]:
+    config = json.dumps({"image": "localhost/ank-test/busybox:latest", "commandArgs": ["sh", "-c", script]})
+    workload: dict[str, Any] = {"runtime": "podman", "agent": AGENT, "runtimeConfig": config}
+    if access:
+        workload["controlInterfaceAccess"] = {"allowRules": [state_rule("Read", "*")]}
+    return workload
+
+
+# A raw Hello (ToAnkaios{hello{protocolVersion "1.0.0"}}, length-delimited) in busybox printf octal,
+# then the first 3 bytes back: ControlInterfaceAccepted is 02 22 00.
+RAW_HELLO = (
+    "cd /run/ankaios/control_interface && printf '\\011\\012\\007\\022\\0051.0.0' > output"
+    " && head -c 3 input | od -An -tx1"
+)
+
+
+@pytest.mark.podman
+def test_podman_workloads_get_the_interface_mounted_only_with_rules(system: System) -> None:
+    from tests.test_podman_helpers import podman_unusable, remove_agent_containers
+
+    why = podman_unusable()
+    if why:
+        pytest.skip(why)
+    try:
+        apply(
+            system,
+            podfifo=container(RAW_HELLO, access=True),
+            podbare=container("test -e /run/ankaios/control_interface && echo present || echo absent", access=False),
+        )
+        system.wait_state("podfifo", "Succeeded", "Ok", timeout=90)
+        system.wait_state("podbare", "Succeeded", "Ok", timeout=90)
+        assert "02 22 00" in system.ank("logs", "podfifo").stdout
+        assert "absent" in system.ank("logs", "podbare").stdout
+    finally:
+        system.ank("delete", "workload", "podfifo", "podbare")
+        remove_agent_containers(AGENT)
