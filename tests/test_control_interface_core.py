@@ -183,3 +183,28 @@ def test_altered_fields() -> None:
     assert added == ["desiredState.workloads.y"]
     assert updated == ["desiredState.workloads.x"]
     assert removed == ["agents.A"]
+
+
+def test_kube_mount_only_into_the_target_container() -> None:
+    import yaml
+
+    from services.agent.control_interface.kube import mount_into
+    from services.agent.runtimes.base import StartError
+
+    pod = {"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}, {"name": "b"}]}}
+    deployment = {
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {"template": {"spec": {"containers": [{"name": "c"}]}}},
+    }
+    text = yaml.safe_dump_all([pod, deployment])
+    out = list(yaml.safe_load_all(mount_into(text, "p/a", "/host/ci")))
+    a, b = out[0]["spec"]["containers"]
+    assert a["volumeMounts"] == [{"name": "ank-control-interface", "mountPath": "/run/ankaios/control_interface"}]
+    assert "volumeMounts" not in b
+    assert out[0]["spec"]["volumes"][0]["hostPath"]["path"] == "/host/ci"
+    out = list(yaml.safe_load_all(mount_into(text, "d-pod/c", "/host/ci")))
+    assert out[1]["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    for bad in ("", "p", "p/zz", "q/a"):
+        with pytest.raises(StartError):
+            mount_into(text, bad, "/host/ci")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -182,4 +183,46 @@ def test_podman_workloads_get_the_interface_mounted_only_with_rules(system: Syst
         assert "absent" in system.ank("logs", "podbare").stdout
     finally:
         system.ank("delete", "workload", "podfifo", "podbare")
+        remove_agent_containers(AGENT)
+
+
+@pytest.mark.podman
+def test_podman_kube_mounts_the_interface_only_into_the_target_container(system: System) -> None:
+    from tests.test_podman_helpers import kube_unusable, podman, podman_unusable, remove_agent_containers
+
+    why = podman_unusable() or kube_unusable()
+    if why:
+        pytest.skip(why)
+    pod = f"cipod{uuid.uuid4().hex[:6]}"
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {"name": "target", "image": "localhost/ank-test/busybox:latest", "command": ["sh", "-c", RAW_HELLO]},
+                {
+                    "name": "sidecar",
+                    "image": "localhost/ank-test/busybox:latest",
+                    "command": ["sh", "-c", "test -e /run/ankaios/control_interface && echo present || echo absent"],
+                },
+            ],
+        },
+    }
+    config = json.dumps({"controlInterfaceTarget": f"{pod}/target", "manifest": json.dumps(manifest)})
+    workload = {
+        "runtime": "podman-kube",
+        "agent": AGENT,
+        "runtimeConfig": config,
+        "controlInterfaceAccess": {"allowRules": [state_rule("Read", "*")]},
+    }
+    try:
+        apply(system, kubefifo=workload)
+        wait_for(
+            lambda: "02 22 00" in podman("logs", f"{pod}-target").stdout, 90, "the target container got its answer"
+        )
+        assert "absent" in wait_for(lambda: podman("logs", f"{pod}-sidecar").stdout, 30, "the sidecar's output")
+    finally:
+        system.ank("delete", "workload", "kubefifo")
         remove_agent_containers(AGENT)
