@@ -226,3 +226,16 @@ def test_podman_kube_mounts_the_interface_only_into_the_target_container(system:
     finally:
         system.ank("delete", "workload", "kubefifo")
         remove_agent_containers(AGENT)
+
+
+@needs_namespace
+def test_an_adopted_workload_keeps_its_interface_across_an_agent_kill_9(system: System) -> None:
+    """Last in the module: it restarts the agent."""
+    apply(system, poller=program("poller.py", allow=[state_rule("Read", "desiredState.workloads.poller")]))
+    wait_output(system, "poller", "answer 2:")
+    system.kill(f"agent-{AGENT}")
+    answered = output(system, "poller").count("answer ")
+    system.agent(AGENT)
+    wait_for(lambda: output(system, "poller").count("answer ") > answered + 2, 60, "answers from the restarted agent")
+    assert "['poller']" in output(system, "poller").rstrip().splitlines()[-1]
+    system.ank("delete", "workload", "poller")
