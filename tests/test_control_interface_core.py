@@ -4,13 +4,16 @@ and the state ↔ protobuf translation."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas.manifest import AccessRule, ControlInterfaceAccess, Manifest, Workload
 from schemas.messages import CompleteState, WorkloadState
-from schemas.state import RUNNING
+from schemas.state import RUNNING, pending
 from services.agent.control_interface import core
 from services.agent.control_interface.core import ank_base, control_api
 
@@ -173,16 +176,79 @@ def test_update_request_becomes_a_set_state_document() -> None:
     assert document["desiredState"]["configs"] == {"c": {"k": ["v"]}}
 
 
-def test_altered_fields() -> None:
-    before = core.state_tree(_complete())
-    after = core.state_tree(_complete())
-    after["desiredState"]["workloads"]["y"] = {"runtime": "process"}
-    after["desiredState"]["workloads"]["x"]["tags"] = {"t": "2"}
-    del after["agents"]["A"]
-    added, updated, removed = core.altered_fields(before, after)
-    assert added == ["desiredState.workloads.y"]
-    assert updated == ["desiredState.workloads.x"]
-    assert removed == ["agents.A"]
+def _tree(workloads: dict[str, Any], configs: dict[str, Any] | None = None) -> dict[str, Any]:
+    desired: dict[str, Any] = {"apiVersion": "v1", "workloads": workloads}
+    if configs:
+        desired["configs"] = configs
+    return {"desiredState": desired, "workloadStates": {}, "agents": {}}
+
+
+SIMPLE_A = {"runtime": "podman", "agent": "agent_A"}
+SIMPLE_B = {"runtime": "podman", "agent": "agent_B", "dependencies": {"some_other_workload": "ADD_COND_RUNNING"}}
+
+
+def test_altered_fields_as_ankaios_events_report_them() -> None:
+    """The expectations of stests/control_interface/test_events.robot."""
+    empty, a, b = _tree({}), _tree({"simple": SIMPLE_A}), _tree({"simple": SIMPLE_B})
+    mask = ["desiredState.workloads.simple"]
+    assert core.altered_fields(empty, a, mask) == (["desiredState.workloads.simple"], [], [])
+    assert core.altered_fields(a, b, mask) == (
+        ["desiredState.workloads.simple.dependencies"],
+        ["desiredState.workloads.simple.agent"],
+        [],
+    )
+    assert core.altered_fields(b, empty, mask) == ([], [], ["desiredState.workloads.simple"])
+    agents = ["desiredState.workloads.*.agent"]
+    assert core.altered_fields(empty, a, agents) == (["desiredState.workloads.simple.agent"], [], [])
+    assert core.altered_fields(a, b, agents) == ([], ["desiredState.workloads.simple.agent"], [])
+    assert core.altered_fields(b, empty, agents) == ([], [], ["desiredState.workloads.simple.agent"])
+    deep = ["desiredState.workloads.*.*.some_other_workload"]
+    assert core.altered_fields(a, b, deep) == (
+        ["desiredState.workloads.simple.dependencies.some_other_workload"],
+        [],
+        [],
+    )
+    assert core.altered_fields(b, empty, deep) == (
+        [],
+        [],
+        ["desiredState.workloads.simple.dependencies.some_other_workload"],
+    )
+    assert core.altered_fields(empty, a, ["desiredState.workloads.other"]) == ([], [], [])
+
+
+def test_altered_fields_of_configs() -> None:
+    before = {"some_config": {"param1": "a", "param2": "b", "some_sub_config": {"sub_param1": "c"}}}
+    after = {"some_config": {"param1": "A", "param2": "b", "some_sub_config": {"sub_param1": "C"}}}
+    empty, one, two = _tree({}), _tree({}, before), _tree({}, after)
+    assert core.altered_fields(empty, one, ["desiredState.configs"]) == (["desiredState.configs"], [], [])
+    assert core.altered_fields(one, two, ["desiredState.configs"]) == (
+        [],
+        ["desiredState.configs.some_config.param1", "desiredState.configs.some_config.some_sub_config.sub_param1"],
+        [],
+    )
+    two_stars = ["desiredState.configs.*.*"]
+    assert core.altered_fields(empty, one, two_stars)[0] == [
+        "desiredState.configs.some_config.param1",
+        "desiredState.configs.some_config.param2",
+        "desiredState.configs.some_config.some_sub_config",
+    ]
+    assert core.altered_fields(two, empty, two_stars)[2] == [
+        "desiredState.configs.some_config.param1",
+        "desiredState.configs.some_config.param2",
+        "desiredState.configs.some_config.some_sub_config",
+    ]
+
+
+def test_altered_fields_of_workload_states() -> None:
+    complete = _complete()
+    before = core.state_tree(complete)
+    ws = msgspec.structs.replace(complete.workload_states[0], execution_state=pending("Starting"), seq=2)
+    after = core.state_tree(msgspec.structs.replace(complete, workload_states=[ws]))
+    assert core.altered_fields(before, after, ["workloadStates"]) == (
+        [],
+        ["workloadStates.A.x.i1.state", "workloadStates.A.x.i1.subState"],
+        [],
+    )
 
 
 def test_kube_mount_only_into_the_target_container() -> None:

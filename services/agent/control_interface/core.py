@@ -19,7 +19,6 @@ no rules, no access.
 from __future__ import annotations
 
 import fnmatch
-import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -225,8 +224,11 @@ def state_tree(state: CompleteState) -> dict[str, Any]:
         if not ws.agent:
             continue
         states.setdefault(ws.agent, {}).setdefault(ws.workload, {})[ws.instance or "-"] = _execution(ws)
+    desired: dict[str, Any] = {"apiVersion": "v1", "workloads": workloads}
+    if state.desired.configs:
+        desired["configs"] = dict(state.desired.configs)
     return {
-        "desiredState": {"apiVersion": "v1", "workloads": workloads, "configs": dict(state.desired.configs)},
+        "desiredState": desired,
         "workloadStates": states,
         "agents": {name: {} for name in state.agents},
     }
@@ -255,8 +257,15 @@ _STATE_ENUMS = {
 
 
 def _execution(ws: WorkloadState) -> dict[str, Any]:
-    field, substates = _STATE_ENUMS[ws.execution_state.state]
-    return {"additionalInfo": ws.execution_state.additional_info, field: substates.get(ws.execution_state.substate, 0)}
+    es = ws.execution_state
+    return {"state": es.state, "subState": es.substate, "additionalInfo": es.additional_info}
+
+
+def _execution_to_proto(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or value.get("state") not in _STATE_ENUMS:
+        return {}
+    field, substates = _STATE_ENUMS[value["state"]]
+    return {"additionalInfo": str(value.get("additionalInfo", "")), field: substates.get(value.get("subState", ""), 0)}
 
 
 def filter_tree(tree: dict[str, Any], masks: list[str]) -> dict[str, Any]:
@@ -285,31 +294,62 @@ def _copy_masked(source: Any, target: dict[str, Any], parts: list[str]) -> None:
                 target.pop(key, None)
 
 
-def altered_fields(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
-    """(added, updated, removed) leaf-level paths between two trees: a
-    workload, an instance's state or an agent is one field."""
-    before, after = _leaves(old), _leaves(new)
-    added = sorted(set(after) - set(before))
-    removed = sorted(set(before) - set(after))
-    updated = sorted(p for p in set(before) & set(after) if before[p] != after[p])
-    return added, updated, removed
+def altered_fields(
+    old: dict[str, Any], new: dict[str, Any], masks: list[str]
+) -> tuple[list[str], list[str], list[str]]:
+    """(added, updated, removed) paths between two state trees, as Ankaios
+    reports them: an added or removed subtree is one path, a changed value is
+    its own path; each is reported at least as deep as the mask it falls
+    under (a subtree added above a mask is expanded to the mask's paths)."""
+    added: list[list[str]] = []
+    updated: list[list[str]] = []
+    removed: list[list[str]] = []
+
+    def walk(a: dict[str, Any], b: dict[str, Any], path: list[str]) -> None:
+        for key in sorted(set(a) | set(b)):
+            here = [*path, key]
+            if key not in a:
+                added.append(here)
+            elif key not in b:
+                removed.append(here)
+            elif isinstance(a[key], dict) and isinstance(b[key], dict):
+                walk(a[key], b[key], here)
+            elif a[key] != b[key]:
+                updated.append(here)
+
+    walk(old, new, [])
+    patterns = [_segments(m) for m in masks] or [[]]
+    return _under(added, new, patterns), _under(updated, new, patterns), _under(removed, old, patterns)
 
 
-def _leaves(tree: dict[str, Any]) -> dict[str, str]:
-    depth = {"desiredState": 3, "workloadStates": 4, "agents": 2}
-    leaves: dict[str, str] = {}
+def _under(paths: list[list[str]], tree: dict[str, Any], patterns: list[list[str]]) -> list[str]:
+    out: set[str] = set()
+    for path in paths:
+        for pattern in patterns:
+            if len(pattern) <= len(path):
+                if all(p in ("*", s) for p, s in zip(pattern, path, strict=False)):
+                    out.add(".".join(path))
+            elif all(p in ("*", s) for p, s in zip(pattern, path, strict=False)):
+                _, subtree = _at(tree, path)
+                out.update(".".join(p) for p in _expand(subtree, pattern[len(path) :], path))
+    return sorted(out)
 
-    def walk(node: Any, path: list[str], limit: int) -> None:
-        if len(path) >= limit or not isinstance(node, dict):
-            leaves[".".join(path)] = json.dumps(node, sort_keys=True)
-            return
-        for key, value in node.items():
-            walk(value, [*path, key], limit)
 
-    for top, value in tree.items():
-        if isinstance(value, dict) and value:
-            walk(value, [top], depth.get(top, 2))
-    return leaves
+def _at(tree: Any, path: list[str]) -> tuple[bool, Any]:
+    for part in path:
+        if not isinstance(tree, dict) or part not in tree:
+            return False, None
+        tree = tree[part]
+    return True, tree
+
+
+def _expand(tree: Any, rest: list[str], path: list[str]) -> list[list[str]]:
+    if not rest:
+        return [path]
+    if not isinstance(tree, dict):
+        return []
+    keys = sorted(tree) if rest[0] == "*" else [rest[0]] if rest[0] in tree else []
+    return [found for key in keys for found in _expand(tree[key], rest[1:], [*path, key])]
 
 
 # -- Ankaios object tree <-> protobuf -------------------------------------------------
@@ -377,8 +417,15 @@ def tree_to_proto(tree: dict[str, Any]) -> ank_base.CompleteState:
     if isinstance(states, dict):
         proto["workloadStates"] = {
             "agentStateMap": {
-                agent: {"wlNameStateMap": {wl: {"idStateMap": ids} for wl, ids in wls.items()}}
+                agent: {
+                    "wlNameStateMap": {
+                        wl: {"idStateMap": {i: _execution_to_proto(e) for i, e in ids.items()}}
+                        for wl, ids in wls.items()
+                        if isinstance(ids, dict)
+                    }
+                }
                 for agent, wls in states.items()
+                if isinstance(wls, dict)
             }
         }
     agents = tree.get("agents")

@@ -58,8 +58,11 @@ class Channel:
         workload: str,
         access: ControlInterfaceAccess,
         write_timeout_s: float = WRITE_TIMEOUT_S,
+        on_applied: Callable[[], None] | None = None,
     ) -> None:
         self.bus = bus
+        self.on_applied = on_applied  # an update went through: event subscriptions look again
+        self._watchers: set[threading.Event] = set()
         self.write_timeout_s = write_timeout_s
         self.folder = folder
         self.workload = workload
@@ -264,16 +267,14 @@ class Channel:
             changed.set()
 
         subscriber = self.bus.subscribe("ank/state/**", WorkloadState, on_state)
+        self._watchers.add(changed)
         try:
-            last = core.filter_tree(core.state_tree(self._state()), masks)
+            last = core.state_tree(self._state())
         except Exception:
             subscriber.undeclare()
             raise
-        self.send(
-            core.response(
-                rid, completeStateResponse=ank_base.CompleteStateResponse(completeState=core.tree_to_proto(last))
-            )
-        )
+        initial = core.tree_to_proto(core.filter_tree(last, masks))
+        self.send(core.response(rid, completeStateResponse=ank_base.CompleteStateResponse(completeState=initial)))
 
         def stream() -> None:
             nonlocal last
@@ -285,24 +286,21 @@ class Channel:
                     if stop.wait(0.05):  # coalesce a burst of transitions into one event
                         break
                     try:
-                        current = core.filter_tree(core.state_tree(self._state()), masks)
+                        current = core.state_tree(self._state())
                     except Exception as exc:
                         log.debug("%s: event state query: %s", self.workload, exc)
                         continue
-                    added, updated, removed = core.altered_fields(last, current)
+                    added, updated, removed = core.altered_fields(last, current, masks)
+                    last = current
                     if not (added or updated or removed):
                         continue
-                    last = current
                     altered = ank_base.AlteredFields(addedFields=added, updatedFields=updated, removedFields=removed)
-                    self.send(
-                        core.response(
-                            rid,
-                            completeStateResponse=ank_base.CompleteStateResponse(
-                                completeState=core.tree_to_proto(current), alteredFields=altered
-                            ),
-                        )
+                    event = ank_base.CompleteStateResponse(
+                        completeState=core.tree_to_proto(core.filter_tree(current, masks)), alteredFields=altered
                     )
+                    self.send(core.response(rid, completeStateResponse=event))
             finally:
+                self._watchers.discard(changed)
                 try:
                     subscriber.undeclare()
                 except Exception:
@@ -323,6 +321,8 @@ class Channel:
         if not result.ok:
             self.send(core.error(rid, "; ".join(str(e) for e in result.errors) or "rejected"))
             return
+        if self.on_applied is not None:
+            self.on_applied()
         try:
             desired = self._state().desired.workloads
         except Exception:
@@ -377,6 +377,12 @@ class Channel:
         if not stop.is_set():
             self.send(core.response(rid, logsStopResponse=ank_base.LogsStopResponse(workloadName=name)))
 
+    def poke(self) -> None:
+        """The desired state may have changed: event subscriptions look again
+        (a change of configs alone publishes no workload state)."""
+        for changed in list(self._watchers):
+            changed.set()
+
     def _register(self, rid: str) -> threading.Event:
         stop = threading.Event()
         with self._streams_lock:
@@ -429,10 +435,16 @@ class ControlInterfaces:
         if not core.has_access(access):
             return ""
         assert access is not None
-        channel = Channel(self.bus, self.folder(workload, instance), workload, access)
+        channel = Channel(self.bus, self.folder(workload, instance), workload, access, on_applied=self.poke_all)
         with self._lock:
             self._channels[workload] = (instance, channel)
         return str(channel.folder)
+
+    def poke_all(self) -> None:
+        with self._lock:
+            channels = [channel for _, channel in self._channels.values()]
+        for channel in channels:
+            channel.poke()
 
     def withdraw(self, workload: str, instance: str) -> None:
         with self._lock:
