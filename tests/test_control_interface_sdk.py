@@ -77,7 +77,8 @@ def test_hello_reads_the_state_and_applies_a_workload_that_then_runs(system: Sys
     text = wait_output(system, "hello", "added:")
     assert "workloads: hello" in text
     assert "added: dynamic_sleeper." in text and f".{AGENT}" in text
-    system.wait_state("dynamic_sleeper", "Running", "Ok", timeout=40)
+    row = system.wait_state("dynamic_sleeper", "Running", "Ok", timeout=40)
+    assert f"added: dynamic_sleeper.{row['instance']}.{AGENT}" in text  # Ankaios's instance name
     system.wait_state("hello", "Succeeded", "Ok", timeout=40)
 
 

@@ -38,7 +38,7 @@ from schemas.messages import ApplyRequest, ApplyResult, CompleteState, WorkloadS
 from services.agent.control_interface import core
 from services.agent.control_interface.core import ank_base, control_api
 from services.bus import Bus
-from services.manifest.core import instance_id
+from services.manifest.core import instance_id, render_manifest
 
 log = logging.getLogger("ank.agent.control_interface")
 
@@ -324,7 +324,8 @@ class Channel:
         if self.on_applied is not None:
             self.on_applied()
         try:
-            desired = self._state().desired.workloads
+            rendered, _ = render_manifest(self._state().desired)  # the instance ids the planner hands out
+            desired = rendered.workloads if rendered is not None else {}
         except Exception:
             desired = {}
         instances = {name: instance_id(w) for name, w in desired.items()}
