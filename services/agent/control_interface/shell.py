@@ -177,6 +177,7 @@ class Channel:
                     if greeted:
                         log.warning("%s: control interface: yet another Hello", self.workload)
                     greeted, dead = True, False  # a program that reconnects (a FIFO shows no new writer)
+                    self._drain_input()
                     self.send(core.accepted())
                     continue
                 if not greeted:
@@ -187,6 +188,16 @@ class Channel:
                 self._jobs.put(_job(self._serve, message.request))
 
     # -- writing (any thread) ---------------------------------------------------------
+    def _drain_input(self) -> None:
+        """Drops what an earlier program left unread in `input` (responses to
+        a connection that is gone), so that a new connection starts clean."""
+        with self._write_lock:
+            try:
+                while os.read(self._input, 65536):
+                    pass
+            except OSError:
+                pass
+
     def send(self, message: control_api.FromAnkaios) -> bool:
         data = core.frame(message)
         deadline = time.monotonic() + self.write_timeout_s
