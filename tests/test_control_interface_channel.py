@@ -163,12 +163,3 @@ def test_interfaces_follow_the_instance(tmp_path: Path) -> None:
     assert not Path(third).exists()
     interfaces.close()
     assert threading.active_count() < 50
-
-
-def test_a_new_connection_does_not_read_what_an_old_one_left(channel: tuple[Channel, RecordingBus]) -> None:
-    ch, _bus = channel
-    ch.send(core.error("stale", "for a program that is gone"))  # nobody reads it
-    client = Client(ch.folder)
-    client.send(hello())
-    assert client.receive().WhichOneof("FromAnkaiosEnum") == "controlInterfaceAccepted"
-    client.close()

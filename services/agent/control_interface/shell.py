@@ -190,7 +190,9 @@ class Channel:
     # -- writing (any thread) ---------------------------------------------------------
     def _drain_input(self) -> None:
         """Drops what an earlier program left unread in `input` (responses to
-        a connection that is gone), so that a new connection starts clean."""
+        a connection that is gone). Best effort: a program that reads before
+        its Hello is answered may still see such leftovers (the SDK ignores
+        anything but the answer to its Hello until then)."""
         with self._write_lock:
             try:
                 while os.read(self._input, 65536):
