@@ -120,6 +120,9 @@ class Channel:
                 return
             try:
                 self._connection(fd)
+            except Exception:  # never leave the workload without its interface
+                log.exception("%s: control interface connection failed", self.workload)
+                self._closing.wait(1.0)
             finally:
                 os.close(fd)
                 self._stop_streams()
