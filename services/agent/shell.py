@@ -44,6 +44,7 @@ from schemas.messages import (
     WorkloadUsage,
 )
 from services.agent import core
+from services.agent.control_interface.shell import ControlInterfaces
 from services.agent.energy import SimulatedBattery, read_power_supply
 from services.agent.runtimes import load_runtimes
 from services.agent.runtimes.base import Notify, RunHandle, Runtime, RuntimeEvent, StartError, StartSpec
@@ -205,6 +206,7 @@ class AgentShell:
         # the latest published state per workload, for the late-joiner queryable (read on Zenoh threads)
         self._published: dict[str, WorkloadState] = {}
         self._published_lock = threading.Lock()
+        self.control_interfaces = ControlInterfaces(bus, self.run_dir)  # Ankaios's Control Interface FIFOs
 
     # -- start-up ------------------------------------------------------------------
     def start(self) -> None:
@@ -254,6 +256,12 @@ class AgentShell:
             ]
             for handle in kept:
                 record = records[handle.workload]
+                if record.planned is not None and handle.workload in alive_names:  # serve its interface again
+                    access = record.planned.workload.control_interface_access
+                    try:
+                        self.control_interfaces.provide(handle.workload, handle.instance, access)
+                    except OSError as exc:
+                        log.warning("%s: cannot serve its control interface again: %s", handle.workload, exc)
                 worker.handles[handle.workload] = handle
                 adopted_names.add(handle.workload)
                 final = record.final if handle.workload not in alive_names else None
@@ -372,6 +380,13 @@ class AgentShell:
         except ValueError as exc:
             self._report(core.CreateFailed(planned.name, planned.instance, f"bad file content: {exc}", True))
             return
+        try:
+            access = planned.workload.control_interface_access
+            control_interface = self.control_interfaces.provide(planned.name, planned.instance, access)
+        except OSError as exc:
+            reason = f"cannot create its control interface: {exc}"
+            self._report(core.CreateFailed(planned.name, planned.instance, reason, False))
+            return
         spec = StartSpec(
             agent=self.name,
             workload=planned.name,
@@ -379,6 +394,7 @@ class AgentShell:
             runtime_config=planned.workload.runtime_config,
             files=files,
             run_dir=str(self.run_dir),
+            control_interface=control_interface,
         )
         worker.submit(lambda: worker.create(action, spec, self._on_runtime_event))
         if action.restart:
@@ -394,6 +410,7 @@ class AgentShell:
         worker.submit(lambda: worker.stop(action))
 
     def _remove(self, action: core.Remove) -> None:
+        self.control_interfaces.withdraw(action.workload, action.instance)
         worker = self.workers.get(action.runtime)
         if worker is not None:
             worker.submit(lambda: worker.remove(action))
@@ -514,10 +531,12 @@ class AgentShell:
                 log.warning("%s: could not remove: %s", handle.workload, exc)
             (self.records_dir / f"{handle.workload}.json").unlink(missing_ok=True)
         log.info("stopped %d workloads at exit", len(pending))
+        self.control_interfaces.close()
 
     def close(self) -> None:
         """Stops watching; leaves the workloads running for the next agent."""
         self._closing.set()
+        self.control_interfaces.close()
         for worker in self.workers.values():
             worker.close()
         for runtime in self.runtimes.values():

@@ -37,6 +37,9 @@ class StartSpec(msgspec.Struct, frozen=True):
     runtime_config: str  # the manifest's runtimeConfig text (YAML)
     files: list[tuple[str, bytes]] = []  # (mountPoint, content) already rendered/decoded
     run_dir: str = ""  # the agent's per-workload folder (logs, files, records)
+    # host folder of the instance's Control Interface FIFOs, to appear at
+    # /run/ankaios/control_interface in the workload; "" = it has none
+    control_interface: str = ""
 
 
 class RunHandle(msgspec.Struct, frozen=True):

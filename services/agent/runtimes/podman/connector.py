@@ -381,6 +381,7 @@ class PodmanRuntime(PodmanConnector):
             labels=run_labels(spec.agent, spec.workload, spec.instance, run_id),
             mounts=mounts,
             image=map_image(self.image_map, config.image),
+            control_interface=spec.control_interface,
         )
         self._retire_earlier_runs(spec, custom_name=names_itself(config.command_options))
         self.watcher.register(Run(spec.workload, spec.instance, run_id), notify)

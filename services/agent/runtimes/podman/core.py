@@ -145,12 +145,14 @@ def run_command(
     labels: Mapping[str, str],
     mounts: Iterable[tuple[str, str]] = (),
     image: str | None = None,
+    control_interface: str = "",
 ) -> list[str]:
     """`podman [generalOptions] run -d <name, mounts> [commandOptions] <labels>
     image [commandArgs]`. A `--name` of the manifest replaces ours (as in
     Ankaios). Our labels come last: podman keeps the last value of a label,
     and the agent finds its containers by them. `mounts`: (host file,
-    mountPoint) bind-mounted read-only."""
+    mountPoint) bind-mounted read-only; `control_interface`: the FIFO folder,
+    bind-mounted read-write at /run/ankaios/control_interface."""
     argv = [*config.general_options, "run", "-d"]
     if not names_itself(config.command_options):
         # --replace: a leftover of the same name (an earlier run of this
@@ -158,6 +160,8 @@ def run_command(
         argv += ["--name", name, "--replace"]
     for source, target in mounts:
         argv += ["--mount", f"type=bind,source={source},destination={target},ro=true"]
+    if control_interface:
+        argv += ["--mount", f"type=bind,source={control_interface},destination=/run/ankaios/control_interface"]
     argv += config.command_options
     for key, value in labels.items():
         argv += ["--label", f"{key}={value}"]

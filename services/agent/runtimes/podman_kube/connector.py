@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from schemas.messages import WorkloadUsage
+from services.agent.control_interface import kube as ci_kube
 from services.agent.runtimes.base import Notify, RunHandle, Runtime, StartError, StartSpec
 from services.agent.runtimes.podman.connector import PodmanConnector, ps_containers
 from services.agent.runtimes.podman.core import (
@@ -40,6 +41,8 @@ class PodmanKubeRuntime(PodmanConnector):
         play = prepare_manifest(
             config.manifest, run_labels(spec.agent, spec.workload, spec.instance, run_id), self.image_map
         )
+        if spec.control_interface:  # into the container controlInterfaceTarget names
+            play.text = ci_kube.mount_into(play.text, config.control_interface_target, spec.control_interface)
         folder = (Path(spec.run_dir) if spec.run_dir else self.run_dir) / "kube"
         folder.mkdir(parents=True, exist_ok=True)
         manifest_file = folder / f"{spec.workload}.{spec.instance}.{run_id}.yaml"

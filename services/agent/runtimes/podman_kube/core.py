@@ -26,8 +26,9 @@ from services.agent.runtimes.base import StartError
 from services.agent.runtimes.podman.core import ImageMap, decode_runtime_config, map_image
 
 # Fields Ankaios accepts in a podman-kube runtimeConfig that this connector
-# does not use (there is no control interface yet): dropped, not rejected.
-IGNORED_ANKAIOS_FIELDS = ("controlInterfaceTarget",)
+# does not use: dropped, not rejected. (controlInterfaceTarget is used: the
+# Control Interface is mounted into that container.)
+IGNORED_ANKAIOS_FIELDS: tuple[str, ...] = ()
 POD_KINDS = ("Pod", "Deployment")
 
 

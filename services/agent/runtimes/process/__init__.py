@@ -32,6 +32,7 @@ import yaml
 
 from schemas.messages import WorkloadUsage
 from schemas.runtime_configs import ProcessConfig
+from services.agent.control_interface import mount as ci_mount
 from services.agent.runtimes.base import Notify, RunHandle, RuntimeEvent, StartError, StartSpec, log_path
 from services.agent.runtimes.process.watcher import PidfdWatcher, kill_group
 
@@ -113,6 +114,9 @@ class ProcessRuntime:
         env.update({"ANK_AGENT": spec.agent, "ANK_WORKLOAD": spec.workload, "ANK_INSTANCE": spec.instance})
         if spec.files:
             env["ANK_FILES_DIR"] = str(self._write_files(run_dir, spec))
+        preexec = ci_mount.preexec(spec.control_interface) if spec.control_interface else None
+        if spec.control_interface:
+            env[ci_mount.ENV] = ci_mount.TARGET if preexec is not None else spec.control_interface
         env.update(config.env)
         argv = [config.command, *config.args]
         with open(log_path(run_dir, spec.workload), "ab") as log_file:
@@ -127,7 +131,10 @@ class ProcessRuntime:
                     cwd=config.cwd,
                     env=env,
                     start_new_session=True,  # own session and group: group stop; survives the agent
+                    preexec_fn=preexec,  # the Control Interface's mount namespace
                 )
+            except subprocess.SubprocessError as exc:  # only from preexec: the mount namespace failed
+                raise StartError(f"cannot mount the control interface: {exc}", permanent=False) from exc
             except OSError as exc:
                 raise StartError(f"cannot execute {config.command!r}: {exc}", permanent=True) from exc
         pidfd = os.pidfd_open(popen.pid)
