@@ -280,6 +280,10 @@ class KubeStandIn:
         self.status_patches: list[tuple[str, str, Obj]] = []
         self.requests: list[tuple[str, str, str]] = []  # (token, method, path) of every authenticated request
         self.kubelet_rejections: list[tuple[str, str]] = []  # (pod, reason)
+        self.forbidden: list[str] = []  # the 403 messages answered
+        self.unauthorized = 0  # requests answered 401
+        self.binds_now = 0  # binding requests being served
+        self.max_concurrent_binds = 0
         self.list_calls = 0
         self.watch_calls = 0
         self.bookmarks_sent = 0
@@ -321,6 +325,9 @@ class KubeStandIn:
 
             def do_PATCH(self) -> None:
                 standin._handle(self, "PATCH")
+
+            def do_DELETE(self) -> None:
+                standin._handle(self, "DELETE")
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -703,10 +710,13 @@ class KubeStandIn:
         length = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(length) if length else b""
         auth = h.headers.get("Authorization") or ""
-        token = auth[7:] if auth.startswith("Bearer ") else ""
+        scheme, _, token = auth.partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""  # the API server: case-insensitive scheme
         with self.cond:
             known = token in self.tokens
         if not known:
+            with self.cond:
+                self.unauthorized += 1
             self._reply(h, 401, _status(401, "Unauthorized", "Unauthorized"))
             return
         attrs = self._attributes(method, url.path, query)
@@ -722,6 +732,8 @@ class KubeStandIn:
             message = (
                 f'{what} "{name}" is forbidden: ' if name else f"{what} is forbidden: "
             ) + f'User "{SERVICE_ACCOUNT}" cannot {verb} resource "{resource}" in API group "{group}" {where}'
+            with self.cond:
+                self.forbidden.append(message)
             self._reply(h, 403, _status(403, "Forbidden", message, {"name": name, "kind": resource}))
             return
         with self.cond:
@@ -733,7 +745,7 @@ class KubeStandIn:
                     return
         kind = resource.replace("pods/binding", "binding").replace("pods/status", "status")
         delay = self.latency.get((method, "watch" if verb == "watch" else kind), 0.0)
-        if delay:
+        if delay and kind != "binding":
             time.sleep(delay)
         try:
             body = json.loads(raw or b"{}")
@@ -749,7 +761,16 @@ class KubeStandIn:
             self._reply(h, 200, {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": rv},
                                  "items": items})  # fmt: skip
         elif resource == "pods/binding" and method == "POST":
-            self._bind(h, ns, name, body)
+            with self.cond:
+                self.binds_now += 1
+                self.max_concurrent_binds = max(self.max_concurrent_binds, self.binds_now)
+            try:
+                if delay:
+                    time.sleep(delay)  # the latency counts as being served (etcd write)
+                self._bind(h, ns, name, body)
+            finally:
+                with self.cond:
+                    self.binds_now -= 1
         elif resource == "pods/status" and method == "PATCH":
             self._patch_status(h, ns, name, body, h.headers.get("Content-Type") or "")
         elif resource == "events" and method == "POST":
