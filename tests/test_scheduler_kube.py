@@ -331,3 +331,21 @@ def test_kubernetes_deploy_manifest_grants_what_the_scheduler_uses() -> None:
         kinds["ConfigMap"]["metadata"]["name"]
     }
     assert set(kinds["ConfigMap"]["data"]) >= {"INFLUX_URL", "INFLUX_ORG", "INFLUX_BUCKET"}
+
+
+def test_containerfile_installs_the_lock_before_copying_the_code() -> None:
+    """The image cannot be built here (no registry for the base image): its layer order is checked instead."""
+    lines = [
+        line.split()
+        for line in (ROOT / "manifests/scheduler/Containerfile").read_text().splitlines()
+        if line and not line.startswith("#") and not line.startswith(" ")
+    ]
+    steps = [" ".join(words) for words in lines]
+    lock = next(i for i, s in enumerate(steps) if s.startswith("COPY requirements/py311.lock"))
+    install = next(i for i, s in enumerate(steps) if "--require-hashes" in s and s.startswith("RUN pip install"))
+    code = next(i for i, s in enumerate(steps) if s.startswith("COPY services/"))
+    assert lock < install < code  # a code change does not reinstall the dependencies
+    assert not any(s.startswith("COPY") and "lock" not in s for s in steps[:install])
+    assert "python:3.11" in steps[0]  # the lock is the Python 3.11 one
+    project = next(s for s in steps[code:] if s.startswith("RUN pip install"))
+    assert "--no-deps" in project  # nothing unpinned is resolved after the lock
