@@ -263,6 +263,7 @@ def test_binds_only_where_the_kubelet_admits_and_reports_unschedulable_through_p
 # -- a busy API server -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_errors_throttling_and_watch_error_events_are_survived(launch: Launch) -> None:
     with running_standin() as standin:
         standin.add_node("n1")
@@ -285,6 +286,7 @@ def test_errors_throttling_and_watch_error_events_are_survived(launch: Launch) -
         assert len(standin.bindings) == 2 and standin.conflicts == []
 
 
+@pytest.mark.slow
 def test_bookmarks_keep_a_quiet_watch_from_relisting_and_expired_history_relists(launch: Launch) -> None:
     with running_standin(history_s=0.5, bookmark_interval_s=0.3) as standin:
         standin.add_node("n1")
@@ -407,17 +409,20 @@ def test_in_cluster_tls_and_a_token_rotated_mid_run(launch: Launch, tmp_path: Pa
 # -- leader election -------------------------------------------------------------------
 
 
+ELECTION = [
+    "--leader-elect",
+    "--leader-elect-lease-duration-s",
+    "6",
+    "--leader-elect-renew-deadline-s",
+    "4",
+    "--leader-elect-retry-period-s",
+    "0.5",
+]
+
+
 @pytest.mark.slow
 def test_two_schedulers_bind_each_pod_once_and_only_the_leader_acts(launch: Launch) -> None:
-    election = [
-        "--leader-elect",
-        "--leader-elect-lease-duration-s",
-        "3",
-        "--leader-elect-renew-deadline-s",
-        "2",
-        "--leader-elect-retry-period-s",
-        "0.3",
-    ]
+    election = ELECTION
     with running_standin() as standin:
         standin.tokens = {"token-a", "token-b"}
         for name in ("n1", "n2"):
@@ -448,3 +453,15 @@ def test_two_schedulers_bind_each_pod_once_and_only_the_leader_acts(launch: Laun
         assert len(pods) == len(set(pods)) == 15  # each pod bound exactly once
         assert standin.conflicts == [] and standin.forbidden == []
         assert second.poll() is None
+
+
+@pytest.mark.slow
+def test_a_leader_that_cannot_renew_stops_acting_and_exits(launch: Launch) -> None:
+    with running_standin() as standin:
+        standin.add_node("n1")
+        proc = launch(standin, *ELECTION, "--leader-elect-identity", "a")
+        watching(standin, proc)  # it leads: it watches
+        standin.fail("PUT", r"/leases/sdi-scheduler$", 500, times=1000)  # renewals fail from now on
+        assert proc.wait(30) == 1  # within the renew deadline (4 s) and a retry period
+        standin.create_pod("after")
+        assert standin.bindings == []
