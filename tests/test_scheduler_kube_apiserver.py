@@ -288,21 +288,21 @@ def test_errors_throttling_and_watch_error_events_are_survived(launch: Launch) -
 
 @pytest.mark.slow
 def test_bookmarks_keep_a_quiet_watch_from_relisting_and_expired_history_relists(launch: Launch) -> None:
-    with running_standin(history_s=0.5, bookmark_interval_s=0.3) as standin:
+    with running_standin(history_s=2.0, bookmark_interval_s=0.3) as standin:
         standin.add_node("n1")
         proc = launch(standin)
         watching(standin, proc)
         lists = standin.list_calls
         # Others' pods change all the time; ours do not: the filtered watch sees nothing but bookmarks.
-        for i in range(8):
+        for i in range(10):  # 5 s: history older than 2 s is gone meanwhile
             standin.create_pod(f"noise-{i}", scheduler_name="default-scheduler")
-            time.sleep(0.3)
+            time.sleep(0.5)
         assert standin.bookmarks_sent > 0
         assert standin.list_calls == lists  # bookmarks carried the watch past the expired history
         standin.send_bookmarks = False
-        for i in range(8):
+        for i in range(10):
             standin.create_pod(f"more-noise-{i}", scheduler_name="default-scheduler")
-            time.sleep(0.3)
+            time.sleep(0.5)
         wait_for(lambda: standin.list_calls > lists, timeout=15, what="a re-list after 410 Expired")
         standin.create_pod("ours")
         wait_for(lambda: standin.node_of("ours"), timeout=15, what="ours bound")
