@@ -138,6 +138,16 @@ def test_uid_precondition_with_a_known_successor_tries_the_successor_at_once() -
     assert only_bind(core.decide(T0 + 5)).pod.uid == "new"
 
 
+def test_a_404_about_a_pod_already_replaced_keeps_its_successor() -> None:
+    core = core_with([node("n1")])
+    core.on_pod("ADDED", pod("p", uid="old"), T0)
+    only_bind(core.decide(T0))
+    core.on_pod("DELETED", pod("p", uid="old"), T0)
+    core.on_pod("ADDED", pod("p", uid="new"), T0)  # arrives before the 404 answered about the old one
+    assert core.on_bind_result(PodRef("default", "p", "old"), GONE, T0 + 5) is None
+    assert only_bind(core.decide(T0 + 5)).pod.uid == "new"
+
+
 def test_a_client_side_error_is_not_a_bind() -> None:
     core = core_with([node("n1")])
     core.on_pod("ADDED", pod("p"), T0)

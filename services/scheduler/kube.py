@@ -40,6 +40,9 @@ server's message (`classify_bind_failure`):
 - error (anything else, client-side errors included): back to pending with
   backoff and a FailedScheduling.
 
+An answer about a pod whose successor (same name, new uid) the watch has
+already brought is about the old pod: the successor is tried at once.
+
 Pods with a non-empty `spec.schedulingGates` are never attempted: they get
 PodScheduled=False / SchedulingGated and wait for the gates to go.
 An unschedulable pod is retried with backoff (1 s doubling to 10 s), and at
@@ -446,17 +449,15 @@ class KubeScheduler:
             self.pending.pop(pod.key, None)
             return None
         self._release(pod.key)
-        if outcome in (ALREADY_BOUND, DELETING, GONE):
-            self.pending.pop(pod.key, None)
-            return None
         if entry is None:
             return None
         entry.binding = False
-        if outcome == PRECONDITION:
-            if entry.ref.uid == pod.uid:
-                del self.pending[pod.key]  # that pod is gone; its successor arrives by the watch
+        successor = bool(pod.uid) and entry.ref.uid != pod.uid  # the watch brought a new pod of that name
+        if outcome in (ALREADY_BOUND, DELETING, GONE, PRECONDITION):
+            if successor:
+                entry.next_try_ms = now_ms  # the answer was about the old pod: try the new one now
             else:
-                entry.next_try_ms = now_ms  # the successor is known: try it now
+                del self.pending[pod.key]  # done, or that pod is gone (a successor arrives by the watch)
             return None
         entry.attempts += 1
         entry.next_try_ms = now_ms + self._backoff(entry.attempts)
