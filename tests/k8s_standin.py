@@ -7,8 +7,9 @@ busy API server where a scheduler relies on it:
   fieldSelector on the fields the API server supports for pods (others: 400
   "field label not supported"), timeoutSeconds; BOOKMARK events every
   `bookmark_interval_s` and just before timeoutSeconds ends (when
-  allowWatchBookmarks); history that expires after `history_s` (a watch from
-  an older resourceVersion gets ERROR 410 Expired) or on `compact()`;
+  allowWatchBookmarks); history that expires after `history_s`, beyond
+  `history_max` events (the watch cache's size) or on `compact()` (a watch
+  from an older resourceVersion gets ERROR 410 Expired);
   objects leaving the selector, and deleted ones, arrive as DELETED carrying
   the PREVIOUS object with the event's resourceVersion (as the watch cache);
   several events in one chunk and one event split across two chunks;
@@ -267,6 +268,7 @@ class KubeStandIn:
         tmp: Path | None = None,
         rbac: bool = True,
         history_s: float = 300.0,
+        history_max: int = 100_000,
         bookmark_interval_s: float = 60.0,
         framing: str = "mixed",
     ) -> None:
@@ -291,6 +293,7 @@ class KubeStandIn:
         self.history: list[tuple[int, float, Obj | None, Obj | None]] = []  # (rv, monotonic, old, new)
         self.oldest_rv = 100  # a watch from an older resourceVersion gets 410 Gone
         self.history_s = history_s
+        self.history_max = history_max
         self.bookmark_interval_s = bookmark_interval_s
         self.send_bookmarks = True  # False: as an API server whose bookmarks did not reach the client
         self.framing = framing
@@ -413,7 +416,7 @@ class KubeStandIn:
     def _expire(self) -> None:
         # caller holds self.cond: the watch cache keeps history for a while only
         horizon = time.monotonic() - self.history_s
-        while self.history and self.history[0][1] < horizon:
+        while self.history and (self.history[0][1] < horizon or len(self.history) > self.history_max):
             rv = self.history.pop(0)[0]
             self.oldest_rv = rv + 1
 

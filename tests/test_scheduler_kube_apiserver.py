@@ -350,6 +350,33 @@ def test_watch_wire_format_deleted_carries_the_previous_object_and_unknown_field
         assert bad.value.status == 400 and "field label not supported" in str(bad.value.body)
 
 
+def test_a_full_watch_cache_answers_410_expired(tmp_path: Path) -> None:
+    from kubernetes import client
+    from kubernetes.watch.watch import iter_resp_lines
+
+    with running_standin(history_max=3) as standin:
+        start_rv = str(standin.rv)
+        for i in range(5):
+            standin.create_pod(f"p{i}")
+        api_client, shell = in_process_shell(standin, tmp_path)
+        try:
+            api = client.CoreV1Api(api_client)
+            response = api.list_pod_for_all_namespaces(
+                watch=True, resource_version=start_rv, timeout_seconds=1, _preload_content=False
+            )
+            [event] = [json.loads(line) for line in iter_resp_lines(response)]
+            recent = api.list_pod_for_all_namespaces(
+                watch=True, resource_version=str(standin.rv - 2), timeout_seconds=1, _preload_content=False
+            )
+            kept = [json.loads(line)["type"] for line in iter_resp_lines(recent)]
+        finally:
+            shell.stop()
+            api_client.close()
+        assert event["type"] == "ERROR" and event["object"]["code"] == 410
+        assert event["object"]["reason"] == "Expired"
+        assert kept == ["ADDED", "ADDED"]
+
+
 def test_binds_overlap_under_bind_latency(launch: Launch) -> None:
     with running_standin() as standin:
         standin.add_node("n1")
