@@ -13,18 +13,20 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from schemas.messages import EnergyReport
 from services.bus import Bus
 from services.bus.loop import EventLoop
-from services.scheduler.core import Placement
 from services.scheduler.kube import (
+    ALREADY_BOUND,
+    BOUND,
+    ERROR,
     BindPod,
     KubeConfig,
     KubeScheduler,
-    PendingPod,
     PodRef,
     PodUnschedulable,
     node_view,
@@ -84,7 +86,7 @@ def test_pod_request_carries_node_selector_arch_tolerations_and_annotations() ->
     )
     request = request_for_pod(pod, KubeConfig())
     assert request.workload == "robots/p"
-    assert request.selector == {"zone": "a", "arch": "arm64"}
+    assert request.selector == {"arch": "arm64"} and request.node_selector == {"zone": "a"}
     assert request.min_energy_wh == 15 and request.policy == "round-robin"
     assert request.tolerations[0].operator == "Exists"
     with pytest.raises(ValueError, match=r"annotation sdi\.scheduler/energy-cost-wh must be a number"):
@@ -133,8 +135,8 @@ def test_bind_conflict_is_done_not_an_error_and_bind_error_backs_off() -> None:
     core.on_pod("ADDED", k8s_pod("b"), T0)
     decisions = core.decide(T0)
     assert [d.pod.name for d in decisions if isinstance(d, BindPod)] == ["a", "b"]
-    assert core.on_bind_result(PodRef("robots", "a"), "conflict", T0) is None
-    failure = core.on_bind_result(PodRef("robots", "b"), "error", T0, "HTTP 500")
+    assert core.on_bind_result(PodRef("robots", "a"), ALREADY_BOUND, T0) is None
+    failure = core.on_bind_result(PodRef("robots", "b"), ERROR, T0, "HTTP 500")
     assert failure is not None and "binding failed: HTTP 500" in failure.message
     assert list(core.pending) == ["robots/b"] and core.next_wake_ms() == T0 + 1000
 
@@ -217,9 +219,9 @@ def kube_run(router: str, make_bus: Callable[[str], Bus], tmp_path: Path) -> Ite
             stop_process(proc)
 
 
-def events_for(standin: KubeStandIn, pod: str, reason: str) -> list[dict[str, object]]:
+def events_for(standin: KubeStandIn, pod: str, reason: str) -> list[dict[str, Any]]:
     with standin.cond:
-        return [e for e in standin.events if e["involvedObject"]["name"] == pod and e["reason"] == reason]  # type: ignore[index]
+        return [e for e in standin.events if e["regarding"]["name"] == pod and e["reason"] == reason]
 
 
 def test_pod_is_bound_to_the_arm64_node_with_most_energy_and_a_scheduled_event_recorded(kube_run: KubeRun) -> None:
@@ -228,8 +230,9 @@ def test_pod_is_bound_to_the_arm64_node_with_most_energy_and_a_scheduled_event_r
     wait_for(lambda: kube_run.standin.node_of("nav"), timeout=10, what="nav bound")
     assert kube_run.standin.node_of("nav") == "arm-2"
     [event] = wait_for(lambda: events_for(kube_run.standin, "nav", "Scheduled"), what="Scheduled event")
-    assert event["type"] == "Normal" and "Successfully assigned default/nav to arm-2" in str(event["message"])
-    assert event["source"] == {"component": "sdi-scheduler"}
+    assert event["type"] == "Normal" and "Successfully assigned default/nav to arm-2" in str(event["note"])
+    assert event["apiVersion"] == "events.k8s.io/v1" and event["reportingController"] == "sdi-scheduler"
+    assert event["action"] == "Binding"
 
 
 def test_unschedulable_pod_gets_failed_scheduling_then_binds_when_energy_arrives(kube_run: KubeRun) -> None:
@@ -237,7 +240,7 @@ def test_unschedulable_pod_gets_failed_scheduling_then_binds_when_energy_arrives
     kube_run.standin.create_pod("heavy", annotations={"sdi.scheduler/min-energy-wh": "40"})
     [event] = wait_for(lambda: events_for(kube_run.standin, "heavy", "FailedScheduling"), what="FailedScheduling")
     assert event["type"] == "Warning"
-    assert "0/3 nodes are available" in str(event["message"]) and "arm-1: energy below reserve" in str(event["message"])
+    assert "0/3 nodes are available" in str(event["note"]) and "arm-1: energy below reserve" in str(event["note"])
     assert kube_run.standin.node_of("heavy") == ""
     kube_run.energise({"arm-1": 75.0}, confirm=False)
     wait_for(lambda: kube_run.standin.node_of("heavy"), timeout=5, what="heavy bound after energy arrived")
@@ -247,6 +250,7 @@ def test_unschedulable_pod_gets_failed_scheduling_then_binds_when_energy_arrives
 def test_expired_resource_version_re_lists_and_still_binds(kube_run: KubeRun) -> None:
     kube_run.energise({"arm-1": 50.0})
     lists_before = kube_run.standin.list_calls
+    kube_run.standin.send_bookmarks = False  # a bookmark would carry the watch past the compaction
     kube_run.standin.compact()  # the next watch from the old resourceVersion gets ERROR 410 Gone
     wait_for(lambda: kube_run.standin.list_calls > lists_before, timeout=10, what="a re-list after 410")
     kube_run.standin.create_pod("after-gone")
@@ -279,21 +283,15 @@ def test_bind_answers_409_already_bound_without_error_through_the_real_client(tm
             if saved is not None:
                 os.environ["KUBERNETES_SERVICE_HOST"] = saved
         assert where.startswith("kubeconfig")
-        core = KubeScheduler()
-        shell = KubeShell(api_client, core, EventLoop())
-        placement = Placement(workload="x", node="arm-1", policy="MALE", score=100, reason="test", candidates=1)
-        for name in ("taken", "free"):
-            core.pending[f"default/{name}"] = _pending(name)
-            shell._bind(BindPod(PodRef("default", name), placement))
-        api_client.close()
+        shell = KubeShell(api_client, KubeScheduler(), EventLoop())
+        try:
+            assert shell.bind_outcome(PodRef("default", "taken"), "arm-1")[0] == ALREADY_BOUND
+            assert shell.bind_outcome(PodRef("default", "free"), "arm-1") == (BOUND, "")
+        finally:
+            shell.stop()
+            api_client.close()
         assert standin.binding_conflicts == 1
         assert standin.bindings == [("default", "free", "arm-1")]
-        assert core.pending == {}  # both done: 201 bound, 409 already bound
-        assert shell.bound == 1
-
-
-def _pending(name: str) -> PendingPod:
-    return PendingPod(ref=PodRef("default", name), request=None, binding=True)
 
 
 def test_no_cluster_configuration_exits_with_a_clear_message(router: str, tmp_path: Path) -> None:
@@ -319,8 +317,12 @@ def test_kubernetes_deploy_manifest_grants_what_the_scheduler_uses() -> None:
         ("pods", "watch"),
         ("pods", "list"),
         ("pods/binding", "create"),
+        ("pods/status", "patch"),
         ("nodes", "list"),
         ("events", "create"),
+        ("leases", "get"),
+        ("leases", "update"),
+        ("leases", "create"),
     ]:
         assert needed in grants
     pod = kinds["Deployment"]["spec"]["template"]["spec"]
@@ -329,3 +331,21 @@ def test_kubernetes_deploy_manifest_grants_what_the_scheduler_uses() -> None:
         kinds["ConfigMap"]["metadata"]["name"]
     }
     assert set(kinds["ConfigMap"]["data"]) >= {"INFLUX_URL", "INFLUX_ORG", "INFLUX_BUCKET"}
+
+
+def test_containerfile_installs_the_lock_before_copying_the_code() -> None:
+    """The image cannot be built here (no registry for the base image): its layer order is checked instead."""
+    lines = [
+        line.split()
+        for line in (ROOT / "manifests/scheduler/Containerfile").read_text().splitlines()
+        if line and not line.startswith("#") and not line.startswith(" ")
+    ]
+    steps = [" ".join(words) for words in lines]
+    lock = next(i for i, s in enumerate(steps) if s.startswith("COPY requirements/py311.lock"))
+    install = next(i for i, s in enumerate(steps) if "--require-hashes" in s and s.startswith("RUN pip install"))
+    code = next(i for i, s in enumerate(steps) if s.startswith("COPY services/"))
+    assert lock < install < code  # a code change does not reinstall the dependencies
+    assert not any(s.startswith("COPY") and "lock" not in s for s in steps[:install])
+    assert "python:3.11" in steps[0]  # the lock is the Python 3.11 one
+    project = next(s for s in steps[code:] if s.startswith("RUN pip install"))
+    assert "--no-deps" in project  # nothing unpinned is resolved after the lock

@@ -7,8 +7,8 @@ Pods and nodes arrive as the API server's JSON (plain dicts); this module
 turns them into the framework's values:
 
 - a pod is ours while `spec.schedulerName` is the scheduler's name, it has no
-  `spec.nodeName` and it is not being deleted; its `nodeSelector` becomes the
-  request's selector, the configured arch (`kubernetes.io/arch`, default
+  `spec.nodeName` and it is not being deleted; its `nodeSelector` goes to
+  the NodeAffinity filter, the configured arch (`kubernetes.io/arch`, default
   arm64, the seed's filter) is added as `arch`, its tolerations are kept,
   and the annotations `sdi.scheduler/policy`, `sdi.scheduler/min-energy-wh`
   and `sdi.scheduler/energy-cost-wh` tune it;
@@ -17,20 +17,36 @@ turns them into the framework's values:
   robot (the `--bot-label` value, or the node name, as the seed's
   `make_node_map`).
 
+Kubelet-enforced filters (services.scheduler.kube_plugins): NodeAffinity
+(nodeSelector + required node affinity), NodeResourcesFit (requests against
+allocatable minus the requests of the pods bound to the node — listed by the
+shell — and of our binds in flight), NodePorts, InterPodAntiAffinity (the
+pod's own required terms). They run after the taint filter, before energy.
+
 `KubeScheduler` keeps the pending pods, each with its backoff, and the
 placements in flight. `decide(now)` runs one cycle per due pod and returns
-`BindPod` / `PodUnschedulable` decisions; the shell binds and reports back
-with `on_bind_result`:
+`BindPod` / `PodUnschedulable` decisions, at most `max_binds_in_flight` binds
+outstanding; the shell binds (in a pool) and reports back with
+`on_bind_result`. Only a 201 is a bind; every 409 is classified by the API
+server's message (`classify_bind_failure`):
 
-| bind outcome | what happens                                                 |
-|--------------|--------------------------------------------------------------|
-| bound (201)  | pod done; its energy cost stays in flight on the node        |
-| conflict 409 | pod already bound by someone else: done, not an error        |
-| gone 404     | pod deleted meanwhile: done                                  |
-| error        | back to pending with backoff                                 |
+- bound (201): done; its energy cost and requests stay in flight on the node;
+- already-bound (409): someone else bound it: done, not an error;
+- deleting (409): the pod is being deleted: forgotten;
+- gated (409): it has scheduling gates: waits for the watch to ungate it;
+- precondition (409, UID): the pod was recreated under its name: the old one
+  is forgotten, a successor already known is tried at once;
+- gone (404): deleted meanwhile: done;
+- error (anything else, client-side errors included): back to pending with
+  backoff and a FailedScheduling.
 
+An answer about a pod whose successor (same name, new uid) the watch has
+already brought is about the old pod: the successor is tried at once.
+
+Pods with a non-empty `spec.schedulingGates` are never attempted: they get
+PodScheduled=False / SchedulingGated and wait for the gates to go.
 An unschedulable pod is retried with backoff (1 s doubling to 10 s), and at
-once when the nodes or a node's energy change.
+once when the nodes, the pods bound to them or a node's energy change.
 """
 
 from __future__ import annotations
@@ -44,15 +60,32 @@ import msgspec
 
 from schemas.messages import EnergyReport
 from services.scheduler.core import (
+    POLICIES,
     CycleContext,
+    FilterPlugin,
     NodeView,
     NoFit,
     Placement,
     PlacementRequest,
+    Profile,
     Taint,
     Toleration,
     backoff_ms,
     schedule,
+)
+from services.scheduler.kube_plugins import (
+    InterPodAntiAffinity,
+    KubeNodeView,
+    KubeRequest,
+    NodeAffinity,
+    NodePorts,
+    NodeResourcesFit,
+    PodOnNode,
+    Port,
+    kube_fields,
+    node_allocatable,
+    pod_ports,
+    pod_requests,
 )
 
 ANNOTATION_POLICY = "sdi.scheduler/policy"
@@ -71,6 +104,38 @@ class KubeConfig(msgspec.Struct, frozen=True, kw_only=True):
     in_flight_ms: int = 30_000
     backoff_initial_ms: int = 1_000
     backoff_max_ms: int = 10_000
+    max_binds_in_flight: int = 16  # binds under way at once (the shell's bind pool)
+
+
+# Bind outcomes (on_bind_result)
+BOUND = "bound"
+ALREADY_BOUND = "already-bound"
+DELETING = "deleting"
+GATED = "gated"
+PRECONDITION = "precondition"
+GONE = "gone"
+ERROR = "error"
+
+GATED_MESSAGE = "Scheduling is blocked due to non-empty scheduling gates"
+
+
+def classify_bind_failure(status: int, message: str) -> str:
+    """The outcome of a pods/binding answer other than 201, from its HTTP
+    status and the API server's Status message (pkg/registry/core/pod/storage:
+    the 409s of setPodNodeAndMetadata and of the UID precondition)."""
+    if status == 404:
+        return GONE
+    if status != 409:
+        return ERROR
+    if "is already assigned to node" in message or "already assigned to" in message:
+        return ALREADY_BOUND
+    if "is being deleted" in message:
+        return DELETING
+    if "schedulingGates" in message:
+        return GATED
+    if "Precondition failed" in message or "UID in precondition" in message:
+        return PRECONDITION
+    return ERROR
 
 
 class PodRef(msgspec.Struct, frozen=True):
@@ -91,6 +156,7 @@ class BindPod(msgspec.Struct, frozen=True):
 class PodUnschedulable(msgspec.Struct, frozen=True):
     pod: PodRef
     message: str
+    reason: str = "Unschedulable"  # PodScheduled=False reason: Unschedulable or SchedulingGated
 
 
 Decision = BindPod | PodUnschedulable
@@ -104,6 +170,7 @@ class PendingPod:
     attempts: int = 0
     next_try_ms: int = 0
     binding: bool = False  # a bind is under way
+    gated: bool = False  # non-empty spec.schedulingGates: not attempted
     last_failure: str = ""
     rejected: dict[str, str] = field(default_factory=dict)
 
@@ -136,12 +203,15 @@ def is_ours_and_pending(pod: Mapping[str, Any], scheduler_name: str) -> bool:
     )
 
 
-def request_for_pod(pod: Mapping[str, Any], config: KubeConfig) -> PlacementRequest:
+def scheduling_gates(pod: Mapping[str, Any]) -> list[str]:
+    gates = _get(pod, "spec", "schedulingGates") or []
+    return [str(g.get("name") if isinstance(g, Mapping) else g) for g in gates] if isinstance(gates, list) else []
+
+
+def request_for_pod(pod: Mapping[str, Any], config: KubeConfig) -> KubeRequest:
     """The placement request of a pod; ValueError naming the bad field."""
     ref = pod_ref(pod)
-    selector = {str(k): str(v) for k, v in (_get(pod, "spec", "nodeSelector") or {}).items()}
-    if config.arch:
-        selector["arch"] = config.arch
+    selector = {"arch": config.arch} if config.arch else {}
     annotations = _get(pod, "metadata", "annotations") or {}
     tolerations = tuple(
         Toleration(
@@ -153,13 +223,16 @@ def request_for_pod(pod: Mapping[str, Any], config: KubeConfig) -> PlacementRequ
         for t in (_get(pod, "spec", "tolerations") or [])
         if isinstance(t, Mapping)
     )
-    return PlacementRequest(
+    labels = _get(pod, "metadata", "labels") or {}
+    return KubeRequest(
         workload=ref.key,
         selector=selector,
         policy=str(annotations.get(ANNOTATION_POLICY) or "MALE"),
         min_energy_wh=_number(annotations, ANNOTATION_MIN_ENERGY, 0.0),
         energy_cost_wh=_number(annotations, ANNOTATION_ENERGY_COST, config.default_energy_cost_wh),
         tolerations=tolerations,
+        labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {},
+        **kube_fields(pod),
     )
 
 
@@ -176,7 +249,7 @@ def _number(annotations: Mapping[str, Any], key: str, default: float) -> float:
     return value
 
 
-def node_view(node: Mapping[str, Any], energy: Mapping[str, EnergyReport], config: KubeConfig) -> NodeView:
+def node_view(node: Mapping[str, Any], energy: Mapping[str, EnergyReport], config: KubeConfig) -> KubeNodeView:
     name = str(_get(node, "metadata", "name") or "")
     labels = {str(k): str(v) for k, v in (_get(node, "metadata", "labels") or {}).items()}
     conditions = _get(node, "status", "conditions") or []
@@ -188,8 +261,9 @@ def node_view(node: Mapping[str, Any], energy: Mapping[str, EnergyReport], confi
     )
     bot = labels.get(config.bot_label, name) if config.bot_label else name
     report = energy.get(bot)
-    return NodeView(
+    return KubeNodeView(
         name=name,
+        allocatable=node_allocatable(node),
         ready=ready,
         unschedulable=bool(_get(node, "spec", "unschedulable")),
         arch=labels.get(config.arch_label, ""),
@@ -210,33 +284,84 @@ def binding_body(pod: PodRef, node: str) -> dict[str, Any]:
     }
 
 
-def event_body(pod: PodRef, reason: str, message: str, *, warning: bool, component: str, now_ms: int) -> dict[str, Any]:
-    """A core/v1 Event about the pod, as kube-scheduler records them."""
-    stamp = dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def micro_time(now_ms: int) -> str:
+    """A metav1.MicroTime as the API server writes it."""
+    return dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def event_body(
+    pod: PodRef, reason: str, message: str, *, warning: bool, component: str, now_ms: int, instance: str = ""
+) -> dict[str, Any]:
+    """An events.k8s.io/v1 Event about the pod, as kube-scheduler's recorder
+    writes them (name `<pod>.<hex nanoseconds>`, action Binding/Scheduling,
+    `regarding` the pod, `note` at most 1 kB)."""
     return {
-        "apiVersion": "v1",
+        "apiVersion": "events.k8s.io/v1",
         "kind": "Event",
-        "metadata": {"generateName": f"{pod.name}.", "namespace": pod.namespace},
-        "involvedObject": {
+        "metadata": {"name": f"{pod.name}.{now_ms * 1_000_000:x}", "namespace": pod.namespace},
+        "eventTime": micro_time(now_ms),
+        "reportingController": component,
+        "reportingInstance": instance or component,
+        "action": "Binding" if reason == "Scheduled" else "Scheduling",
+        "reason": reason,
+        "regarding": {
             "apiVersion": "v1",
             "kind": "Pod",
             "name": pod.name,
             "namespace": pod.namespace,
             **({"uid": pod.uid} if pod.uid else {}),
         },
-        "reason": reason,
-        "message": message[:1024],
+        "note": message[:1024],
         "type": "Warning" if warning else "Normal",
-        "source": {"component": component},
-        "reportingComponent": component,
-        "reportingInstance": component,
-        "firstTimestamp": stamp,
-        "lastTimestamp": stamp,
-        "count": 1,
+    }
+
+
+def pod_scheduled_patch(reason: str, message: str, now_ms: int) -> dict[str, Any]:
+    """The strategic-merge patch of pods/status kube-scheduler sends for an
+    unschedulable pod (conditions merge on `type`)."""
+    stamp = dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "status": {
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": reason,
+                    "message": message[:32768],
+                    "lastProbeTime": None,
+                    "lastTransitionTime": stamp,
+                }
+            ]
+        }
     }
 
 
 # -- the state machine -------------------------------------------------------
+
+
+class _Assigned(msgspec.Struct, frozen=True):
+    node: str
+    requests: dict[str, int]
+    ports: tuple[Port, ...]
+    pod: PodOnNode
+
+
+def _assigned(pod: Mapping[str, Any]) -> _Assigned | None:
+    node = _get(pod, "spec", "nodeName")
+    if not node or _get(pod, "status", "phase") in ("Succeeded", "Failed"):
+        return None
+    spec = _get(pod, "spec") or {}
+    try:
+        requests, ports = pod_requests(spec), pod_ports(spec)
+    except (ValueError, AttributeError, TypeError):
+        requests, ports = {}, ()  # the API server validated it; a quirk here must not stop scheduling
+    labels = _get(pod, "metadata", "labels") or {}
+    return _Assigned(
+        node=str(node),
+        requests=requests,
+        ports=ports,
+        pod=PodOnNode(namespace=pod_ref(pod).namespace, labels={str(k): str(v) for k, v in labels.items()}),
+    )
 
 
 class KubeScheduler:
@@ -244,8 +369,10 @@ class KubeScheduler:
         self.config = config or KubeConfig()
         self.pending: dict[str, PendingPod] = {}
         self.nodes: list[dict[str, Any]] = []
+        self.assigned: dict[str, _Assigned] = {}  # pod key -> a pod bound to a node, not finished
         self.energy: dict[str, EnergyReport] = {}
         self.in_flight: dict[str, tuple[str, float, int]] = {}  # pod key -> (node, cost, until)
+        self.in_flight_requests: dict[str, KubeRequest] = {}  # pod key -> its request (resources, ports, labels)
         self.placements = 0
         self._views: list[NodeView] | None = None
 
@@ -263,11 +390,14 @@ class KubeScheduler:
             invalid = ""
         except ValueError as exc:
             request, invalid = None, str(exc)
+        gated = bool(scheduling_gates(pod))
         entry = self.pending.get(ref.key)
-        if entry is None:
-            self.pending[ref.key] = PendingPod(ref=ref, request=request, invalid=invalid, next_try_ms=now_ms)
-        elif entry.request != request or entry.invalid != invalid:
-            entry.ref, entry.request, entry.invalid = ref, request, invalid
+        if entry is None or (entry.ref.uid != ref.uid and not entry.binding):
+            self.pending[ref.key] = PendingPod(
+                ref=ref, request=request, invalid=invalid, next_try_ms=now_ms, gated=gated
+            )
+        elif entry.request != request or entry.invalid != invalid or entry.gated != gated or entry.ref != ref:
+            entry.ref, entry.request, entry.invalid, entry.gated = ref, request, invalid, gated
             entry.next_try_ms, entry.last_failure = now_ms, ""
 
     def on_relist(self, pods: Iterable[Mapping[str, Any]], now_ms: int) -> None:
@@ -280,9 +410,23 @@ class KubeScheduler:
             if key not in seen and not self.pending[key].binding:
                 del self.pending[key]
 
-    def on_nodes(self, nodes: list[dict[str, Any]], now_ms: int) -> None:
-        if nodes != self.nodes:
-            self.nodes = nodes
+    def on_nodes(
+        self, nodes: list[dict[str, Any]], now_ms: int, assigned_pods: Iterable[Mapping[str, Any]] | None = None
+    ) -> None:
+        """The nodes, and (when given) every pod bound to a node and not finished."""
+        changed = nodes != self.nodes
+        self.nodes = nodes
+        if assigned_pods is not None:
+            assigned = {}
+            for pod in assigned_pods:
+                entry = _assigned(pod)
+                if entry is not None:
+                    assigned[pod_ref(pod).key] = entry
+            if assigned != self.assigned:
+                self.assigned, changed = assigned, True
+                for key in assigned:
+                    self.in_flight_requests.pop(key, None)  # landed: counted from the list now
+        if changed:
             self._views = None
             self._retry_failed(now_ms, lambda entry: True)
 
@@ -299,19 +443,27 @@ class KubeScheduler:
         )
 
     def on_bind_result(self, pod: PodRef, outcome: str, now_ms: int, detail: str = "") -> PodUnschedulable | None:
-        """outcome: "bound", "conflict", "gone" or "error"."""
+        """outcome: one of BOUND, ALREADY_BOUND, DELETING, GATED, PRECONDITION, GONE, ERROR."""
         entry = self.pending.get(pod.key)
-        if outcome in ("bound", "conflict", "gone"):
+        if outcome == BOUND:
             self.pending.pop(pod.key, None)
-            if outcome != "bound":
-                self._release(pod.key)
             return None
         self._release(pod.key)
         if entry is None:
             return None
         entry.binding = False
+        successor = bool(pod.uid) and entry.ref.uid != pod.uid  # the watch brought a new pod of that name
+        if outcome in (ALREADY_BOUND, DELETING, GONE, PRECONDITION):
+            if successor:
+                entry.next_try_ms = now_ms  # the answer was about the old pod: try the new one now
+            else:
+                del self.pending[pod.key]  # done, or that pod is gone (a successor arrives by the watch)
+            return None
         entry.attempts += 1
         entry.next_try_ms = now_ms + self._backoff(entry.attempts)
+        if outcome == GATED:
+            entry.gated = True  # the watch ungates it; until then it is not attempted
+            return None
         return PodUnschedulable(entry.ref, f"binding failed: {detail}")
 
     # decisions
@@ -319,17 +471,30 @@ class KubeScheduler:
         for key, (_, _, until) in list(self.in_flight.items()):
             if until <= now_ms:
                 self._release(key)
-        due = sorted((e.next_try_ms, k) for k, e in self.pending.items() if not e.binding and e.next_try_ms <= now_ms)
+        binding = sum(1 for e in self.pending.values() if e.binding)
+        due = sorted(
+            (e.next_try_ms, k)
+            for k, e in self.pending.items()
+            if not e.binding and (e.next_try_ms <= now_ms or (e.gated and not e.last_failure))
+        )
         decisions: list[Decision] = []
         for _, key in due:
             entry = self.pending[key]
+            if entry.gated:
+                failure = self._failure(entry, GATED_MESSAGE, reason="SchedulingGated")
+                if failure is not None:
+                    decisions.append(failure)
+                continue
+            if binding >= self.config.max_binds_in_flight and entry.request is not None:
+                continue  # the bind pool is full: a finished bind brings the next cycle
             decision = self._cycle(entry, now_ms)
             if decision is not None:
                 decisions.append(decision)
+                binding += isinstance(decision, BindPod)
         return decisions
 
     def next_wake_ms(self) -> int | None:
-        times = [e.next_try_ms for e in self.pending.values() if not e.binding]
+        times = [e.next_try_ms for e in self.pending.values() if not e.binding and not e.gated]
         times += [until for _, _, until in self.in_flight.values()]
         return min(times) if times else None
 
@@ -338,12 +503,52 @@ class KubeScheduler:
             reserved: dict[str, float] = {}
             for node, cost, _ in self.in_flight.values():
                 reserved[node] = reserved.get(node, 0.0) + cost
-            views = [node_view(n, self.energy, self.config) for n in self.nodes]
-            self._views = sorted(
-                (msgspec.structs.replace(v, reserved_wh=reserved[v.name]) if v.name in reserved else v for v in views),
-                key=lambda v: v.name,
-            )
+            requested: dict[str, dict[str, int]] = {}
+            ports: dict[str, set[Port]] = {}
+            pods: dict[str, list[PodOnNode]] = {}
+
+            def count(node: str, reqs: Mapping[str, int], used: Iterable[Port], pod: PodOnNode) -> None:
+                total = requested.setdefault(node, {})
+                for name, value in reqs.items():
+                    total[name] = total.get(name, 0) + value
+                total["pods"] = total.get("pods", 0) + 1000
+                ports.setdefault(node, set()).update(used)
+                pods.setdefault(node, []).append(pod)
+
+            for a in self.assigned.values():
+                count(a.node, a.requests, a.ports, a.pod)
+            for key, req in self.in_flight_requests.items():
+                if key in self.in_flight and key not in self.assigned:
+                    pod = PodOnNode(namespace=req.namespace, labels=req.labels)
+                    count(self.in_flight[key][0], req.requests, req.ports, pod)
+            views: list[NodeView] = []
+            for raw in self.nodes:
+                v = node_view(raw, self.energy, self.config)
+                v = msgspec.structs.replace(
+                    v,
+                    reserved_wh=reserved.get(v.name, 0.0),
+                    requested=requested.get(v.name, {}),
+                    used_ports=frozenset(ports.get(v.name, ())),
+                    pods=tuple(pods.get(v.name, ())),
+                )
+                views.append(v)
+            self._views = sorted(views, key=lambda v: v.name)
         return self._views
+
+    def profile(self, policy: str, views: list[NodeView]) -> Profile | None:
+        """The policy's profile with the kubelet's filters after the taint filter."""
+        base = POLICIES.get(policy)
+        if base is None:
+            return None
+        kube: tuple[FilterPlugin, ...] = (
+            NodeAffinity(),
+            NodeResourcesFit(),
+            NodePorts(),
+            InterPodAntiAffinity(views),
+        )
+        names = [f.name for f in base.filters]
+        at = names.index("EnergyFresh") if "EnergyFresh" in names else len(names)
+        return Profile(base.name, base.filters[:at] + kube + base.filters[at:], base.scorers, base.describe)
 
     # internals
     def _cycle(self, entry: PendingPod, now_ms: int) -> Decision | None:
@@ -351,14 +556,15 @@ class KubeScheduler:
             entry.attempts += 1
             entry.next_try_ms = now_ms + self.config.backoff_max_ms
             return self._failure(entry, f"invalid pod: {entry.invalid}")
+        views = self.node_views()
         ctx = CycleContext(
             now_ms=now_ms,
             max_energy_age_ms=self.config.max_energy_age_ms,
             require_energy=self.config.require_energy,
             cursor=self.placements,
-            ring=tuple(v.name for v in self.node_views()),
+            ring=tuple(v.name for v in views),
         )
-        result = schedule(entry.request, self.node_views(), ctx)
+        result = schedule(entry.request, views, ctx, self.profile(entry.request.policy, views))
         if isinstance(result, NoFit):
             entry.attempts += 1
             entry.rejected = dict(result.reasons)
@@ -369,19 +575,22 @@ class KubeScheduler:
         entry.last_failure = ""
         self.placements += 1
         self.in_flight[entry.ref.key] = (result.node, entry.request.energy_cost_wh, now_ms + self.config.in_flight_ms)
+        if isinstance(entry.request, KubeRequest):
+            self.in_flight_requests[entry.ref.key] = entry.request
         self._views = None
         return BindPod(entry.ref, result)
 
-    def _failure(self, entry: PendingPod, message: str) -> PodUnschedulable | None:
+    def _failure(self, entry: PendingPod, message: str, reason: str = "Unschedulable") -> PodUnschedulable | None:
         if message == entry.last_failure:
             return None  # an identical event only repeats itself
         entry.last_failure = message
-        return PodUnschedulable(entry.ref, message)
+        return PodUnschedulable(entry.ref, message, reason)
 
     def _backoff(self, attempts: int) -> int:
         return backoff_ms(attempts, self.config.backoff_initial_ms, self.config.backoff_max_ms)
 
     def _release(self, key: str) -> None:
+        self.in_flight_requests.pop(key, None)
         if self.in_flight.pop(key, None) is not None:
             self._views = None
 

@@ -7,13 +7,21 @@ a 410 Gone — as an HTTP status or as an ERROR watch event — means re-list;
 every request has a client-side timeout so a dead connection cannot hang it),
 the event recorder (Scheduled / FailedScheduling Events are not worth
 delaying a bind for), the energy source (bus subscription or InfluxDB
-poller) and the loop thread, which alone calls the core, lists nodes (cached
-for --node-cache-s) and binds.
+poller), the bind pool (at most --bind-workers binds at once, so a slow API
+server does not serialise the loop; the core keeps each pod's in-flight
+reservation until its bind's outcome is back) and the loop thread, which
+alone calls the core and lists nodes and the pods bound to them (cached for
+--node-cache-s).
 
-Binding goes through pods/binding with `_preload_content=False`: the API
-answers 201 with a Status, which the client would try to read as a Binding
-and fail on (ValueError); a ValueError from the client is still taken as
-bound. 409 Conflict means the pod is already bound: not an error.
+Binding goes through pods/binding with `_preload_content=False` (the API
+answers 201 with a Status, which the client cannot read as a Binding). Only
+a 201 is a bind; an ApiException is classified by its status and the
+Status message (kube.classify_bind_failure); any other exception — a
+client-side ValueError included — is an error, retried with backoff.
+Unschedulable pods get PodScheduled=False through pods/status; Events go
+to events.k8s.io/v1 (both from the writer thread, never delaying a bind).
+With --leader-elect nothing of this starts before the Lease is held
+(services.scheduler.kube_leader).
 Configuration: in-cluster service account, falling back to --kubeconfig /
 KUBECONFIG / ~/.kube/config.
 """
@@ -21,13 +29,18 @@ KUBECONFIG / ~/.kube/config.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
 import queue
+import random
 import signal
+import socket
 import sys
 import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
@@ -37,14 +50,19 @@ from services.bus.loop import EventLoop
 from services.clock import SYSTEM_CLOCK, Clock
 from services.scheduler.influx import InfluxConfigError, InfluxEnergySource, InfluxSettings, poll_until_stopped
 from services.scheduler.kube import (
+    BOUND,
+    ERROR,
     BindPod,
     KubeConfig,
     KubeScheduler,
     PodRef,
     PodUnschedulable,
     binding_body,
+    classify_bind_failure,
     event_body,
+    pod_scheduled_patch,
 )
+from services.scheduler.kube_leader import Elector, LeaderConfig
 
 log = logging.getLogger("ank.scheduler.kube")
 
@@ -53,15 +71,35 @@ class KubeSetupError(Exception):
     """No usable cluster configuration; the message says what was tried."""
 
 
-def load_api_client(kubeconfig: str | None) -> tuple[Any, str]:
-    """An ApiClient from the in-cluster service account, else the kubeconfig."""
+def load_api_client(
+    kubeconfig: str | None, *, service_account_dir: str | None = None, token_refresh_s: float | None = None
+) -> tuple[Any, str]:
+    """An ApiClient from the in-cluster service account (its mount directory
+    `service_account_dir`, default /var/run/secrets/kubernetes.io/serviceaccount;
+    the token is re-read every `token_refresh_s`, the client's default 60 s),
+    else the kubeconfig."""
     from kubernetes import client, config
+    from kubernetes.config import incluster_config
 
     configuration = client.Configuration()
     try:
-        config.load_incluster_config(client_configuration=configuration)
+        if service_account_dir is None:
+            loader = incluster_config.InClusterConfigLoader(
+                token_filename=incluster_config.SERVICE_TOKEN_FILENAME,
+                cert_filename=incluster_config.SERVICE_CERT_FILENAME,
+            )
+        else:
+            loader = incluster_config.InClusterConfigLoader(
+                token_filename=os.path.join(service_account_dir, "token"),
+                cert_filename=os.path.join(service_account_dir, "ca.crt"),
+            )
+        if token_refresh_s is not None:
+            loader._token_refresh_period = dt.timedelta(seconds=token_refresh_s)
+        loader.load_and_set(configuration)
         where = "in-cluster service account"
     except config.ConfigException as in_cluster:
+        if service_account_dir is not None:
+            raise KubeSetupError(f"service account {service_account_dir}: {in_cluster}") from in_cluster
         try:
             config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         except Exception as exc:
@@ -70,8 +108,25 @@ def load_api_client(kubeconfig: str | None) -> tuple[Any, str]:
                 f"{kubeconfig or os.environ.get('KUBECONFIG') or '~/.kube/config'}: {exc}"
             ) from exc
         where = f"kubeconfig {kubeconfig or os.environ.get('KUBECONFIG') or '~/.kube/config'}"
-    configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 8)
+    configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 32)
     return client.ApiClient(configuration), where
+
+
+def _api_message(exc: Any) -> str:
+    """The Status message of an ApiException (its body), else its reason."""
+    try:
+        body = json.loads(exc.body or "{}")
+        return str(body.get("message") or exc.reason or "")
+    except (ValueError, TypeError, AttributeError):
+        return str(exc.reason or "")
+
+
+def _retry_after(exc: Any, default: float) -> float:
+    try:
+        value = float(str((exc.headers or {}).get("Retry-After")))
+    except (TypeError, ValueError):
+        return default
+    return min(60.0, max(0.0, value))
 
 
 class KubeShell:
@@ -85,19 +140,23 @@ class KubeShell:
         watch_timeout_s: float = 60.0,
         request_timeout_s: float = 10.0,
         node_cache_s: float = 2.0,
+        instance: str = "",
     ) -> None:
         from kubernetes import client
 
         # Any: the replies are raw urllib3 responses (_preload_content=False), not the typed models.
         self.api: Any = client.CoreV1Api(api_client)
+        self.events_api: Any = client.EventsV1Api(api_client)
         self.core, self.loop, self.clock = core, loop, clock
         self.watch_timeout_s = watch_timeout_s
         self.request_timeout_s = request_timeout_s
         self.node_cache_s = node_cache_s
         self.component = core.config.scheduler_name
+        self.instance = instance or f"{self.component}-{socket.gethostname()}"
         self._stopping = threading.Event()
-        self._events: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._writes: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._pool = ThreadPoolExecutor(max(1, core.config.max_binds_in_flight), thread_name_prefix="kube-bind")
         self._cycle_posted = False
         self._armed_ms: int | None = None
         self._nodes_read_at: float | None = None
@@ -108,17 +167,18 @@ class KubeShell:
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
         self._spawn("pods", self._watch_pods)
-        self._spawn("events", self._record_events)
+        self._spawn("writer", self._write_loop)
 
     def stop(self) -> None:
         self._stopping.set()
-        self._events.put(None)
+        self._writes.put(None)
         response = self._watch_response
         if response is not None:
             try:
                 response.shutdown() if hasattr(response, "shutdown") else response.close()
             except Exception:
                 pass
+        self._pool.shutdown(wait=False, cancel_futures=True)
         for thread in self._threads:
             thread.join(timeout=1)  # daemon threads: a blocked read must not hold up the exit
 
@@ -138,6 +198,7 @@ class KubeShell:
         resource_version: str | None = None
         failures = 0
         while not self._stopping.is_set():
+            delay: float | None = None
             try:
                 if resource_version is None:
                     resource_version = self._list_pods()
@@ -169,8 +230,10 @@ class KubeShell:
                     resource_version = None
                     continue
                 failures += 1
-                log.warning("watch pods: HTTP %s %s", exc.status, exc.reason)
-            except Exception as exc:  # connection refused/reset, read timeout, bad JSON
+                if exc.status == 429:
+                    delay = _retry_after(exc, 1.0)
+                log.warning("watch pods: HTTP %s %s", exc.status, _api_message(exc))
+            except Exception as exc:  # connection refused/reset, read timeout, bad JSON, ERROR events
                 if self._stopping.is_set():
                     return
                 failures += 1
@@ -178,7 +241,7 @@ class KubeShell:
                 if failures >= 3:
                     resource_version = None  # the watch keeps failing: start again from a list
             if failures:
-                self._stopping.wait(min(10.0, 0.5 * 2 ** min(failures - 1, 5)))
+                self._stopping.wait(delay if delay is not None else min(10.0, 0.5 * 2 ** min(failures - 1, 5)))
 
     def _list_pods(self) -> str:
         response = self.api.list_pod_for_all_namespaces(
@@ -261,72 +324,208 @@ class KubeShell:
             response = self.api.list_node(_preload_content=False, _request_timeout=self.request_timeout_s)
             nodes = json.loads(response.data).get("items") or []
             _release(response)
+            # The pods bound to nodes and not finished (kube-scheduler's informer selector):
+            # what NodeResourcesFit, NodePorts and anti-affinity count against a node.
+            response = self.api.list_pod_for_all_namespaces(
+                field_selector="spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed",
+                _preload_content=False,
+                _request_timeout=self.request_timeout_s,
+            )
+            assigned = json.loads(response.data).get("items") or []
+            _release(response)
         except Exception as exc:
-            log.warning("listing nodes failed: %s", exc)
+            log.warning("listing nodes and bound pods failed: %s", exc)
             return
         self._nodes_read_at = now
-        self.core.on_nodes(nodes, self.clock.wall_ms())
+        self.core.on_nodes(nodes, self.clock.wall_ms(), assigned)
 
     def _bind(self, decision: BindPod) -> None:
-        from kubernetes import client
+        """Hands the bind to the pool; its outcome comes back to the loop thread."""
+        try:
+            self._pool.submit(self._bind_in_pool, decision)
+        except RuntimeError:  # the pool is shut down: we are stopping
+            self.core.on_bind_result(decision.pod, ERROR, self.clock.wall_ms(), "stopping")
+
+    def _bind_in_pool(self, decision: BindPod) -> None:
+        outcome, detail = self.bind_outcome(decision.pod, decision.placement.node)
+        self.loop.post(self._bind_done, decision, outcome, detail)
+
+    def bind_outcome(self, pod: PodRef, node: str) -> tuple[str, str]:
+        """POST pods/binding (any thread): the outcome and, unless bound, why."""
         from kubernetes.client.exceptions import ApiException
 
-        pod, placement = decision.pod, decision.placement
-        body = client.V1Binding.from_dict(binding_body(pod, placement.node))
-        outcome, detail = "bound", ""
         try:
             response = self.api.create_namespaced_pod_binding(
-                pod.name, pod.namespace, body, _preload_content=False, _request_timeout=self.request_timeout_s
+                pod.name,
+                pod.namespace,
+                binding_body(pod, node),
+                _preload_content=False,
+                _request_timeout=self.request_timeout_s,
             )
+            status = int(response.status)
             _release(response)
         except ApiException as exc:
-            outcome = {409: "conflict", 404: "gone"}.get(exc.status or 0, "error")
-            detail = f"HTTP {exc.status} {exc.reason}"
-        except ValueError:
-            pass  # the client failed to read the 201 Status as a Binding: the bind succeeded
-        except Exception as exc:
-            outcome, detail = "error", f"{type(exc).__name__}: {exc}"
-        now = self.clock.wall_ms()
-        failure = self.core.on_bind_result(pod, outcome, now, detail)
-        if outcome == "bound":
+            message = _api_message(exc)
+            return classify_bind_failure(int(exc.status or 0), message), f"HTTP {exc.status}: {message}"
+        except Exception as exc:  # client-side: timeouts, connection errors, ValueError from the client
+            return ERROR, f"{type(exc).__name__}: {exc}"
+        if status != 201:
+            return ERROR, f"HTTP {status} where 201 Created was expected"
+        return BOUND, ""
+
+    def _bind_done(self, decision: BindPod, outcome: str, detail: str) -> None:
+        pod, placement = decision.pod, decision.placement
+        failure = self.core.on_bind_result(pod, outcome, self.clock.wall_ms(), detail)
+        if outcome == BOUND:
             self.bound += 1
             log.info("bind %s -> %s: %s", pod.key, placement.node, placement.reason)
             self._record(pod, "Scheduled", f"Successfully assigned {pod.key} to {placement.node}: {placement.reason}")
-        elif outcome == "conflict":
-            log.info("bind %s: already bound (409); nothing to do", pod.key)
-        elif outcome == "gone":
-            log.info("bind %s: pod is gone (404)", pod.key)
+        else:
+            log.info("bind %s -> %s: %s (%s)", pod.key, placement.node, outcome, detail)
         if failure is not None:
             self._unschedulable(failure)
+        self._want_cycle()  # a place in the bind pool is free again
 
     def _unschedulable(self, failure: PodUnschedulable) -> None:
-        log.info("FailedScheduling %s: %s", failure.pod.key, failure.message)
-        self._record(failure.pod, "FailedScheduling", failure.message, warning=True)
-
-    def _record(self, pod: PodRef, reason: str, message: str, *, warning: bool = False) -> None:
-        self._events.put(
-            event_body(pod, reason, message, warning=warning, component=self.component, now_ms=self.clock.wall_ms())
+        log.info("%s %s: %s", failure.reason, failure.pod.key, failure.message)
+        if failure.reason != "SchedulingGated":  # kube-scheduler records no event for a gated pod
+            self._record(failure.pod, "FailedScheduling", failure.message, warning=True)
+        self._writes.put(
+            ("status", (failure.pod, pod_scheduled_patch(failure.reason, failure.message, self.clock.wall_ms())))
         )
 
-    # -- the event recorder (own thread) ----------------------------------
-    def _record_events(self) -> None:
+    def _record(self, pod: PodRef, reason: str, message: str, *, warning: bool = False) -> None:
+        body = event_body(
+            pod,
+            reason,
+            message,
+            warning=warning,
+            component=self.component,
+            now_ms=self.clock.wall_ms(),
+            instance=self.instance,
+        )
+        self._writes.put(("event", body))
+
+    # -- the writer: events and pod conditions (own thread) ---------------------
+    def _write_loop(self) -> None:
+        while True:
+            item = self._writes.get()
+            if item is None:
+                return
+            what, payload = item
+            try:
+                if what == "event":
+                    response = self.events_api.create_namespaced_event(
+                        payload["metadata"]["namespace"],
+                        payload,
+                        _preload_content=False,
+                        _request_timeout=self.request_timeout_s,
+                    )
+                else:
+                    pod, patch = payload
+                    response = self.api.patch_namespaced_pod_status(
+                        pod.name,
+                        pod.namespace,
+                        patch,
+                        _content_type="application/strategic-merge-patch+json",
+                        _preload_content=False,
+                        _request_timeout=self.request_timeout_s,
+                    )
+                _release(response)
+            except Exception as exc:
+                log.warning("writing %s failed: %s", what, exc)
+
+
+class LeaseKeeper:
+    """The I/O of leader election (decisions in kube_leader.Elector): reads
+    and writes the Lease every retry period from its own thread."""
+
+    def __init__(self, api_client: Any, elector: Elector, *, request_timeout_s: float, clock: Clock = SYSTEM_CLOCK):
         from kubernetes import client
 
-        while True:
-            body = self._events.get()
-            if body is None:
-                return
-            try:
-                event = client.CoreV1Event.from_dict(body)
-                response = self.api.create_namespaced_event(
-                    body["metadata"]["namespace"],
-                    event,
+        self.api: Any = client.CoordinationV1Api(api_client)
+        self.elector, self.clock, self.request_timeout_s = elector, clock, request_timeout_s
+        self.config = elector.config
+
+    def _read(self) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            response = self.api.read_namespaced_lease(
+                self.config.name, self.config.namespace, _preload_content=False, _request_timeout=self.request_timeout_s
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        lease: dict[str, Any] = json.loads(response.data)
+        _release(response)
+        return lease
+
+    def _write(self, current: dict[str, Any] | None, body: dict[str, Any]) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            if current is None:
+                response = self.api.create_namespaced_lease(
+                    self.config.namespace, body, _preload_content=False, _request_timeout=self.request_timeout_s
+                )
+            else:
+                response = self.api.replace_namespaced_lease(
+                    self.config.name,
+                    self.config.namespace,
+                    body,
                     _preload_content=False,
                     _request_timeout=self.request_timeout_s,
                 )
-                _release(response)
+            _release(response)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False  # someone else wrote it since we read it
+            raise
+        return True
+
+    def attempt(self) -> None:
+        lease = self._read()
+        body = self.elector.step(lease, self.clock.monotonic(), self.clock.wall_ms())
+        if body is not None:
+            self.elector.on_written(self._write(lease, body), self.clock.monotonic())
+
+    def run(self, started: Any, lost: Any, stopping: threading.Event) -> None:
+        announced = False
+        while not stopping.is_set():
+            try:
+                self.attempt()
             except Exception as exc:
-                log.warning("recording event %s failed: %s", body.get("reason"), exc)
+                log.warning("leader election: %s: %s", type(exc).__name__, exc)
+            if self.elector.lost(self.clock.monotonic()):
+                log.error(
+                    "leader election lost: no renewal of lease %s for %.0f s",
+                    self.config.name,
+                    self.config.renew_deadline_s,
+                )
+                lost()
+                return
+            if self.elector.leading and not announced:
+                announced = True
+                log.info(
+                    "leader election: %s holds lease %s/%s",
+                    self.config.identity,
+                    self.config.namespace,
+                    self.config.name,
+                )
+                started()
+            period = self.config.retry_period_s
+            stopping.wait(period if self.elector.leading else period * random.uniform(1.0, 1.2))
+
+    def release(self) -> None:
+        try:
+            lease = self._read()
+            body = self.elector.release(lease, self.clock.wall_ms()) if lease is not None else None
+            if body is not None:
+                self._write(lease, body)
+        except Exception as exc:
+            log.warning("releasing the lease failed: %s", exc)
 
 
 def _release(response: Any) -> None:
@@ -339,11 +538,59 @@ def _release(response: Any) -> None:
         pass
 
 
+def add_kube_arguments(p: argparse.ArgumentParser) -> None:
+    """Kubernetes mode's options beyond the basic ones in shell.py."""
+    p.add_argument("--bind-workers", type=int, default=16, help="Kubernetes: binds under way at once")
+    p.add_argument(
+        "--service-account-dir",
+        default=None,
+        help="Kubernetes: the service-account mount (token, ca.crt; default the in-cluster one)",
+    )
+    p.add_argument("--token-refresh-s", type=float, default=None, help="Kubernetes: re-read the token this often")
+    p.add_argument("--leader-elect", action="store_true", help="Kubernetes: act only while holding the Lease")
+    p.add_argument("--leader-elect-lease-duration-s", type=float, default=15.0)
+    p.add_argument("--leader-elect-renew-deadline-s", type=float, default=10.0)
+    p.add_argument("--leader-elect-retry-period-s", type=float, default=2.0)
+    p.add_argument("--leader-elect-resource-name", default="", help="Lease name (default: the scheduler name)")
+    p.add_argument("--leader-elect-resource-namespace", default="kube-system")
+    p.add_argument("--leader-elect-identity", default="", help="holderIdentity (default: hostname_<random>)")
+
+
+def check_kube_options(args: argparse.Namespace) -> None:
+    """ValueError naming the first nonsensical option."""
+    positive = ("request_timeout_s", "in_flight_s", "backoff_initial_s", "backoff_max_s")
+    for name in positive:
+        value = getattr(args, name)
+        if not value > 0 or value == float("inf"):
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive number of seconds, got {value}")
+    if not args.watch_timeout_s >= 1 or args.watch_timeout_s == float("inf"):
+        raise ValueError(f"--watch-timeout-s must be at least 1 s, got {args.watch_timeout_s}")
+    if not args.node_cache_s >= 0 or args.node_cache_s == float("inf"):
+        raise ValueError(f"--node-cache-s must not be negative, got {args.node_cache_s}")
+    if args.backoff_max_s < args.backoff_initial_s:
+        raise ValueError("--backoff-max-s must not be below --backoff-initial-s")
+    if not 1 <= args.bind_workers <= 256:
+        raise ValueError(f"--bind-workers must be 1..256, got {args.bind_workers}")
+    if args.token_refresh_s is not None and not args.token_refresh_s > 0:
+        raise ValueError(f"--token-refresh-s must be positive, got {args.token_refresh_s}")
+    if args.leader_elect:
+        lease = args.leader_elect_lease_duration_s
+        renew = args.leader_elect_renew_deadline_s
+        retry = args.leader_elect_retry_period_s
+        if not (0 < retry < renew < lease) or lease == float("inf"):
+            # kube-scheduler's rule: leaseDuration > renewDeadline > retryPeriod (x JitterFactor 1.2)
+            raise ValueError(
+                "--leader-elect-*: need lease-duration > renew-deadline > retry-period > 0, "
+                f"got {lease}, {renew}, {retry}"
+            )
+
+
 def kube_config(args: argparse.Namespace, energy_source: str) -> KubeConfig:
     if args.max_energy_age_s < 0 or args.energy_cost_wh < 0:
         raise ValueError("--max-energy-age-s and --energy-cost-wh must not be negative")
     if not args.scheduler_name:
         raise ValueError("--scheduler-name must not be empty")
+    check_kube_options(args)
     return KubeConfig(
         scheduler_name=args.scheduler_name,
         arch=args.arch,
@@ -355,6 +602,7 @@ def kube_config(args: argparse.Namespace, energy_source: str) -> KubeConfig:
         in_flight_ms=int(args.in_flight_s * 1000),
         backoff_initial_ms=int(args.backoff_initial_s * 1000),
         backoff_max_ms=int(args.backoff_max_s * 1000),
+        max_binds_in_flight=args.bind_workers,
     )
 
 
@@ -363,7 +611,9 @@ def run_kubernetes(args: argparse.Namespace) -> int:
     try:
         config = kube_config(args, energy_source)
         influx = InfluxEnergySource(InfluxSettings.from_env(os.environ)) if energy_source == "influx" else None
-        api_client, where = load_api_client(args.kubeconfig)
+        api_client, where = load_api_client(
+            args.kubeconfig, service_account_dir=args.service_account_dir, token_refresh_s=args.token_refresh_s
+        )
     except (ValueError, InfluxConfigError, KubeSetupError) as exc:
         print(f"ank-scheduler: {exc}", file=sys.stderr)
         return 2
@@ -375,6 +625,7 @@ def run_kubernetes(args: argparse.Namespace) -> int:
             print(f"ank-scheduler: {exc}", file=sys.stderr)
             return 2
     loop = EventLoop()
+    identity = args.leader_elect_identity or f"{socket.gethostname()}_{uuid.uuid4()}"
     shell = KubeShell(
         api_client,
         KubeScheduler(config),
@@ -382,15 +633,38 @@ def run_kubernetes(args: argparse.Namespace) -> int:
         watch_timeout_s=args.watch_timeout_s,
         request_timeout_s=args.request_timeout_s,
         node_cache_s=args.node_cache_s,
+        instance=identity,
     )
     stopping = threading.Event()
+    exit_code = [0]
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stopping.set()
         loop.stop()
 
+    def on_lost() -> None:
+        exit_code[0] = 1
+        stopping.set()
+        loop.stop()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    keeper: LeaseKeeper | None = None
+    if args.leader_elect:
+        keeper = LeaseKeeper(
+            api_client,
+            Elector(
+                LeaderConfig(
+                    identity=identity,
+                    name=args.leader_elect_resource_name or config.scheduler_name,
+                    namespace=args.leader_elect_resource_namespace,
+                    lease_duration_s=args.leader_elect_lease_duration_s,
+                    renew_deadline_s=args.leader_elect_renew_deadline_s,
+                    retry_period_s=args.leader_elect_retry_period_s,
+                )
+            ),
+            request_timeout_s=args.request_timeout_s,
+        )
     try:
         if bus is not None:
             bus.subscribe("ank/energy/**", EnergyReport, lambda key, report: shell.on_energy([report]))
@@ -400,19 +674,30 @@ def run_kubernetes(args: argparse.Namespace) -> int:
                 args=(influx, shell.on_energy, stopping, args.influx_interval_s, SYSTEM_CLOCK.wall_ms),
                 daemon=True,
             ).start()
-        shell.start()
+        if keeper is None:
+            shell.start()
+        else:
+            threading.Thread(
+                target=keeper.run,
+                args=(lambda: loop.post(shell.start), on_lost, stopping),
+                name="kube-leader",
+                daemon=True,
+            ).start()
         log.info(
-            "=== SDI Scheduler (MALE) started: pods with schedulerName=%s, arch=%s, energy from %s, %s ===",
+            "=== SDI Scheduler (MALE) started: pods with schedulerName=%s, arch=%s, energy from %s, %s%s ===",
             config.scheduler_name,
             config.arch or "any",
             energy_source,
             where,
+            f", leader election as {identity}" if keeper is not None else "",
         )
         loop.run()
     finally:
         stopping.set()
         shell.stop()
+        if keeper is not None and exit_code[0] == 0 and keeper.elector.leading:
+            keeper.release()
         if bus is not None:
             bus.close()
         api_client.close()
-    return 0
+    return exit_code[0]

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch-timeout-s", type=float, default=60.0, help="Kubernetes watch: server-side timeout")
     p.add_argument("--request-timeout-s", type=float, default=10.0, help="Kubernetes API: client-side timeout")
     p.add_argument("--node-cache-s", type=float, default=2.0, help="Kubernetes: re-list nodes at most this often")
+    from services.scheduler.kube_shell import add_kube_arguments
+
+    add_kube_arguments(p)
     return p
 
 

@@ -1,0 +1,318 @@
+"""Kubernetes mode's pure parts: the 409 classification and what each bind
+outcome does, scheduling gates, the bounded bind pool, the kubelet's filters
+(services.scheduler.kube_plugins), leader election decisions
+(services.scheduler.kube_leader) and option checks. No I/O, no clock."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import pytest
+
+from schemas.messages import EnergyReport
+from services.scheduler.kube import (
+    ALREADY_BOUND,
+    BOUND,
+    DELETING,
+    ERROR,
+    GATED,
+    GONE,
+    PRECONDITION,
+    BindPod,
+    KubeConfig,
+    KubeScheduler,
+    PodRef,
+    PodUnschedulable,
+    classify_bind_failure,
+    request_for_pod,
+)
+from services.scheduler.kube_leader import Elector, LeaderConfig
+from services.scheduler.kube_plugins import parse_quantity
+from services.scheduler.kube_shell import kube_config
+from services.scheduler.shell import build_parser
+
+T0 = 1_700_000_000_000
+PREFIX = 'Operation cannot be fulfilled on pods/binding "p": '
+
+
+def node(name: str, *, cpu: str = "2", labels: dict[str, str] | None = None, pods: str = "110") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"kubernetes.io/arch": "arm64", **(labels or {})}},
+        "spec": {},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "allocatable": {"cpu": cpu, "memory": "4Gi", "pods": pods},
+        },
+    }
+
+
+def pod(name: str, *, uid: str = "u1", node_name: str = "", **spec: Any) -> dict[str, Any]:
+    labels = spec.pop("labels", {})
+    requests = spec.pop("requests", None)
+    ports = spec.pop("host_ports", None)
+    container: dict[str, Any] = {"name": "c", "image": "i"}
+    if requests:
+        container["resources"] = {"requests": requests}
+    if ports:
+        container["ports"] = [{"containerPort": p, "hostPort": p} for p in ports]
+    return {
+        "metadata": {"name": name, "namespace": "default", "uid": uid, "labels": labels},
+        "spec": {
+            "schedulerName": "sdi-scheduler",
+            "containers": [container],
+            **({"nodeName": node_name} if node_name else {}),
+            **spec,
+        },
+        "status": {"phase": "Running" if node_name else "Pending"},
+    }
+
+
+def core_with(
+    nodes: list[dict[str, Any]], assigned: list[dict[str, Any]] | None = None, **config: Any
+) -> KubeScheduler:
+    core = KubeScheduler(KubeConfig(**config))
+    core.on_nodes(nodes, T0, assigned or [])
+    for n in nodes:
+        core.on_energy(EnergyReport(node=n["metadata"]["name"], energy_wh=50.0, time_ms=T0), T0)
+    return core
+
+
+def only_bind(decisions: list[Any]) -> BindPod:
+    [decision] = decisions
+    assert isinstance(decision, BindPod), decision
+    return decision
+
+
+# -- 409s ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "outcome"),
+    [
+        (409, PREFIX + 'pod p is already assigned to node "n1"', ALREADY_BOUND),
+        (409, PREFIX + "pod p is being deleted, cannot be assigned to a host", DELETING),
+        (409, PREFIX + "pod p has non-empty .spec.schedulingGates", GATED),
+        (
+            409,
+            'Operation cannot be fulfilled on pods "p": Precondition failed: UID in precondition: a, UID in '
+            "object meta: b",
+            PRECONDITION,
+        ),
+        (409, "Operation cannot be fulfilled: something new", ERROR),
+        (404, 'pods "p" not found', GONE),
+        (500, "etcdserver: leader changed", ERROR),
+        (403, "forbidden", ERROR),
+    ],
+)
+def test_every_bind_answer_is_classified_by_status_and_message(status: int, message: str, outcome: str) -> None:
+    assert classify_bind_failure(status, message) == outcome
+
+
+def test_each_409_is_acted_on_and_releases_the_in_flight_reservation() -> None:
+    core = core_with([node("n1")], max_energy_age_ms=10**9)
+    for name in ("a", "b", "c", "d"):
+        core.on_pod("ADDED", pod(name, uid=f"uid-{name}"), T0)
+    assert len([d for d in core.decide(T0) if isinstance(d, BindPod)]) == 4
+    assert len(core.in_flight) == 4
+    assert core.on_bind_result(PodRef("default", "a", "uid-a"), ALREADY_BOUND, T0) is None
+    assert core.on_bind_result(PodRef("default", "b", "uid-b"), DELETING, T0) is None
+    assert core.on_bind_result(PodRef("default", "c", "uid-c"), GATED, T0) is None
+    assert core.on_bind_result(PodRef("default", "d", "uid-d"), PRECONDITION, T0) is None
+    assert core.in_flight == {}  # every reservation released
+    assert list(core.pending) == ["default/c"]  # a, b done; d's pod is gone (its successor comes by the watch)
+    assert core.pending["default/c"].gated
+    [gated] = core.decide(T0 + 60_000)  # not attempted again while gated: PodScheduled=False instead
+    assert isinstance(gated, PodUnschedulable) and gated.reason == "SchedulingGated"
+    core.on_pod("MODIFIED", pod("c", uid="uid-c"), T0 + 1)  # the watch: no gates
+    assert only_bind(core.decide(T0 + 1)).pod.name == "c"
+
+
+def test_uid_precondition_with_a_known_successor_tries_the_successor_at_once() -> None:
+    core = core_with([node("n1")])
+    core.on_pod("ADDED", pod("p", uid="old"), T0)
+    only_bind(core.decide(T0))
+    core.on_pod("DELETED", pod("p", uid="old"), T0)  # our bind is under way: kept
+    core.on_pod("ADDED", pod("p", uid="new"), T0)  # recreated under the same name
+    assert core.on_bind_result(PodRef("default", "p", "old"), PRECONDITION, T0 + 5) is None
+    assert only_bind(core.decide(T0 + 5)).pod.uid == "new"
+
+
+def test_a_404_about_a_pod_already_replaced_keeps_its_successor() -> None:
+    core = core_with([node("n1")])
+    core.on_pod("ADDED", pod("p", uid="old"), T0)
+    only_bind(core.decide(T0))
+    core.on_pod("DELETED", pod("p", uid="old"), T0)
+    core.on_pod("ADDED", pod("p", uid="new"), T0)  # arrives before the 404 answered about the old one
+    assert core.on_bind_result(PodRef("default", "p", "old"), GONE, T0 + 5) is None
+    assert only_bind(core.decide(T0 + 5)).pod.uid == "new"
+
+
+def test_a_client_side_error_is_not_a_bind() -> None:
+    core = core_with([node("n1")])
+    core.on_pod("ADDED", pod("p"), T0)
+    only_bind(core.decide(T0))
+    failure = core.on_bind_result(PodRef("default", "p", "u1"), ERROR, T0, "ValueError: timeout must be positive")
+    assert isinstance(failure, PodUnschedulable) and "ValueError" in failure.message
+    assert "default/p" in core.pending and core.in_flight == {}
+    assert only_bind(core.decide(T0 + 1000)).pod.name == "p"
+
+
+def test_gated_pod_is_never_attempted_gets_scheduling_gated_once_then_binds_when_ungated() -> None:
+    core = core_with([node("n1")], max_energy_age_ms=10**9)
+    core.on_pod("ADDED", pod("g", schedulingGates=[{"name": "example.com/wait"}]), T0)
+    [gated] = core.decide(T0)
+    assert isinstance(gated, PodUnschedulable) and gated.reason == "SchedulingGated"
+    assert core.decide(T0 + 60_000) == []  # not attempted, not repeated
+    assert core.next_wake_ms() is None
+    core.on_pod("MODIFIED", pod("g"), T0 + 61_000)
+    assert only_bind(core.decide(T0 + 61_000)).placement.node == "n1"
+
+
+def test_binds_in_flight_are_bounded_and_the_next_cycle_continues() -> None:
+    core = core_with([node("n1", pods="1000")], max_binds_in_flight=3)
+    for i in range(5):
+        core.on_pod("ADDED", pod(f"p{i}", uid=f"u{i}"), T0)
+    first = [d for d in core.decide(T0) if isinstance(d, BindPod)]
+    assert len(first) == 3 and core.decide(T0) == []
+    core.on_bind_result(first[0].pod, BOUND, T0)
+    assert len([d for d in core.decide(T0) if isinstance(d, BindPod)]) == 1
+
+
+# -- the kubelet's filters ---------------------------------------------------------
+
+
+def test_node_resources_fit_counts_bound_pods_and_binds_in_flight() -> None:
+    # n1 is the richest in energy but its cpu is taken by a running pod.
+    core = core_with([node("n1"), node("n2")], [pod("running", node_name="n1", requests={"cpu": "1500m"})])
+    core.on_energy(EnergyReport(node="n1", energy_wh=99.0, time_ms=T0), T0)
+    core.on_pod("ADDED", pod("big", uid="b", requests={"cpu": "1"}), T0)
+    assert only_bind(core.decide(T0)).placement.node == "n2"
+    # n2 now has 1 cpu in flight: a second 1.5-cpu pod fits nowhere.
+    core.on_pod("ADDED", pod("bigger", uid="c", requests={"cpu": "1.5"}), T0)
+    [failure] = core.decide(T0)
+    assert isinstance(failure, PodUnschedulable)
+    assert failure.message.startswith("0/2 nodes are available: 2 Insufficient cpu")
+    assert "n1: Insufficient cpu: requested 1500m, free 500m" in failure.message
+
+
+def test_too_many_pods() -> None:
+    core = core_with([node("n1", pods="1")], [pod("x", node_name="n1")])
+    core.on_pod("ADDED", pod("p", uid="p"), T0)
+    [failure] = core.decide(T0)
+    assert isinstance(failure, PodUnschedulable) and "1 Too many pods" in failure.message
+
+
+def test_node_affinity_required_terms_and_node_selector() -> None:
+    nodes = [node("a", labels={"zone": "a", "gen": "3"}), node("b", labels={"zone": "b", "gen": "5"})]
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "gen", "operator": "Gt", "values": ["4"]}]}]
+            }
+        }
+    }
+    core = core_with(nodes)
+    core.on_energy(EnergyReport(node="a", energy_wh=99.0, time_ms=T0), T0)
+    core.on_pod("ADDED", pod("p", affinity=affinity), T0)
+    assert only_bind(core.decide(T0)).placement.node == "b"
+    core.on_pod("ADDED", pod("q", uid="q", affinity=affinity, nodeSelector={"zone": "a"}), T0)
+    [failure] = core.decide(T0)
+    assert isinstance(failure, PodUnschedulable)
+    assert "2 node(s) didn't match Pod's node affinity/selector" in failure.message
+
+
+def test_node_ports_and_pod_anti_affinity() -> None:
+    core = core_with([node("a"), node("b")], [pod("web-a", node_name="a", host_ports=[8080], labels={"app": "web"})])
+    core.on_energy(EnergyReport(node="a", energy_wh=99.0, time_ms=T0), T0)
+    core.on_pod("ADDED", pod("p", uid="p", host_ports=[8080]), T0)
+    assert only_bind(core.decide(T0)).placement.node == "b"
+    anti = {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/arch"}
+            ]
+        }
+    }
+    core.on_pod("ADDED", pod("q", uid="q", affinity=anti), T0)
+    [failure] = core.decide(T0)  # both nodes share arch arm64, a web pod runs in that domain
+    assert isinstance(failure, PodUnschedulable) and "2 node(s) didn't match pod anti-affinity rules" in failure.message
+
+
+def test_bad_requests_name_the_field() -> None:
+    with pytest.raises(ValueError, match=r"resources\.requests: not a quantity: 'lots'"):
+        request_for_pod(pod("p", requests={"cpu": "lots"}), KubeConfig())
+
+
+@pytest.mark.parametrize(
+    ("text", "milli"),
+    [("500m", 500), ("1", 1000), ("1.5", 1500), ("128Mi", 128 * 2**20 * 1000), ("1k", 1_000_000), ("1e3", 1_000_000)],
+)
+def test_quantities(text: str, milli: int) -> None:
+    assert parse_quantity(text) == milli
+
+
+# -- leader election ---------------------------------------------------------------
+
+
+def lease(holder: str, rv: str = "7", renew: str = "2026-01-01T00:00:00.000000Z") -> dict[str, Any]:
+    return {
+        "metadata": {"name": "sdi-scheduler", "namespace": "kube-system", "resourceVersion": rv},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": renew, "leaseTransitions": 2},
+    }
+
+
+def test_elector_creates_renews_waits_and_takes_over_only_after_a_lease_duration() -> None:
+    me = Elector(LeaderConfig(identity="me", lease_duration_s=15, renew_deadline_s=10, retry_period_s=2))
+    created = me.step(None, 0.0, T0)
+    assert (
+        created is not None
+        and created["spec"]["holderIdentity"] == "me"
+        and "resourceVersion" not in created["metadata"]
+    )
+    assert me.step(lease("other"), 1.0, T0) is None  # held by another, just observed
+    assert me.step(lease("other"), 15.9, T0) is None  # unchanged for < 15 s of our clock
+    assert me.step(lease("other", renew="2026-01-01T00:00:05.000000Z"), 16.0, T0) is None  # it renewed: observed anew
+    takeover = me.step(lease("other", renew="2026-01-01T00:00:05.000000Z"), 31.5, T0)
+    assert takeover is not None and takeover["spec"]["holderIdentity"] == "me"
+    assert takeover["metadata"]["resourceVersion"] == "7"  # optimistic concurrency: a stale write gets 409
+    assert takeover["spec"]["leaseTransitions"] == 3
+    assert not me.leading
+    me.on_written(True, 31.5)
+    assert me.leading and not me.lost(41.0) and me.lost(41.6)
+    renew = me.step(lease("me", rv="9"), 33.0, T0 + 2000)
+    assert renew is not None and renew["metadata"]["resourceVersion"] == "9"
+    released = me.release(lease("me", rv="9"), T0)
+    assert released is not None and released["spec"]["holderIdentity"] == ""
+    assert me.release(lease("other"), T0) is None
+    assert Elector(LeaderConfig(identity="x")).step(lease(""), 0.0, T0) is not None  # released: taken at once
+
+
+# -- options -----------------------------------------------------------------------
+
+
+def args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["--kubernetes", *argv])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--request-timeout-s", "0"], "--request-timeout-s must be a positive"),
+        (["--request-timeout-s", "nan"], "--request-timeout-s must be a positive"),
+        (["--watch-timeout-s", "0.5"], "--watch-timeout-s must be at least 1 s"),
+        (["--node-cache-s", "-1"], "--node-cache-s must not be negative"),
+        (["--in-flight-s", "0"], "--in-flight-s must be a positive"),
+        (["--backoff-initial-s", "5", "--backoff-max-s", "1"], "--backoff-max-s must not be below"),
+        (["--bind-workers", "0"], "--bind-workers must be 1..256"),
+        (["--leader-elect", "--leader-elect-renew-deadline-s", "20"], "lease-duration > renew-deadline"),
+    ],
+)
+def test_nonsensical_options_are_rejected_naming_them(argv: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        kube_config(args(*argv), "none")
+
+
+def test_sensible_options_pass() -> None:
+    config = kube_config(args("--leader-elect", "--bind-workers", "4"), "none")
+    assert config.max_binds_in_flight == 4
