@@ -263,7 +263,7 @@ def test_a_flood_of_bad_messages_is_counted_and_reported_once() -> None:
         assert consumer.dropped["ank/state/car1/w"] == 50
         flood_reports = [m for _, m in reports.items if m.subject != "marker"]  # type: ignore[attr-defined]
         assert len(flood_reports) == 1, flood_reports
-        assert "exceeds 65536" in flood_reports[0].message
+        assert "exceeds 65536" in flood_reports[0].message  # type: ignore[attr-defined]
 
 
 def test_policy_json_is_serialisable() -> None:

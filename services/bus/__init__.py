@@ -44,7 +44,8 @@ MAX_PAYLOAD = checks.MAX_PAYLOAD
 # Drops are reported as events at most once per key per window, and at most
 # DROP_REPORTS_PER_WINDOW times per window in all: an attacker's flood is
 # seen, not amplified.
-DROP_REPORT_WINDOW_S = 10.0
+# ANK_DROP_REPORT_WINDOW_S=0 reports every drop (e.g. to audit a fuzzing run).
+DROP_REPORT_WINDOW_S = float(os.environ.get("ANK_DROP_REPORT_WINDOW_S", "10") or 10)
 DROP_REPORTS_PER_WINDOW = 10
 
 
@@ -93,6 +94,11 @@ def load_config(path: str | Path | None = None, server: str | None = None) -> ze
         except Exception as exc:
             raise BusConfigError(f"bad --server {server!r}: {exc}") from exc
     return conf
+
+
+def uses_tls(conf: zenoh.Config) -> bool:
+    """Whether a client configuration connects with a certificate (a secured bus)."""
+    return _uses_tls(conf)
 
 
 def _uses_tls(conf: zenoh.Config) -> bool:
@@ -257,7 +263,7 @@ class Bus:
             return
         now = time.monotonic()
         with self._lock:
-            if now - self._drop_window >= DROP_REPORT_WINDOW_S:
+            if DROP_REPORT_WINDOW_S <= 0 or now - self._drop_window >= DROP_REPORT_WINDOW_S:
                 self._drop_window = now
                 self._drop_reported.clear()
             first = key not in self._drop_reported and len(self._drop_reported) < DROP_REPORTS_PER_WINDOW
