@@ -145,16 +145,29 @@ def _workload_rules() -> list[dict[str, Any]]:
     ]
 
 
-def access_control(agents: Iterable[str]) -> dict[str, Any]:
+def read_revoked(path: str | Path) -> list[str]:
+    """The revoked identities a deny-list file names, one per line (`#` comments)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise SecureConfigError(f"cannot read the revocation list {path}: {exc.strerror}") from exc
+    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
+def access_control(agents: Iterable[str], revoked: Iterable[str] = ()) -> dict[str, Any]:
     """The router's `access_control` section, generated from the policy
     table (services.bus.policy) for these agents (names, not identities:
-    `car1` for `agent-car1`). Default: deny."""
+    `car1` for `agent-car1`). Default: deny. A `revoked` identity (common
+    name) gets no rule at all: its certificate may still complete TLS, but
+    the router lets nothing it sends through and sends it nothing."""
     agent_names = check_agent_names(agents)
+    gone = set(revoked)
     per_identity = [(identity, _rules(identity, grants_of(identity))) for identity in FIXED_IDENTITIES]
     per_identity += [
         (agent_identity(a), _rules(agent_identity(a), grants_of(agent_identity(a), [a]))) for a in agent_names
     ]
     per_identity.append((WORKLOAD, _workload_rules()))
+    per_identity = [(identity, rules) for identity, rules in per_identity if identity not in gone]
     rules: list[dict[str, Any]] = []
     subjects: list[dict[str, Any]] = []
     policies: list[dict[str, Any]] = []
@@ -214,13 +227,13 @@ def tls_endpoints(text: str) -> list[str]:
     return endpoints
 
 
-def router_settings(cert_dir: Path, agents: Iterable[str], listen: str) -> dict[str, Any]:
+def router_settings(cert_dir: Path, agents: Iterable[str], listen: str, revoked: Iterable[str] = ()) -> dict[str, Any]:
     """What a secured router sets on top of the plain router configuration:
     path -> JSON value, as `zenoh.Config.insert_json5` takes them."""
     return {
         "listen/endpoints": tls_endpoints(listen),
         "transport/link/tls": tls_settings(cert_dir, ROUTER_IDENTITY, listening=True),
-        "access_control": access_control(agents),
+        "access_control": access_control(agents, revoked),
     }
 
 
@@ -261,12 +274,15 @@ def router_config(
     listen: str = f"tls/127.0.0.1:{DEFAULT_SECURE_PORT}",
     *,
     base: str | Path | None = None,
+    revoked: Iterable[str] = (),
 ) -> zenoh.Config:
     """A secured router: TLS with mTLS on `listen`, access control for the
-    services and these agents (names: `car1` for identity `agent-car1`)."""
+    services and these agents (names: `car1` for identity `agent-car1`),
+    nothing for the `revoked` identities."""
     cert_dir = Path(cert_dir).resolve()
     _check_files(cert_dir, ROUTER_IDENTITY)
-    return _overlay(Path(base) if base else PLAIN_ROUTER_CONFIG, router_settings(cert_dir, agents, listen))
+    settings = router_settings(cert_dir, agents, listen, revoked)
+    return _overlay(Path(base) if base else PLAIN_ROUTER_CONFIG, settings)
 
 
 def client_config(
@@ -300,13 +316,17 @@ def main(argv: list[str] | None = None) -> int:
     router = sub.add_parser("router", help="the router's configuration")
     router.add_argument("--agent", action="append", default=[], help="agent name (repeat), e.g. car1")
     router.add_argument("--listen", default=f"tls/127.0.0.1:{DEFAULT_SECURE_PORT}")
+    router.add_argument(
+        "--revoked", help="file of revoked identities, one per line (e.g. agent-car2): they get no rule"
+    )
     client = sub.add_parser("client", help="a client's configuration")
     client.add_argument("--identity", required=True, help="cli, planner, health-watcher, scheduler or agent-NAME")
     client.add_argument("--connect", default=f"tls/127.0.0.1:{DEFAULT_SECURE_PORT}")
     args = parser.parse_args(argv)
     try:
         if args.kind == "router":
-            conf = router_config(args.cert_dir, args.agent, args.listen, base=args.base)
+            revoked = read_revoked(args.revoked) if args.revoked else []
+            conf = router_config(args.cert_dir, args.agent, args.listen, base=args.base, revoked=revoked)
         else:
             conf = client_config(args.cert_dir, args.identity, args.connect, base=args.base)
         if args.output:
