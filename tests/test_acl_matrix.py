@@ -301,3 +301,34 @@ def test_liveliness_queries(matrix: Matrix) -> None:
 def test_the_policy_table_in_docs_is_generated() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text()
     assert policy.markdown_table() in doc, "docs/security.md: paste services.bus.policy.markdown_table()"
+
+
+def test_liveliness_subscribers(matrix: Matrix) -> None:
+    """Liveliness subscribers on every form of an agent's token: a session
+    learns of the router's token only through a declaration the table allows."""
+    token_key = "ank/agents/car1"
+    seen = Seen()
+    entities = []
+    for identity, session in matrix.sessions.items():
+        for form in forms(token_key):
+
+            def on_token(sample: zenoh.Sample, i: str = identity) -> None:
+                if sample.kind == zenoh.SampleKind.PUT and str(sample.key_expr) == token_key:
+                    seen.add((i, token_key))
+
+            entities.append(session.liveliness().declare_subscriber(form, on_token, history=True))
+    want = {
+        (i, token_key)
+        for i in matrix.sessions
+        if i != policy.WORKLOAD
+        and any(expected(i, policy.LIVELINESS_SUBSCRIBE, f) and policy.includes(f, token_key) for f in forms(token_key))
+    }
+    token = matrix.router.liveliness().declare_token(token_key)
+    try:
+        seen.wait_all(want)
+        wrong = sorted(seen.items - want)
+        assert wrong == [], f"liveliness subscribers denied by the table but told: {wrong}"
+    finally:
+        token.undeclare()
+        for entity in entities:
+            entity.undeclare()
