@@ -4,13 +4,14 @@ router's access control (docs/security.md).
 Theory of operation:
 
 - Every process has an *identity*: `cli` (the CLI, middleware, dashboard),
-  `planner`, `health-watcher`, `scheduler`, `agent-<name>` per agent, and
-  `router`. Its certificate (`scripts/make-certs.sh`) carries the identity as
+  `planner`, `health-watcher`, `scheduler`, `agent-<name>` per agent,
+  `observer` (read-only), `workload` (the workloads' own programs: every key
+  outside ank/**, nothing inside it) and `router`. Its certificate (`scripts/make-certs.sh`) carries the identity as
   common name, signed by the deployment's CA; its key is `<identity>.key`.
 - Links are TLS with mutual authentication: a client without a certificate
   from the CA cannot connect at all. The router then knows each link's common
   name, and its access control (default: deny) decides, per common name, what
-  the link may *send* — the ingress table `INGRESS_GRANTS` below. What a link
+  the link may *send* — the policy table (services.bus.policy). What a link
   may receive follows from what it may subscribe to or query, so egress is
   open on `ank/**` for every known identity.
 - The table is services.bus.policy.POLICY (identity x operation x key,
