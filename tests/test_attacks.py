@@ -182,8 +182,19 @@ def test_planner_and_dashboard_memory_stays_bounded_under_100_oversized_events(t
             stop_process(planner)
     # Generous: transient copies of a 3 MiB payload are fine, keeping 100 is not.
     assert all(kib < 64 * 1024 for kib in grown.values()), grown
-    dropped_reports = (tmp_path / "p.log").read_text().count("exceeds 16384")
+    dropped_reports = (tmp_path / "p.log").read_text().count("exceeds 32768")
     assert 1 <= dropped_reports <= 10
+
+
+def test_a_services_own_long_event_is_truncated_to_fit_its_cap() -> None:
+    with running_router() as (endpoint, _router), Bus("consumer", server=endpoint) as consumer:
+        seen: Collector = Collector()
+        consumer.subscribe("ank/events/**", Event, seen)
+        consumer.event("rejected", "\x00" * 100_000, subject="s" * 10_000)
+        seen.wait(lambda items: len(items) == 1, 5, "the long event")  # local delivery
+        event = seen.items[0][1]
+        assert event.message.endswith("(truncated)") and len(event.subject) == 256  # type: ignore[attr-defined]
+        assert consumer.dropped == {}
 
 
 def test_retained_event_buffers_are_capped_in_bytes() -> None:

@@ -203,10 +203,13 @@ class Bus:
         self.session.put(key, payload, encoding=JSON, congestion_control=cc)
 
     def event(self, kind: str, message: str, *, subject: str = "", severity: str = "info") -> None:
-        """Publishes a human-readable event on `ank/events/<kind>`."""
+        """Publishes a human-readable event on `ank/events/<kind>`; a long
+        message is truncated so that the event fits its size cap."""
+        if len(message) > checks.EVENT_MESSAGE_CHARS:
+            message = message[: checks.EVENT_MESSAGE_CHARS] + " ... (truncated)"
         ev = Event(
             kind=kind,
-            subject=subject,
+            subject=subject[: checks.EVENT_SUBJECT_CHARS],
             message=message,
             severity=severity,  # type: ignore[arg-type]
             time_ms=time.time_ns() // 1_000_000,

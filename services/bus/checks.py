@@ -30,13 +30,17 @@ MIB = 1024 * KIB
 MAX_PAYLOAD = 4 * MIB
 # Per message kind (bytes of the encoded payload).
 SIZE_CAPS: dict[type[msgspec.Struct], int] = {
-    Event: 16 * KIB,
+    Event: 32 * KIB,
     WorkloadState: 64 * KIB,
     HealthReport: 16 * KIB,
     EnergyReport: 16 * KIB,
     Binding: 16 * KIB,
     AgentStatus: 1 * MIB,
 }
+# What Bus.event keeps of an event's text (characters), so that its own
+# events always fit their cap (a character takes at most 6 bytes in JSON).
+EVENT_MESSAGE_CHARS = 4000
+EVENT_SUBJECT_CHARS = 256
 # The agent segment of the state key of a workload without an agent (services.planner.core.UNSCHEDULED).
 UNSCHEDULED = "~"
 
