@@ -45,6 +45,7 @@ AGENT_TEMPLATE = "agent-{agent}"
 WORKLOAD = "workload"
 # A read-only identity: states and events (e.g. a monitoring workload).
 OBSERVER = "observer"
+EDGE = "edge"
 
 Grants = Mapping[str, tuple[str, ...]]
 
@@ -67,7 +68,7 @@ def _put(*keys: str) -> dict[str, tuple[str, ...]]:
 
 # identity -> operation -> key expressions (the widest each may use).
 # `{agent}` in the agent row is the agent's name. Anything not here: denied.
-POLICY: Mapping[str, Grants] = {
+POLICY: dict[str, Grants] = {
     # Users, the dashboard: the only ones who change the desired state and
     # send commands (ank/cmd/apply, ank/cmd/delete are queries).
     "cli": _grants(_put("ank/events/**", "ank/desired"), {SUBSCRIBE: ("ank/**",), QUERY: ("ank/**",)}, _LIVELINESS),
@@ -120,9 +121,15 @@ POLICY: Mapping[str, Grants] = {
         },
     ),
     OBSERVER: _grants(_READ, _LIVELINESS),
+    # An enrolment router (services.bus.secure edge_router_config) speaking
+    # for agents the main router does not know by name: every agent's grants,
+    # any agent. Its own ACL holds each of its agents to its own keys.
+    EDGE: {},
     # Outside ank/**: everything (see WORKLOAD); inside: nothing.
     WORKLOAD: {},
 }
+
+POLICY[EDGE] = {op: tuple(k.replace("{agent}", "*") for k in keys) for op, keys in POLICY[AGENT_TEMPLATE].items()}
 
 SERVICE_IDENTITIES = ("cli", "planner", "health-watcher", "scheduler")
 

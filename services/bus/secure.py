@@ -20,8 +20,9 @@ Theory of operation:
   includes it, so `ank/state/**` does not admit a subscriber on `ank/**`,
   and `ank/cmd/state` does not admit a query on `ank/cmd/*`.
 - Agents are known by name when the router starts: their rules are generated
-  from the `agent` row with `{agent}` replaced. A new agent needs a router
-  restart with the longer list (and its certificate).
+  from the `agent` row with `{agent}` replaced. A new agent joins through an
+  enrolment router (`edge_router_config`), which the running main router
+  trusts as the `edge` identity; a revoked identity (`revoked=`) gets no rule.
 
 The pure part builds plain dictionaries (`access_control`, `tls_settings`,
 `router_settings`, `client_settings`); `router_config` / `client_config` check
@@ -72,6 +73,7 @@ AGENT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 DEFAULT_SECURE_PORT = 7447
 # Identities with a row of their own in the policy (agents are per name).
 FIXED_IDENTITIES = tuple(i for i in POLICY if i not in (AGENT_TEMPLATE, WORKLOAD))
+EDGE_IDENTITY = "edge"
 
 # Re-exported: the operation names, for callers of this module.
 EXPORTED_OPERATIONS = (PUT, DELETE, SUBSCRIBE, QUERY, QUERYABLE, REPLY, TOKEN, LIVELINESS_SUBSCRIBE, LIVELINESS_QUERY)
@@ -269,6 +271,76 @@ def _overlay(base: Path, settings: Mapping[str, Any]) -> zenoh.Config:
     return conf
 
 
+def edge_access_control(agents: Iterable[str], revoked: Iterable[str] = ()) -> dict[str, Any]:
+    """An enrolment (edge) router's ACL: its agents, each held to its own
+    keys by the policy table, and the main router (common name `router`)
+    trusted on ank/** both ways. Nothing else: no service, no workload."""
+    agent_names = check_agent_names(agents)
+    gone = set(revoked)
+    rules: list[dict[str, Any]] = []
+    subjects: list[dict[str, Any]] = []
+    policies: list[dict[str, Any]] = []
+    members = [(agent_identity(a), _rules(agent_identity(a), grants_of(agent_identity(a), [a]))) for a in agent_names]
+    upstream = {
+        "id": "upstream",
+        "messages": list(OPERATIONS),
+        "flows": ["ingress", "egress"],
+        "permission": "allow",
+        "key_exprs": [ORCHESTRATOR_KEYS],
+    }
+    members.append((ROUTER_IDENTITY, [upstream]))
+    for identity, identity_rules in members:
+        if identity in gone:
+            continue
+        rules.extend(identity_rules)
+        subjects.append({"id": identity, "cert_common_names": [identity]})
+        policies.append({"id": identity, "rules": [r["id"] for r in identity_rules], "subjects": [identity]})
+    return {
+        "enabled": True,
+        "default_permission": "deny",
+        "rules": rules,
+        "subjects": subjects,
+        "policies": policies,
+    }
+
+
+def edge_router_settings(
+    cert_dir: Path, agents: Iterable[str], listen: str, upstream: str, revoked: Iterable[str] = ()
+) -> dict[str, Any]:
+    """An enrolment router: listens for its agents with the router's
+    certificate, connects to the main router with the `edge` certificate."""
+    tls = tls_settings(cert_dir, ROUTER_IDENTITY, listening=True)
+    edge = cert_files(cert_dir, EDGE_IDENTITY)
+    tls["connect_certificate"] = str(edge["certificate"])
+    tls["connect_private_key"] = str(edge["private_key"])
+    return {
+        "listen/endpoints": tls_endpoints(listen),
+        "connect/endpoints": tls_endpoints(upstream),
+        "transport/link/tls": tls,
+        "access_control": edge_access_control(agents, revoked),
+    }
+
+
+def edge_router_config(
+    cert_dir: str | Path,
+    agents: list[str],
+    listen: str,
+    upstream: str = f"tls/127.0.0.1:{DEFAULT_SECURE_PORT}",
+    *,
+    base: str | Path | None = None,
+    revoked: Iterable[str] = (),
+) -> zenoh.Config:
+    """An enrolment router for agents the main router does not list: it
+    joins the running main router (which trusts the `edge` identity with
+    every agent's grants) and holds each of its agents to its own keys.
+    Enrolling or revoking restarts only this router, never the main one."""
+    cert_dir = Path(cert_dir).resolve()
+    _check_files(cert_dir, ROUTER_IDENTITY)
+    _check_files(cert_dir, EDGE_IDENTITY)
+    settings = edge_router_settings(cert_dir, agents, listen, upstream, revoked)
+    return _overlay(Path(base) if base else PLAIN_ROUTER_CONFIG, settings)
+
+
 def router_config(
     cert_dir: str | Path,
     agents: list[str],
@@ -320,14 +392,23 @@ def main(argv: list[str] | None = None) -> int:
     router.add_argument(
         "--revoked", help="file of revoked identities, one per line (e.g. agent-car2): they get no rule"
     )
+    edge = sub.add_parser("edge", help="an enrolment router for new agents, joining the running main router")
+    edge.add_argument("--agent", action="append", required=True, help="agent name (repeat), e.g. car7")
+    edge.add_argument("--listen", required=True, help="where its agents connect, e.g. tls/127.0.0.1:7450")
+    edge.add_argument("--upstream", default=f"tls/127.0.0.1:{DEFAULT_SECURE_PORT}", help="the main router")
+    edge.add_argument("--revoked", help="file of revoked identities, one per line")
     client = sub.add_parser("client", help="a client's configuration")
     client.add_argument("--identity", required=True, help="cli, planner, health-watcher, scheduler or agent-NAME")
     client.add_argument("--connect", default=f"tls/127.0.0.1:{DEFAULT_SECURE_PORT}")
     args = parser.parse_args(argv)
     try:
+        revoked = read_revoked(args.revoked) if getattr(args, "revoked", None) else []
         if args.kind == "router":
-            revoked = read_revoked(args.revoked) if args.revoked else []
             conf = router_config(args.cert_dir, args.agent, args.listen, base=args.base, revoked=revoked)
+        elif args.kind == "edge":
+            conf = edge_router_config(
+                args.cert_dir, args.agent, args.listen, args.upstream, base=args.base, revoked=revoked
+            )
         else:
             conf = client_config(args.cert_dir, args.identity, args.connect, base=args.base)
         if args.output:
