@@ -29,7 +29,7 @@ from tests.helpers import free_port
 from tests.test_security import make_certs
 
 AGENTS = ["car1", "car2"]
-IDENTITIES = ["cli", "planner", "health-watcher", "scheduler", "agent-car1", "observer", "workload", "intruder"]
+IDENTITIES = ["cli", "planner", "health-watcher", "scheduler", "agent-car1", "observer", "edge", "workload", "intruder"]
 GRACE_S = 1.5
 WAIT_S = 20.0
 
@@ -111,7 +111,7 @@ class Matrix:
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
     cert_dir = tmp_path_factory.mktemp("acl-certs")
-    make_certs(cert_dir, "agent-car1", "agent-car2", "observer", "workload", "intruder")
+    make_certs(cert_dir, "agent-car1", "agent-car2", "observer", "edge", "workload", "intruder")
     endpoint = f"tls/127.0.0.1:{free_port()}"
     router = zenoh.open(secure.router_config(cert_dir, AGENTS, endpoint))
     sessions: dict[str, zenoh.Session] = {}
