@@ -55,7 +55,7 @@ from schemas.messages import (
     WorkloadState,
 )
 from schemas.state import ExecutionState
-from services.bus import MAX_PAYLOAD
+from services.bus import MAX_PAYLOAD, checks
 from services.manifest import parse_manifest
 from tests.helpers import wait_for
 from tests.test_faults_stack import (
@@ -220,7 +220,7 @@ def rejected_by_planner(text: str | bytes) -> bool:
 
 def bus_rejects(payload: bytes, schema: type[msgspec.Struct]) -> bool:
     """Bus.decode's rule: oversized, malformed or another contract version."""
-    if len(payload) > MAX_PAYLOAD:
+    if len(payload) > checks.max_size(schema):
         return True
     try:
         message = msgspec.json.decode(payload, type=schema)
@@ -304,6 +304,8 @@ class Fuzzed:
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     base = tmp_path_factory.mktemp("fuzz")
     with running_stack(base) as stack:
+        # every drop reported (no rate limit), so that reports can be counted against sends
+        stack.system.env["ANK_DROP_REPORT_WINDOW_S"] = "0"
         agent = unique("fz")
         state = Fuzzed(stack, agent, "steady", unique("ghost"), unique("ghostwl"))
         stack.start_planner()

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -333,7 +334,12 @@ def test_ank_up_runs_the_system_and_ctrl_c_leaves_no_stray_process(tmp_path: Pat
                 print(f"--- {log.name}\n{log.read_text()[-3000:]}")
             raise
         wait_port(dashboard_port, 20)
-        page = urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/api/v1/workloads", timeout=10).read()
+        url = f"http://127.0.0.1:{dashboard_port}/api/v1/workloads"
+        with pytest.raises(urllib.error.HTTPError, match="401"):  # ank up made a token
+            urllib.request.urlopen(url, timeout=10)
+        token = (tmp_path / "ank" / "dashboard.token").read_text().strip()
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        page = urllib.request.urlopen(request, timeout=10).read()
         assert b"sleeper" in page  # the dashboard is part of the embedded system
         children = _descendants(proc.pid)
         assert len(children) >= 6  # router, planner, agent, health-watcher, scheduler, dashboard (+ the workload)

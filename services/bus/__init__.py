@@ -3,9 +3,12 @@
 - opens a Zenoh session from zenoh.json5 (or --zenoh-config), optionally
   pointing it at another router (--server / ANK_SERVER);
 - stamps the envelope (`sender`, monotonic `seq`) on every message it puts;
-- decodes every payload it receives with the schemas; whatever is malformed
-  or stale is dropped, counted (`Bus.dropped`), logged and reported on
-  `ank/events/dropped` — nothing ever raises into Zenoh's threads;
+- decodes every payload it receives with the schemas; whatever is malformed,
+  stale, larger than its kind's cap or contradicts its key (services.bus.checks)
+  is dropped, counted (`Bus.dropped`), logged and reported on
+  `ank/events/dropped` (rate-limited) — nothing ever raises into Zenoh's threads;
+- a queryable declared `exact=True` answers only a query on its exact key:
+  a wildcard query that matches it gets an error reply and no action;
 - always closes its session (a session with callbacks left open hangs the
   process at exit; ZENOH.md).
 """
@@ -26,6 +29,7 @@ import msgspec
 import zenoh
 
 from schemas.messages import Event, Message
+from services.bus import checks
 
 T = TypeVar("T", bound=msgspec.Struct)
 E = TypeVar("E")
@@ -36,7 +40,13 @@ JSON = zenoh.Encoding.APPLICATION_JSON
 # the copy shipped inside it.
 _CHECKOUT_CONFIG = Path(__file__).resolve().parents[2] / "zenoh.json5"
 _PACKAGED_CONFIG = Path(__file__).resolve().parent / "zenoh.json5"
-MAX_PAYLOAD = 4 * 1024 * 1024
+MAX_PAYLOAD = checks.MAX_PAYLOAD
+# Drops are reported as events at most once per key per window, and at most
+# DROP_REPORTS_PER_WINDOW times per window in all: an attacker's flood is
+# seen, not amplified.
+# ANK_DROP_REPORT_WINDOW_S=0 reports every drop (e.g. to audit a fuzzing run).
+DROP_REPORT_WINDOW_S = float(os.environ.get("ANK_DROP_REPORT_WINDOW_S", "10") or 10)
+DROP_REPORTS_PER_WINDOW = 10
 
 
 _DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {}
@@ -84,6 +94,11 @@ def load_config(path: str | Path | None = None, server: str | None = None) -> ze
         except Exception as exc:
             raise BusConfigError(f"bad --server {server!r}: {exc}") from exc
     return conf
+
+
+def uses_tls(conf: zenoh.Config) -> bool:
+    """Whether a client configuration connects with a certificate (a secured bus)."""
+    return _uses_tls(conf)
 
 
 def _uses_tls(conf: zenoh.Config) -> bool:
@@ -140,6 +155,9 @@ class Bus:
         self.dropped: collections.Counter[str] = collections.Counter()
         self.received = 0
         self._closed = False
+        self._drop_window = 0.0
+        self._drop_reported: set[str] = set()
+        self._drop_unreported = 0
 
     # -- lifecycle ---------------------------------------------------------
     def close(self) -> None:
@@ -185,10 +203,13 @@ class Bus:
         self.session.put(key, payload, encoding=JSON, congestion_control=cc)
 
     def event(self, kind: str, message: str, *, subject: str = "", severity: str = "info") -> None:
-        """Publishes a human-readable event on `ank/events/<kind>`."""
+        """Publishes a human-readable event on `ank/events/<kind>`; a long
+        message is truncated so that the event fits its size cap."""
+        if len(message) > checks.EVENT_MESSAGE_CHARS:
+            message = message[: checks.EVENT_MESSAGE_CHARS] + " ... (truncated)"
         ev = Event(
             kind=kind,
-            subject=subject,
+            subject=subject[: checks.EVENT_SUBJECT_CHARS],
             message=message,
             severity=severity,  # type: ignore[arg-type]
             time_ms=time.time_ns() // 1_000_000,
@@ -202,13 +223,18 @@ class Bus:
     def decode(self, key: str, payload: bytes, schema: type[T]) -> T | None:
         """Decodes a payload; None (counted, logged, reported) if it is
         malformed, oversized or stale."""
-        if len(payload) > MAX_PAYLOAD:
-            self._drop(key, f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+        cap = checks.max_size(schema)
+        if len(payload) > cap:
+            self._drop(key, f"{schema.__name__} payload of {len(payload)} bytes exceeds {cap}")
             return None
         try:
             msg = _decoder(schema).decode(payload)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             self._drop(key, f"invalid {schema.__name__}: {exc}")
+            return None
+        disagreement = checks.disagreement(key, msg)
+        if disagreement is not None:
+            self._drop(key, disagreement)
             return None
         if isinstance(msg, Message):
             if msg.v != 1:
@@ -235,9 +261,28 @@ class Bus:
 
     def _drop(self, key: str, reason: str, *, report: bool = True) -> None:
         self.dropped[key] += 1
+        if not report:
+            log.info("dropped message on %s: %s", key, reason)
+            return
+        now = time.monotonic()
+        with self._lock:
+            if DROP_REPORT_WINDOW_S <= 0 or now - self._drop_window >= DROP_REPORT_WINDOW_S:
+                self._drop_window = now
+                self._drop_reported.clear()
+            first = key not in self._drop_reported and len(self._drop_reported) < DROP_REPORTS_PER_WINDOW
+            if first:
+                self._drop_reported.add(key)
+                unreported, self._drop_unreported = self._drop_unreported, 0
+            else:
+                self._drop_unreported += 1
+        if not first:
+            log.debug("dropped message on %s: %s", key, reason)
+            return
         log.warning("dropped message on %s: %s", key, reason)
-        if report and not key.startswith("ank/events/"):
-            self.event("dropped", f"{self.name} dropped a message on {key}: {reason}", subject=key, severity="warning")
+        more = f" ({unreported} more dropped since the last report)" if unreported else ""
+        self.event(
+            "dropped", f"{self.name} dropped a message on {key}: {reason}{more}", subject=key, severity="warning"
+        )
 
     def subscribe(self, key_expr: str, schema: type[T], callback: Callable[[str, T], None]) -> zenoh.Subscriber[None]:
         """Calls callback(key, message) for every valid message on key_expr."""
@@ -265,14 +310,27 @@ class Bus:
 
         return self._declared(self.session.declare_subscriber(key_expr, on_sample))
 
-    def queryable(self, key_expr: str, handler: Callable[[str, bytes | None, str], list[tuple[str, bytes]]]) -> None:
+    def queryable(
+        self,
+        key_expr: str,
+        handler: Callable[[str, bytes | None, str], list[tuple[str, bytes]]],
+        *,
+        exact: bool = False,
+    ) -> None:
         """Answers queries on key_expr: handler(key, payload, parameters)
         returns (key, payload) replies. A failing handler answers with an
-        error reply naming the problem instead of leaving the caller with none."""
+        error reply naming the problem instead of leaving the caller with none.
+        `exact`: only a query on key_expr itself is answered (a command);
+        a wildcard query that merely matches it (`ank/cmd/*`, `**`) gets an
+        error reply, is counted as dropped, and the handler never runs."""
 
         def on_query(query: zenoh.Query) -> None:
             key = str(query.key_expr)
             try:
+                if exact and key != key_expr:
+                    self._drop(key, f"a query on {key!r} is not one on {key_expr!r}: not answered")
+                    query.reply_err(f"{key_expr} answers only a query on exactly {key_expr}, not {key}")
+                    return
                 payload = query.payload.to_bytes() if query.payload is not None else None
                 for reply_key, reply in handler(key, payload, str(query.parameters)):
                     query.reply(reply_key, reply, encoding=JSON)

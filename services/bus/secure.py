@@ -4,21 +4,25 @@ router's access control (docs/security.md).
 Theory of operation:
 
 - Every process has an *identity*: `cli` (the CLI, middleware, dashboard),
-  `planner`, `health-watcher`, `scheduler`, `agent-<name>` per agent, and
-  `router`. Its certificate (`scripts/make-certs.sh`) carries the identity as
+  `planner`, `health-watcher`, `scheduler`, `agent-<name>` per agent,
+  `observer` (read-only), `workload` (the workloads' own programs: every key
+  outside ank/**, nothing inside it) and `router`. Its certificate (`scripts/make-certs.sh`) carries the identity as
   common name, signed by the deployment's CA; its key is `<identity>.key`.
 - Links are TLS with mutual authentication: a client without a certificate
   from the CA cannot connect at all. The router then knows each link's common
   name, and its access control (default: deny) decides, per common name, what
-  the link may *send* — the ingress table `INGRESS_GRANTS` below. What a link
+  the link may *send* — the policy table (services.bus.policy). What a link
   may receive follows from what it may subscribe to or query, so egress is
   open on `ank/**` for every known identity.
-- Key expressions in the table name the widest key allowed; a declaration
-  (subscriber, queryable) is allowed only when a granted key expression
-  includes it, so `ank/state/**` does not admit a subscriber on `ank/**`.
+- The table is services.bus.policy.POLICY (identity x operation x key,
+  deny by default). Key expressions in it name the widest key allowed; a
+  message or declaration is allowed only when a granted key expression
+  includes it, so `ank/state/**` does not admit a subscriber on `ank/**`,
+  and `ank/cmd/state` does not admit a query on `ank/cmd/*`.
 - Agents are known by name when the router starts: their rules are generated
-  from the `agent` row with `{agent}` replaced. A new agent needs a router
-  restart with the longer list (and its certificate).
+  from the `agent` row with `{agent}` replaced. A new agent joins through an
+  enrolment router (`edge_router_config`), which the running main router
+  trusts as the `edge` identity; a revoked identity (`revoked=`) gets no rule.
 
 The pure part builds plain dictionaries (`access_control`, `tls_settings`,
 `router_settings`, `client_settings`); `router_config` / `client_config` check
@@ -41,96 +45,38 @@ from typing import Any
 import zenoh
 
 from services.bus import BusConfigError, default_config_path
+from services.bus.policy import (
+    AGENT_TEMPLATE,
+    DELETE,
+    LIVELINESS_QUERY,
+    LIVELINESS_SUBSCRIBE,
+    OPERATIONS,
+    ORCHESTRATOR_KEYS,
+    POLICY,
+    PUT,
+    QUERY,
+    QUERYABLE,
+    REPLY,
+    SERVICE_IDENTITIES,
+    SUBSCRIBE,
+    TOKEN,
+    WORKLOAD,
+    grants_of,
+)
 from services.bus.router import DEFAULT_CONFIG as PLAIN_ROUTER_CONFIG
 
-# The ACL's names of the message kinds it filters.
-PUT = "put"
-DELETE = "delete"
-SUBSCRIBE = "declare_subscriber"
-QUERY = "query"
-QUERYABLE = "declare_queryable"
-REPLY = "reply"
-TOKEN = "liveliness_token"
-LIVELINESS_SUBSCRIBE = "declare_liveliness_subscriber"
-LIVELINESS_QUERY = "liveliness_query"
-ALL_MESSAGES = (PUT, DELETE, SUBSCRIBE, QUERY, QUERYABLE, REPLY, TOKEN, LIVELINESS_SUBSCRIBE, LIVELINESS_QUERY)
-
-SERVICE_IDENTITIES = ("cli", "planner", "health-watcher", "scheduler")
-# The identity of the workloads themselves (middleware programs such as the
-# police example's): free on their own keys, read-only on the orchestrator's.
-WORKLOAD_IDENTITY = "workload"
-APP_KEYS = ("**",)
-ORCHESTRATOR_KEYS = ("ank/**",)
-COMMAND_KEYS = ("ank/cmd/apply", "ank/cmd/delete")
+ALL_MESSAGES = OPERATIONS
+WORKLOAD_IDENTITY = WORKLOAD
 ROUTER_IDENTITY = "router"
 AGENT_PREFIX = "agent-"
 AGENT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 DEFAULT_SECURE_PORT = 7447
+# Identities with a row of their own in the policy (agents are per name).
+FIXED_IDENTITIES = tuple(i for i in POLICY if i not in (AGENT_TEMPLATE, WORKLOAD))
+EDGE_IDENTITY = "edge"
 
-Grants = Mapping[str, tuple[str, ...]]
-
-# What every identity may send: read states and events, report events.
-COMMON_GRANTS: Grants = {
-    PUT: ("ank/events/**",),
-    SUBSCRIBE: ("ank/state/**", "ank/events/**"),
-    QUERY: ("ank/state/**", "ank/events/**"),
-}
-
-# What each identity may send besides COMMON_GRANTS (router ingress). A put
-# grant also covers delete on the same keys (see _rules).
-INGRESS_GRANTS: Mapping[str, Grants] = {
-    # Users and middleware: the only ones who change the desired state.
-    "cli": {
-        PUT: ("ank/desired",),
-        SUBSCRIBE: ("ank/**",),
-        QUERY: ("ank/**",),
-        LIVELINESS_SUBSCRIBE: ("ank/agents/**",),
-        LIVELINESS_QUERY: ("ank/agents/**",),
-    },
-    # Answers the commands, owns the plans and the states no live agent owns.
-    "planner": {
-        PUT: ("ank/plan/**", "ank/state/**"),
-        SUBSCRIBE: ("ank/desired", "ank/bind/**"),
-        QUERY: ("ank/bind/**",),
-        QUERYABLE: ("ank/cmd/**", "ank/plan/**", "ank/state/**", "ank/events/**"),
-        REPLY: ("ank/cmd/**", "ank/plan/**", "ank/state/**", "ank/events/**"),
-        LIVELINESS_SUBSCRIBE: ("ank/agents/**",),
-        LIVELINESS_QUERY: ("ank/agents/**",),
-    },
-    # ank/cmd/state is read-only: the health-watcher and scheduler read the
-    # desired state through it; apply/delete stay with `cli`.
-    "health-watcher": {
-        PUT: ("ank/health/**",),
-        SUBSCRIBE: ("ank/desired", "ank/health/**"),
-        QUERY: ("ank/cmd/state", "ank/health/**"),
-        QUERYABLE: ("ank/health/**",),
-        REPLY: ("ank/health/**",),
-        LIVELINESS_SUBSCRIBE: ("ank/agents/**",),
-        LIVELINESS_QUERY: ("ank/agents/**",),
-    },
-    # Publishes energy for nodes it reads from InfluxDB, hence ank/energy/**.
-    "scheduler": {
-        PUT: ("ank/bind/**", "ank/energy/**"),
-        SUBSCRIBE: ("ank/desired", "ank/agents/**", "ank/energy/**", "ank/bind/**"),
-        QUERY: ("ank/cmd/state", "ank/bind/**"),
-        QUERYABLE: ("ank/bind/**",),
-        REPLY: ("ank/bind/**",),
-        LIVELINESS_SUBSCRIBE: ("ank/agents/**",),
-        LIVELINESS_QUERY: ("ank/agents/**",),
-    },
-    # One agent: only its own keys, so it cannot speak for another agent.
-    "agent": {
-        PUT: ("ank/state/{agent}/**", "ank/agents/{agent}/**", "ank/energy/{agent}"),
-        TOKEN: ("ank/agents/{agent}",),
-        SUBSCRIBE: ("ank/plan/{agent}", "ank/health/{agent}/**"),
-        QUERY: ("ank/plan/{agent}",),
-        QUERYABLE: ("ank/state/{agent}/**", "ank/logs/{agent}/**"),
-        REPLY: ("ank/state/{agent}/**", "ank/logs/{agent}/**"),
-    },
-}
-
-# What every identity may receive: whatever the router forwards on ank/**.
-EGRESS_KEYS = ("ank/**",)
+# Re-exported: the operation names, for callers of this module.
+EXPORTED_OPERATIONS = (PUT, DELETE, SUBSCRIBE, QUERY, QUERYABLE, REPLY, TOKEN, LIVELINESS_SUBSCRIBE, LIVELINESS_QUERY)
 
 
 class SecureConfigError(BusConfigError):
@@ -153,80 +99,81 @@ def check_agent_names(agents: Iterable[str]) -> list[str]:
     return names
 
 
-def _rules(rule_prefix: str, grants: Grants, agent: str | None = None) -> list[dict[str, Any]]:
-    rules = []
-    for message, keys in grants.items():
-        key_exprs = [key.format(agent=agent) if agent is not None else key for key in keys]
-        messages = [PUT, DELETE] if message == PUT else [message]
-        rules.append(
-            {
-                "id": f"{rule_prefix}/{message}",
-                "messages": messages,
-                "flows": ["ingress"],
-                "permission": "allow",
-                "key_exprs": key_exprs,
-            }
-        )
+def _rules(identity: str, grants: Mapping[str, tuple[str, ...]]) -> list[dict[str, Any]]:
+    """One allow rule per granted operation (ingress), and the egress rule:
+    every known identity may receive what the router forwards on ank/**."""
+    rules = [
+        {
+            "id": f"{identity}/{op}",
+            "messages": [op],
+            "flows": ["ingress"],
+            "permission": "allow",
+            "key_exprs": list(keys),
+        }
+        for op, keys in grants.items()
+        if keys
+    ]
+    rules.append(
+        {
+            "id": f"{identity}/receive",
+            "messages": list(OPERATIONS),
+            "flows": ["egress"],
+            "permission": "allow",
+            "key_exprs": [ORCHESTRATOR_KEYS],
+        }
+    )
     return rules
 
 
 def _workload_rules() -> list[dict[str, Any]]:
-    """Workloads may do anything outside ank/**, and on ank/** only read
-    (subscribe, query the state): deny rules on ank/** writes and on the
-    commands win over the allow rule on **."""
-    writes = [PUT, DELETE, QUERYABLE, REPLY, TOKEN]
+    """Workloads may do anything outside ank/**, nothing inside it, in both
+    directions: ingress so that they cannot write, query or declare on a key
+    under ank/; egress so that a queryable or subscriber of theirs on `**`
+    never receives the orchestrator's traffic (deny wins over allow)."""
     return [
         {
             "id": "workload/app",
-            "messages": list(ALL_MESSAGES),
+            "messages": list(OPERATIONS),
             "flows": ["ingress", "egress"],
             "permission": "allow",
-            "key_exprs": list(APP_KEYS),
+            "key_exprs": ["**"],
         },
         {
             "id": "workload/orchestrator",
-            "messages": writes,
-            "flows": ["ingress"],
+            "messages": list(OPERATIONS),
+            "flows": ["ingress", "egress"],
             "permission": "deny",
-            "key_exprs": list(ORCHESTRATOR_KEYS),
-        },
-        # Commands are queries: a workload may read the state, not change it.
-        {
-            "id": "workload/commands",
-            "messages": [QUERY],
-            "flows": ["ingress"],
-            "permission": "deny",
-            "key_exprs": list(COMMAND_KEYS),
+            "key_exprs": [ORCHESTRATOR_KEYS],
         },
     ]
 
 
-def access_control(agents: Iterable[str]) -> dict[str, Any]:
-    """The router's `access_control` section for these agents (names, not
-    identities: `car1` for `agent-car1`)."""
+def read_revoked(path: str | Path) -> list[str]:
+    """The revoked identities a deny-list file names, one per line (`#` comments)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise SecureConfigError(f"cannot read the revocation list {path}: {exc.strerror}") from exc
+    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
+def access_control(agents: Iterable[str], revoked: Iterable[str] = ()) -> dict[str, Any]:
+    """The router's `access_control` section, generated from the policy
+    table (services.bus.policy) for these agents (names, not identities:
+    `car1` for `agent-car1`). Default: deny. A `revoked` identity (common
+    name) gets no rule at all: its certificate may still complete TLS, but
+    the router lets nothing it sends through and sends it nothing."""
     agent_names = check_agent_names(agents)
-    identities = [*SERVICE_IDENTITIES, *(agent_identity(a) for a in agent_names)]
-    rules: list[dict[str, Any]] = [
-        {
-            "id": "everyone/receive",
-            "messages": list(ALL_MESSAGES),
-            "flows": ["egress"],
-            "permission": "allow",
-            "key_exprs": list(EGRESS_KEYS),
-        },
-        *_rules("everyone", COMMON_GRANTS),
+    gone = set(revoked)
+    per_identity = [(identity, _rules(identity, grants_of(identity))) for identity in FIXED_IDENTITIES]
+    per_identity += [
+        (agent_identity(a), _rules(agent_identity(a), grants_of(agent_identity(a), [a]))) for a in agent_names
     ]
-    subjects: list[dict[str, Any]] = [{"id": "everyone", "cert_common_names": identities}]
-    policies: list[dict[str, Any]] = [
-        {"id": "everyone", "rules": [r["id"] for r in rules], "subjects": ["everyone"]},
-    ]
-    rules.extend(_workload_rules())
-    subjects.append({"id": WORKLOAD_IDENTITY, "cert_common_names": [WORKLOAD_IDENTITY]})
-    policies.append(
-        {"id": WORKLOAD_IDENTITY, "rules": [r["id"] for r in _workload_rules()], "subjects": [WORKLOAD_IDENTITY]}
-    )
-    per_identity = [(identity, _rules(identity, INGRESS_GRANTS[identity])) for identity in SERVICE_IDENTITIES]
-    per_identity += [(agent_identity(a), _rules(agent_identity(a), INGRESS_GRANTS["agent"], a)) for a in agent_names]
+    per_identity.append((WORKLOAD, _workload_rules()))
+    per_identity = [(identity, rules) for identity, rules in per_identity if identity not in gone]
+    rules: list[dict[str, Any]] = []
+    subjects: list[dict[str, Any]] = []
+    policies: list[dict[str, Any]] = []
     for identity, identity_rules in per_identity:
         rules.extend(identity_rules)
         subjects.append({"id": identity, "cert_common_names": [identity]})
@@ -283,13 +230,13 @@ def tls_endpoints(text: str) -> list[str]:
     return endpoints
 
 
-def router_settings(cert_dir: Path, agents: Iterable[str], listen: str) -> dict[str, Any]:
+def router_settings(cert_dir: Path, agents: Iterable[str], listen: str, revoked: Iterable[str] = ()) -> dict[str, Any]:
     """What a secured router sets on top of the plain router configuration:
     path -> JSON value, as `zenoh.Config.insert_json5` takes them."""
     return {
         "listen/endpoints": tls_endpoints(listen),
         "transport/link/tls": tls_settings(cert_dir, ROUTER_IDENTITY, listening=True),
-        "access_control": access_control(agents),
+        "access_control": access_control(agents, revoked),
     }
 
 
@@ -324,18 +271,91 @@ def _overlay(base: Path, settings: Mapping[str, Any]) -> zenoh.Config:
     return conf
 
 
+def edge_access_control(agents: Iterable[str], revoked: Iterable[str] = ()) -> dict[str, Any]:
+    """An enrolment (edge) router's ACL: its agents, each held to its own
+    keys by the policy table, and the main router (common name `router`)
+    trusted on ank/** both ways. Nothing else: no service, no workload."""
+    agent_names = check_agent_names(agents)
+    gone = set(revoked)
+    rules: list[dict[str, Any]] = []
+    subjects: list[dict[str, Any]] = []
+    policies: list[dict[str, Any]] = []
+    members = [(agent_identity(a), _rules(agent_identity(a), grants_of(agent_identity(a), [a]))) for a in agent_names]
+    upstream = {
+        "id": "upstream",
+        "messages": list(OPERATIONS),
+        "flows": ["ingress", "egress"],
+        "permission": "allow",
+        "key_exprs": [ORCHESTRATOR_KEYS],
+    }
+    members.append((ROUTER_IDENTITY, [upstream]))
+    for identity, identity_rules in members:
+        if identity in gone:
+            continue
+        rules.extend(identity_rules)
+        subjects.append({"id": identity, "cert_common_names": [identity]})
+        policies.append({"id": identity, "rules": [r["id"] for r in identity_rules], "subjects": [identity]})
+    return {
+        "enabled": True,
+        "default_permission": "deny",
+        "rules": rules,
+        "subjects": subjects,
+        "policies": policies,
+    }
+
+
+def edge_router_settings(
+    cert_dir: Path, agents: Iterable[str], listen: str, upstream: str, revoked: Iterable[str] = ()
+) -> dict[str, Any]:
+    """An enrolment router: listens for its agents with the router's
+    certificate, connects to the main router with the `edge` certificate."""
+    tls = tls_settings(cert_dir, ROUTER_IDENTITY, listening=True)
+    edge = cert_files(cert_dir, EDGE_IDENTITY)
+    tls["connect_certificate"] = str(edge["certificate"])
+    tls["connect_private_key"] = str(edge["private_key"])
+    return {
+        "listen/endpoints": tls_endpoints(listen),
+        "connect/endpoints": tls_endpoints(upstream),
+        "transport/link/tls": tls,
+        "access_control": edge_access_control(agents, revoked),
+    }
+
+
+def edge_router_config(
+    cert_dir: str | Path,
+    agents: list[str],
+    listen: str,
+    upstream: str = f"tls/127.0.0.1:{DEFAULT_SECURE_PORT}",
+    *,
+    base: str | Path | None = None,
+    revoked: Iterable[str] = (),
+) -> zenoh.Config:
+    """An enrolment router for agents the main router does not list: it
+    joins the running main router (which trusts the `edge` identity with
+    every agent's grants) and holds each of its agents to its own keys.
+    Enrolling or revoking restarts only this router, never the main one."""
+    cert_dir = Path(cert_dir).resolve()
+    _check_files(cert_dir, ROUTER_IDENTITY)
+    _check_files(cert_dir, EDGE_IDENTITY)
+    settings = edge_router_settings(cert_dir, agents, listen, upstream, revoked)
+    return _overlay(Path(base) if base else PLAIN_ROUTER_CONFIG, settings)
+
+
 def router_config(
     cert_dir: str | Path,
     agents: list[str],
     listen: str = f"tls/127.0.0.1:{DEFAULT_SECURE_PORT}",
     *,
     base: str | Path | None = None,
+    revoked: Iterable[str] = (),
 ) -> zenoh.Config:
     """A secured router: TLS with mTLS on `listen`, access control for the
-    services and these agents (names: `car1` for identity `agent-car1`)."""
+    services and these agents (names: `car1` for identity `agent-car1`),
+    nothing for the `revoked` identities."""
     cert_dir = Path(cert_dir).resolve()
     _check_files(cert_dir, ROUTER_IDENTITY)
-    return _overlay(Path(base) if base else PLAIN_ROUTER_CONFIG, router_settings(cert_dir, agents, listen))
+    settings = router_settings(cert_dir, agents, listen, revoked)
+    return _overlay(Path(base) if base else PLAIN_ROUTER_CONFIG, settings)
 
 
 def client_config(
@@ -369,13 +389,26 @@ def main(argv: list[str] | None = None) -> int:
     router = sub.add_parser("router", help="the router's configuration")
     router.add_argument("--agent", action="append", default=[], help="agent name (repeat), e.g. car1")
     router.add_argument("--listen", default=f"tls/127.0.0.1:{DEFAULT_SECURE_PORT}")
+    router.add_argument(
+        "--revoked", help="file of revoked identities, one per line (e.g. agent-car2): they get no rule"
+    )
+    edge = sub.add_parser("edge", help="an enrolment router for new agents, joining the running main router")
+    edge.add_argument("--agent", action="append", required=True, help="agent name (repeat), e.g. car7")
+    edge.add_argument("--listen", required=True, help="where its agents connect, e.g. tls/127.0.0.1:7450")
+    edge.add_argument("--upstream", default=f"tls/127.0.0.1:{DEFAULT_SECURE_PORT}", help="the main router")
+    edge.add_argument("--revoked", help="file of revoked identities, one per line")
     client = sub.add_parser("client", help="a client's configuration")
     client.add_argument("--identity", required=True, help="cli, planner, health-watcher, scheduler or agent-NAME")
     client.add_argument("--connect", default=f"tls/127.0.0.1:{DEFAULT_SECURE_PORT}")
     args = parser.parse_args(argv)
     try:
+        revoked = read_revoked(args.revoked) if getattr(args, "revoked", None) else []
         if args.kind == "router":
-            conf = router_config(args.cert_dir, args.agent, args.listen, base=args.base)
+            conf = router_config(args.cert_dir, args.agent, args.listen, base=args.base, revoked=revoked)
+        elif args.kind == "edge":
+            conf = edge_router_config(
+                args.cert_dir, args.agent, args.listen, args.upstream, base=args.base, revoked=revoked
+            )
         else:
             conf = client_config(args.cert_dir, args.identity, args.connect, base=args.base)
         if args.output:

@@ -19,6 +19,7 @@ from pathlib import Path
 from schemas.messages import ApplyRequest
 from services.bus import Bus
 from services.cli.client import Client, NoPlanner
+from services.dashboard import token as dashboard_token
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,6 +58,7 @@ def services(
         return [py, "-m", "services.agent", "--name", name, "--run-dir", run_dir, *zconf(f"agent-{name}")]
 
     router = ["--zenoh-config", str(configs["router"])] if configs else ["--listen", endpoint]
+    token_arg = dashboard_token.argv(state_dir, secure=configs is not None)
     return [
         ("router", [py, "-m", "services.bus.router", *router]),
         ("planner", [py, "-m", "services.planner", "--state-dir", str(state_dir / "planner"), *zconf("planner")]),
@@ -67,7 +69,7 @@ def services(
         # One machine, usually no battery: every live agent is a candidate.
         ("scheduler", [py, "-m", "services.scheduler", "--allow-unmetered", *zconf("scheduler")]),
         *(
-            [("dashboard", [py, "-m", "services.dashboard", "--port", str(dashboard_port), *zconf("cli")])]
+            [("dashboard", [py, "-m", "services.dashboard", "--port", str(dashboard_port), *zconf("cli"), *token_arg])]
             if dashboard_port
             else []
         ),
@@ -218,10 +220,13 @@ def run_up(args: argparse.Namespace) -> int:
         print(f"ank up: {exc}", file=sys.stderr)
         return 1
     try:
+        token_note = dashboard_token.prepare(system.state_dir, args.secure) if system.dashboard_port else None
         system.start()
         print(f"ank up: router {system.endpoint}, agent {agent!r}, state in {system.state_dir}", file=sys.stderr)
         if system.dashboard_port:
             print(f"ank up: dashboard on http://127.0.0.1:{system.dashboard_port}/", file=sys.stderr)
+            if token_note:
+                print(f"ank up: {token_note}", file=sys.stderr)
         cli_config = system.configs["cli"] if system.configs else None
         if cli_config:
             print(f"ank up: secured; use `ank --zenoh-config {cli_config} ...`", file=sys.stderr)

@@ -54,6 +54,7 @@ class DashboardView(msgspec.Struct, frozen=True):
     agents: dict[str, AgentView] = {}
     events: tuple[Event, ...] = ()
     max_events: int = 100
+    max_event_bytes: int = 256 * 1024  # the kept events' text, in all
 
 
 # -- inputs --------------------------------------------------------------------
@@ -90,6 +91,10 @@ def apply_energy(view: DashboardView, report: EnergyReport) -> tuple[DashboardVi
 
 def apply_event(view: DashboardView, event: Event) -> tuple[DashboardView, list[Update]]:
     events = (*view.events, event)[-view.max_events :]
+    total = sum(event_size(e) for e in events)
+    while total > view.max_event_bytes and events:
+        total -= event_size(events[0])
+        events = events[1:]
     return msgspec.structs.replace(view, events=events), [Update("event", event_row(event))]
 
 
@@ -201,6 +206,11 @@ def agent_row(agent: AgentView, view: DashboardView) -> dict[str, Any]:
 
 def agent_rows(view: DashboardView) -> list[dict[str, Any]]:
     return [agent_row(agent, view) for _name, agent in sorted(view.agents.items())]
+
+
+def event_size(event: Event) -> int:
+    """What an event kept by the dashboard costs, roughly (its text, in bytes)."""
+    return len(event.kind) + len(event.subject) + len(event.message) + len(event.sender) + 64
 
 
 def event_row(event: Event) -> dict[str, Any]:

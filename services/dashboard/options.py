@@ -24,4 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, bus_options: bool = True) 
         default=os.environ.get("ANK_DASHBOARD_TOKEN") or None,
         help="bearer token the API requires (env ANK_DASHBOARD_TOKEN; default: none)",
     )
+    parser.add_argument(
+        "--token-file",
+        help="file holding the bearer token (mode 600; `ank up` makes one); required on a secured bus",
+    )
     parser.add_argument("--resync", type=float, default=10.0, help="seconds between state re-reads (0: only at start)")

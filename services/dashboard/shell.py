@@ -8,9 +8,14 @@ agents and recent events.
     GET /api/v1/events            {"events": [...]}      newest first
     WS  /api/v1/stream            a snapshot, then one message per change
 
-With a token (`--token` or env ANK_DASHBOARD_TOKEN) every /api route wants
-`Authorization: Bearer <token>` (or `?access_token=<token>`, for browsers'
-WebSockets); without one the API is open, so keep it on loopback.
+With a token (`--token-file`, `--token` or env ANK_DASHBOARD_TOKEN) every
+/api route wants `Authorization: Bearer <token>` (or `?access_token=<token>`,
+for browsers' WebSockets); without one the API is open, so keep it on
+loopback. On a secured bus (TLS) a token is required. Every request's `Host`
+must name the address the dashboard listens on (loopback: 127.0.0.1,
+localhost or [::1]) with its port, and an `Origin`, when a browser sends one,
+must be that same host: otherwise 403, so that a web page elsewhere (cross-site
+WebSocket, DNS rebinding) cannot read the state. The token is never logged.
 
 The data model is services.dashboard.model (pure). This shell feeds it from
 Zenoh — `ank/state/**`, `ank/agents/*` liveliness and `*/status`,
@@ -28,6 +33,7 @@ import hmac
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -38,8 +44,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from schemas import AgentStatus, CompleteState, EnergyReport, Event, WorkloadState
-from services.bus import Bus, BusConfigError
+from services.bus import Bus, BusConfigError, load_config, uses_tls
 from services.dashboard import model, options
+from services.dashboard import token as dashboard_token
 from services.dashboard.page import PAGE
 from services.dashboard.web import Fanout, run_server
 from services.logsetup import setup_logging
@@ -111,7 +118,54 @@ def _unauthorised() -> JSONResponse:
     )
 
 
-def build_app(bus: Bus, token: str | None = None, resync_s: float = 10.0) -> Starlette:
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})
+
+
+def allowed_hosts(host: str) -> frozenset[str] | None:
+    """The host names a request's Host may carry (None: any, when listening
+    on every address)."""
+    if host in ANY_ADDRESS:
+        return None
+    if host in LOOPBACK_NAMES:
+        return LOOPBACK_NAMES
+    return frozenset({host, f"[{host}]"})
+
+
+def _split_host(value: str) -> tuple[str, int | None]:
+    host, sep, port = value.rpartition(":")
+    bare_ipv6 = ":" in host and not host.endswith("]")
+    if not sep or bare_ipv6:
+        return value.lower(), None
+    try:
+        return host.lower(), int(port)
+    except ValueError:
+        return value.lower(), None
+
+
+def forbidden_reason(connection: HTTPConnection, hosts: frozenset[str] | None, port: int | None) -> str | None:
+    """Why a request's Host/Origin is refused, or None."""
+    host_header = connection.headers.get("host", "")
+    name, host_port = _split_host(host_header)
+    if hosts is not None and name not in hosts:
+        return f"Host {host_header!r} is not this dashboard's address"
+    if port is not None and host_port is not None and host_port != port:
+        return f"Host {host_header!r} is not this dashboard's port"
+    origin = connection.headers.get("origin")
+    if origin is not None:
+        scheme, _, rest = origin.partition("://")
+        if scheme not in ("http", "https") or rest.lower() != host_header.lower():
+            return f"Origin {origin!r} is not this dashboard"
+    return None
+
+
+def _forbidden(reason: str) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=403)
+
+
+def build_app(
+    bus: Bus, token: str | None = None, resync_s: float = 10.0, *, host: str = "127.0.0.1", port: int | None = None
+) -> Starlette:
     fanout = Fanout()
     shell = DashboardShell(bus, fanout)
 
@@ -125,13 +179,21 @@ def build_app(bus: Bus, token: str | None = None, resync_s: float = 10.0) -> Sta
         finally:
             resync.cancel()
 
+    hosts = allowed_hosts(host)
+
     def api(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
+            reason = forbidden_reason(request, hosts, port)
+            if reason is not None:
+                return _forbidden(reason)
             return await handler(request) if _authorised(request, token) else _unauthorised()
 
         return guarded
 
-    async def page(_request: Request) -> HTMLResponse:
+    async def page(request: Request) -> Response:
+        reason = forbidden_reason(request, hosts, port)
+        if reason is not None:
+            return _forbidden(reason)
         return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
 
     @api
@@ -155,6 +217,11 @@ def build_app(bus: Bus, token: str | None = None, resync_s: float = 10.0) -> Sta
         return JSONResponse({"events": model.event_rows(shell.view)})
 
     async def stream(websocket: WebSocket) -> None:
+        reason = forbidden_reason(websocket, hosts, port)
+        if reason is not None:
+            # Refused before the handshake completes: the client sees HTTP 403.
+            await websocket.close(code=1008, reason=reason)
+            return
         await websocket.accept()
         if not _authorised(websocket, token):
             # Accept first so that the page sees the policy-violation code.
@@ -182,7 +249,7 @@ def serve(bus: Bus, host: str, port: int, token: str | None, *, resync_s: float 
     if not token and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without a token: anyone who can reach it can read the system's state", host)
     log.info("dashboard on http://%s:%d/%s", host, port, " (bearer token required)" if token else "")
-    return run_server(build_app(bus, token, resync_s), host, port, "ank dashboard")
+    return run_server(build_app(bus, token, resync_s, host=host, port=port), host, port, "ank dashboard")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,12 +265,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"ank dashboard: --port {args.port} is not a TCP port", file=sys.stderr)
         return 2
     setup_logging("ank-dashboard", args.verbose)
+    token = args.token
     try:
-        bus = Bus("dashboard", config=args.zenoh_config, server=args.server)
-    except BusConfigError as exc:
+        if getattr(args, "token_file", None):
+            token = dashboard_token.read(Path(args.token_file))
+        conf = load_config(args.zenoh_config, args.server)
+        if not token and uses_tls(conf):
+            raise dashboard_token.TokenError("a dashboard on a secured bus needs a token: --token-file FILE")
+        bus = Bus("dashboard", zenoh_config=conf)
+    except (BusConfigError, dashboard_token.TokenError) as exc:
         print(f"ank dashboard: {exc}", file=sys.stderr)
         return 2
     try:
-        return serve(bus, args.host, args.port, args.token, resync_s=args.resync)
+        return serve(bus, args.host, args.port, token, resync_s=args.resync)
     finally:
         bus.close()

@@ -1,7 +1,8 @@
 """`ank-planner`: the shell around services.planner.core.
 
 It subscribes to `ank/desired`, `ank/state/**`, `ank/bind/*` and the agents'
-liveliness tokens, answers `ank/cmd/{apply,delete,state}`, `ank/plan/*` and
+liveliness tokens, answers `ank/cmd/{apply,delete,state}` (only a query on exactly that key:
+a wildcard query such as `ank/cmd/*` gets an error reply), `ank/plan/*` and
 `ank/state/**` (only the states it owns), and runs the core's actions: persist
 first (an apply is acknowledged only once its state is on disk), then publish.
 The core runs only on the event loop's thread; Zenoh callbacks just post.
@@ -124,9 +125,9 @@ class Planner:
         self.state = core.with_observed_states(self.state, reported)
         log.info("%d agents alive, %d workload states reported", len(self.state.alive), len(reported))
         self.commit(core.start(self.state, self.now_ms()))
-        self.bus.queryable("ank/cmd/apply", self._answer_apply)
-        self.bus.queryable("ank/cmd/delete", self._answer_delete)
-        self.bus.queryable("ank/cmd/state", self._answer_state)
+        self.bus.queryable("ank/cmd/apply", self._answer_apply, exact=True)
+        self.bus.queryable("ank/cmd/delete", self._answer_delete, exact=True)
+        self.bus.queryable("ank/cmd/state", self._answer_state, exact=True)
         self.bus.queryable("ank/plan/*", self._answer_plan)
         self.bus.queryable("ank/state/**", self._answer_states)
         # Keeps recent events so that `ank get events` shows what came before.
