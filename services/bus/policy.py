@@ -115,7 +115,10 @@ POLICY: dict[str, Grants] = {
         {
             TOKEN: ("ank/agents/{agent}",),
             SUBSCRIBE: ("ank/plan/{agent}", "ank/health/{agent}/**"),
-            QUERY: ("ank/plan/{agent}",),
+            # The Control Interface: the agent forwards its workloads' requests
+            # (after checking each against the workload's own rules, as
+            # Ankaios's agent does) as the commands and log reads a user sends.
+            QUERY: ("ank/plan/{agent}", "ank/cmd/state", "ank/cmd/apply", "ank/logs/**"),
             QUERYABLE: ("ank/state/{agent}/**", "ank/logs/{agent}/**"),
             REPLY: ("ank/state/{agent}/**", "ank/logs/{agent}/**"),
         },
