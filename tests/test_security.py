@@ -287,7 +287,9 @@ def test_an_agent_cannot_declare_another_agents_liveliness(open_as: Callable[[st
     assert alive == ["ank/agents/car2"]
 
 
-def test_only_cli_may_send_commands(open_as: Callable[[str], Bus]) -> None:
+def test_only_cli_and_agents_may_send_commands(open_as: Callable[[str], Bus]) -> None:
+    # Agents forward their workloads' Control Interface requests (checked
+    # against the workload's rules first); every other identity is refused.
     planner = open_as("planner")
     answered: list[str] = []
     lock = threading.Lock()
@@ -299,12 +301,15 @@ def test_only_cli_may_send_commands(open_as: Callable[[str], Bus]) -> None:
 
     planner.queryable("ank/cmd/apply", answer)
     cli, car1 = open_as("cli"), open_as("agent-car1")
+    refused = [open_as(identity) for identity in ("scheduler", "health-watcher", "workload")]
 
     first = wait_for(lambda: cli.get("ank/cmd/apply", b"manifest", timeout=1.0), timeout=5, what="the planner's answer")
     assert first == [("ank/cmd/apply", b"applied")]
-    assert car1.get("ank/cmd/apply", b"manifest", timeout=1.0) == []
+    for bus in refused:
+        assert bus.get("ank/cmd/apply", b"manifest", timeout=1.0) == []
+    assert car1.get("ank/cmd/apply", b"manifest", timeout=5.0) == [("ank/cmd/apply", b"applied")]
     assert cli.get("ank/cmd/apply", b"manifest", timeout=5.0) == [("ank/cmd/apply", b"applied")]
-    assert answered == ["ank/cmd/apply", "ank/cmd/apply"]
+    assert answered == ["ank/cmd/apply"] * 3
 
 
 def test_an_agent_receives_its_own_plan_but_cannot_subscribe_to_anothers(open_as: Callable[[str], Bus]) -> None:
@@ -344,12 +349,12 @@ workloads:
 
 
 @pytest.mark.slow
-def test_the_services_work_under_the_policy_and_an_agent_cannot_apply(
+def test_the_services_work_under_the_policy_and_a_service_without_the_grant_cannot_apply(
     certs: Path, secure_router: str, tmp_path: Path
 ) -> None:
     """Planner, agent-car1, scheduler and health-watcher, each with its own
     certificate: the cli's apply runs a pinned workload and one the scheduler
-    places; the same command with an agent's certificate is not answered."""
+    places; the same command with the scheduler's certificate is not answered."""
     configs = {}
     for identity in ("cli", "planner", "agent-car1", "scheduler", "health-watcher"):
         configs[identity] = tmp_path / f"{identity}.json5"
@@ -393,7 +398,7 @@ def test_the_services_work_under_the_policy_and_an_agent_cannot_apply(
             log.close()
 
         wait_for(lambda: ank("cli", "get", "workloads").returncode == 0, timeout=30, what="the planner answering")
-        refused = ank("agent-car1", "--response-timeout", "1", "--no-wait", "apply", str(manifest))
+        refused = ank("scheduler", "--response-timeout", "1", "--no-wait", "apply", str(manifest))
         assert refused.returncode != 0, refused.stdout
 
         applied = ank("cli", "--no-wait", "apply", str(manifest))
