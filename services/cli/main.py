@@ -108,8 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = add(sub, "up", help="start the embedded system on this machine")
     up.add_argument("manifest", nargs="?")
-    up.add_argument("--agent", default=None, help="the agent's name (default: the host name)")
-    up.add_argument("--state-dir", default=".ank")
+    up.add_argument(
+        "--agent",
+        default=None,
+        help="the agent's name (default: the host name); also the agent of the manifest's workloads that name none",
+    )
+    up.add_argument(
+        "--state-dir",
+        default=None,
+        help="where the system keeps its state and logs (default $XDG_STATE_HOME/ank-zenoh/up, "
+        "/var/lib/ank-zenoh/up for root); locked while it runs",
+    )
     up.add_argument("--port", type=int, default=7447, help="the router's loopback port")
     up.add_argument("--no-watch", action="store_true", help="print state changes as lines instead of a live table")
     up.add_argument("--dashboard-port", type=int, default=8800, help="the web dashboard's port (0: none)")

@@ -37,13 +37,14 @@ from services.bus import Bus, BusConfigError
 from services.bus.eventlog import RecentEvents
 from services.bus.loop import EventLoop
 from services.clock import SYSTEM_CLOCK, Clock
+from services.lifecycle import Busy, DirLock, default_state_dir
 from services.logsetup import setup_logging
 from services.planner import core, store
 
 R = TypeVar("R")
 log = logging.getLogger("ank.planner")
 
-DEFAULT_STATE_DIR = ".ank/planner"
+DEFAULT_STATE_DIR = str(default_state_dir())
 QUERY_TIMEOUT_S = 10.0  # how long a query waits for the loop before it is answered with an error
 LATE_JOIN_TIMEOUT_S = 2.0
 
@@ -290,13 +291,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
     setup_logging("ank-planner", args.verbose)
+    args.state_dir = str(Path(args.state_dir).resolve())
+    # One writer per state: held for the planner's whole life.
+    lock = DirLock(args.state_dir, "planner state directory")
     try:
         store.check_writable(args.state_dir)
+        lock.acquire()
         durable = store.load(args.state_dir)
         bus = Bus(args.name, config=args.zenoh_config, server=args.server)
-    except (store.StoreError, BusConfigError) as exc:
+    except (store.StoreError, BusConfigError, Busy, OSError) as exc:
         print(f"ank-planner: {exc}", file=sys.stderr)
         return 2
+    print(f"ank-planner: state in {args.state_dir}", file=sys.stderr, flush=True)
     loop = EventLoop()
     try:
         planner = Planner(bus, loop, args.state_dir, durable)
