@@ -91,11 +91,12 @@ def _read_pid(fd: int) -> int | None:
 
 def default_state_dir() -> Path:
     """The planner's state: `$XDG_STATE_HOME/ank-zenoh/planner` (XDG default
-    ~/.local/state), or /var/lib/ank-zenoh/planner for root."""
-    if os.geteuid() == 0:
+    ~/.local/state), or /var/lib/ank-zenoh/planner for root when
+    XDG_STATE_HOME is not set."""
+    xdg = os.environ.get("XDG_STATE_HOME")
+    if not xdg and os.geteuid() == 0:
         return Path("/var/lib/ank-zenoh/planner")
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "ank-zenoh" / "planner"
+    return Path(xdg or Path.home() / ".local" / "state") / "ank-zenoh" / "planner"
 
 
 def default_run_dir(agent: str) -> Path:

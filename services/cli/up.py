@@ -297,6 +297,15 @@ def run_up(args: argparse.Namespace) -> int:
     if problem:
         print(f"ank up: --agent: {problem}", file=sys.stderr)
         return 1
+    manifest = ""
+    if args.manifest:
+        try:
+            with open(args.manifest, encoding="utf-8") as f:
+                manifest = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            print(f"ank up: cannot read {args.manifest}: {why}; nothing started", file=sys.stderr)
+            return 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal stops the system cleanly too
         signal.signal(sig, lambda *_: stop.set())
@@ -324,9 +333,8 @@ def run_up(args: argparse.Namespace) -> int:
             client = Client(bus, args.response_timeout)
             _wait_planner(client, system)
             if args.manifest:
-                with open(args.manifest, encoding="utf-8") as f:
-                    # --agent is the default for workloads without one only
-                    result = client.apply(ApplyRequest(manifest=with_default_agent(f.read(), agent)))
+                # --agent is the default for workloads without one only
+                result = client.apply(ApplyRequest(manifest=with_default_agent(manifest, agent)))
                 for w in result.warnings:
                     print(f"warning: {w}", file=sys.stderr)
                 if not result.ok:

@@ -1,0 +1,383 @@
+"""Safe lifecycle (issue 12), as an operator gets it wrong: each test starts
+the real programs on loopback and checks processes through /proc (by a
+marker in their environment, never by name)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.lifecycle import Busy, DirLock
+from tests.helpers import ROOT, child_env, free_port, running_router, stop_process, wait_for
+
+MARK = "ANK_TEST_LIFECYCLE_MARK"
+
+
+# -- processes, found through /proc ---------------------------------------------------
+def marked_pids(mark: str) -> list[int]:
+    """Live (non-zombie) processes whose environment holds MARK=mark."""
+    needle = f"{MARK}={mark}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rfind(")") + 2 :].startswith("Z"):
+            continue
+        if needle in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def wait_none_left(mark: str, timeout: float) -> None:
+    def none() -> bool:
+        return not marked_pids(mark)
+
+    try:
+        wait_for(none, timeout, "no process left")
+    except AssertionError:
+        left = {p: cmdline(p) for p in marked_pids(mark)}
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        raise AssertionError(f"processes left: {left}") from None
+
+
+def env_with(mark: str, **extra: str) -> dict[str, str]:
+    env = child_env("tcp/127.0.0.1:1", **extra)
+    env.pop("ANK_SERVER")
+    env[MARK] = mark
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    return env
+
+
+def ank(env: dict[str, str], port: int, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "--server-url", f"tcp/127.0.0.1:{port}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def rows(env: dict[str, str], port: int) -> dict[str, dict[str, object]]:
+    out = ank(env, port, "get", "workloads", "-o", "json")
+    return {r["name"]: r for r in json.loads(out.stdout)} if out.returncode == 0 else {}
+
+
+def start_up(
+    env: dict[str, str], manifest: Path, state: Path, port: int, *extra: str, dashboard_port: int = 0
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services.cli.main",
+            "up",
+            str(manifest),
+            "--port",
+            str(port),
+            "--dashboard-port",
+            str(dashboard_port),
+            "--state-dir",
+            str(state),
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run_up_refused(env: dict[str, str], manifest: Path, state: Path, port: int, dashboard_port: int = 0) -> str:
+    """Runs an `ank up` that must refuse at once; returns its stderr."""
+    proc = start_up(env, manifest, state, port, "--agent", "second", dashboard_port=dashboard_port)
+    try:
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 1, err
+    assert "nothing started" in err, err
+    return err
+
+
+# -- one writer per directory -----------------------------------------------------------
+def test_dir_lock_names_the_holder_and_is_released_by_death(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys,time\nfrom services.lifecycle import DirLock\n"
+         f"DirLock({str(tmp_path)!r}).acquire()\nprint('held', flush=True)\ntime.sleep(600)"],
+        cwd=ROOT,
+        env=child_env("tcp/127.0.0.1:1"),
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(Busy, match=rf"{tmp_path} is in use by process {holder.pid}"):
+            DirLock(tmp_path).acquire()
+        holder.kill()
+        holder.wait(10)
+        with DirLock(tmp_path):  # the kernel dropped the lock with its holder (kill -9)
+            pass
+    finally:
+        stop_process(holder)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def router() -> Iterator[str]:
+    with running_router() as (endpoint, _proc):
+        yield endpoint
+
+
+def _service(endpoint: str, *argv: str, cwd: Path = ROOT, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", *argv],
+        cwd=cwd,
+        env=child_env(endpoint, **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _refused(proc: subprocess.Popen[str]) -> str:
+    try:
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        stop_process(proc)  # type: ignore[arg-type]
+    assert proc.returncode == 2, err
+    return err
+
+
+def _wait_line(proc: subprocess.Popen[str], text: str) -> None:
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # bounded: the process prints it at start or exits
+        seen.append(line)
+        if text in line:
+            return
+    raise AssertionError(f"{text!r} never printed: {''.join(seen)}")
+
+
+def test_second_planner_on_a_state_dir_refuses_naming_the_first(router: str, tmp_path: Path) -> None:
+    first = _service(router, "services.planner", "--state-dir", str(tmp_path / "p"))
+    try:
+        _wait_line(first, "planner up")
+        err = _refused(_service(router, "services.planner", "--state-dir", str(tmp_path / "p")))
+        assert f"{tmp_path / 'p'} is in use by process {first.pid}" in err
+        assert first.poll() is None
+    finally:
+        stop_process(first)  # type: ignore[arg-type]
+
+
+def test_second_agent_on_a_run_dir_or_with_a_live_name_refuses(router: str, tmp_path: Path) -> None:
+    first = _service(router, "services.agent", "--name", "twin", "--run-dir", str(tmp_path / "a"))
+    try:
+        _wait_line(first, "agent twin up")
+        # the same run folder (another name): the lock names the holder
+        err = _refused(_service(router, "services.agent", "--name", "other", "--run-dir", str(tmp_path / "a")))
+        assert f"{tmp_path / 'a'} is in use by process {first.pid}" in err
+        # the same name (another folder): its token is live on the bus
+        err = _refused(_service(router, "services.agent", "--name", "twin", "--run-dir", str(tmp_path / "b")))
+        assert "an agent named 'twin' is already live" in err
+        assert first.poll() is None
+    finally:
+        stop_process(first)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["café", "nl\n", "a b", ""])
+def test_agent_refuses_a_bad_name(router: str, tmp_path: Path, name: str) -> None:
+    err = _refused(_service(router, "services.agent", "--name", name, "--run-dir", str(tmp_path / "a")))
+    assert "agent name" in err and repr(name) in err
+
+
+def test_manifest_name_with_trailing_newline_is_refused(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        'apiVersion: v1\nworkloads:\n  "nl\\n":\n    runtime: process\n    agent: "a\\n"\n'
+        "    runtimeConfig: 'command: true'\n"
+    )
+    out = ank(env_with("x"), 1, "apply", "--dry-run", str(manifest))
+    assert out.returncode != 0
+    assert "Unsupported workload name 'nl\n'" in out.stderr + out.stdout
+    assert "Unsupported agent name 'a\n'" in out.stderr + out.stdout
+
+
+def test_undecodable_manifest_is_one_line_naming_the_file(router: str, tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"apiVersion: v1\nworkloads:\n  caf\xe9: {}\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "--server-url", router, "apply", str(bad)],
+        cwd=ROOT,
+        env=child_env(router),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and str(bad) in out.stderr, out.stderr
+
+
+# -- ank up ------------------------------------------------------------------------------
+def _manifest(tmp_path: Path, extra: str = "") -> Path:
+    manifest = tmp_path / "up.yaml"
+    manifest.write_text(
+        textwrap.dedent("""\
+            apiVersion: v1
+            workloads:
+              local:
+                runtime: process
+                restartPolicy: NEVER
+                runtimeConfig: |
+                  command: sleep
+                  args: ["3010"]
+              daemon:
+                runtime: process
+                agent: upa
+                restartPolicy: NEVER
+                runtimeConfig: |
+                  command: sh
+                  args: ["-c", "(setsid sleep 3011 &); exec sleep 3012"]
+              scheduled:
+                runtime: process
+                agent: ""
+                runtimeConfig: |
+                  command: sleep
+                  args: ["3013"]
+              elsewhere:
+                runtime: process
+                agent: faraway
+                runtimeConfig: |
+                  command: sleep
+                  args: ["3014"]
+            """)
+        + extra
+    )
+    return manifest
+
+
+@pytest.mark.slow
+def test_ank_up_refuses_busy_dirs_and_ports_and_leaves_nothing_after_kill_9(tmp_path: Path) -> None:
+    mark = uuid.uuid4().hex
+    env = env_with(mark)
+    manifest = _manifest(tmp_path)
+    port = free_port()
+    state = tmp_path / "first"
+    up = start_up(env, manifest, state, port, "--agent", "upa")
+    try:
+        running = wait_for(
+            lambda: (
+                (r := rows(env, port)).get("local", {}).get("state") == "Running"
+                and r.get("daemon", {}).get("state") == "Running"
+                and r
+            ),
+            90,
+            "the first system's workloads Running",
+        )
+        # --agent is the default only for workloads that name none
+        assert running["local"]["agent"] == "upa"
+        # `agent: ""` stays for the scheduler (which may then bind it to upa)
+        desired = json.loads(ank(env, port, "get", "state", "-o", "json").stdout)["desiredState"]["workloads"]
+        assert desired["scheduled"]["agent"] == ""
+        assert running["elsewhere"]["agent"] == "faraway"
+        before = sorted(marked_pids(mark))
+
+        # a second `ank up` on the same state directory (another port)
+        err = run_up_refused(env, manifest, state, free_port())
+        assert f"{state} is in use by process {up.pid}" in err, err
+        # ... on the same port (another state directory)
+        err = run_up_refused(env, manifest, tmp_path / "second", port)
+        assert f"router port {port} is already in use by process" in err, err
+        # ... with a busy dashboard port: refused before anything is applied
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", 0))
+            squatter.listen()
+            dport = squatter.getsockname()[1]
+            err = run_up_refused(env, manifest, tmp_path / "third", free_port(), dashboard_port=dport)
+        assert f"dashboard port {dport} is already in use by process {os.getpid()}" in err, err
+        assert not (tmp_path / "third" / "planner").exists()
+
+        # the first system was not touched
+        assert set(before) <= set(marked_pids(mark))
+        now = rows(env, port)
+        assert now["local"]["state"] == "Running" and now["daemon"]["state"] == "Running", now
+
+        # kill -9 of `ank up`: every service and every workload goes, daemons too
+        up.kill()
+        up.wait(10)
+        wait_none_left(mark, 60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)
+        wait_none_left(mark, 60)
+
+
+@pytest.mark.slow
+def test_sighup_stops_ank_up_cleanly_even_with_term_ignoring_workloads(tmp_path: Path) -> None:
+    mark = uuid.uuid4().hex
+    env = env_with(mark)
+    manifest = _manifest(
+        tmp_path,
+        textwrap.indent(
+            textwrap.dedent("""\
+                stubborn:
+                  runtime: process
+                  restartPolicy: NEVER
+                  runtimeConfig: |
+                    command: sh
+                    args: ["-c", "trap '' TERM; (setsid sleep 3015 &); exec sleep 3016"]
+                """),
+            "  ",
+        ),
+    )
+    port = free_port()
+    up = start_up(env, manifest, tmp_path / "s", port, "--agent", "upa")
+    try:
+        wait_for(
+            lambda: (
+                (r := rows(env, port)).get("stubborn", {}).get("state") == "Running"
+                and r.get("daemon", {}).get("state") == "Running"
+            ),
+            90,
+            "workloads Running",
+        )
+        up.send_signal(signal.SIGHUP)  # the terminal closed
+        up.wait(60)
+        assert up.returncode == 0
+        wait_none_left(mark, 30)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)
+        wait_none_left(mark, 60)
