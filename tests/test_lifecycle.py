@@ -381,3 +381,195 @@ def test_sighup_stops_ank_up_cleanly_even_with_term_ignoring_workloads(tmp_path:
             up.kill()
             up.wait(10)
         wait_none_left(mark, 60)
+
+
+# -- a planner and an agent with their defaults ----------------------------------------------
+class Stack:
+    """A router, a planner and agent `node` started with no --state-dir and
+    no --run-dir: their places come from XDG_STATE_HOME and TMPDIR only."""
+
+    def __init__(self, endpoint: str, base: Path) -> None:
+        self.endpoint = endpoint
+        self.port = int(endpoint.rsplit(":", 1)[1])
+        self.base = base
+        self.env = child_env(
+            endpoint,
+            XDG_STATE_HOME=str(base / "xdg"),
+            TMPDIR=str(base / "tmp"),
+            PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+        )
+        (base / "tmp").mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+
+    def start(self, name: str, cwd: Path, *argv: str) -> subprocess.Popen[str]:
+        cwd.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *argv],
+            cwd=cwd,
+            env=self.env | {"PYTHONPATH": str(ROOT)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def up(self, cwd: Path) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
+        planner = self.start("planner", cwd, "services.planner")
+        _wait_line(planner, "planner up")
+        agent = self.start("agent", cwd, "services.agent", "--name", "node", "--backoff-initial", "0")
+        return planner, agent
+
+    def ank(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return ank(self.env, self.port, *args, timeout=timeout)
+
+    def rows(self) -> dict[str, dict[str, object]]:
+        return rows(self.env, self.port)
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            stop_process(proc)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def stack(router: str, tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(router, tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def _workload(name: str, mark: str, command: str, args: list[str], env: dict[str, str] | None = None) -> str:
+    config = {"command": command, "args": args, "env": {MARK: mark, **(env or {})}}
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "workloads": {
+                name: {
+                    "runtime": "process",
+                    "agent": "node",
+                    "restartPolicy": "NEVER",
+                    "runtimeConfig": json.dumps(config),
+                }
+            },
+        }
+    )
+
+
+def _apply(stack: Stack, manifest: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    path = stack.base / f"m-{uuid.uuid4().hex[:8]}.json"
+    path.write_text(manifest)
+    return stack.ank("apply", str(path), "--timeout", "30", *extra)
+
+
+@pytest.mark.slow
+def test_restart_from_another_cwd_adopts_instead_of_duplicating(stack: Stack, tmp_path: Path) -> None:
+    mark = uuid.uuid4().hex
+    planner, agent = stack.up(tmp_path / "cwd1")
+    assert _apply(stack, _workload("kept", mark, "sleep", ["3020"])).returncode == 0
+    [pid] = wait_for(lambda: marked_pids(mark), 30, "the workload's process")
+    for proc in (agent, planner):
+        proc.kill()
+        proc.wait(10)
+    assert (tmp_path / "xdg" / "ank-zenoh" / "planner" / "desired.json").exists()
+    assert (tmp_path / "tmp" / "ankaios" / "node_io" / "records" / "kept.json").exists()
+
+    planner, agent = stack.up(tmp_path / "elsewhere")
+    _wait_line(agent, "adopted pid")
+    row = wait_for(lambda: stack.rows().get("kept"), 30, "kept listed")
+    assert row["state"] == "Running" and row["restartCount"] == 0, row
+    assert marked_pids(mark) == [pid]  # zero duplicates, zero restarts
+    assert stack.ank("delete", "workload", "kept", "--timeout", "30").returncode == 0
+    wait_none_left(mark, 30)
+
+
+@pytest.mark.slow
+def test_daemonising_workload_is_stopped_by_delete(stack: Stack, tmp_path: Path) -> None:
+    mark = uuid.uuid4().hex
+    stack.up(tmp_path / "cwd")
+    out = _apply(stack, _workload("forker", mark, "sh", ["-c", "(setsid sleep 3021 &); exec sleep 3022"]))
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: len(marked_pids(mark)) == 2, 30, "the program and its daemon")
+    assert stack.ank("delete", "workload", "forker", "--timeout", "30").returncode == 0
+    wait_none_left(mark, 30)
+
+
+@pytest.mark.slow
+def test_agent_reports_its_containment(stack: Stack, tmp_path: Path) -> None:
+    from schemas.messages import AgentStatus
+    from services.bus import Bus
+    from tests.helpers import Collector
+
+    stack.up(tmp_path / "cwd")
+    got = Collector()
+    with Bus("test", server=stack.endpoint) as bus:
+        bus.subscribe("ank/agents/node/status", AgentStatus, got)
+        status = got.wait(lambda items: items[-1][1] if items else None, 30, "a status")
+    assert isinstance(status, AgentStatus)
+    expected = "cgroup" if Path("/sys/fs/cgroup/unified/cgroup.procs").exists() and os.geteuid() == 0 else None
+    assert status.containment in ("cgroup", "process-group")
+    if expected:
+        assert status.containment == expected
+
+
+@pytest.mark.slow
+def test_nul_in_env_fails_once_with_the_reason(stack: Stack, tmp_path: Path) -> None:
+    mark = uuid.uuid4().hex
+    _planner, agent = stack.up(tmp_path / "cwd")
+    out = _apply(stack, _workload("nul", mark, "sleep", ["1"], env={"BAD": "a\0b"}), "--no-wait")
+    assert out.returncode == 0, out.stderr
+    row = wait_for(
+        lambda: (r := stack.rows().get("nul")) and r["substate"] == "StartingFailed" and r, 30, "StartingFailed"
+    )
+    assert "NUL" in str(row["additionalInfo"]) + str(row["lastError"]), row
+    # a later workload runs: the agent went past it, and did not try it again
+    assert _apply(stack, _workload("after", mark, "true", [])).returncode == 0
+    stack.stop()
+    assert agent.stderr is not None
+    attempts = [line for line in agent.stderr.read().splitlines() if "nul: cannot start" in line]
+    assert len(attempts) == 1, attempts  # once, not retried
+
+
+SKEWED = """
+import sys, time
+_time, _time_ns = time.time, time.time_ns
+time.time = lambda: _time() + 60.0
+time.time_ns = lambda: _time_ns() + 60 * 10**9
+from services.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_apply_from_a_clock_60s_ahead_settles(stack: Stack, tmp_path: Path) -> None:
+    """The CLI's own clock is moved 60 s ahead (time.time and time.time_ns
+    replaced before it runs): its wait must not compare it with the agent's."""
+    mark = uuid.uuid4().hex
+    stack.up(tmp_path / "cwd")
+    path = tmp_path / "skew.json"
+    path.write_text(_workload("skewed", mark, "sleep", ["3023"]))
+    out = subprocess.run(
+        [sys.executable, "-c", SKEWED, "--server-url", stack.endpoint, "apply", str(path), "--timeout", "20"],
+        cwd=ROOT,
+        env=stack.env | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "skewed: Running(Ok)" in out.stdout
+    # an update waits for the new instance, not for the old one still Running
+    path.write_text(_workload("skewed", mark, "sleep", ["3024"]))
+    out = subprocess.run(
+        [sys.executable, "-c", SKEWED, "--server-url", stack.endpoint, "apply", str(path), "--timeout", "20"],
+        cwd=ROOT,
+        env=stack.env | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert any("3024" in cmdline(p) for p in marked_pids(mark))
+    assert stack.ank("delete", "workload", "skewed", "--timeout", "30").returncode == 0
+    wait_none_left(mark, 30)
