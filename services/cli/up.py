@@ -199,12 +199,16 @@ def stop_recorded_processes(run_dir: Path, grace: float = 5.0) -> int:
     when the whole embedded system stops. Returns how many were signalled."""
     import json
 
+    from services.agent.runtimes.process import containment
+
     groups = []
+    cgroups = []
     for rec in run_dir.glob("records/*.json"):
         try:
             handle = json.loads(rec.read_text()).get("handle", {})
             if handle.get("runtime") == "process" and handle.get("record", {}).get("pid"):
                 groups.append(int(handle["record"]["pid"]))
+                cgroups.append(str(handle["record"].get("cgroup", "")))
         except (OSError, ValueError, AttributeError, TypeError):
             continue
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -220,6 +224,8 @@ def stop_recorded_processes(run_dir: Path, grace: float = 5.0) -> int:
             alive = [g for g in alive if _group_alive(g)]
             time.sleep(0.05)
         groups = alive
+    for cgroup in cgroups:  # what daemonised from them, and the cgroups themselves
+        containment.dispose(cgroup)
     return len(groups)
 
 

@@ -107,6 +107,7 @@ class ProcessRuntime:
             from services.lifecycle import become_subreaper
 
             become_subreaper()  # daemonised descendants stay below the agent
+        self._swept: set[str] = set()  # agents whose stale empty cgroups were removed
         self._watcher = PidfdWatcher()
         self._watched: dict[tuple[str, str], _Watched] = {}
         self._lock = threading.Lock()
@@ -128,6 +129,9 @@ class ProcessRuntime:
         for text in (config.command, *config.args, *config.env, *config.env.values()):
             if "\0" in text:
                 raise StartError(f"runtimeConfig holds a NUL byte (in {text!r}): it cannot be passed", permanent=True)
+        if spec.agent not in self._swept:
+            self._swept.add(spec.agent)
+            self.containment.sweep(spec.agent)
         cgroup = self.containment.make(spec.agent, spec.workload, spec.instance)
         cgroup_fd, join_cgroup = Containment.joiner(cgroup)
         with open(log_path(run_dir, spec.workload), "ab") as log_file:
@@ -230,6 +234,8 @@ class ProcessRuntime:
         for watched in watched_now:
             self._release_pidfd(watched)
         self._watcher.close()
+        for agent in self._swept:
+            self.containment.sweep(agent, remove_agent=True)
 
     # -- internals --------------------------------------------------------------------
     def _find(self, handle: RunHandle) -> _Watched | None:
@@ -248,6 +254,7 @@ class ProcessRuntime:
             if watched.stopping:
                 kill_group(watched.pid, signal.SIGKILL)  # what the leader left of its group
                 containment.kill_all(watched.cgroup)  # and of its cgroup
+            containment.release(watched.cgroup)  # gone if nothing daemonised from it
             log.info("%s: pid %d exited (%s)", watched.handle.workload, watched.pid, exit_code)
             notify(RuntimeEvent(watched.handle.workload, watched.handle.instance, "exited", exit_code=exit_code))
 

@@ -76,6 +76,20 @@ class Containment:
             return ""
         return str(path)
 
+    def sweep(self, agent: str, *, remove_agent: bool = False) -> None:
+        """Removes the agent's empty cgroups left by instances that ended
+        while no agent watched them (a non-empty one cannot be removed), and
+        with `remove_agent` the agent's own folder if it is then empty."""
+        if self.base is None:
+            return
+        paths = [p for p in (self.base / agent).glob("*") if p.is_dir()]
+        for path in [*paths, self.base / agent] if remove_agent else paths:
+            if path.is_dir() and not members(str(path)):
+                try:
+                    path.rmdir()
+                except OSError:
+                    pass
+
     @staticmethod
     def joiner(cgroup: str) -> tuple[int, Callable[[], None] | None]:
         """An open `cgroup.procs` and the preexec hook that moves the child
@@ -119,6 +133,15 @@ def kill_all(cgroup: str) -> None:
         (Path(cgroup) / "cgroup.kill").write_text("1")
     except OSError:
         signal_all(cgroup, signal.SIGKILL)
+
+
+def release(cgroup: str) -> None:
+    """Removes the cgroup if nothing is left in it (no wait)."""
+    if cgroup and not members(cgroup):
+        try:
+            Path(cgroup).rmdir()
+        except OSError:
+            pass
 
 
 def dispose(cgroup: str, timeout: float = 5.0) -> None:
