@@ -573,3 +573,63 @@ def test_apply_from_a_clock_60s_ahead_settles(stack: Stack, tmp_path: Path) -> N
     assert any("3024" in cmdline(p) for p in marked_pids(mark))
     assert stack.ank("delete", "workload", "skewed", "--timeout", "30").returncode == 0
     wait_none_left(mark, 30)
+
+
+# -- bounded memory of the live view ----------------------------------------------------------
+def test_live_view_memory_stays_bounded_under_crash_loops() -> None:
+    """50 crash-looping workloads for a long time: `ank up`'s live view
+    keeps the latest state per workload, not every state it ever saw."""
+    import argparse
+    import contextlib
+    import threading
+    import tracemalloc
+    from collections.abc import Callable
+
+    from schemas.manifest import Manifest
+    from schemas.messages import CompleteState, WorkloadState
+    from schemas.state import ExecutionState
+    from services.cli import live
+
+    class FakeClient:
+        callback: Callable[[WorkloadState], None] | None = None
+
+        def watch_states(self, callback: Callable[[WorkloadState], None]) -> None:
+            self.callback = callback
+
+        def state(self) -> CompleteState:
+            return CompleteState(desired=Manifest(api_version="v1"))
+
+    client = FakeClient()
+    stop = threading.Event()
+    args = argparse.Namespace(names=None, agent=None, state=None)
+    view = threading.Thread(target=live.watch_workloads, args=(client, args, stop), daemon=True)
+    sink = open(os.devnull, "w")  # noqa: SIM115 - closed below
+    redirect = contextlib.redirect_stdout(sink)  # the lines go nowhere (a pipe nobody keeps)
+    redirect.__enter__()
+    view.start()
+    wait_for(lambda: client.callback is not None, 10, "the view subscribed")
+    assert client.callback is not None
+    feed = client.callback
+    seq = 0
+
+    def crash_loop(rounds: int) -> None:
+        nonlocal seq
+        for _ in range(rounds):
+            for i in range(50):
+                seq += 1
+                state = ExecutionState("Running", "Ok") if seq % 2 else ExecutionState("Failed", "ExecFailed")
+                feed(WorkloadState(workload=f"w{i}", agent="a", execution_state=state, seq=seq))
+
+    tracemalloc.start()
+    try:
+        crash_loop(200)
+        first = tracemalloc.get_traced_memory()[0]
+        crash_loop(2000)  # 100 000 more states
+        grown = tracemalloc.get_traced_memory()[0] - first
+    finally:
+        tracemalloc.stop()
+        stop.set()
+        view.join(10)
+        redirect.__exit__(None, None, None)
+        sink.close()
+    assert grown < 8 * 1024 * 1024, f"the live view grew by {grown} bytes"
