@@ -633,3 +633,51 @@ def test_live_view_memory_stays_bounded_under_crash_loops() -> None:
         redirect.__exit__(None, None, None)
         sink.close()
     assert grown < 8 * 1024 * 1024, f"the live view grew by {grown} bytes"
+
+
+# -- containers that ignore SIGTERM -----------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.podman
+def test_ank_up_stop_waits_for_podman_to_kill_term_ignoring_containers(tmp_path: Path) -> None:
+    """`sleep` as a container's PID 1 ignores SIGTERM: the agent's `podman
+    stop -t 10` must reach its own SIGKILL; `ank up` must not kill the agent
+    first. Afterwards no process of the containers is left (by /proc)."""
+    from tests.test_podman_helpers import ALPINE, IMAGE_MAP, podman_unusable, remove_agent_containers
+
+    reason = podman_unusable()
+    if reason:
+        pytest.skip(reason)
+    mark = uuid.uuid4().hex
+    agent = f"podup{mark[:8]}"
+    env = env_with(mark, ANK_IMAGE_MAP=IMAGE_MAP, CONTAINERS_CONF=str(ROOT / "containers.conf"))
+    manifest = tmp_path / "podman.yaml"
+    workloads = {
+        f"deaf{i}": {
+            "runtime": "podman",
+            "restartPolicy": "NEVER",
+            "runtimeConfig": json.dumps(
+                {"image": ALPINE, "commandOptions": ["-e", f"{MARK}={mark}"], "commandArgs": ["sleep", f"303{i}"]}
+            ),
+        }
+        for i in range(2)
+    }
+    manifest.write_text(json.dumps({"apiVersion": "v1", "workloads": workloads}))
+    port = free_port()
+    up = start_up(env, manifest, tmp_path / "s", port, "--agent", agent)
+    try:
+        wait_for(
+            lambda: all(r.get("state") == "Running" for r in (rows(env, port).get(n, {}) for n in workloads)),
+            120,
+            "the containers Running",
+        )
+        sleeps = [p for p in marked_pids(mark) if cmdline(p).startswith("sleep 303")]
+        assert len(sleeps) == 2
+        up.send_signal(signal.SIGTERM)
+        up.wait(90)
+        assert up.returncode == 0
+        wait_none_left(mark, 30)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)
+        remove_agent_containers(agent)
