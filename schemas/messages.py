@@ -87,6 +87,8 @@ class AgentStatus(Message, frozen=True, kw_only=True):
     workloads: dict[str, WorkloadUsage] = {}
     # how process workloads are contained: "cgroup" or "process-group" ("" if no process runtime)
     containment: str = ""
+    # random per agent process: statuses of one name from two boots, interleaved, are two live agents
+    boot: str = ""
 
 
 class EnergyReport(Message, frozen=True, kw_only=True):

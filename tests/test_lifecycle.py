@@ -4,6 +4,7 @@ marker in their environment, never by name)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -580,7 +581,6 @@ def test_live_view_memory_stays_bounded_under_crash_loops() -> None:
     """50 crash-looping workloads for a long time: `ank up`'s live view
     keeps the latest state per workload, not every state it ever saw."""
     import argparse
-    import contextlib
     import threading
     import tracemalloc
     from collections.abc import Callable
@@ -681,3 +681,51 @@ def test_ank_up_stop_waits_for_podman_to_kill_term_ignoring_containers(tmp_path:
             up.kill()
             up.wait(10)
         remove_agent_containers(agent)
+
+
+# -- duplicate agent names, seen by the planner -------------------------------------------------
+def test_twin_detector_tells_a_restart_from_two_live_agents() -> None:
+    from services.lifecycle import TwinDetector
+
+    restart = TwinDetector()
+    assert [restart.seen("a", b) for b in ("A", "A", "B", "B", "B")] == [None] * 5
+    twins = TwinDetector()
+    assert [twins.seen("a", b) for b in ("A", "B")] == [None, None]
+    assert twins.seen("a", "A") == ["A", "B"]
+    assert twins.seen("a", "B") is None  # reported once
+    twins.forget("a")
+    assert twins.seen("a", "C") is None
+
+
+def test_planner_reports_two_live_agents_of_one_name_as_an_event(router: str, tmp_path: Path) -> None:
+    """Two agents that started at the same instant both miss each other's
+    token; their statuses interleave and the planner says so."""
+    from schemas.messages import AgentStatus, Event
+    from services.bus import Bus
+    from tests.helpers import Collector
+
+    planner = _service(router, "services.planner", "--state-dir", str(tmp_path / "p"))
+    try:
+        _wait_line(planner, "planner up")
+        events = Collector()
+        with (
+            Bus("watcher", server=router) as watcher,
+            Bus("agent/dup", server=router) as one,
+            Bus("agent/dup", server=router) as two,
+        ):
+            watcher.subscribe("ank/events/duplicate-agent", Event, events)
+            one.liveliness_token("ank/agents/dup")
+
+            def interleaved(_items: object) -> Event | None:
+                # statuses as two agents send them, until the event shows (bounded by wait_for)
+                for bus, boot in ((one, "boot-one"), (two, "boot-two")):
+                    bus.put("ank/agents/dup/status", AgentStatus(agent="dup", arch="x", os="linux", boot=boot))
+                with contextlib.suppress(AssertionError):
+                    return events.wait(lambda items: items[0][1] if items else None, 0.2)  # type: ignore[return-value]
+                return None
+
+            got = wait_for(lambda: interleaved(None), 20, "a duplicate-agent event")
+        assert isinstance(got, Event)
+        assert got.subject == "dup" and "two agents named dup" in got.message and got.severity == "warning"
+    finally:
+        stop_process(planner)  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ import queue
 import signal
 import sys
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -202,6 +203,7 @@ class AgentShell:
             name: RuntimeWorker(runtime, self.records_dir, self._report) for name, runtime in runtimes.items()
         }
         self._closing = threading.Event()
+        self.boot = uuid.uuid4().hex[:16]  # this process, in every status (duplicate names show)
         self._exited: set[tuple[str, str]] = set()  # (workload, instance) seen exiting, for stop_all
         self._exit_cond = threading.Condition()
         # the latest published state per workload, for the late-joiner queryable (read on Zenoh threads)
@@ -467,6 +469,7 @@ class AgentShell:
             runtimes=sorted(name for name, runtime in self.runtimes.items() if _available(runtime)),
             workloads=usage,
             containment=_containment(self.runtimes),
+            boot=self.boot,
         )
 
     def energy(self) -> EnergyReport | None:

@@ -37,7 +37,7 @@ from services.bus import Bus, BusConfigError
 from services.bus.eventlog import RecentEvents
 from services.bus.loop import EventLoop
 from services.clock import SYSTEM_CLOCK, Clock
-from services.lifecycle import Busy, DirLock, default_state_dir
+from services.lifecycle import Busy, DirLock, TwinDetector, default_state_dir
 from services.logsetup import setup_logging
 from services.planner import core, store
 
@@ -65,6 +65,7 @@ class Planner:
         self.state_dir = Path(state_dir)
         self.clock = clock
         self.state = core.PlannerState(durable=durable or core.Durable())
+        self.twins = TwinDetector()
         log.info(
             "loaded %d workloads from %s",
             len(self.state.durable.desired.workloads),
@@ -148,6 +149,8 @@ class Planner:
 
     def on_liveliness(self, key: str, alive: bool) -> None:
         agent = _agent_of(key)
+        if agent and not alive:
+            self.twins.forget(agent)
         if agent:
             was_alive = agent in self.state.alive
             self.commit(core.agent_liveliness(self.state, agent, alive, self.now_ms()))
@@ -157,7 +160,17 @@ class Planner:
     def on_status(self, status: AgentStatus) -> None:
         """A status proves its agent alive: an agent taken for lost whose
         status still arrives (its token missed, e.g. an access-control policy
-        that denies tokens) is alive again within one status period."""
+        that denies tokens) is alive again within one status period. Two
+        agents of one name are reported as an event (each would run every
+        workload of the name)."""
+        twins = self.twins.seen(status.agent, status.boot)
+        if twins:
+            message = (
+                f"two agents named {status.agent} are live (boots {', '.join(twins)}): "
+                "each runs the workloads of that name; stop one"
+            )
+            log.warning("%s", message)
+            self.bus.event("duplicate-agent", message, subject=status.agent, severity="warning")
         if status.agent not in self.state.alive:
             log.warning("agent %s sends status while its token is gone: alive again", status.agent)
             self.on_liveliness(f"ank/agents/{status.agent}", True)
