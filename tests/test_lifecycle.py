@@ -231,6 +231,20 @@ def test_manifest_name_with_trailing_newline_is_refused(tmp_path: Path) -> None:
     assert out.returncode != 0
     assert "Unsupported workload name 'nl\n'" in out.stderr + out.stdout
     assert "Unsupported agent name 'a\n'" in out.stderr + out.stdout
+    # the CLI's --agent goes through the same rule
+    manifest.write_text("apiVersion: v1\nworkloads:\n  w:\n    runtime: process\n    runtimeConfig: 'command: true'\n")
+    out = ank(env_with("x"), 1, "apply", "--dry-run", "--agent", "nl\n", str(manifest))
+    assert out.returncode != 0 and "Unsupported agent name 'nl\n'" in out.stderr + out.stdout
+    up = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "up", "--agent", "café", "--state-dir", str(tmp_path / "u")],
+        cwd=ROOT,
+        env=env_with("x"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert up.returncode == 1 and "agent name 'café'" in up.stderr, up.stderr
+    assert not (tmp_path / "u").exists()  # nothing started, nothing written
 
 
 def test_undecodable_manifest_is_one_line_naming_the_file(router: str, tmp_path: Path) -> None:
