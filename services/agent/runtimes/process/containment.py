@@ -135,6 +135,22 @@ def kill_all(cgroup: str) -> None:
         signal_all(cgroup, signal.SIGKILL)
 
 
+def sweep_all(base: Path | None) -> int:
+    """Removes every empty cgroup below `base` (deepest first): what agents
+    that were killed left behind. Returns how many were removed."""
+    if base is None or not base.is_dir():
+        return 0
+    removed = 0
+    for path in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not members(str(path)):
+            try:
+                path.rmdir()
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
 def release(cgroup: str) -> None:
     """Removes the cgroup if nothing is left in it (no wait)."""
     if cgroup and not members(cgroup):
