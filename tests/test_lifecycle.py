@@ -92,7 +92,7 @@ def rows(env: dict[str, str], port: int) -> dict[str, dict[str, object]]:
 
 
 def start_up(
-    env: dict[str, str], manifest: Path, state: Path, port: int, *extra: str, dashboard_port: int = 0
+    env: dict[str, str], manifest: Path | None, state: Path, port: int, *extra: str, dashboard_port: int = 0
 ) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
@@ -100,7 +100,7 @@ def start_up(
             "-m",
             "services.cli.main",
             "up",
-            str(manifest),
+            *([str(manifest)] if manifest else []),
             "--port",
             str(port),
             "--dashboard-port",
@@ -351,6 +351,18 @@ def test_ank_up_refuses_busy_dirs_and_ports_and_leaves_nothing_after_kill_9(tmp_
         up.kill()
         up.wait(10)
         wait_none_left(mark, 60)
+
+        # the next `ank up` on that state directory (another port) has what the first acknowledged
+        port = free_port()
+        up = start_up(env, None, state, port, "--agent", "upa")
+        again = wait_for(
+            lambda: (r := rows(env, port)).get("local", {}).get("state") == "Running" and r, 90, "local again"
+        )
+        assert set(again) == set(running)
+        up.terminate()
+        up.wait(60)
+        assert up.returncode == 0
+        wait_none_left(mark, 30)
     finally:
         if up.poll() is None:
             up.kill()
