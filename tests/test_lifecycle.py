@@ -755,3 +755,52 @@ def test_planner_reports_two_live_agents_of_one_name_as_an_event(router: str, tm
         assert got.subject == "dup" and "two agents named dup" in got.message and got.severity == "warning"
     finally:
         stop_process(planner)  # type: ignore[arg-type]
+
+
+def _zombie_children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()
+            if fields[0] == "Z" and int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_without_cgroups_the_agent_says_so_and_reaps_what_it_inherits(stack: Stack, tmp_path: Path) -> None:
+    """ANK_CGROUP_ROOT=off: process groups, the agent as child subreaper; the
+    orphaned descendants that end are reaped, not left as zombies."""
+    from schemas.messages import AgentStatus
+    from services.bus import Bus
+    from tests.helpers import Collector
+
+    mark = uuid.uuid4().hex
+    stack.env["ANK_CGROUP_ROOT"] = "off"
+    _planner, agent = stack.up(tmp_path / "cwd")
+    got = Collector()
+    with Bus("test", server=stack.endpoint) as bus:
+        bus.subscribe("ank/agents/node/status", AgentStatus, got)
+        status = got.wait(lambda items: items[-1][1] if items else None, 30, "a status")
+    assert isinstance(status, AgentStatus) and status.containment == "process-group"
+    # its child `sh` leaves a short-lived orphan, re-parented to the agent
+    # (it ends once `go` exists, or after 30 s at most)
+    go = tmp_path / "go"
+    orphan = f"i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; exit 0"
+    script = f"(setsid sh -c '{orphan}' orphan-{mark} &); exec sleep 3041"
+    assert _apply(stack, _workload("parent", mark, "sh", ["-c", script])).returncode == 0
+
+    def orphans() -> list[int]:
+        return [p for p in marked_pids(mark) if f"orphan-{mark}" in cmdline(p)]
+
+    [orphan_pid] = wait_for(orphans, 30, "the orphan runs")
+    wait_for(lambda: Path(f"/proc/{orphan_pid}/stat").read_text().split(")")[1].split()[1] == str(agent.pid), 30)
+    go.touch()
+    wait_for(lambda: not orphans(), 30, "the orphan ended")
+    wait_for(lambda: not _zombie_children(agent.pid), 30, "no zombie left under the agent")
+    assert stack.ank("delete", "workload", "parent", "--timeout", "30").returncode == 0
+    wait_none_left(mark, 30)

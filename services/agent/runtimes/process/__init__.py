@@ -225,7 +225,15 @@ class ProcessRuntime:
             if watched is None or watched.exited:
                 continue
             out[handle.workload] = _measure(watched)
+        self._reap()
         return out
+
+    def _reap(self) -> None:
+        """Without cgroups the agent is subreaper: it reaps what it inherits."""
+        if self.containment.base is None:
+            with self._lock:
+                own = {w.pid for w in self._watched.values() if w.popen is not None}
+            containment.reap_orphans(own)
 
     def close(self) -> None:
         with self._lock:
@@ -255,6 +263,7 @@ class ProcessRuntime:
                 kill_group(watched.pid, signal.SIGKILL)  # what the leader left of its group
                 containment.kill_all(watched.cgroup)  # and of its cgroup
             containment.release(watched.cgroup)  # gone if nothing daemonised from it
+            self._reap()
             log.info("%s: pid %d exited (%s)", watched.handle.workload, watched.pid, exit_code)
             notify(RuntimeEvent(watched.handle.workload, watched.handle.instance, "exited", exit_code=exit_code))
 

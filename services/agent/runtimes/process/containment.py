@@ -151,6 +151,34 @@ def sweep_all(base: Path | None) -> int:
     return removed
 
 
+def reap_orphans(own: set[int]) -> int:
+    """As child subreaper (no cgroups), the agent inherits the workloads'
+    orphaned descendants: reaps those that ended (zombies) so that they do
+    not pile up. Only children in another session than the agent's (the
+    workloads' sessions; a runtime's own helper commands stay in the agent's
+    and are waited for by their callers) and not in `own` (the workloads'
+    leaders, waited for by their Popen). Returns how many were reaped."""
+    me, my_sid = os.getpid(), os.getsid(0)
+    reaped = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in own:
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        # fields: state, ppid, pgrp, session, ...
+        if len(fields) < 4 or fields[0] != "Z" or int(fields[1]) != me or int(fields[3]) == my_sid:
+            continue
+        try:
+            if os.waitpid(int(entry.name), os.WNOHANG)[0]:
+                reaped += 1
+        except ChildProcessError:
+            pass
+    return reaped
+
+
 def release(cgroup: str) -> None:
     """Removes the cgroup if nothing is left in it (no wait)."""
     if cgroup and not members(cgroup):
