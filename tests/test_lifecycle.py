@@ -51,7 +51,7 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def wait_none_left(mark: str, timeout: float) -> None:
+def wait_none_left(mark: str, timeout: float, logs: Path | None = None) -> None:
     def none() -> bool:
         return not marked_pids(mark)
 
@@ -64,7 +64,8 @@ def wait_none_left(mark: str, timeout: float) -> None:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        raise AssertionError(f"processes left: {left}") from None
+        tails = {log.name: log.read_text(errors="replace")[-1500:] for log in (logs.glob("*.log") if logs else [])}
+        raise AssertionError(f"processes left: {left}; logs: {tails}") from None
 
 
 def env_with(mark: str, **extra: str) -> dict[str, str]:
@@ -350,7 +351,7 @@ def test_ank_up_refuses_busy_dirs_and_ports_and_leaves_nothing_after_kill_9(tmp_
         # kill -9 of `ank up`: every service and every workload goes, daemons too
         up.kill()
         up.wait(10)
-        wait_none_left(mark, 60)
+        wait_none_left(mark, 60, state / "logs")
 
         # the next `ank up` on that state directory (another port) has what the first acknowledged
         port = free_port()
