@@ -85,6 +85,10 @@ class AgentStatus(Message, frozen=True, kw_only=True):
     total_memory_bytes: int = 0
     runtimes: list[str] = []
     workloads: dict[str, WorkloadUsage] = {}
+    # how process workloads are contained: "cgroup" or "process-group" ("" if no process runtime)
+    containment: str = ""
+    # random per agent process: statuses of one name from two boots, interleaved, are two live agents
+    boot: str = ""
 
 
 class EnergyReport(Message, frozen=True, kw_only=True):

@@ -8,6 +8,14 @@ from services.bus import Bus
 from tests.helpers import running_router
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The empty per-workload cgroups of agents the tests killed (their
+    processes stopped by the tests' own clean-up)."""
+    from services.agent.runtimes.process.containment import Containment, sweep_all
+
+    sweep_all(Containment.detect().base)
+
+
 @pytest.fixture(scope="session")
 def router() -> Iterator[str]:
     """The endpoint of a real Zenoh router on a free loopback port, shared by a session."""

@@ -25,6 +25,7 @@ import queue
 import signal
 import sys
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,7 +52,9 @@ from services.agent.runtimes.base import Notify, RunHandle, Runtime, RuntimeEven
 from services.bus import Bus, BusConfigError
 from services.bus.loop import EventLoop
 from services.clock import SYSTEM_CLOCK, Clock
+from services.lifecycle import Busy, DirLock, default_run_dir
 from services.logsetup import setup_logging
+from services.names import agent_name_error
 
 log = logging.getLogger("ank.agent")
 
@@ -201,6 +204,7 @@ class AgentShell:
             name: RuntimeWorker(runtime, self.records_dir, self._report) for name, runtime in runtimes.items()
         }
         self._closing = threading.Event()
+        self.boot = uuid.uuid4().hex[:16]  # this process, in every status (duplicate names show)
         self._exited: set[tuple[str, str]] = set()  # (workload, instance) seen exiting, for stop_all
         self._exit_cond = threading.Condition()
         # the latest published state per workload, for the late-joiner queryable (read on Zenoh threads)
@@ -481,6 +485,8 @@ class AgentShell:
             total_memory_bytes=memory.total,
             runtimes=sorted(name for name, runtime in self.runtimes.items() if _available(runtime)),
             workloads=usage,
+            containment=_containment(self.runtimes),
+            boot=self.boot,
         )
 
     def energy(self) -> EnergyReport | None:
@@ -546,6 +552,11 @@ class AgentShell:
                 log.warning("closing runtime %s: %s", runtime.name, exc)
 
 
+def _containment(runtimes: dict[str, Runtime]) -> str:
+    found = getattr(runtimes.get("process"), "containment", None)
+    return str(getattr(found, "kind", "")) if found is not None else ""
+
+
 def _available(runtime: Runtime) -> bool:
     try:
         return runtime.available()
@@ -602,7 +613,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--server", help="the router endpoint (host:port or tcp/host:port); env ANK_SERVER")
     parser.add_argument("--zenoh-config", help="Zenoh configuration file (default: zenoh.json5)")
-    parser.add_argument("--run-dir", help="logs and instance records (default .ank/agents/NAME)")
+    parser.add_argument("--run-dir", help="logs and instance records (default $TMPDIR/ankaios/NAME_io)")
     parser.add_argument("--backoff-initial", type=_non_negative, default=0.1, help="second restart's delay, s")
     parser.add_argument("--backoff-max", type=_non_negative, default=10.0, help="largest restart delay, s")
     parser.add_argument("--stable-after", type=_non_negative, default=10.0, help="a run this long resets the backoff")
@@ -618,8 +629,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--battery-drain-w", type=_non_negative, default=0.0, help="simulated battery: drain, W")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
-    if not all(c.isalnum() or c in "_-" for c in args.name) or not 0 < len(args.name) <= 63:
-        parser.error(f"--name {args.name!r}: use 1-63 letters, digits, '_' or '-'")
+    problem = agent_name_error(args.name)
+    if problem:
+        parser.error(f"--name: {problem}")
     if args.battery_capacity_wh is not None and args.battery_wh is None:
         parser.error("--battery-capacity-wh needs --battery-wh")
     if args.status_period <= 0:
@@ -643,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         battery = SimulatedBattery(args.battery_wh, args.battery_capacity_wh, args.battery_drain_w, clock.monotonic())
     options = AgentOptions(
         name=args.name,
-        run_dir=args.run_dir or str(Path(".ank") / "agents" / args.name),
+        run_dir=str(Path(args.run_dir).resolve() if args.run_dir else default_run_dir(args.name)),
         tags=dict(args.tag),
         backoff=core.Backoff(args.backoff_initial, args.backoff_max, args.stable_after),
         stop_grace_s=args.stop_grace,
@@ -654,11 +666,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.image_map:
         # The container runtimes read their image mapping from the environment.
         os.environ["ANK_IMAGE_MAP"] = ",".join(filter(None, [os.environ.get("ANK_IMAGE_MAP", ""), *args.image_map]))
+    # One writer per run folder, held for the agent's whole life.
+    lock = DirLock(options.run_dir, "agent run directory")
     try:
+        lock.acquire()
         bus = Bus(f"agent/{args.name}", config=args.zenoh_config, server=args.server)
-    except BusConfigError as exc:
+    except (BusConfigError, Busy, OSError) as exc:
         print(f"ank-agent: {exc}", file=sys.stderr)
         return 2
+    # One agent per name: a second one would run every workload twice.
+    try:
+        twins = bus.alive(f"ank/agents/{args.name}")
+    except Exception:
+        twins = []
+    if twins:
+        print(
+            f"ank-agent: an agent named {args.name!r} is already live on the bus (token {twins[0]}); "
+            "refusing to start a second one",
+            file=sys.stderr,
+        )
+        bus.close()
+        return 2
+    print(f"ank-agent: agent {args.name}, run dir {options.run_dir}", file=sys.stderr, flush=True)
     loop = EventLoop()
     shell: AgentShell | None = None
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -16,6 +17,7 @@ from services.logsetup import setup_logging
 
 _CHECKOUT = Path(__file__).resolve().parents[2] / "router.json5"
 DEFAULT_CONFIG = _CHECKOUT if _CHECKOUT.exists() else Path(__file__).resolve().parent / "router.json5"
+CLOSE_TIMEOUT_S = 10.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stop.wait()
     finally:
+        # Bounded: a close that hangs (every peer going at once, e.g. when
+        # `ank up` dies) must not keep the router, and its port, alive.
+        watchdog = threading.Timer(CLOSE_TIMEOUT_S, lambda: os._exit(0))
+        watchdog.daemon = True
+        watchdog.start()
         session.close()
     log.info("router stopped")
     return 0

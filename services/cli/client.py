@@ -9,6 +9,7 @@ from collections.abc import Callable
 import msgspec
 
 from schemas.messages import (
+    AgentPlan,
     AgentStatus,
     ApplyRequest,
     ApplyResult,
@@ -53,6 +54,11 @@ class Client:
         result = self._query("ank/cmd/state", None, CompleteState)
         assert isinstance(result, CompleteState)
         return result
+
+    def planned_instances(self) -> dict[str, str]:
+        """workload → the instance the planner's current plans name for it."""
+        plans = self.bus.get_decoded("ank/plan/*", AgentPlan, timeout=self.timeout)
+        return {pw.name: pw.instance for plan in plans for pw in plan.workloads}
 
     def agent_statuses(self) -> dict[str, AgentStatus]:
         """The latest status of every live agent (waits one status period)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import signal
 import sys
 import threading
@@ -16,6 +17,8 @@ from rich.text import Text
 from schemas.messages import WorkloadState
 from services.cli import views
 from services.cli.client import Client
+
+MAX_PENDING_LINES = 10_000  # state lines not yet printed (a pipe that stalls loses the oldest)
 
 
 def workloads_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
@@ -37,22 +40,32 @@ def workloads_table(rows: list[dict[str, Any]], title: str | None = None) -> Tab
 
 
 def watch_workloads(client: Client, args: argparse.Namespace, stop: threading.Event | None = None) -> int:
-    """Redraws the table on every state change until Ctrl-C (or `stop`)."""
+    """Redraws the table on every state change until Ctrl-C (or `stop`).
+    Memory stays bounded however long it runs: only the latest state per
+    workload is kept, and the lines not yet printed in a bounded queue."""
     stop = stop or threading.Event()
     changed = threading.Event()
     lock = threading.Lock()
-    states: list[WorkloadState] = []
+    latest: dict[str, WorkloadState] = {}
+    unprinted: collections.deque[WorkloadState] = collections.deque(maxlen=MAX_PENDING_LINES)
+
+    def keep(st: WorkloadState) -> None:
+        cur = latest.get(st.workload)
+        if cur is None or (st.time_ms, st.seq) >= (cur.time_ms, cur.seq):
+            latest[st.workload] = st
 
     def on_state(st: WorkloadState) -> None:
         with lock:
-            states.append(st)
+            keep(st)
+            unprinted.append(st)
         changed.set()
 
     client.watch_states(on_state)
     cs = client.state()
     desired = cs.desired
     with lock:
-        states[:0] = cs.workload_states
+        for st in cs.workload_states:
+            keep(st)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     console = Console()
@@ -61,7 +74,7 @@ def watch_workloads(client: Client, args: argparse.Namespace, stop: threading.Ev
         with lock:
             rows = views.workload_rows(
                 desired,
-                list(states),
+                list(latest.values()),
                 names=getattr(args, "names", None) or None,
                 agent=getattr(args, "agent", None),
                 state=getattr(args, "state", None),
@@ -71,12 +84,12 @@ def watch_workloads(client: Client, args: argparse.Namespace, stop: threading.Ev
     try:
         if not console.is_terminal:
             # Not a terminal: one line per change, for logs and pipes.
-            seen = len(states)
             while not stop.is_set():
                 changed.wait(0.5)
                 changed.clear()
                 with lock:
-                    new, seen = states[seen:], len(states)
+                    new = list(unprinted)
+                    unprinted.clear()
                 for st in new:
                     print(
                         f"{st.workload} ({st.agent or '-'}): {st.execution_state}"

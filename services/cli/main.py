@@ -108,8 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = add(sub, "up", help="start the embedded system on this machine")
     up.add_argument("manifest", nargs="?")
-    up.add_argument("--agent", default=None, help="the agent's name (default: the host name)")
-    up.add_argument("--state-dir", default=".ank")
+    up.add_argument(
+        "--agent",
+        default=None,
+        help="the agent's name (default: the host name); also the agent of the manifest's workloads that name none",
+    )
+    up.add_argument(
+        "--state-dir",
+        default=None,
+        help="where the system keeps its state and logs (default $XDG_STATE_HOME/ank-zenoh/up, "
+        "/var/lib/ank-zenoh/up for root); locked while it runs",
+    )
     up.add_argument("--port", type=int, default=7447, help="the router's loopback port")
     up.add_argument("--no-watch", action="store_true", help="print state changes as lines instead of a live table")
     up.add_argument("--dashboard-port", type=int, default=8800, help="the web dashboard's port (0: none)")
@@ -191,17 +200,22 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 # -- apply / delete / set state / run ------------------------------------------
 def _read_source(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    """The text of a manifest file (or stdin); OSError naming the problem,
+    also for bytes that are not UTF-8."""
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as exc:
+        raise OSError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
 
 
 def cmd_apply(client: Client, args: argparse.Namespace) -> int:
     try:
         text = _read_source(args.manifest)
     except OSError as exc:
-        print(f"ank: cannot read {args.manifest}: {exc.strerror}", file=sys.stderr)
+        print(f"ank: cannot read {args.manifest}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
     request = ApplyRequest(manifest=text, agent=args.agent, delete=args.delete)
     return _apply_and_wait(client, args, request)
@@ -215,7 +229,7 @@ def cmd_set_state(client: Client, args: argparse.Namespace) -> int:
     try:
         text = _read_source(path)
     except OSError as exc:
-        print(f"ank: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        print(f"ank: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
     return _apply_and_wait(client, args, ApplyRequest(manifest=text, masks=masks))
 
@@ -241,7 +255,7 @@ def cmd_delete(client: Client, args: argparse.Namespace) -> int:
     if not args.no_wait:
         client.watch_states(lambda st: _append(lock, states, st))
     result = client.delete(args.names)
-    return _report_and_wait(client, args, result, states, lock, since_ms=0)
+    return _report_and_wait(client, args, result, states, lock)
 
 
 def _append(lock: threading.Condition, states: list[WorkloadState], st: WorkloadState) -> None:
@@ -255,9 +269,8 @@ def _apply_and_wait(client: Client, args: argparse.Namespace, request: ApplyRequ
     lock = threading.Condition()
     if not args.no_wait:
         client.watch_states(lambda st: _append(lock, states, st))
-    since_ms = time.time_ns() // 1_000_000
     result = client.apply(request)
-    return _report_and_wait(client, args, result, states, lock, since_ms=since_ms)
+    return _report_and_wait(client, args, result, states, lock)
 
 
 def _report_and_wait(
@@ -266,9 +279,12 @@ def _report_and_wait(
     result: ApplyResult,
     states: list[WorkloadState],
     lock: threading.Condition,
-    *,
-    since_ms: int,
 ) -> int:
+    """Prints the result, then waits until every added/updated workload
+    reports a settled state of the instance the planner planned for it (and
+    every deleted one Removed). States are told apart by instance, never by
+    comparing this machine's clock with the agents' (a clock 60 s off must
+    not matter)."""
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if not result.ok:
@@ -286,13 +302,17 @@ def _report_and_wait(
     waiting = {n: False for n in result.added + result.updated} | {n: True for n in result.deleted}
     if not waiting:
         return EXIT_OK
+    # The instance each workload must reach: the planner's plans after the change.
+    planned = client.planned_instances()
     # States already current before our subscription saw them: read them once.
     for st in client.state().workload_states:
         _append(lock, states, st)
     deadline = time.monotonic() + args.timeout
     with lock:
         while True:
-            latest = views.latest_states(s for s in states if s.time_ms >= since_ms or s.workload in result.deleted)
+            latest = views.latest_states(
+                s for s in states if s.workload in result.deleted or _of_planned(s, planned.get(s.workload))
+            )
             pending = [
                 n
                 for n, deleting in waiting.items()
@@ -314,6 +334,12 @@ def _report_and_wait(
             where = f" ({final.agent})" if final and final.agent else ""
             print(f"{n}: {final.execution_state if final else 'Removed'}{where}")
     return EXIT_OK
+
+
+def _of_planned(state: WorkloadState, instance: str | None) -> bool:
+    """Whether a state is about the planned instance (states the planner
+    derives itself, e.g. for an unscheduled workload, name no instance)."""
+    return not instance or not state.instance or state.instance == instance
 
 
 # -- get -----------------------------------------------------------------------

@@ -1,8 +1,12 @@
 """`ank up [MANIFEST]`: the whole embedded system on one machine — a Zenoh
 router, the planner, one agent, the health-watcher and the scheduler, each a
 separate child process — then the manifest applied and the live table until
-Ctrl-C, after which every child is stopped (SIGTERM, then SIGKILL after a
-grace period): no stray process is left."""
+Ctrl-C, SIGTERM or SIGHUP, after which every child is stopped (the agent
+first, given longer than its own stop grace so that a runtime's stop is never
+cut short; then the others; SIGKILL only after that): no stray process is
+left. Every child also gets SIGTERM when `ank up` itself dies, whatever kills
+it (PR_SET_PDEATHSIG). Before starting anything it refuses a state directory
+another process holds and a busy router or dashboard port, naming them."""
 
 from __future__ import annotations
 
@@ -20,8 +24,27 @@ from schemas.messages import ApplyRequest
 from services.bus import Bus
 from services.cli.client import Client, NoPlanner
 from services.dashboard import token as dashboard_token
+from services.lifecycle import (
+    Busy,
+    DirLock,
+    busy_port_message,
+    check_free,
+    default_state_dir,
+    die_with_parent,
+    port_in_use,
+)
+from services.names import agent_name_error
 
 ROOT = Path(__file__).resolve().parents[2]
+AGENT_STOP_GRACE_S = 10.0  # the agent's --stop-grace (its default)
+# The agent stops its workloads (grace, then its own SIGKILL) and removes
+# them: `ank up` waits longer than that before it would kill the agent.
+AGENT_EXIT_WAIT_S = AGENT_STOP_GRACE_S + 30.0
+
+
+def default_up_dir() -> Path:
+    """`ank up`'s state: next to the planner's default, whatever the cwd."""
+    return default_state_dir().parent / "up"
 
 
 def child_environment(endpoint: str) -> dict[str, str]:
@@ -131,24 +154,39 @@ class Embedded:
         ):
             log = open(self.state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child
             proc = subprocess.Popen(
-                argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                argv,
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGTERM),  # no orphan if `ank up` dies
             )
             log.close()
             self.children.append((name, proc))
             if name == "router":
                 _wait_port(self.port, proc)
 
-    def stop(self, grace: float = 10.0) -> None:
-        for _name, proc in reversed(self.children):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for _name, proc in reversed(self.children):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+    def stop(self, grace: float = 10.0, agent_wait: float = AGENT_EXIT_WAIT_S) -> None:
+        """The agents first (they stop their workloads, the bus still up),
+        each given longer than its own stop grace; then the other services."""
+        agents = [(n, p) for n, p in self.children if n.startswith("agent")]
+        others = [(n, p) for n, p in reversed(self.children) if not n.startswith("agent")]
+        for group, wait in ((agents, agent_wait), (others, grace)):
+            for _name, proc in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + wait
+            for name, proc in group:
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    print(f"ank up: {name} (pid {proc.pid}) did not stop within {wait:g} s: killed", file=sys.stderr)
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                    proc.wait(5)
 
         for run_dir in (self.state_dir / "agents").glob("*"):
             stop_recorded_processes(run_dir)
@@ -163,12 +201,16 @@ def stop_recorded_processes(run_dir: Path, grace: float = 5.0) -> int:
     when the whole embedded system stops. Returns how many were signalled."""
     import json
 
+    from services.agent.runtimes.process import containment
+
     groups = []
+    cgroups = []
     for rec in run_dir.glob("records/*.json"):
         try:
             handle = json.loads(rec.read_text()).get("handle", {})
             if handle.get("runtime") == "process" and handle.get("record", {}).get("pid"):
                 groups.append(int(handle["record"]["pid"]))
+                cgroups.append(str(handle["record"].get("cgroup", "")))
         except (OSError, ValueError, AttributeError, TypeError):
             continue
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -184,6 +226,8 @@ def stop_recorded_processes(run_dir: Path, grace: float = 5.0) -> int:
             alive = [g for g in alive if _group_alive(g)]
             time.sleep(0.05)
         groups = alive
+    for cgroup in cgroups:  # what daemonised from them, and the cgroups themselves
+        containment.dispose(cgroup)
     return len(groups)
 
 
@@ -208,16 +252,82 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) 
     raise RuntimeError(f"the router did not listen on port {port} within {timeout:g} s")
 
 
+def preflight(agent: str, state_dir: Path, port: int, dashboard_port: int) -> DirLock:
+    """Everything that would make this `ank up` step on another system,
+    checked before anything is started or written: the state directory (held
+    for the whole run: the returned lock), the planner's and the agent's
+    directories, the router and dashboard ports. Raises Busy naming them."""
+    lock = DirLock(state_dir, "ank up state directory").acquire()
+    try:
+        check_free(state_dir / "planner", "planner state directory")
+        check_free(state_dir / "agents" / agent, "agent run directory")
+        if port_in_use(port):
+            raise Busy(busy_port_message(port, "router"))
+        if dashboard_port and port_in_use(dashboard_port):
+            raise Busy(busy_port_message(dashboard_port, "dashboard") + " (choose another with --dashboard-port)")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def with_default_agent(manifest: str, agent: str) -> str:
+    """The manifest with `agent` set on the workloads that name no agent at
+    all; `agent: ""` (for the scheduler) and other agents are kept. A text
+    that does not parse is returned as it is: the planner names its errors."""
+    import json
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(manifest)
+    except yaml.YAMLError:
+        return manifest
+    workloads = data.get("workloads") if isinstance(data, dict) else None
+    if not isinstance(workloads, dict):
+        return manifest
+    changed = False
+    for workload in workloads.values():
+        if isinstance(workload, dict) and "agent" not in workload:
+            workload["agent"] = agent
+            changed = True
+    if not changed:
+        return manifest
+    try:
+        return json.dumps(data)
+    except (TypeError, ValueError):
+        return manifest
+
+
 def run_up(args: argparse.Namespace) -> int:
     agent = args.agent or socket.gethostname().split(".")[0].replace(".", "-")
+    problem = agent_name_error(agent)
+    if problem:
+        print(f"ank up: --agent: {problem}", file=sys.stderr)
+        return 1
+    manifest = ""
+    if args.manifest:
+        try:
+            with open(args.manifest, encoding="utf-8") as f:
+                manifest = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            print(f"ank up: cannot read {args.manifest}: {why}; nothing started", file=sys.stderr)
+            return 1
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal stops the system cleanly too
+        signal.signal(sig, lambda *_: stop.set())
+    state_dir = Path(args.state_dir).resolve() if args.state_dir else default_up_dir()
     try:
-        system = Embedded(
-            agent, Path(args.state_dir).resolve(), args.port, secure=args.secure, dashboard_port=args.dashboard_port
-        )
+        up_lock = preflight(agent, state_dir, args.port, args.dashboard_port)
+    except (Busy, OSError) as exc:
+        print(f"ank up: {exc}; nothing started", file=sys.stderr)
+        return 1
+    try:
+        system = Embedded(agent, state_dir, args.port, secure=args.secure, dashboard_port=args.dashboard_port)
     except (RuntimeError, OSError) as exc:
         print(f"ank up: {exc}", file=sys.stderr)
+        up_lock.release()
         return 1
     try:
         token_note = dashboard_token.prepare(system.state_dir, args.secure) if system.dashboard_port else None
@@ -234,8 +344,8 @@ def run_up(args: argparse.Namespace) -> int:
             client = Client(bus, args.response_timeout)
             _wait_planner(client, system)
             if args.manifest:
-                with open(args.manifest, encoding="utf-8") as f:
-                    result = client.apply(ApplyRequest(manifest=f.read(), agent=agent))
+                # --agent is the default for workloads without one only
+                result = client.apply(ApplyRequest(manifest=with_default_agent(manifest, agent)))
                 for w in result.warnings:
                     print(f"warning: {w}", file=sys.stderr)
                 if not result.ok:
@@ -270,6 +380,7 @@ def run_up(args: argparse.Namespace) -> int:
         stop.set()
         print("ank up: stopping", file=sys.stderr)
         system.stop()
+        up_lock.release()
 
 
 def _wait_planner(client: Client, system: Embedded, timeout: float = 20.0) -> None:

@@ -42,6 +42,7 @@ from schemas.manifest import (
 from schemas.messages import ValidationIssue
 from services.manifest.document import ManifestError, load_optional_document
 from services.manifest.templating import TemplateError, render_template
+from services.names import has_name_chars
 
 CURRENT_API_VERSION = "v1"
 PREVIOUS_API_VERSION = "v0.1"
@@ -55,7 +56,6 @@ ADD_CONDITIONS = ("ADD_COND_RUNNING", "ADD_COND_SUCCEEDED", "ADD_COND_FAILED")
 RULE_OPERATIONS = ("Read", "Write", "ReadWrite")
 KNOWN_RUNTIMES = ("podman", "podman-kube", "process")
 
-_NAME_CHARS = re.compile(r"^[a-zA-Z0-9_-]*$")
 _FILTER_MASK = re.compile(r"^(?:\*|[a-zA-Z0-9_-]+)(?:\.(?:\*|[a-zA-Z0-9_-]+))*$")
 # Rust's str::trim (Unicode White_Space), which Ankaios applies to runtimeConfig.
 _RUST_WHITESPACE = (
@@ -133,7 +133,7 @@ def _field_problem(value: str) -> str | None:
     """Ankaios's checks in order: not empty, allowed chars, length (bytes)."""
     if not value:
         return "Is empty."
-    if not _NAME_CHARS.match(value):
+    if not has_name_chars(value):
         return f"Expected to have characters in {ALLOWED_CHAR_SET}."
     length = len(value.encode("utf-8", errors="surrogatepass"))
     if length > MAX_FIELD_LENGTH:
@@ -149,13 +149,13 @@ def workload_name_problem(name: str) -> str | None:
 def agent_name_problem(agent: str) -> str | None:
     # Ankaios checks only the characters of agent names (empty = not
     # scheduled); the length limit is not enforced for them.
-    if _NAME_CHARS.match(agent):
+    if has_name_chars(agent):
         return None
     return f"Unsupported agent name '{agent}'. {CONSTRAINT_FIELD_DESCRIPTION}"
 
 
 def config_key_problem(key: str) -> str | None:
-    if key and _NAME_CHARS.match(key) and len(key.encode("utf-8", errors="surrogatepass")) <= MAX_FIELD_LENGTH:
+    if key and has_name_chars(key) and len(key.encode("utf-8", errors="surrogatepass")) <= MAX_FIELD_LENGTH:
         return None
     return f"Unsupported config item key '{key}'. {CONSTRAINT_FIELD_DESCRIPTION}"
 
@@ -171,7 +171,7 @@ def _log_rule_name_problem(name: str) -> str | None:
     length = len(name.encode("utf-8", errors="surrogatepass"))
     if length > MAX_FIELD_LENGTH + 1:
         reason = f"Filter length {length} exceeds the maximum limit of {MAX_FIELD_LENGTH + 1} characters."
-    elif not _NAME_CHARS.match(prefix) or not _NAME_CHARS.match(suffix):
+    elif not has_name_chars(prefix) or not has_name_chars(suffix):
         reason = f"Expected to have characters in {ALLOWED_CHAR_SET}."
     else:
         return None

@@ -38,13 +38,14 @@ from services.bus import Bus, BusConfigError
 from services.bus.eventlog import RecentEvents
 from services.bus.loop import EventLoop
 from services.clock import SYSTEM_CLOCK, Clock
+from services.lifecycle import Busy, DirLock, TwinDetector, default_state_dir
 from services.logsetup import setup_logging
 from services.planner import core, store
 
 R = TypeVar("R")
 log = logging.getLogger("ank.planner")
 
-DEFAULT_STATE_DIR = ".ank/planner"
+DEFAULT_STATE_DIR = str(default_state_dir())
 QUERY_TIMEOUT_S = 10.0  # how long a query waits for the loop before it is answered with an error
 LATE_JOIN_TIMEOUT_S = 2.0
 
@@ -65,6 +66,7 @@ class Planner:
         self.state_dir = Path(state_dir)
         self.clock = clock
         self.state = core.PlannerState(durable=durable or core.Durable())
+        self.twins = TwinDetector()
         log.info(
             "loaded %d workloads from %s",
             len(self.state.durable.desired.workloads),
@@ -148,6 +150,8 @@ class Planner:
 
     def on_liveliness(self, key: str, alive: bool) -> None:
         agent = _agent_of(key)
+        if agent and not alive:
+            self.twins.forget(agent)
         if agent:
             was_alive = agent in self.state.alive
             self.commit(core.agent_liveliness(self.state, agent, alive, self.now_ms()))
@@ -157,7 +161,17 @@ class Planner:
     def on_status(self, status: AgentStatus) -> None:
         """A status proves its agent alive: an agent taken for lost whose
         status still arrives (its token missed, e.g. an access-control policy
-        that denies tokens) is alive again within one status period."""
+        that denies tokens) is alive again within one status period. Two
+        agents of one name are reported as an event (each would run every
+        workload of the name)."""
+        twins = self.twins.seen(status.agent, status.boot)
+        if twins:
+            message = (
+                f"two agents named {status.agent} are live (boots {', '.join(twins)}): "
+                "each runs the workloads of that name; stop one"
+            )
+            log.warning("%s", message)
+            self.bus.event("duplicate-agent", message, subject=status.agent, severity="warning")
         if status.agent not in self.state.alive:
             log.warning("agent %s sends status while its token is gone: alive again", status.agent)
             self.on_liveliness(f"ank/agents/{status.agent}", True)
@@ -291,13 +305,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
     setup_logging("ank-planner", args.verbose)
+    args.state_dir = str(Path(args.state_dir).resolve())
+    # One writer per state: held for the planner's whole life.
+    lock = DirLock(args.state_dir, "planner state directory")
     try:
         store.check_writable(args.state_dir)
+        lock.acquire()
         durable = store.load(args.state_dir)
         bus = Bus(args.name, config=args.zenoh_config, server=args.server)
-    except (store.StoreError, BusConfigError) as exc:
+    except (store.StoreError, BusConfigError, Busy, OSError) as exc:
         print(f"ank-planner: {exc}", file=sys.stderr)
         return 2
+    print(f"ank-planner: state in {args.state_dir}", file=sys.stderr, flush=True)
     loop = EventLoop()
     try:
         planner = Planner(bus, loop, args.state_dir, durable)

@@ -1,10 +1,12 @@
 """Runtime `process`: a workload is a native program (ProcessConfig:
 command, args, env, cwd).
 
-- Each program starts in its own session (so its own process group): a stop
-  signals the whole group (SIGTERM, SIGKILL after the grace), and the
-  program survives the agent (kill -9 included), so that a restarted agent
-  adopts it.
+- Each program starts in its own session (so its own process group) and,
+  where the agent can make one, its own cgroup (containment.py): a stop
+  signals the whole group and every member of the cgroup (SIGTERM, SIGKILL
+  after the grace, `cgroup.kill` for what is left once the program is gone),
+  so that descendants that daemonise are stopped too. The program survives
+  the agent (kill -9 included), so that a restarted agent adopts it.
 - stdout and stderr go to `<run dir>/<workload>.log` (appended across restarts).
 - Exits are noticed from a pidfd (PidfdWatcher), never by polling. For our
   own children the exit code comes from waitpid. An adopted process is not
@@ -23,7 +25,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -34,9 +36,23 @@ from schemas.messages import WorkloadUsage
 from schemas.runtime_configs import ProcessConfig
 from services.agent.control_interface import mount as ci_mount
 from services.agent.runtimes.base import Notify, RunHandle, RuntimeEvent, StartError, StartSpec, log_path
+from services.agent.runtimes.process import containment
+from services.agent.runtimes.process.containment import Containment
 from services.agent.runtimes.process.watcher import PidfdWatcher, kill_group
 
 log = logging.getLogger("ank.agent.process")
+
+
+def _both(first: Callable[[], None] | None, then: Callable[[], None] | None) -> Callable[[], None] | None:
+    """One preexec hook running `first`, then `then` (each if any), in the child before exec."""
+    if first is None or then is None:
+        return first or then
+
+    def run() -> None:
+        first()
+        then()
+
+    return run
 
 
 def parse_config(text: str) -> ProcessConfig:
@@ -88,6 +104,7 @@ class _Watched:
         self.pid = pid
         self.pidfd = pidfd
         self.popen = popen  # None when adopted: not our child
+        self.cgroup = handle.record.get("cgroup", "")  # "" when contained by its process group only
         self.stopping = False
         self.exited = False
         self.usage_probes: dict[int, psutil.Process] = {}
@@ -98,6 +115,12 @@ class ProcessRuntime:
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
+        self.containment = Containment.detect()
+        if self.containment.base is None:
+            from services.lifecycle import become_subreaper
+
+            become_subreaper()  # daemonised descendants stay below the agent
+        self._swept: set[str] = set()  # agents whose stale empty cgroups were removed
         self._watcher = PidfdWatcher()
         self._watched: dict[tuple[str, str], _Watched] = {}
         self._lock = threading.Lock()
@@ -119,6 +142,14 @@ class ProcessRuntime:
             env[ci_mount.ENV] = ci_mount.TARGET if preexec is not None else spec.control_interface
         env.update(config.env)
         argv = [config.command, *config.args]
+        for text in (config.command, *config.args, *config.env, *config.env.values()):
+            if "\0" in text:
+                raise StartError(f"runtimeConfig holds a NUL byte (in {text!r}): it cannot be passed", permanent=True)
+        if spec.agent not in self._swept:
+            self._swept.add(spec.agent)
+            self.containment.sweep(spec.agent)
+        cgroup = self.containment.make(spec.agent, spec.workload, spec.instance)
+        cgroup_fd, join_cgroup = Containment.joiner(cgroup)
         with open(log_path(run_dir, spec.workload), "ab") as log_file:
             log_file.write(f"--- ank: starting {' '.join(argv)} (instance {spec.instance})\n".encode())
             log_file.flush()
@@ -131,12 +162,18 @@ class ProcessRuntime:
                     cwd=config.cwd,
                     env=env,
                     start_new_session=True,  # own session and group: group stop; survives the agent
-                    preexec_fn=preexec,  # the Control Interface's mount namespace
+                    preexec_fn=_both(join_cgroup, preexec),  # the workload's cgroup, the Control Interface's mount
                 )
-            except subprocess.SubprocessError as exc:  # only from preexec: the mount namespace failed
-                raise StartError(f"cannot mount the control interface: {exc}", permanent=False) from exc
-            except OSError as exc:
+            except subprocess.SubprocessError as exc:  # from preexec: the cgroup join or the mount namespace failed
+                containment.dispose(cgroup)
+                reason = f"cannot prepare the process (cgroup or control interface): {exc}"
+                raise StartError(reason, permanent=False) from exc
+            except (OSError, ValueError) as exc:
+                containment.dispose(cgroup)
                 raise StartError(f"cannot execute {config.command!r}: {exc}", permanent=True) from exc
+            finally:
+                if cgroup_fd >= 0:
+                    os.close(cgroup_fd)
         pidfd = os.pidfd_open(popen.pid)
         start_time = process_start_time(popen.pid) or ""
         handle = RunHandle(
@@ -144,7 +181,7 @@ class ProcessRuntime:
             instance=spec.instance,
             runtime=self.name,
             id=str(popen.pid),
-            record={"pid": str(popen.pid), "start_time": start_time},
+            record={"pid": str(popen.pid), "start_time": start_time, "cgroup": cgroup},
         )
         notify(RuntimeEvent(spec.workload, spec.instance, "running"))  # before any exit notice
         self._watch(_Watched(handle, popen.pid, pidfd, popen), notify)
@@ -156,6 +193,7 @@ class ProcessRuntime:
         if watched is None or watched.exited:
             return
         watched.stopping = True
+        containment.signal_all(watched.cgroup, signal.SIGTERM)
         if kill_group(watched.pid, signal.SIGTERM):
             self._watcher.kill_after(watched.pid, grace_s, time.monotonic())
 
@@ -166,6 +204,7 @@ class ProcessRuntime:
             return
         if not watched.exited:  # never leave an orphan the agent no longer watches
             kill_group(watched.pid, signal.SIGKILL)
+        containment.dispose(watched.cgroup)  # what daemonised from it, too
         self._release_pidfd(watched)
 
     def adopt(self, records: list[RunHandle], notify: Notify) -> list[RunHandle]:
@@ -206,7 +245,15 @@ class ProcessRuntime:
             if watched is None or watched.exited:
                 continue
             out[handle.workload] = _measure(watched)
+        self._reap()
         return out
+
+    def _reap(self) -> None:
+        """Without cgroups the agent is subreaper: it reaps what it inherits."""
+        if self.containment.base is None:
+            with self._lock:
+                own = {w.pid for w in self._watched.values() if w.popen is not None}
+            containment.reap_orphans(own)
 
     def close(self) -> None:
         with self._lock:
@@ -215,6 +262,8 @@ class ProcessRuntime:
         for watched in watched_now:
             self._release_pidfd(watched)
         self._watcher.close()
+        for agent in self._swept:
+            self.containment.sweep(agent, remove_agent=True)
 
     # -- internals --------------------------------------------------------------------
     def _find(self, handle: RunHandle) -> _Watched | None:
@@ -232,6 +281,9 @@ class ProcessRuntime:
             self._watcher.cancel_kill(watched.pid)
             if watched.stopping:
                 kill_group(watched.pid, signal.SIGKILL)  # what the leader left of its group
+                containment.kill_all(watched.cgroup)  # and of its cgroup
+            containment.release(watched.cgroup)  # gone if nothing daemonised from it
+            self._reap()
             log.info("%s: pid %d exited (%s)", watched.handle.workload, watched.pid, exit_code)
             notify(RuntimeEvent(watched.handle.workload, watched.handle.instance, "exited", exit_code=exit_code))
 
