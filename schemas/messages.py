@@ -85,6 +85,8 @@ class AgentStatus(Message, frozen=True, kw_only=True):
     total_memory_bytes: int = 0
     runtimes: list[str] = []
     workloads: dict[str, WorkloadUsage] = {}
+    # How each runtime reaches its engine where it has a choice: podman "api" or "cli".
+    runtime_transports: dict[str, str] = {}
 
 
 class EnergyReport(Message, frozen=True, kw_only=True):

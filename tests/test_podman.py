@@ -283,3 +283,54 @@ def test_event_stream_that_dies_is_restarted_without_losing_an_exit(tmp_path: Pa
         assert stream._proc is not old
     finally:
         runtime.close()
+
+
+def test_containers_go_through_the_api_service_by_default(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    runtime.create(spec(podman_agent, "viaapi", f"image: {SLEEPY}\n"), events)
+    events.wait("running")
+    assert runtime.transport == "api"
+    service = runtime.service.child
+    assert service is None or service.poll() is None  # our own `podman system service`, alive
+    runtime.close()
+    assert service is None or service.poll() is not None  # and gone with the connector
+
+
+def test_forced_cli_fallback_runs_reports_and_stops(tmp_path: Path, podman_agent: str) -> None:
+    runtime = PodmanRuntime(tmp_path, image_map=IMAGE_RULES, transport="cli")
+    events = Events()
+    try:
+        assert runtime.transport == "cli"
+        assert runtime.service.child is None  # no service started at all
+        assert runtime.available() is True
+        handle = runtime.create(spec(podman_agent, "viacli", f"image: {SLEEPY}\n"), events)
+        events.wait("running")
+        assert handle.id in containers_of(podman_agent)
+        runtime.stop(handle, 1.0)
+        events.wait("exited")
+        runtime.remove(handle)
+        wait_for(lambda: handle.id not in containers_of(podman_agent), 30, "container removed")
+    finally:
+        runtime.close()
+
+
+def test_an_option_the_api_path_cannot_translate_runs_through_the_cli(
+    runtime: PodmanRuntime, podman_agent: str
+) -> None:
+    events = Events()
+    config = f"image: {ALPINE}\ncommandOptions: [--memory, 64m]\ncommandArgs: [sh, -c, 'exit 4']\n"
+    handle = runtime.create(spec(podman_agent, "limited", config), events)
+    assert events.wait("exited")[1].exit_code == 4
+    assert runtime.transport == "api"
+    assert podman("inspect", "--format", "{{.HostConfig.Memory}}", handle.id).stdout.strip() == str(64 * 1024 * 1024)
+
+
+def test_translated_options_reach_the_container(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    config = (
+        f"image: {ALPINE}\ncommandOptions: [-e, GREETING=hi there, -w, /tmp, --hostname, box1]\n"
+        "commandArgs: [sh, -c, 'echo \"$GREETING $(pwd) $(hostname)\"']\n"
+    )
+    handle = runtime.create(spec(podman_agent, "translated", config), events)
+    assert events.wait("exited")[1].exit_code == 0
+    assert list(runtime.logs(handle)) == ["hi there /tmp box1"]

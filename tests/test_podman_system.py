@@ -134,7 +134,6 @@ def sut(router: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podma
         remove_agent_containers(f"agent_B_{suffix}")
 
 
-@pytest.fixture(autouse=True)
 def _agent_up(system: System, agent: str) -> bool:
     return " up: runtimes" in system.log(f"agent-{agent}")
 

@@ -464,6 +464,7 @@ class AgentShell:
             total_memory_bytes=memory.total,
             runtimes=sorted(name for name, runtime in self.runtimes.items() if _available(runtime)),
             workloads=usage,
+            runtime_transports={name: t for name, rt in self.runtimes.items() if (t := getattr(rt, "transport", ""))},
         )
 
     def energy(self) -> EnergyReport | None:

@@ -1,10 +1,15 @@
 """The `podman` runtime connector: the shell around podman/core.py.
 
-`podman run -d` through the CLI (a manifest's commandOptions are options of
-that command line, so the CLI is the only faithful way to honour them),
-states from the agent's one `podman events` stream (podman/cli.py; its
-`died` events carry the exit code, so no inspect is needed), exits at once
-from conmon's exit files where they can be watched. See docs/podman.md.
+Containers are created, started, stopped, removed and listed through
+podman's REST API service (podman/api.py: the system socket or the agent's
+own `podman system service`), from the same `podman run -d` command line the
+CLI would get (podman/spec.py translates it; a command line with an option
+it cannot translate runs through the CLI, logged with the option). Where no
+API service can run, everything goes through the CLI (chosen at start,
+reported in the agent status). States come from the agent's one `podman
+events` stream (podman/cli.py; its `died` events carry the exit code, so no
+inspect is needed), exits at once from conmon's exit files where they can be
+watched. See docs/podman.md.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import msgspec
 
 from schemas.messages import WorkloadUsage
 from services.agent.runtimes.base import Notify, RunHandle, Runtime, RuntimeEvent, StartError, StartSpec
+from services.agent.runtimes.podman.api import ApiFailure, PodmanApi, PodmanService
 from services.agent.runtimes.podman.cli import (
     EventStream,
     ExitFiles,
@@ -57,6 +63,7 @@ from services.agent.runtimes.podman.core import (
     run_labels,
     start_error,
 )
+from services.agent.runtimes.podman.spec import ApiRun, Untranslatable, api_run
 
 log = logging.getLogger("ank.agent.podman")
 
@@ -219,13 +226,17 @@ def ps_containers(cli: PodmanCli, label_filters: list[str]) -> list[dict[str, ob
     return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
 
 
-def remove_run_containers(cli: PodmanCli, run_id: str) -> None:
+def remove_run_containers(cli: PodmanCli, run_id: str, api: PodmanApi | None = None) -> None:
     """Removes whatever a failed create left behind (a created, never started container)."""
     try:
+        if api is not None:
+            for row in api.ps([f"{LABEL_RUN}={run_id}"]):
+                api.remove(str(row.get("Id", "")))
+            return
         ids = [str(row["Id"]) for row in ps_containers(cli, [f"{LABEL_RUN}={run_id}"]) if "Id" in row]
         if ids:
             cli.run(["rm", "-f", "-t", "0", *ids], timeout=60)
-    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+    except (OSError, RuntimeError, ApiFailure, subprocess.TimeoutExpired) as exc:
         log.warning("cleaning up after failed run %s: %s", run_id, exc)
 
 
@@ -234,8 +245,9 @@ class DeferredRemovals:
     the same name in the meantime takes the removal over (`--replace`); else
     one thread removes them when due. `close` removes what is still pending."""
 
-    def __init__(self, cli: PodmanCli) -> None:
+    def __init__(self, cli: PodmanCli, service: PodmanService | None = None) -> None:
         self.cli = cli
+        self.service = service
         self._cond = threading.Condition()
         self._pending: dict[str, tuple[str, Path | None, float]] = {}  # name → (container id, files, due)
         self._in_flight: set[str] = set()
@@ -264,9 +276,16 @@ class DeferredRemovals:
                 self._cond.wait(1.0)
 
     def remove_now(self, container_id: str, files: Path | None, what: str) -> None:
+        api = self.service.api() if self.service is not None else None
         try:
-            result = self.cli.run(["rm", "-f", "-t", "0", container_id], timeout=60)
-            if result.returncode != 0 and "no such container" not in result.stderr.lower():
+            if api is not None:
+                api.remove(container_id)
+                container_id = ""
+        except ApiFailure as exc:
+            log.warning("%s: podman API rm: %s (trying the CLI)", what, exc)
+        try:
+            result = self.cli.run(["rm", "-f", "-t", "0", container_id], timeout=60) if container_id else None
+            if result is not None and result.returncode != 0 and "no such container" not in result.stderr.lower():
                 log.warning("%s: podman rm: %s", what, result.stderr.strip())
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.error("%s: podman rm failed: %s", what, exc)
@@ -320,14 +339,25 @@ class PodmanConnector:
     def close(self) -> None:
         self.watcher.close()
 
+    def _api(self) -> PodmanApi | None:
+        return None  # the podman-kube connector: the CLI only
+
     def _stop_in_background(self, handle: RunHandle, args: list[str], grace_s: float) -> None:
         """`podman stop -t <grace> …` (SIGTERM, SIGKILL after the grace) without
         blocking the agent; the exit arrives through the events."""
         self.watcher.stop_asked(handle.record.get("run", ""))
         seconds = max(0, math.ceil(grace_s))
         argv = ["stop", "-t", str(seconds), *args]
+        api = self._api()
 
         def stop() -> None:
+            if api is not None:
+                try:
+                    for container in args:
+                        api.stop(container, seconds)
+                    return
+                except ApiFailure as exc:
+                    log.info("%s: podman API stop: %s (trying the CLI)", handle.workload, exc)
             try:
                 result = self.cli.run(argv, timeout=seconds + STOP_TIMEOUT_MARGIN_S)
                 if result.returncode != 0:
@@ -363,9 +393,34 @@ class PodmanConnector:
 class PodmanRuntime(PodmanConnector):
     name = "podman"
 
-    def __init__(self, run_dir: str | Path, *, cli: PodmanCli | None = None, image_map: ImageMap | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        cli: PodmanCli | None = None,
+        image_map: ImageMap | None = None,
+        transport: str | None = None,
+    ) -> None:
+        """`transport`: "cli" forces the CLI path; None: ANK_PODMAN_API, else
+        the API service where one can run (podman/api.py)."""
         super().__init__(run_dir, cli=cli, image_map=image_map)
-        self.removals = DeferredRemovals(self.cli)
+        self.service = PodmanService(self.cli, self.run_dir, transport=transport)
+        self.removals = DeferredRemovals(self.cli, self.service)
+
+    @property
+    def transport(self) -> str:
+        """ "api" or "cli": how this connector reaches podman (agent status)."""
+        self.service.api()
+        return self.service.transport
+
+    def _api(self) -> PodmanApi | None:
+        return self.service.api()
+
+    def available(self) -> bool:
+        api = self.service.api()
+        if api is not None:
+            return api.ping()
+        return self.cli.available()
 
     def create(self, spec: StartSpec, notify: Notify) -> RunHandle:
         config = decode_podman_config(spec.runtime_config)
@@ -384,6 +439,12 @@ class PodmanRuntime(PodmanConnector):
         )
         self._retire_earlier_runs(spec, custom_name=names_itself(config.command_options))
         self.watcher.register(Run(spec.workload, spec.instance, run_id), notify)
+        api = self.service.api()
+        translated = self._translated(spec.workload, argv) if api is not None else None
+        if api is not None and translated is not None:
+            container_id = self._run_through_api(api, translated, spec.workload, run_id)
+            if container_id:
+                return self._started(spec, config.image, name, run_id, base, container_id)
         try:
             result = self.cli.run(argv, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -395,8 +456,31 @@ class PodmanRuntime(PodmanConnector):
             remove_run_containers(self.cli, run_id)
             raise start_error("run", result.returncode, result.stderr)
         container_id = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+        return self._started(spec, config.image, name, run_id, base, container_id)
+
+    def _translated(self, workload: str, argv: list[str]) -> ApiRun | None:
+        try:
+            return api_run(argv)
+        except Untranslatable as exc:
+            log.info("%s: %s is not translated to the podman API: podman run through the CLI", workload, exc)
+            return None
+
+    def _run_through_api(self, api: PodmanApi, run: ApiRun, workload: str, run_id: str) -> str:
+        """The started container's id; "" where the CLI should run it instead
+        (an image that is not here: `podman run` pulls it). Raises StartError."""
+        try:
+            return api.run(run)
+        except ApiFailure as exc:
+            remove_run_containers(self.cli, run_id, api)
+            if "image not known" in str(exc) or "no such image" in str(exc).lower():
+                log.info("%s: image not here: podman run through the CLI (pulls it)", workload)
+                return ""
+            self.watcher.forget(run_id)
+            raise start_error("run", 125, str(exc)) from None
+
+    def _started(self, spec: StartSpec, image: str, name: str, run_id: str, base: Path, container_id: str) -> RunHandle:
         self.watcher.started(run_id, container_id)
-        log.info("%s: podman run %s → %s", spec.workload, config.image, container_id[:12])
+        log.info("%s: podman run %s → %s", spec.workload, image, container_id[:12])
         return RunHandle(
             workload=spec.workload,
             instance=spec.instance,
@@ -415,7 +499,8 @@ class PodmanRuntime(PodmanConnector):
                 continue
             self.watcher.forget(run.run_id)
             if custom_name and run.phases:
-                self.cli.run(["rm", "-f", "-t", "0", *run.phases], timeout=60)
+                for container_id in run.phases:
+                    self.removals.remove_now(container_id, None, spec.workload)
 
     def stop(self, handle: RunHandle, grace_s: float) -> None:
         self._stop_in_background(handle, [handle.id], grace_s)
@@ -449,8 +534,13 @@ class PodmanRuntime(PodmanConnector):
         for agent, wanted in by_agent.items():
             self.watcher.watch_agent(agent)
             try:
-                rows = ps_containers(self.cli, [f"ank.agent={agent}"])
-            except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+                api = self.service.api()
+                rows = (
+                    api.ps([f"ank.agent={agent}"])
+                    if api is not None
+                    else ps_containers(self.cli, [f"ank.agent={agent}"])
+                )
+            except (OSError, RuntimeError, ApiFailure, subprocess.TimeoutExpired) as exc:
                 log.error("adopt: cannot list the containers of agent %s: %s", agent, exc)
                 continue
             for record in wanted:
@@ -483,6 +573,7 @@ class PodmanRuntime(PodmanConnector):
     def close(self) -> None:
         self.removals.close()
         super().close()
+        self.service.close()
 
 
 def _labels(row: dict[str, object]) -> dict[str, str]:
