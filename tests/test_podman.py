@@ -15,6 +15,7 @@ import pytest
 from services.agent.runtimes.base import RunHandle, StartError, StartSpec
 from services.agent.runtimes.podman import PodmanRuntime
 from services.agent.runtimes.podman.cli import EventStream, PodmanCli
+from services.agent.runtimes.podman.connector import RESTART_ENV
 from tests.helpers import wait_for
 from tests.test_podman_helpers import ALPINE, IMAGE_RULES, SLEEPY, Events, containers_of, podman, podman_agent
 
@@ -84,6 +85,10 @@ def test_stop_asks_with_sigterm_first(runtime: PodmanRuntime, podman_agent: str)
     events = Events()
     handle = runtime.create(spec(podman_agent, "sleepy", f"image: {SLEEPY}\n"), events)
     events.wait("running")
+    # the shell has set its TERM trap once it has started its `sleep` (a TERM
+    # before that is ignored by a PID 1 without a handler: the API starts fast)
+    children = Path(f"/proc/{_main_pid(handle.id)}/task/{_main_pid(handle.id)}/children")
+    wait_for(lambda: children.read_text().strip() != "", 10, "sleepy's trap set")
     asked = time.monotonic()
     runtime.stop(handle, grace_s=10)
     at, exited = events.wait("exited")
@@ -334,3 +339,45 @@ def test_translated_options_reach_the_container(runtime: PodmanRuntime, podman_a
     handle = runtime.create(spec(podman_agent, "translated", config), events)
     assert events.wait("exited")[1].exit_code == 0
     assert list(runtime.logs(handle)) == ["hi there /tmp box1"]
+
+
+def _crash_and_restart(runtime: PodmanRuntime, agent: str) -> tuple[RunHandle, RunHandle, Events]:
+    config = f"image: {ALPINE}\ncommandArgs: [sh, -c, 'sleep 0.3; exit 2']\n"
+    first = Events()
+    handle = runtime.create(spec(agent, "again", config), first)
+    assert first.wait("exited")[1].exit_code == 2
+    runtime.remove(handle)  # as the agent does before a restart
+    second = Events()
+    return handle, runtime.create(spec(agent, "again", config), second), second
+
+
+def test_restart_after_a_crash_starts_the_ended_container_again_with_a_new_state_sequence(
+    runtime: PodmanRuntime, podman_agent: str
+) -> None:
+    handle, again, events = _crash_and_restart(runtime, podman_agent)
+    assert again.id == handle.id
+    assert events.wait("exited")[1].exit_code == 2  # the second run's own exit, told once
+    assert events.kinds() == ["running", "exited"]
+    assert containers_of(podman_agent) == [handle.id]
+
+
+def test_restart_recreates_the_container_when_asked(
+    runtime: PodmanRuntime, podman_agent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(RESTART_ENV, "recreate")
+    handle, again, events = _crash_and_restart(runtime, podman_agent)
+    assert again.id != handle.id
+    assert events.wait("exited")[1].exit_code == 2
+    assert events.kinds() == ["running", "exited"]
+    wait_for(lambda: containers_of(podman_agent) == [again.id], 30, "only the new container")
+
+
+def test_a_container_the_agent_stopped_is_not_started_again(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    handle = runtime.create(spec(podman_agent, "stopped", f"image: {SLEEPY}\n"), events)
+    events.wait("running")
+    runtime.stop(handle, 0.0)
+    events.wait("exited")
+    runtime.remove(handle)
+    again = runtime.create(spec(podman_agent, "stopped", f"image: {SLEEPY}\n"), Events())
+    assert again.id != handle.id

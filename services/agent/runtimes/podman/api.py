@@ -104,6 +104,10 @@ class PodmanApi:
         self._call("post", f"/containers/{container_id}/start", ok=(204, 304))
         return container_id
 
+    def start(self, container: str) -> None:
+        """Starts an existing (created or ended) container."""
+        self._call("post", f"/containers/{container}/start", ok=(204, 304))
+
     def remove(self, container: str, *, timeout_s: int = 0) -> None:
         """Force-removes a container; one already gone is no error."""
         self._call("delete", f"/containers/{container}", ok=(200, 204, 404), params={"force": True, "t": timeout_s})

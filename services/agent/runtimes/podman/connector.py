@@ -73,6 +73,17 @@ UNCLAIMED_EVENTS = 256
 STOP_TIMEOUT_MARGIN_S = 30.0
 # An ended container's removal waits this long for a restart to take it over.
 DEFERRED_REMOVE_S = 1.0
+# "recreate": a restart creates a new container even where the ended one could start again.
+RESTART_ENV = "ANK_PODMAN_RESTART"
+
+
+class Ended(msgspec.Struct, frozen=True):
+    """An ended container the agent removed, kept until its deferred removal:
+    a restart of the same instance with the same command line starts it again."""
+
+    container_id: str
+    run: Run
+    command: tuple[str, ...]  # its `podman run` command line, without its run label
 
 
 def image_map_from_env() -> ImageMap:
@@ -266,14 +277,16 @@ class DeferredRemovals:
         if closed:
             self.remove_now(container_id, files, name)
 
-    def claim(self, name: str) -> None:
-        """A create of `name` follows: its pending removal is dropped, one
-        under way is waited for (bounded)."""
+    def claim(self, name: str) -> str | None:
+        """A create of `name` follows: its pending removal is dropped (the id
+        of that container, which is still there, is returned), one under way
+        is waited for (bounded)."""
         deadline = time.monotonic() + 60
         with self._cond:
-            self._pending.pop(name, None)
+            pending = self._pending.pop(name, None)
             while name in self._in_flight and time.monotonic() < deadline:
                 self._cond.wait(1.0)
+        return pending[0] if pending is not None else None
 
     def remove_now(self, container_id: str, files: Path | None, what: str) -> None:
         api = self.service.api() if self.service is not None else None
@@ -406,6 +419,9 @@ class PodmanRuntime(PodmanConnector):
         super().__init__(run_dir, cli=cli, image_map=image_map)
         self.service = PodmanService(self.cli, self.run_dir, transport=transport)
         self.removals = DeferredRemovals(self.cli, self.service)
+        self._commands: dict[str, tuple[str, ...]] = {}  # container id → its command line (no run label)
+        self._ended: dict[str, Ended] = {}  # container name → the ended container of that name
+        self._lock = threading.Lock()
 
     @property
     def transport(self) -> str:
@@ -428,7 +444,9 @@ class PodmanRuntime(PodmanConnector):
         run_id = uuid.uuid4().hex[:12]
         name = container_name(spec.workload, spec.instance, spec.agent)
         self.watcher.watch_agent(spec.agent)
-        self.removals.claim(name)  # before the files are written: a pending removal may delete them
+        pending = self.removals.claim(name)  # before the files are written: a pending removal may delete them
+        with self._lock:
+            ended = self._ended.pop(name, None)
         mounts = write_files(files_dir(base, spec.workload, spec.instance), spec.files) if spec.files else []
         argv = run_command(
             config,
@@ -438,12 +456,18 @@ class PodmanRuntime(PodmanConnector):
             image=map_image(self.image_map, config.image),
         )
         self._retire_earlier_runs(spec, custom_name=names_itself(config.command_options))
+        command = _without_run_label(argv, run_id)
+        if ended is not None and ended.container_id == pending and ended.command == command:
+            handle = self._start_again(spec, name, base, ended, notify)
+            if handle is not None:
+                return handle
         self.watcher.register(Run(spec.workload, spec.instance, run_id), notify)
         api = self.service.api()
         translated = self._translated(spec.workload, argv) if api is not None else None
         if api is not None and translated is not None:
             container_id = self._run_through_api(api, translated, spec.workload, run_id)
             if container_id:
+                self._remember(container_id, command)
                 return self._started(spec, config.image, name, run_id, base, container_id)
         try:
             result = self.cli.run(argv, timeout=300)
@@ -456,7 +480,39 @@ class PodmanRuntime(PodmanConnector):
             remove_run_containers(self.cli, run_id)
             raise start_error("run", result.returncode, result.stderr)
         container_id = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+        self._remember(container_id, command)
         return self._started(spec, config.image, name, run_id, base, container_id)
+
+    def _remember(self, container_id: str, command: tuple[str, ...]) -> None:
+        with self._lock:
+            self._commands[container_id] = command
+
+    def _start_again(self, spec: StartSpec, name: str, base: Path, ended: Ended, notify: Notify) -> RunHandle | None:
+        """A restart of an instance whose ended container is still there, with
+        the same command line, that ended by itself (not stopped by the
+        agent): that container is started again (podman's own restart does
+        the same; its writable layer is kept), saving its removal and a
+        create. The run
+        is new for the agent (a new state sequence from Pending); it keeps the
+        container's `ank.run` label, so the events of the earlier run that are
+        still on their way (an exit the exit file told first) are recognised
+        as such. None: not possible here (CLI path, ANK_PODMAN_RESTART=recreate,
+        container gone): the caller creates a new container."""
+        api = self.service.api()
+        if api is None or os.environ.get(RESTART_ENV, "").lower() == "recreate":
+            return None
+        run = Run(spec.workload, spec.instance, ended.run.run_id, early_exits=ended.run.early_exits)
+        # replay: an earlier run's `died` that came since its removal settles its early exit
+        self.watcher.register(run, notify, replay=True)
+        try:
+            api.start(ended.container_id)
+        except ApiFailure as exc:
+            self.watcher.forget(run.run_id)
+            log.info("%s: cannot start the ended container again (%s): a new one", spec.workload, exc)
+            return None
+        self._remember(ended.container_id, ended.command)
+        log.info("%s: restart reuses container %s", spec.workload, ended.container_id[:12])
+        return self._started(spec, "(again)", name, run.run_id, base, ended.container_id)
 
     def _translated(self, workload: str, argv: list[str]) -> ApiRun | None:
         try:
@@ -517,10 +573,16 @@ class PodmanRuntime(PodmanConnector):
             else None
         )
         ended = run is not None and run.summary in ("exited", "lost")
+        with self._lock:
+            command = self._commands.pop(handle.id, None)
         if ended and name == container_name(handle.workload, handle.instance, handle.record.get("agent", "")):
-            # A restart creates the same name next: its `--replace` removes
-            # the old container in the same podman call (an `rm` right after a
-            # crash waits for podman's cleanup of it: hundreds of ms).
+            # A restart creates the same name next: it starts this container
+            # again, or its `--replace` removes the old container in the same
+            # podman call (an `rm` right after a crash waits for podman's
+            # cleanup of it: hundreds of ms).
+            if run is not None and run.summary == "exited" and not run.stopping and command is not None:
+                with self._lock:
+                    self._ended[name] = Ended(handle.id, run, command)
             self.removals.defer(name, handle.id, files)
             return
         self.removals.remove_now(handle.id, files, handle.workload)
@@ -574,6 +636,11 @@ class PodmanRuntime(PodmanConnector):
         self.removals.close()
         super().close()
         self.service.close()
+
+
+def _without_run_label(argv: list[str], run_id: str) -> tuple[str, ...]:
+    """The command line with its `ank.run` label blanked (fresh per create)."""
+    return tuple(f"{LABEL_RUN}=" if arg == f"{LABEL_RUN}={run_id}" else arg for arg in argv)
 
 
 def _labels(row: dict[str, object]) -> dict[str, str]:
