@@ -12,7 +12,9 @@ a Unix socket does not. The connector uses, in this order:
    with the agent (close, or the kernel's parent-death signal on kill -9);
 3. else (ANK_PODMAN_API=cli, or no service answered in time) the CLI.
 
-The choice is made once, at start, and reported in the agent's status.
+The choice is made once, when the connector first needs podman (its first
+workload or adoption: an agent that runs no container starts no service and
+pays nothing for it), and reported in the agent's status.
 """
 
 from __future__ import annotations
@@ -139,8 +141,8 @@ class PodmanApi:
 
 
 class PodmanService:
-    """The API service of one connector: found or started at construction,
-    ready (or given up on) at the first `api()`."""
+    """The API service of one connector: found or started, and ready (or
+    given up on), at the first `api()`."""
 
     def __init__(self, cli: PodmanCli, run_dir: Path, *, transport: str | None = None) -> None:
         self.cli = cli
@@ -150,16 +152,19 @@ class PodmanService:
         self._api: PodmanApi | None = None
         self._decided = threading.Event()
         self._lock = threading.Lock()
+        self.run_dir = run_dir
         wanted = (transport or os.environ.get(API_ENV, "") or "auto").lower()
         if wanted == "cli":
             self._give_up(f"{API_ENV}=cli" if transport is None else "asked for the CLI")
-            return
+
+    def _find_or_start(self) -> None:
         named = os.environ.get(SOCKET_ENV, "")
         for candidate in [Path(named)] if named else SYSTEM_SOCKETS:
             if candidate.is_socket():
                 self.socket_path = str(candidate)
                 return
-        self.socket_path = _private_socket(run_dir)
+        cli = self.cli
+        self.socket_path = _private_socket(self.run_dir)
         try:
             Path(self.socket_path).unlink(missing_ok=True)
             Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +177,7 @@ class PodmanService:
                 preexec_fn=_die_with_parent,
             )
         except OSError as exc:
-            self._give_up(f"podman system service cannot start: {exc}")
+            self.reason = f"podman system service cannot start: {exc}"
 
     @property
     def transport(self) -> str:
@@ -188,7 +193,8 @@ class PodmanService:
         with self._lock:
             if self._decided.is_set():
                 return self._api
-            client = self._wait_ready()
+            self._find_or_start()
+            client = self._wait_ready() if not self.reason else None
             self._api = client
             self._decided.set()
             if client is not None:

@@ -73,6 +73,7 @@ UNCLAIMED_EVENTS = 256
 STOP_TIMEOUT_MARGIN_S = 30.0
 # An ended container's removal waits this long for a restart to take it over.
 DEFERRED_REMOVE_S = 1.0
+AVAILABLE_TTL_S = 30.0
 # "recreate": a restart creates a new container even where the ended one could start again.
 RESTART_ENV = "ANK_PODMAN_RESTART"
 
@@ -422,21 +423,28 @@ class PodmanRuntime(PodmanConnector):
         self._commands: dict[str, tuple[str, ...]] = {}  # container id → its command line (no run label)
         self._ended: dict[str, Ended] = {}  # container name → the ended container of that name
         self._lock = threading.Lock()
+        self._available: tuple[bool, float] | None = None
 
     @property
     def transport(self) -> str:
-        """ "api" or "cli": how this connector reaches podman (agent status)."""
-        self.service.api()
+        """How this connector reaches podman (agent status): "api" or "cli";
+        "" until its first workload decides."""
         return self.service.transport
 
     def _api(self) -> PodmanApi | None:
         return self.service.api()
 
     def available(self) -> bool:
-        api = self.service.api()
-        if api is not None:
-            return api.ping()
-        return self.cli.available()
+        """The API service's ping once it is up; else whether the CLI answers
+        (remembered for AVAILABLE_TTL_S: the agent asks every status period,
+        and a `podman version` each time would be most of its idle CPU)."""
+        if self.service.transport == "api":
+            api = self.service.api()
+            return api is not None and api.ping()
+        now = time.monotonic()
+        if self._available is None or now - self._available[1] > AVAILABLE_TTL_S:
+            self._available = (self.cli.available(), now)
+        return self._available[0]
 
     def create(self, spec: StartSpec, notify: Notify) -> RunHandle:
         config = decode_podman_config(spec.runtime_config)
