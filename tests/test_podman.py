@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from services.agent.runtimes.base import RunHandle, StartError, StartSpec
 from services.agent.runtimes.podman import PodmanRuntime
 from services.agent.runtimes.podman.cli import EventStream, PodmanCli
 from services.agent.runtimes.podman.connector import RESTART_ENV
-from tests.helpers import wait_for
+from tests.helpers import ROOT, wait_for
 from tests.test_podman_helpers import ALPINE, IMAGE_RULES, SLEEPY, Events, containers_of, podman, podman_agent
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
@@ -381,3 +382,33 @@ def test_a_container_the_agent_stopped_is_not_started_again(runtime: PodmanRunti
     runtime.remove(handle)
     again = runtime.create(spec(podman_agent, "stopped", f"image: {SLEEPY}\n"), Events())
     assert again.id != handle.id
+
+
+def test_the_api_service_ends_with_an_agent_killed_by_sigkill(tmp_path: Path, podman_agent: str) -> None:
+    script = (
+        "import sys, time\n"
+        "from services.agent.runtimes.podman import PodmanRuntime\n"
+        f"rt = PodmanRuntime({str(tmp_path)!r})\n"
+        "assert rt.service.api() is not None\n"
+        "print(rt.service.child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert owner.stdout is not None
+        service = int(owner.stdout.readline())
+        assert Path(f"/proc/{service}").exists()
+        owner.kill()
+        owner.wait(10)
+        wait_for(lambda: not Path(f"/proc/{service}").exists() or _zombie(service), 15, "the service gone")
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(10)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -19,11 +19,10 @@ pays nothing for it), and reported in the agent's status.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
-import signal
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -169,12 +168,11 @@ class PodmanService:
             Path(self.socket_path).unlink(missing_ok=True)
             Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
             self.child = subprocess.Popen(
-                [cli.binary, "system", "service", "--time=0", f"unix://{self.socket_path}"],
+                [*_dying_with_parent(), cli.binary, "system", "service", "--time=0", f"unix://{self.socket_path}"],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 env=cli.env,
-                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             self.reason = f"podman system service cannot start: {exc}"
@@ -260,12 +258,11 @@ def _private_socket(run_dir: Path) -> str:
     return str(Path(tempfile.gettempdir()) / f"ank-podman-{os.getpid()}-{uuid.uuid4().hex[:8]}.sock")
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the agent dies, even by kill -9."""
-    try:
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except Exception:
-        pass
+def _dying_with_parent() -> list[str]:
+    """A prefix that makes the service get SIGTERM when the agent dies, even
+    by kill -9 (util-linux `setpriv --pdeathsig`; no Python runs between fork
+    and exec: see docs/podman.md). The kernel ties it to the agent's thread
+    that starts the service: the main thread or a runtime worker, both live
+    as long as the agent. Without setpriv, close() alone ends the service."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
