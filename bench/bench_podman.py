@@ -11,7 +11,7 @@ P3-crash  crash → Running again under ALWAYS through the whole system
           (SIGKILL of the container's main process from outside until
           Running(Ok) with the next restart count), beside podman's own
           `--restart=always` (SIGKILL until podman's `start` event of the
-          restarted container). The agent starts the ended container again
+          restarted container), samples interleaved. The agent starts the ended container again
           (the default); P3-crash-new is a second agent of the same run with
           ANK_PODMAN_RESTART=recreate (a new container per restart).
 
@@ -136,6 +136,7 @@ def _system(
     raw: list[float] = []
     crash: list[float] = []
     crash_new: list[float] = []
+    podman_restart: list[float] = []
     agent = f"bench_{uuid.uuid4().hex[:6]}"
     recreating = f"{agent}_new"
     with tempfile.TemporaryDirectory() as tmp, running_router() as (endpoint, _router):
@@ -159,7 +160,8 @@ def _system(
                     bus.put("ank/desired", _manifest(agent, name).encode())
                     at = states.wait(running(name), started)
                     create.append(at - started)
-                # crash → Running under ALWAYS
+                # crash → Running under ALWAYS, each sample beside one of podman's own restart
+                restarter = _PodmanRestarter(cli, raw_agent)
                 for on, series in ((agent, crash), (recreating, crash_new)):
                     started = time.monotonic()
                     bus.put("ank/desired", _manifest(on, "crashy", "ALWAYS").encode())
@@ -172,56 +174,59 @@ def _system(
                         os.kill(pid, signal.SIGKILL)
                         at = states.wait(running("crashy", restarts=restart, agent=on), killed)
                         series.append(at - killed)
+                        podman_restart.append(restarter.sample())
+                restarter.close()
         finally:
             remove_agent_containers(agent)
             remove_agent_containers(recreating)
-    return create, raw, crash, crash_new, _podman_restart(cli, samples, raw_agent)
+    return create, raw, crash, crash_new, podman_restart
 
 
-def _podman_restart(cli: PodmanCli, samples: int, agent: str) -> list[float]:
-    """podman's own --restart=always: `podman kill` until the restarted container's start event."""
-    name = f"restarter-{uuid.uuid4().hex[:6]}"
-    events: list[tuple[float, ContainerEvent]] = []
-    cond = threading.Condition()
-    watcher = subprocess.Popen(
-        [cli.binary, "events", "--format", "json", "--filter", f"container={name}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=cli.env,
-    )
+class _PodmanRestarter:
+    """podman's own --restart=always: `podman kill` until the restarted
+    container's start event, one sample at a time (interleaved with ours)."""
 
-    def read() -> None:
-        assert watcher.stdout is not None
-        for line in watcher.stdout:
+    def __init__(self, cli: PodmanCli, agent: str) -> None:
+        self.cli = cli
+        self.name = f"restarter-{uuid.uuid4().hex[:6]}"
+        self.events: list[tuple[float, ContainerEvent]] = []
+        self.cond = threading.Condition()
+        self.watcher = subprocess.Popen(
+            [cli.binary, "events", "--format", "json", "--filter", f"container={self.name}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=cli.env,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        time.sleep(0.3)  # podman events takes a moment to follow the log
+        cli.run(["run", "-d", "--name", self.name, "--label", f"ank.agent={agent}", "--restart=always", IMAGE])
+
+    def _read(self) -> None:
+        assert self.watcher.stdout is not None
+        for line in self.watcher.stdout:
             event = parse_event(line)
             if event is not None:
-                with cond:
-                    events.append((time.monotonic(), event))
-                    cond.notify_all()
+                with self.cond:
+                    self.events.append((time.monotonic(), event))
+                    self.cond.notify_all()
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    out: list[float] = []
-    try:
-        time.sleep(0.3)  # podman events takes a moment to follow the log
-        cli.run(["run", "-d", "--name", name, "--label", f"ank.agent={agent}", "--restart=always", IMAGE])
-        for _ in range(samples):
-            with cond:
-                seen = len(events)
-            pid = _main_pid(cli, name)
-            killed = time.monotonic()
-            os.kill(pid, signal.SIGKILL)
-            deadline = killed + 30
-            with cond:
-                while not any(e.Status == "start" for _, e in events[seen:]):
-                    if not cond.wait(max(0.0, deadline - time.monotonic())):
-                        raise TimeoutError("podman did not restart the container")
-                out.append(next(t for t, e in events[seen:] if e.Status == "start") - killed)
-    finally:
-        cli.run(["rm", "-f", "-t", "0", name])
-        watcher.terminate()
-        watcher.wait(10)
-    return out
+    def sample(self) -> float:
+        with self.cond:
+            seen = len(self.events)
+        pid = _main_pid(self.cli, self.name)
+        killed = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        deadline = killed + 30
+        with self.cond:
+            while not any(e.Status == "start" for _, e in self.events[seen:]):
+                if not self.cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError("podman did not restart the container")
+            return next(t for t, e in self.events[seen:] if e.Status == "start") - killed
+
+    def close(self) -> None:
+        self.cli.run(["rm", "-f", "-t", "0", self.name])
+        self.watcher.terminate()
+        self.watcher.wait(10)
 
 
 def _main_pid(cli: PodmanCli, container: str) -> int:
@@ -301,7 +306,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             "container killed -> Running again, ALWAYS (whole system, container started again)",
             crash,
             podman_restart,
-            "peer: podman --restart=always, kill until its start event",
+            "peer: podman --restart=always, kill until its start event, interleaved",
             TARGET_CRASH,
         ),
         row(
@@ -309,7 +314,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             "container killed -> Running again, ALWAYS (whole system, ANK_PODMAN_RESTART=recreate)",
             crash_new,
             podman_restart,
-            "peer: podman --restart=always, kill until its start event",
+            "peer: podman --restart=always, kill until its start event, interleaved",
             TARGET_CRASH,
         ),
     ]
