@@ -129,14 +129,15 @@ def running(workload: str, restarts: int = 0, agent: str = "") -> Callable[[Work
 
 def _system(
     samples: int, cli: PodmanCli, raw_agent: str
-) -> tuple[list[float], list[float], list[float], list[float], list[float]]:
+) -> tuple[list[float], list[float], list[float], list[float], list[float], list[float]]:
     """(manifest → Running, raw run, crash → Running, the same with new
     containers, podman restart) samples."""
     create: list[float] = []
     raw: list[float] = []
     crash: list[float] = []
     crash_new: list[float] = []
-    podman_restart: list[float] = []
+    podman_restart: list[float] = []  # beside `crash`
+    podman_restart_new: list[float] = []  # beside `crash_new`
     agent = f"bench_{uuid.uuid4().hex[:6]}"
     recreating = f"{agent}_new"
     with tempfile.TemporaryDirectory() as tmp, running_router() as (endpoint, _router):
@@ -162,7 +163,7 @@ def _system(
                     create.append(at - started)
                 # crash → Running under ALWAYS, each sample beside one of podman's own restart
                 restarter = _PodmanRestarter(cli, raw_agent)
-                for on, series in ((agent, crash), (recreating, crash_new)):
+                for on, series, peer in ((agent, crash, podman_restart), (recreating, crash_new, podman_restart_new)):
                     started = time.monotonic()
                     bus.put("ank/desired", _manifest(on, "crashy", "ALWAYS").encode())
                     states.wait(running("crashy", agent=on), started)
@@ -174,12 +175,12 @@ def _system(
                         os.kill(pid, signal.SIGKILL)
                         at = states.wait(running("crashy", restarts=restart, agent=on), killed)
                         series.append(at - killed)
-                        podman_restart.append(restarter.sample())
+                        peer.append(restarter.sample())
                 restarter.close()
         finally:
             remove_agent_containers(agent)
             remove_agent_containers(recreating)
-    return create, raw, crash, crash_new, podman_restart
+    return create, raw, crash, crash_new, podman_restart, podman_restart_new
 
 
 class _PodmanRestarter:
@@ -260,7 +261,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             forced.close()
             remove_agent_containers(agent)
     try:
-        sys_create, sys_raw, crash, crash_new, podman_restart = _system(samples, cli, agent)
+        sys_create, sys_raw, crash, crash_new, podman_restart, podman_restart_new = _system(samples, cli, agent)
     finally:
         remove_agent_containers(agent)  # the raw and podman-restart containers carry its label
 
@@ -313,7 +314,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             "P3-crash-new",
             "container killed -> Running again, ALWAYS (whole system, ANK_PODMAN_RESTART=recreate)",
             crash_new,
-            podman_restart,
+            podman_restart_new,
             "peer: podman --restart=always, kill until its start event, interleaved",
             TARGET_CRASH,
         ),
