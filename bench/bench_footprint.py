@@ -156,12 +156,14 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     cli_samples = 3 if quick else 10
     p9: list[float] = []
     cli: list[float] = []
+    floor_import: list[float] = []  # taken beside each sample of ours (interleaved)
     memory: dict[str, list[tuple[float, float]]] = {}
     idle_cpu = 0.0
     with tempfile.TemporaryDirectory(prefix="bench-footprint-") as tmp:
         for launch in range(launches):
             proc, _lines, took, endpoint = _start_up(Path(tmp) / f"up{launch}")
             p9.append(took)
+            floor_import += _floor_import(1)
             try:
                 if launch > 0:
                     continue
@@ -199,9 +201,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                         check=True,
                     )
                     cli.append(time.monotonic() - started)
+                    floor_import += _floor_import(1)
             finally:
                 _stop_up(proc)
-    floor_import = _floor_import(cli_samples)
     floor_rss, floor_pss = _floor_session()
     imp50, imp99 = _ms(floor_import)
     rows: list[dict[str, Any]] = []
