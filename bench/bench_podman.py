@@ -11,7 +11,12 @@ P3-crash  crash → Running again under ALWAYS through the whole system
           (SIGKILL of the container's main process from outside until
           Running(Ok) with the next restart count), beside podman's own
           `--restart=always` (SIGKILL until podman's `start` event of the
-          restarted container).
+          restarted container), samples interleaved. The agent starts the ended container again
+          (the default); P3-crash-new is a second agent of the same run with
+          ANK_PODMAN_RESTART=recreate (a new container per restart).
+
+The agents reach podman through its API service (agent status
+`runtime_transports`); P3-cli is the connector forced onto the CLI path.
 
 Skipped (no rows) when podman cannot run here.
 """
@@ -43,6 +48,8 @@ from tests.test_podman_helpers import IMAGE_MAP, IMAGE_RULES, podman_unusable, r
 
 IMAGE = "localhost/ank-test/sleepy:latest"
 TARGET = "<= 1.15x peer"
+TARGET_SYS = "<= 0.85x raw podman run -d"
+TARGET_CRASH = "<= 1.0x podman's own restart"
 
 
 def _ms(samples: list[float]) -> tuple[float | None, float | None]:
@@ -110,21 +117,29 @@ def _manifest(agent: str, name: str, policy: str = "NEVER") -> str:
     )
 
 
-def running(workload: str, restarts: int = 0) -> Callable[[WorkloadState], bool]:
-    """A predicate: `workload` is Running after at least `restarts` restarts."""
+def running(workload: str, restarts: int = 0, agent: str = "") -> Callable[[WorkloadState], bool]:
+    """A predicate: `workload` (on `agent`, if given) is Running after at least `restarts` restarts."""
 
     def predicate(s: WorkloadState) -> bool:
-        return s.workload == workload and s.execution_state.state == "Running" and s.restart_count >= restarts
+        here = not agent or s.agent == agent
+        return here and s.workload == workload and s.execution_state.state == "Running" and s.restart_count >= restarts
 
     return predicate
 
 
-def _system(samples: int, cli: PodmanCli, raw_agent: str) -> tuple[list[float], list[float], list[float], list[float]]:
-    """(manifest → Running, raw run, crash → Running, podman restart) samples."""
+def _system(
+    samples: int, cli: PodmanCli, raw_agent: str
+) -> tuple[list[float], list[float], list[float], list[float], list[float], list[float]]:
+    """(manifest → Running, raw run, crash → Running, the same with new
+    containers, podman restart) samples."""
     create: list[float] = []
     raw: list[float] = []
     crash: list[float] = []
+    crash_new: list[float] = []
+    podman_restart: list[float] = []  # beside `crash`
+    podman_restart_new: list[float] = []  # beside `crash_new`
     agent = f"bench_{uuid.uuid4().hex[:6]}"
+    recreating = f"{agent}_new"
     with tempfile.TemporaryDirectory() as tmp, running_router() as (endpoint, _router):
         try:
             with running_system(endpoint, Path(tmp)) as system, Bus("bench/podman", server=endpoint) as bus:
@@ -132,10 +147,13 @@ def _system(samples: int, cli: PodmanCli, raw_agent: str) -> tuple[list[float], 
                 system.env["ANK_LOG"] = "WARNING"
                 system.planner()
                 system.agent(agent, "--stop-grace", "1", "--stable-after", "0.05", "--backoff-initial", "0")
+                system.env["ANK_PODMAN_RESTART"] = "recreate"
+                system.agent(recreating, "--stop-grace", "1", "--stable-after", "0.05", "--backoff-initial", "0")
                 states = _States()
                 bus.subscribe("ank/state/**", WorkloadState, states)
                 wait_for(lambda: bool(bus.get("ank/cmd/state", timeout=1.0)), 30, "planner")
                 wait_for(lambda: bool(bus.alive(f"ank/agents/{agent}")), 30, "agent")
+                wait_for(lambda: bool(bus.alive(f"ank/agents/{recreating}")), 30, "agent")
                 for i in range(samples):
                     raw.append(_raw_run(cli, raw_agent))
                     name = f"w{i}"
@@ -143,70 +161,73 @@ def _system(samples: int, cli: PodmanCli, raw_agent: str) -> tuple[list[float], 
                     bus.put("ank/desired", _manifest(agent, name).encode())
                     at = states.wait(running(name), started)
                     create.append(at - started)
-                # crash → Running under ALWAYS
-                started = time.monotonic()
-                bus.put("ank/desired", _manifest(agent, "crashy", "ALWAYS").encode())
-                states.wait(running("crashy"), started)
-                for restart in range(1, samples + 1):
-                    ours = ["--filter", f"label=ank.agent={agent}", "--filter", "label=ank.workload=crashy"]
-                    ids = cli.run(["ps", "-q", *ours]).stdout.split()
-                    pid = _main_pid(cli, ids[0])
-                    killed = time.monotonic()
-                    os.kill(pid, signal.SIGKILL)
-                    at = states.wait(
-                        running("crashy", restarts=restart),
-                        killed,
-                    )
-                    crash.append(at - killed)
+                # crash → Running under ALWAYS, each sample beside one of podman's own restart
+                restarter = _PodmanRestarter(cli, raw_agent)
+                for on, series, peer in ((agent, crash, podman_restart), (recreating, crash_new, podman_restart_new)):
+                    started = time.monotonic()
+                    bus.put("ank/desired", _manifest(on, "crashy", "ALWAYS").encode())
+                    states.wait(running("crashy", agent=on), started)
+                    for restart in range(1, samples + 1):
+                        ours = ["--filter", f"label=ank.agent={on}", "--filter", "label=ank.workload=crashy"]
+                        ids = cli.run(["ps", "-q", "--filter", "status=running", *ours]).stdout.split()
+                        pid = _main_pid(cli, ids[0])
+                        killed = time.monotonic()
+                        os.kill(pid, signal.SIGKILL)
+                        at = states.wait(running("crashy", restarts=restart, agent=on), killed)
+                        series.append(at - killed)
+                        peer.append(restarter.sample())
+                restarter.close()
         finally:
             remove_agent_containers(agent)
-    return create, raw, crash, _podman_restart(cli, samples, raw_agent)
+            remove_agent_containers(recreating)
+    return create, raw, crash, crash_new, podman_restart, podman_restart_new
 
 
-def _podman_restart(cli: PodmanCli, samples: int, agent: str) -> list[float]:
-    """podman's own --restart=always: `podman kill` until the restarted container's start event."""
-    name = f"restarter-{uuid.uuid4().hex[:6]}"
-    events: list[tuple[float, ContainerEvent]] = []
-    cond = threading.Condition()
-    watcher = subprocess.Popen(
-        [cli.binary, "events", "--format", "json", "--filter", f"container={name}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=cli.env,
-    )
+class _PodmanRestarter:
+    """podman's own --restart=always: `podman kill` until the restarted
+    container's start event, one sample at a time (interleaved with ours)."""
 
-    def read() -> None:
-        assert watcher.stdout is not None
-        for line in watcher.stdout:
+    def __init__(self, cli: PodmanCli, agent: str) -> None:
+        self.cli = cli
+        self.name = f"restarter-{uuid.uuid4().hex[:6]}"
+        self.events: list[tuple[float, ContainerEvent]] = []
+        self.cond = threading.Condition()
+        self.watcher = subprocess.Popen(
+            [cli.binary, "events", "--format", "json", "--filter", f"container={self.name}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=cli.env,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        time.sleep(0.3)  # podman events takes a moment to follow the log
+        cli.run(["run", "-d", "--name", self.name, "--label", f"ank.agent={agent}", "--restart=always", IMAGE])
+
+    def _read(self) -> None:
+        assert self.watcher.stdout is not None
+        for line in self.watcher.stdout:
             event = parse_event(line)
             if event is not None:
-                with cond:
-                    events.append((time.monotonic(), event))
-                    cond.notify_all()
+                with self.cond:
+                    self.events.append((time.monotonic(), event))
+                    self.cond.notify_all()
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    out: list[float] = []
-    try:
-        time.sleep(0.3)  # podman events takes a moment to follow the log
-        cli.run(["run", "-d", "--name", name, "--label", f"ank.agent={agent}", "--restart=always", IMAGE])
-        for _ in range(samples):
-            with cond:
-                seen = len(events)
-            pid = _main_pid(cli, name)
-            killed = time.monotonic()
-            os.kill(pid, signal.SIGKILL)
-            deadline = killed + 30
-            with cond:
-                while not any(e.Status == "start" for _, e in events[seen:]):
-                    if not cond.wait(max(0.0, deadline - time.monotonic())):
-                        raise TimeoutError("podman did not restart the container")
-                out.append(next(t for t, e in events[seen:] if e.Status == "start") - killed)
-    finally:
-        cli.run(["rm", "-f", "-t", "0", name])
-        watcher.terminate()
-        watcher.wait(10)
-    return out
+    def sample(self) -> float:
+        with self.cond:
+            seen = len(self.events)
+        pid = _main_pid(self.cli, self.name)
+        killed = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        deadline = killed + 30
+        with self.cond:
+            while not any(e.Status == "start" for _, e in self.events[seen:]):
+                if not self.cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError("podman did not restart the container")
+            return next(t for t, e in self.events[seen:] if e.Status == "start") - killed
+
+    def close(self) -> None:
+        self.cli.run(["rm", "-f", "-t", "0", self.name])
+        self.watcher.terminate()
+        self.watcher.wait(10)
 
 
 def _main_pid(cli: PodmanCli, container: str) -> int:
@@ -223,23 +244,30 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     cli = PodmanCli()
     agent = f"bench_{uuid.uuid4().hex[:6]}"
     ours: list[float] = []
+    ours_cli: list[float] = []
     raw: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        runtime = PodmanRuntime(tmp, cli=cli, image_map=IMAGE_RULES)
+        runtime = PodmanRuntime(Path(tmp) / "api", cli=cli, image_map=IMAGE_RULES)
+        forced = PodmanRuntime(Path(tmp) / "cli", cli=cli, image_map=IMAGE_RULES, transport="cli")
         try:
             _raw_run(cli, agent)  # warm up the storage and the image
+            runtime.service.api()  # the API service up before the first sample (an agent: at its first container)
             for i in range(samples):
                 raw.append(_raw_run(cli, agent))
                 ours.append(_connector_run(runtime, agent, i))
+                ours_cli.append(_connector_run(forced, agent, samples + i))
         finally:
             runtime.close()
+            forced.close()
             remove_agent_containers(agent)
     try:
-        sys_create, sys_raw, crash, podman_restart = _system(samples, cli, agent)
+        sys_create, sys_raw, crash, crash_new, podman_restart, podman_restart_new = _system(samples, cli, agent)
     finally:
         remove_agent_containers(agent)  # the raw and podman-restart containers carry its label
 
-    def row(id_: str, name: str, samples_: list[float], peer: list[float], note: str) -> dict[str, Any]:
+    def row(
+        id_: str, name: str, samples_: list[float], peer: list[float], note: str, target: str = TARGET
+    ) -> dict[str, Any]:
         p50, p99 = _ms(samples_)
         peer_p50, peer_p99 = _ms(peer)
         return {
@@ -251,26 +279,43 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             "floor": None,
             "peer": peer_p50,
             "peer_p99": peer_p99,
-            "target": TARGET,
+            "target": target,
             "ratio": round(p50 / peer_p50, 2) if p50 and peer_p50 else None,
             "samples": len(samples_),
             "note": note,
         }
 
     return [
-        row("P3", "podman create -> Running (connector)", ours, raw, "peer: raw `podman run -d`, interleaved"),
+        row("P3", "podman create -> Running (connector, API)", ours, raw, "peer: raw `podman run -d`, interleaved"),
+        row(
+            "P3-cli",
+            "podman create -> Running (connector forced onto the CLI)",
+            ours_cli,
+            raw,
+            "peer: raw `podman run -d`, interleaved",
+        ),
         row(
             "P3-sys",
             "podman manifest on ank/desired -> Running(Ok) (whole system)",
             sys_create,
             sys_raw,
             "peer: raw `podman run -d`, interleaved",
+            TARGET_SYS,
         ),
         row(
             "P3-crash",
-            "container killed -> Running again, ALWAYS (whole system)",
+            "container killed -> Running again, ALWAYS (whole system, container started again)",
             crash,
             podman_restart,
-            "peer: podman --restart=always, kill until its start event",
+            "peer: podman --restart=always, kill until its start event, interleaved",
+            TARGET_CRASH,
+        ),
+        row(
+            "P3-crash-new",
+            "container killed -> Running again, ALWAYS (whole system, ANK_PODMAN_RESTART=recreate)",
+            crash_new,
+            podman_restart_new,
+            "peer: podman --restart=always, kill until its start event, interleaved",
+            TARGET_CRASH,
         ),
     ]

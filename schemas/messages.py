@@ -89,6 +89,8 @@ class AgentStatus(Message, frozen=True, kw_only=True):
     containment: str = ""
     # random per agent process: statuses of one name from two boots, interleaved, are two live agents
     boot: str = ""
+    # How each runtime reaches its engine where it has a choice: podman "api" or "cli".
+    runtime_transports: dict[str, str] = {}
 
 
 class EnergyReport(Message, frozen=True, kw_only=True):

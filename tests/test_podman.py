@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,8 @@ import pytest
 from services.agent.runtimes.base import RunHandle, StartError, StartSpec
 from services.agent.runtimes.podman import PodmanRuntime
 from services.agent.runtimes.podman.cli import EventStream, PodmanCli
-from tests.helpers import wait_for
+from services.agent.runtimes.podman.connector import RESTART_ENV
+from tests.helpers import ROOT, wait_for
 from tests.test_podman_helpers import ALPINE, IMAGE_RULES, SLEEPY, Events, containers_of, podman, podman_agent
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
@@ -84,6 +86,10 @@ def test_stop_asks_with_sigterm_first(runtime: PodmanRuntime, podman_agent: str)
     events = Events()
     handle = runtime.create(spec(podman_agent, "sleepy", f"image: {SLEEPY}\n"), events)
     events.wait("running")
+    # the shell has set its TERM trap once it has started its `sleep` (a TERM
+    # before that is ignored by a PID 1 without a handler: the API starts fast)
+    children = Path(f"/proc/{_main_pid(handle.id)}/task/{_main_pid(handle.id)}/children")
+    wait_for(lambda: children.read_text().strip() != "", 10, "sleepy's trap set")
     asked = time.monotonic()
     runtime.stop(handle, grace_s=10)
     at, exited = events.wait("exited")
@@ -283,3 +289,126 @@ def test_event_stream_that_dies_is_restarted_without_losing_an_exit(tmp_path: Pa
         assert stream._proc is not old
     finally:
         runtime.close()
+
+
+def test_containers_go_through_the_api_service_by_default(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    runtime.create(spec(podman_agent, "viaapi", f"image: {SLEEPY}\n"), events)
+    events.wait("running")
+    assert runtime.transport == "api"
+    service = runtime.service.child
+    assert service is None or service.poll() is None  # our own `podman system service`, alive
+    runtime.close()
+    assert service is None or service.poll() is not None  # and gone with the connector
+
+
+def test_forced_cli_fallback_runs_reports_and_stops(tmp_path: Path, podman_agent: str) -> None:
+    runtime = PodmanRuntime(tmp_path, image_map=IMAGE_RULES, transport="cli")
+    events = Events()
+    try:
+        assert runtime.transport == "cli"
+        assert runtime.service.child is None  # no service started at all
+        assert runtime.available() is True
+        handle = runtime.create(spec(podman_agent, "viacli", f"image: {SLEEPY}\n"), events)
+        events.wait("running")
+        assert handle.id in containers_of(podman_agent)
+        runtime.stop(handle, 1.0)
+        events.wait("exited")
+        runtime.remove(handle)
+        wait_for(lambda: handle.id not in containers_of(podman_agent), 30, "container removed")
+    finally:
+        runtime.close()
+
+
+def test_an_option_the_api_path_cannot_translate_runs_through_the_cli(
+    runtime: PodmanRuntime, podman_agent: str
+) -> None:
+    events = Events()
+    config = f"image: {ALPINE}\ncommandOptions: [--memory, 64m]\ncommandArgs: [sh, -c, 'exit 4']\n"
+    handle = runtime.create(spec(podman_agent, "limited", config), events)
+    assert events.wait("exited")[1].exit_code == 4
+    assert runtime.transport == "api"
+    assert podman("inspect", "--format", "{{.HostConfig.Memory}}", handle.id).stdout.strip() == str(64 * 1024 * 1024)
+
+
+def test_translated_options_reach_the_container(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    config = (
+        f"image: {ALPINE}\ncommandOptions: [-e, GREETING=hi there, -w, /tmp, --hostname, box1]\n"
+        "commandArgs: [sh, -c, 'echo \"$GREETING $(pwd) $(hostname)\"']\n"
+    )
+    handle = runtime.create(spec(podman_agent, "translated", config), events)
+    assert events.wait("exited")[1].exit_code == 0
+    assert list(runtime.logs(handle)) == ["hi there /tmp box1"]
+
+
+def _crash_and_restart(runtime: PodmanRuntime, agent: str) -> tuple[RunHandle, RunHandle, Events]:
+    config = f"image: {ALPINE}\ncommandArgs: [sh, -c, 'sleep 0.3; exit 2']\n"
+    first = Events()
+    handle = runtime.create(spec(agent, "again", config), first)
+    assert first.wait("exited")[1].exit_code == 2
+    runtime.remove(handle)  # as the agent does before a restart
+    second = Events()
+    return handle, runtime.create(spec(agent, "again", config), second), second
+
+
+def test_restart_after_a_crash_starts_the_ended_container_again_with_a_new_state_sequence(
+    runtime: PodmanRuntime, podman_agent: str
+) -> None:
+    handle, again, events = _crash_and_restart(runtime, podman_agent)
+    assert again.id == handle.id
+    assert events.wait("exited")[1].exit_code == 2  # the second run's own exit, told once
+    assert events.kinds() == ["running", "exited"]
+    assert containers_of(podman_agent) == [handle.id]
+
+
+def test_restart_recreates_the_container_when_asked(
+    runtime: PodmanRuntime, podman_agent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(RESTART_ENV, "recreate")
+    handle, again, events = _crash_and_restart(runtime, podman_agent)
+    assert again.id != handle.id
+    assert events.wait("exited")[1].exit_code == 2
+    assert events.kinds() == ["running", "exited"]
+    wait_for(lambda: containers_of(podman_agent) == [again.id], 30, "only the new container")
+
+
+def test_a_container_the_agent_stopped_is_not_started_again(runtime: PodmanRuntime, podman_agent: str) -> None:
+    events = Events()
+    handle = runtime.create(spec(podman_agent, "stopped", f"image: {SLEEPY}\n"), events)
+    events.wait("running")
+    runtime.stop(handle, 0.0)
+    events.wait("exited")
+    runtime.remove(handle)
+    again = runtime.create(spec(podman_agent, "stopped", f"image: {SLEEPY}\n"), Events())
+    assert again.id != handle.id
+
+
+def test_the_api_service_ends_with_an_agent_killed_by_sigkill(tmp_path: Path, podman_agent: str) -> None:
+    script = (
+        "import sys, time\n"
+        "from services.agent.runtimes.podman import PodmanRuntime\n"
+        f"rt = PodmanRuntime({str(tmp_path)!r})\n"
+        "assert rt.service.api() is not None\n"
+        "print(rt.service.child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert owner.stdout is not None
+        service = int(owner.stdout.readline())
+        assert Path(f"/proc/{service}").exists()
+        owner.kill()
+        owner.wait(10)
+        wait_for(lambda: not Path(f"/proc/{service}").exists() or _zombie(service), 15, "the service gone")
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(10)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True

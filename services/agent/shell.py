@@ -321,7 +321,7 @@ class AgentShell:
         else:  # "unhealthy" from the runtime's own health check
             report = HealthReport(workload=event.workload, agent=self.name, status="unhealthy", last_error=event.info)
             translated = core.HealthChanged(report)
-        self.loop.post(self.feed, translated)
+        self.loop.post_or_call(self.feed, translated)  # the exit → state path: no thread hand-over when idle
 
     # -- the core and its actions (loop thread) ----------------------------------------
     def now(self) -> core.Now:
@@ -487,6 +487,7 @@ class AgentShell:
             workloads=usage,
             containment=_containment(self.runtimes),
             boot=self.boot,
+            runtime_transports={name: t for name, rt in self.runtimes.items() if (t := getattr(rt, "transport", ""))},
         )
 
     def energy(self) -> EnergyReport | None:

@@ -23,26 +23,58 @@ class EventLoop:
         self._counter = itertools.count()
         self._timer_lock = threading.Lock()
         self._stop = threading.Event()
+        # Held while a posted function runs (on the loop thread or inline):
+        # never two at once. `_pending`: posted and not yet run.
+        self._run_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending = 0
+        self._running = False
 
     def post(self, fn: Callable[..., None], *args: Any) -> None:
         """Runs fn(*args) on the loop thread, soon. Safe from any thread."""
+        with self._pending_lock:
+            self._pending += 1
         self._queue.put((fn, args))
+
+    def post_or_call(self, fn: Callable[..., None], *args: Any) -> None:
+        """As post, but when the running loop is idle (nothing queued, nothing
+        running) fn(*args) runs at once on the calling thread, still never
+        beside another posted function and never ahead of one posted
+        earlier: saves waking the loop thread on a latency-critical path
+        (the agent's workload exit → state)."""
+        if self._running and self._run_lock.acquire(blocking=False):
+            try:
+                with self._pending_lock:
+                    idle = self._pending == 0
+                if idle:
+                    self._call(fn, args)
+                    return
+            finally:
+                self._run_lock.release()
+        self.post(fn, *args)
 
     def call_later(self, delay: float, fn: Callable[..., None], *args: Any) -> None:
         """Runs fn(*args) on the loop thread after `delay` seconds."""
         with self._timer_lock:
             heapq.heappush(self._timers, (time.monotonic() + delay, next(self._counter), fn, args))
-        self._queue.put((_noop, ()))  # wake the loop so it recomputes its timeout
+        self.post(_noop)  # wake the loop so it recomputes its timeout
 
     def stop(self) -> None:
         self._stop.set()
-        self._queue.put((_noop, ()))
+        self.post(_noop)
 
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
 
     def run(self) -> None:
+        self._running = True
+        try:
+            self._run()
+        finally:
+            self._running = False
+
+    def _run(self) -> None:
         while not self._stop.is_set():
             due: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
             with self._timer_lock:
@@ -52,14 +84,18 @@ class EventLoop:
                     due.append((fn, args))
                 timeout = self._timers[0][0] - now if self._timers else None
             for fn, args in due:
-                self._call(fn, args)
+                with self._run_lock:
+                    self._call(fn, args)
             if due:
                 continue
             try:
                 fn, args = self._queue.get(timeout=timeout)
             except queue.Empty:
                 continue
-            self._call(fn, args)
+            with self._run_lock:
+                self._call(fn, args)
+            with self._pending_lock:
+                self._pending -= 1
 
     @staticmethod
     def _call(fn: Callable[..., None], args: tuple[Any, ...]) -> None:

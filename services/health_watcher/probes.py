@@ -25,8 +25,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -195,13 +193,15 @@ def tcp_probe(request: StartProbe, context: ProbeContext) -> ProbeResult:
         return _failed(request, f"tcp {request.check.tcp}: {exc.strerror or exc}")
 
 
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
 def http_probe(request: StartProbe, context: ProbeContext) -> ProbeResult:
+    # deferred: urllib/http/ssl/email cost the watcher ~5 MB when no workload has an http check
+    import urllib.error
+    import urllib.request
+
     url, expected = request.check.http or "", request.check.http_status
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with _NO_PROXY.open(url, timeout=_timeout_s(request)) as response:
+        with no_proxy.open(url, timeout=_timeout_s(request)) as response:
             status = int(response.status)
     except urllib.error.HTTPError as exc:
         status = exc.code

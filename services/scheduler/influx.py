@@ -26,9 +26,6 @@ import json
 import logging
 import re
 import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -203,6 +200,10 @@ class InfluxEnergySource:
             self._client = None
 
     def _influxql_rows(self) -> list[Row]:
+        import urllib.error  # deferred: a scheduler without InfluxDB never loads http/ssl/email
+        import urllib.parse
+        import urllib.request
+
         s = self.settings
         params = urllib.parse.urlencode({"db": s.database, "q": influxql_query(s), "epoch": "ms"})
         request = urllib.request.Request(f"{s.url}/query?{params}")

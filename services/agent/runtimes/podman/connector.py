@@ -1,10 +1,15 @@
 """The `podman` runtime connector: the shell around podman/core.py.
 
-`podman run -d` through the CLI (a manifest's commandOptions are options of
-that command line, so the CLI is the only faithful way to honour them),
-states from the agent's one `podman events` stream (podman/cli.py; its
-`died` events carry the exit code, so no inspect is needed), exits at once
-from conmon's exit files where they can be watched. See docs/podman.md.
+Containers are created, started, stopped, removed and listed through
+podman's REST API service (podman/api.py: the system socket or the agent's
+own `podman system service`), from the same `podman run -d` command line the
+CLI would get (podman/spec.py translates it; a command line with an option
+it cannot translate runs through the CLI, logged with the option). Where no
+API service can run, everything goes through the CLI (chosen at start,
+reported in the agent status). States come from the agent's one `podman
+events` stream (podman/cli.py; its `died` events carry the exit code, so no
+inspect is needed), exits at once from conmon's exit files where they can be
+watched. See docs/podman.md.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import msgspec
 
 from schemas.messages import WorkloadUsage
 from services.agent.runtimes.base import Notify, RunHandle, Runtime, RuntimeEvent, StartError, StartSpec
+from services.agent.runtimes.podman.api import ApiFailure, PodmanApi, PodmanService
 from services.agent.runtimes.podman.cli import (
     EventStream,
     ExitFiles,
@@ -57,6 +63,7 @@ from services.agent.runtimes.podman.core import (
     run_labels,
     start_error,
 )
+from services.agent.runtimes.podman.spec import ApiRun, Untranslatable, api_run
 
 log = logging.getLogger("ank.agent.podman")
 
@@ -66,6 +73,18 @@ UNCLAIMED_EVENTS = 256
 STOP_TIMEOUT_MARGIN_S = 30.0
 # An ended container's removal waits this long for a restart to take it over.
 DEFERRED_REMOVE_S = 1.0
+AVAILABLE_TTL_S = 30.0
+# "recreate": a restart creates a new container even where the ended one could start again.
+RESTART_ENV = "ANK_PODMAN_RESTART"
+
+
+class Ended(msgspec.Struct, frozen=True):
+    """An ended container the agent removed, kept until its deferred removal:
+    a restart of the same instance with the same command line starts it again."""
+
+    container_id: str
+    run: Run
+    command: tuple[str, ...]  # its `podman run` command line, without its run label
 
 
 def image_map_from_env() -> ImageMap:
@@ -219,13 +238,17 @@ def ps_containers(cli: PodmanCli, label_filters: list[str]) -> list[dict[str, ob
     return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
 
 
-def remove_run_containers(cli: PodmanCli, run_id: str) -> None:
+def remove_run_containers(cli: PodmanCli, run_id: str, api: PodmanApi | None = None) -> None:
     """Removes whatever a failed create left behind (a created, never started container)."""
     try:
+        if api is not None:
+            for row in api.ps([f"{LABEL_RUN}={run_id}"]):
+                api.remove(str(row.get("Id", "")))
+            return
         ids = [str(row["Id"]) for row in ps_containers(cli, [f"{LABEL_RUN}={run_id}"]) if "Id" in row]
         if ids:
             cli.run(["rm", "-f", "-t", "0", *ids], timeout=60)
-    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+    except (OSError, RuntimeError, ApiFailure, subprocess.TimeoutExpired) as exc:
         log.warning("cleaning up after failed run %s: %s", run_id, exc)
 
 
@@ -234,8 +257,9 @@ class DeferredRemovals:
     the same name in the meantime takes the removal over (`--replace`); else
     one thread removes them when due. `close` removes what is still pending."""
 
-    def __init__(self, cli: PodmanCli) -> None:
+    def __init__(self, cli: PodmanCli, service: PodmanService | None = None) -> None:
         self.cli = cli
+        self.service = service
         self._cond = threading.Condition()
         self._pending: dict[str, tuple[str, Path | None, float]] = {}  # name → (container id, files, due)
         self._in_flight: set[str] = set()
@@ -254,19 +278,28 @@ class DeferredRemovals:
         if closed:
             self.remove_now(container_id, files, name)
 
-    def claim(self, name: str) -> None:
-        """A create of `name` follows: its pending removal is dropped, one
-        under way is waited for (bounded)."""
+    def claim(self, name: str) -> str | None:
+        """A create of `name` follows: its pending removal is dropped (the id
+        of that container, which is still there, is returned), one under way
+        is waited for (bounded)."""
         deadline = time.monotonic() + 60
         with self._cond:
-            self._pending.pop(name, None)
+            pending = self._pending.pop(name, None)
             while name in self._in_flight and time.monotonic() < deadline:
                 self._cond.wait(1.0)
+        return pending[0] if pending is not None else None
 
     def remove_now(self, container_id: str, files: Path | None, what: str) -> None:
+        api = self.service.api() if self.service is not None else None
         try:
-            result = self.cli.run(["rm", "-f", "-t", "0", container_id], timeout=60)
-            if result.returncode != 0 and "no such container" not in result.stderr.lower():
+            if api is not None:
+                api.remove(container_id)
+                container_id = ""
+        except ApiFailure as exc:
+            log.warning("%s: podman API rm: %s (trying the CLI)", what, exc)
+        try:
+            result = self.cli.run(["rm", "-f", "-t", "0", container_id], timeout=60) if container_id else None
+            if result is not None and result.returncode != 0 and "no such container" not in result.stderr.lower():
                 log.warning("%s: podman rm: %s", what, result.stderr.strip())
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.error("%s: podman rm failed: %s", what, exc)
@@ -320,14 +353,25 @@ class PodmanConnector:
     def close(self) -> None:
         self.watcher.close()
 
+    def _api(self) -> PodmanApi | None:
+        return None  # the podman-kube connector: the CLI only
+
     def _stop_in_background(self, handle: RunHandle, args: list[str], grace_s: float) -> None:
         """`podman stop -t <grace> …` (SIGTERM, SIGKILL after the grace) without
         blocking the agent; the exit arrives through the events."""
         self.watcher.stop_asked(handle.record.get("run", ""))
         seconds = max(0, math.ceil(grace_s))
         argv = ["stop", "-t", str(seconds), *args]
+        api = self._api()
 
         def stop() -> None:
+            if api is not None:
+                try:
+                    for container in args:
+                        api.stop(container, seconds)
+                    return
+                except ApiFailure as exc:
+                    log.info("%s: podman API stop: %s (trying the CLI)", handle.workload, exc)
             try:
                 result = self.cli.run(argv, timeout=seconds + STOP_TIMEOUT_MARGIN_S)
                 if result.returncode != 0:
@@ -363,9 +407,44 @@ class PodmanConnector:
 class PodmanRuntime(PodmanConnector):
     name = "podman"
 
-    def __init__(self, run_dir: str | Path, *, cli: PodmanCli | None = None, image_map: ImageMap | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        cli: PodmanCli | None = None,
+        image_map: ImageMap | None = None,
+        transport: str | None = None,
+    ) -> None:
+        """`transport`: "cli" forces the CLI path; None: ANK_PODMAN_API, else
+        the API service where one can run (podman/api.py)."""
         super().__init__(run_dir, cli=cli, image_map=image_map)
-        self.removals = DeferredRemovals(self.cli)
+        self.service = PodmanService(self.cli, self.run_dir, transport=transport)
+        self.removals = DeferredRemovals(self.cli, self.service)
+        self._commands: dict[str, tuple[str, ...]] = {}  # container id → its command line (no run label)
+        self._ended: dict[str, Ended] = {}  # container name → the ended container of that name
+        self._lock = threading.Lock()
+        self._available: tuple[bool, float] | None = None
+
+    @property
+    def transport(self) -> str:
+        """How this connector reaches podman (agent status): "api" or "cli";
+        "" until its first workload decides."""
+        return self.service.transport
+
+    def _api(self) -> PodmanApi | None:
+        return self.service.api()
+
+    def available(self) -> bool:
+        """The API service's ping once it is up; else whether the CLI answers
+        (remembered for AVAILABLE_TTL_S: the agent asks every status period,
+        and a `podman version` each time would be most of its idle CPU)."""
+        if self.service.transport == "api":
+            api = self.service.api()
+            return api is not None and api.ping()
+        now = time.monotonic()
+        if self._available is None or now - self._available[1] > AVAILABLE_TTL_S:
+            self._available = (self.cli.available(), now)
+        return self._available[0]
 
     def create(self, spec: StartSpec, notify: Notify) -> RunHandle:
         config = decode_podman_config(spec.runtime_config)
@@ -373,7 +452,9 @@ class PodmanRuntime(PodmanConnector):
         run_id = uuid.uuid4().hex[:12]
         name = container_name(spec.workload, spec.instance, spec.agent)
         self.watcher.watch_agent(spec.agent)
-        self.removals.claim(name)  # before the files are written: a pending removal may delete them
+        pending = self.removals.claim(name)  # before the files are written: a pending removal may delete them
+        with self._lock:
+            ended = self._ended.pop(name, None)
         mounts = write_files(files_dir(base, spec.workload, spec.instance), spec.files) if spec.files else []
         argv = run_command(
             config,
@@ -384,7 +465,19 @@ class PodmanRuntime(PodmanConnector):
             control_interface=spec.control_interface,
         )
         self._retire_earlier_runs(spec, custom_name=names_itself(config.command_options))
+        command = _without_run_label(argv, run_id)
+        if ended is not None and ended.container_id == pending and ended.command == command:
+            handle = self._start_again(spec, name, base, ended, notify)
+            if handle is not None:
+                return handle
         self.watcher.register(Run(spec.workload, spec.instance, run_id), notify)
+        api = self.service.api()
+        translated = self._translated(spec.workload, argv) if api is not None else None
+        if api is not None and translated is not None:
+            container_id = self._run_through_api(api, translated, spec.workload, run_id)
+            if container_id:
+                self._remember(container_id, command)
+                return self._started(spec, config.image, name, run_id, base, container_id)
         try:
             result = self.cli.run(argv, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -396,8 +489,63 @@ class PodmanRuntime(PodmanConnector):
             remove_run_containers(self.cli, run_id)
             raise start_error("run", result.returncode, result.stderr)
         container_id = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+        self._remember(container_id, command)
+        return self._started(spec, config.image, name, run_id, base, container_id)
+
+    def _remember(self, container_id: str, command: tuple[str, ...]) -> None:
+        with self._lock:
+            self._commands[container_id] = command
+
+    def _start_again(self, spec: StartSpec, name: str, base: Path, ended: Ended, notify: Notify) -> RunHandle | None:
+        """A restart of an instance whose ended container is still there, with
+        the same command line, that ended by itself (not stopped by the
+        agent): that container is started again (podman's own restart does
+        the same; its writable layer is kept), saving its removal and a
+        create. The run
+        is new for the agent (a new state sequence from Pending); it keeps the
+        container's `ank.run` label, so the events of the earlier run that are
+        still on their way (an exit the exit file told first) are recognised
+        as such. None: not possible here (CLI path, ANK_PODMAN_RESTART=recreate,
+        container gone): the caller creates a new container."""
+        api = self.service.api()
+        if api is None or os.environ.get(RESTART_ENV, "").lower() == "recreate":
+            return None
+        run = Run(spec.workload, spec.instance, ended.run.run_id, early_exits=ended.run.early_exits)
+        # replay: an earlier run's `died` that came since its removal settles its early exit
+        self.watcher.register(run, notify, replay=True)
+        try:
+            api.start(ended.container_id)
+        except ApiFailure as exc:
+            self.watcher.forget(run.run_id)
+            log.info("%s: cannot start the ended container again (%s): a new one", spec.workload, exc)
+            return None
+        self._remember(ended.container_id, ended.command)
+        log.info("%s: restart reuses container %s", spec.workload, ended.container_id[:12])
+        return self._started(spec, "(again)", name, run.run_id, base, ended.container_id)
+
+    def _translated(self, workload: str, argv: list[str]) -> ApiRun | None:
+        try:
+            return api_run(argv)
+        except Untranslatable as exc:
+            log.info("%s: %s is not translated to the podman API: podman run through the CLI", workload, exc)
+            return None
+
+    def _run_through_api(self, api: PodmanApi, run: ApiRun, workload: str, run_id: str) -> str:
+        """The started container's id; "" where the CLI should run it instead
+        (an image that is not here: `podman run` pulls it). Raises StartError."""
+        try:
+            return api.run(run)
+        except ApiFailure as exc:
+            remove_run_containers(self.cli, run_id, api)
+            if "image not known" in str(exc) or "no such image" in str(exc).lower():
+                log.info("%s: image not here: podman run through the CLI (pulls it)", workload)
+                return ""
+            self.watcher.forget(run_id)
+            raise start_error("run", 125, str(exc)) from None
+
+    def _started(self, spec: StartSpec, image: str, name: str, run_id: str, base: Path, container_id: str) -> RunHandle:
         self.watcher.started(run_id, container_id)
-        log.info("%s: podman run %s → %s", spec.workload, config.image, container_id[:12])
+        log.info("%s: podman run %s → %s", spec.workload, image, container_id[:12])
         return RunHandle(
             workload=spec.workload,
             instance=spec.instance,
@@ -416,7 +564,8 @@ class PodmanRuntime(PodmanConnector):
                 continue
             self.watcher.forget(run.run_id)
             if custom_name and run.phases:
-                self.cli.run(["rm", "-f", "-t", "0", *run.phases], timeout=60)
+                for container_id in run.phases:
+                    self.removals.remove_now(container_id, None, spec.workload)
 
     def stop(self, handle: RunHandle, grace_s: float) -> None:
         self._stop_in_background(handle, [handle.id], grace_s)
@@ -433,10 +582,16 @@ class PodmanRuntime(PodmanConnector):
             else None
         )
         ended = run is not None and run.summary in ("exited", "lost")
+        with self._lock:
+            command = self._commands.pop(handle.id, None)
         if ended and name == container_name(handle.workload, handle.instance, handle.record.get("agent", "")):
-            # A restart creates the same name next: its `--replace` removes
-            # the old container in the same podman call (an `rm` right after a
-            # crash waits for podman's cleanup of it: hundreds of ms).
+            # A restart creates the same name next: it starts this container
+            # again, or its `--replace` removes the old container in the same
+            # podman call (an `rm` right after a crash waits for podman's
+            # cleanup of it: hundreds of ms).
+            if run is not None and run.summary == "exited" and not run.stopping and command is not None:
+                with self._lock:
+                    self._ended[name] = Ended(handle.id, run, command)
             self.removals.defer(name, handle.id, files)
             return
         self.removals.remove_now(handle.id, files, handle.workload)
@@ -450,8 +605,13 @@ class PodmanRuntime(PodmanConnector):
         for agent, wanted in by_agent.items():
             self.watcher.watch_agent(agent)
             try:
-                rows = ps_containers(self.cli, [f"ank.agent={agent}"])
-            except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+                api = self.service.api()
+                rows = (
+                    api.ps([f"ank.agent={agent}"])
+                    if api is not None
+                    else ps_containers(self.cli, [f"ank.agent={agent}"])
+                )
+            except (OSError, RuntimeError, ApiFailure, subprocess.TimeoutExpired) as exc:
                 log.error("adopt: cannot list the containers of agent %s: %s", agent, exc)
                 continue
             for record in wanted:
@@ -484,6 +644,12 @@ class PodmanRuntime(PodmanConnector):
     def close(self) -> None:
         self.removals.close()
         super().close()
+        self.service.close()
+
+
+def _without_run_label(argv: list[str], run_id: str) -> tuple[str, ...]:
+    """The command line with its `ank.run` label blanked (fresh per create)."""
+    return tuple(f"{LABEL_RUN}=" if arg == f"{LABEL_RUN}={run_id}" else arg for arg in argv)
 
 
 def _labels(row: dict[str, object]) -> dict[str, str]:

@@ -277,15 +277,16 @@ class ProcessRuntime:
         def on_exit() -> None:
             exit_code = watched.popen.wait() if watched.popen is not None else None
             watched.exited = True
-            self._release_pidfd(watched)  # the exit is known: the descriptor has served
-            self._watcher.cancel_kill(watched.pid)
             if watched.stopping:
                 kill_group(watched.pid, signal.SIGKILL)  # what the leader left of its group
                 containment.kill_all(watched.cgroup)  # and of its cgroup
+            # told first: the exit → state path waits for nothing else
+            notify(RuntimeEvent(watched.handle.workload, watched.handle.instance, "exited", exit_code=exit_code))
             containment.release(watched.cgroup)  # gone if nothing daemonised from it
             self._reap()
+            self._release_pidfd(watched)  # the exit is known: the descriptor has served
+            self._watcher.cancel_kill(watched.pid)
             log.info("%s: pid %d exited (%s)", watched.handle.workload, watched.pid, exit_code)
-            notify(RuntimeEvent(watched.handle.workload, watched.handle.instance, "exited", exit_code=exit_code))
 
         self._watcher.watch(watched.pidfd, on_exit)
 
