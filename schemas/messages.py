@@ -60,12 +60,20 @@ class AgentPlan(Message, frozen=True, kw_only=True):
     """`ank/plan/<agent>`: the agent's whole plan (level-triggered).
 
     `workloads` are the ones the agent must run now; a workload of the agent
-    that is not in the plan must be stopped and removed. A plan with a
-    generation lower than one already applied is stale."""
+    that is not in the plan must be stopped and removed. `epoch` is new at
+    each planner start (higher than any before); within one epoch a plan
+    with a generation lower than one already applied is stale, and a plan of
+    a newer epoch replaces whatever came before. A plan too large for one
+    message is sent in `parts` messages (`part` 0..parts-1, each with some
+    of the workloads, all with the same epoch and generation): the agent
+    applies it once it holds every part."""
 
     agent: str
     generation: int
     workloads: list[PlannedWorkload] = []
+    epoch: int = 0
+    part: int = 0
+    parts: int = 1
 
 
 class WorkloadUsage(msgspec.Struct, frozen=True, rename="camel"):
@@ -181,3 +189,9 @@ class CompleteState(Message, frozen=True, kw_only=True):
     desired: Manifest
     workload_states: list[WorkloadState] = []
     agents: list[str] = []
+    # A large state comes in `parts` replies (`part` 0..parts-1, one
+    # `snapshot`): each holds some of the workloads, configs and states;
+    # services.bus.paging merges them.
+    part: int = 0
+    parts: int = 1
+    snapshot: int = 0

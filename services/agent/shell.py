@@ -47,11 +47,12 @@ from services.agent import core
 from services.agent.energy import SimulatedBattery, read_power_supply
 from services.agent.runtimes import load_runtimes
 from services.agent.runtimes.base import Notify, RunHandle, Runtime, RuntimeEvent, StartError, StartSpec
-from services.bus import Bus, BusConfigError
+from services.bus import Bus, BusConfigError, paging
 from services.bus.loop import EventLoop
 from services.clock import SYSTEM_CLOCK, Clock
 from services.logsetup import setup_logging
 
+PLAN_QUERY_TIMEOUT_S = 5.0
 log = logging.getLogger("ank.agent")
 
 
@@ -205,13 +206,18 @@ class AgentShell:
         # the latest published state per workload, for the late-joiner queryable (read on Zenoh threads)
         self._published: dict[str, WorkloadState] = {}
         self._published_lock = threading.Lock()
+        self._plan_parts = paging.PlanAssembler()  # loop thread only
 
     # -- start-up ------------------------------------------------------------------
     def start(self) -> None:
         """Adopts what still runs, then listens; call before loop.run()."""
         self._adopt()
         self.bus.subscribe(f"ank/health/{self.name}/**", HealthReport, self._on_health)
-        self.bus.subscribe(f"ank/plan/{self.name}", AgentPlan, self._on_plan)
+        # Plans are decoded without the bus's per-sender sequence check: the
+        # core orders them by epoch and generation (a spoofed sequence number
+        # must not mute the real planner), and parts may interleave with a
+        # query's reply.
+        self.bus.subscribe_raw(f"ank/plan/{self.name}", self._on_plan)
         self.bus.queryable(f"ank/state/{self.name}/**", self._answer_state_query)
         self.bus.queryable(f"ank/logs/{self.name}/*", self._answer_logs_query)
         # the token last: a planner that sees it re-sends the plan, which the subscriber above receives
@@ -277,14 +283,27 @@ class AgentShell:
 
     def _query_plan(self) -> None:
         try:
-            for plan in self.bus.get_decoded(f"ank/plan/{self.name}", AgentPlan, timeout=2.0):
-                self.loop.post(self.feed, core.PlanReceived(plan))
+            for key, payload in self.bus.get(f"ank/plan/{self.name}", timeout=PLAN_QUERY_TIMEOUT_S):
+                plan = paging.decode_part(key, payload, AgentPlan, self.bus.drop)
+                if plan is not None:
+                    self.loop.post(self._plan_part, plan)
         except Exception as exc:
             log.warning("querying ank/plan/%s: %s", self.name, exc)
 
     # -- events in (any thread) -------------------------------------------------------
-    def _on_plan(self, _key: str, plan: AgentPlan) -> None:
-        self.loop.post(self.feed, core.PlanReceived(plan))
+    def _on_plan(self, key: str, payload: bytes) -> None:
+        plan = paging.decode_part(key, payload, AgentPlan, self.bus.drop)
+        if plan is not None:
+            self.loop.post(self._plan_part, plan)
+
+    def _plan_part(self, plan: AgentPlan) -> None:
+        """A plan or a part of one (loop thread): fed to the core once whole."""
+        if plan.agent != self.name:
+            self.feed(core.PlanReceived(plan))  # refused (and noted) by the core
+            return
+        whole = self._plan_parts.add(plan)
+        if whole is not None:
+            self.feed(core.PlanReceived(whole))
 
     def _on_health(self, key: str, report: HealthReport) -> None:
         if key != f"ank/health/{report.agent}/{report.workload}":
@@ -343,6 +362,8 @@ class AgentShell:
             self._stop(action)
         elif isinstance(action, core.Remove):
             self._remove(action)
+        elif isinstance(action, core.Alert):
+            self.bus.event(action.kind, action.message, subject=f"ank/plan/{self.name}", severity="warning")
         elif isinstance(action, core.WakeAt):
             delay = max(0.0, action.at_mono - self.clock.monotonic())
             self.loop.call_later(delay, self.feed, core.Wake(action.workload, action.token))

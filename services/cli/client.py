@@ -18,7 +18,7 @@ from schemas.messages import (
     Event,
     WorkloadState,
 )
-from services.bus import Bus
+from services.bus import Bus, paging
 
 
 class NoPlanner(Exception):
@@ -50,9 +50,14 @@ class Client:
         return result
 
     def state(self) -> CompleteState:
-        result = self._query("ank/cmd/state", None, CompleteState)
-        assert isinstance(result, CompleteState)
-        return result
+        """The whole state, read in bounded parts (services.bus.paging)."""
+        replies = paging.get_complete_state(self.bus, self.timeout)
+        if not replies:
+            raise NoPlanner(
+                f"no planner answered on {paging.STATE_QUERY} with a complete state within {self.timeout:g} s "
+                "(is `ank-planner` running and connected to the same Zenoh router?)"
+            )
+        return replies[0]
 
     def agent_statuses(self) -> dict[str, AgentStatus]:
         """The latest status of every live agent (waits one status period)."""

@@ -33,7 +33,7 @@ from schemas.messages import (
     ValidationIssue,
     WorkloadState,
 )
-from services.bus import Bus, BusConfigError
+from services.bus import Bus, BusConfigError, paging
 from services.bus.eventlog import RecentEvents
 from services.bus.loop import EventLoop
 from services.clock import SYSTEM_CLOCK, Clock
@@ -93,7 +93,8 @@ class Planner:
         if isinstance(action, core.Log):
             log.log(logging.WARNING if action.level == "warning" else logging.INFO, "%s", action.message)
         elif isinstance(action, core.PublishPlan):
-            self.bus.put(f"ank/plan/{action.plan.agent}", action.plan)
+            for part in paging.split_plan(action.plan):
+                self.bus.put(f"ank/plan/{action.plan.agent}", part)
         elif isinstance(action, core.PublishState):
             self.bus.put(action.key, action.state)
         elif isinstance(action, core.PublishEvent):
@@ -244,7 +245,8 @@ class Planner:
 
     def _answer_state(self, key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
         complete = self._on_loop(lambda: core.complete_state(self.state))
-        return [(key, self.bus.encode(complete))]
+        parts = paging.split_complete_state(complete, paging.now_snapshot())
+        return [(key, self.bus.encode(part)) for part in parts]
 
     def _answer_plan(self, key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
         def plans() -> list[AgentPlan]:
@@ -254,11 +256,11 @@ class Planner:
             return [core.plan_for(self.state, agent)]
 
         selector = zenoh.KeyExpr(key)
-        replies = []
+        replies: list[tuple[str, bytes]] = []
         for plan in self._on_loop(plans):
             reply_key = f"ank/plan/{plan.agent}"
             if selector.intersects(zenoh.KeyExpr(reply_key)):
-                replies.append((reply_key, self.bus.encode(plan)))
+                replies.extend((reply_key, self.bus.encode(part)) for part in paging.split_plan(plan))
         return replies
 
     def _answer_states(self, key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:

@@ -1,0 +1,175 @@
+"""Scale, without I/O: plans and state replies in bounded parts, size limits
+checked at apply, the planner's work per state proportional to what it
+touches, and agents that survive a lying planner (plan epochs)."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from schemas.limits import MAX_ENTRY_BYTES, PART_BUDGET_BYTES, size_of
+from schemas.manifest import Manifest, Workload
+from schemas.messages import AgentPlan, CompleteState, PlannedWorkload, WorkloadState
+from schemas.state import ExecutionState
+from services.agent import core as agent_core
+from services.bus import paging
+from services.planner import core
+
+NOW_MS = 1_800_000_000_000
+
+
+def planned(name: str, data_bytes: int = 10) -> PlannedWorkload:
+    workload = Workload(runtime="process", runtime_config="command: sleep", agent="a1", files=[])
+    workload = msgspec.structs.replace(workload, runtime_config="command: sleep\n#" + "x" * data_bytes)
+    return PlannedWorkload(name, f"i-{name}", workload)
+
+
+def test_a_large_plan_goes_in_bounded_parts_and_is_reassembled_whatever_the_order() -> None:
+    workloads = [planned(f"w{i:03}", 700 * 1024) for i in range(20)]  # ~14 MB of plan
+    plan = AgentPlan(agent="a1", generation=7, epoch=3, workloads=workloads)
+    parts = paging.split_plan(plan)
+    assert len(parts) > 4
+    assert all(size_of(p) <= PART_BUDGET_BYTES + 4096 for p in parts)
+    assert {p.parts for p in parts} == {len(parts)} and [p.part for p in parts] == list(range(len(parts)))
+    assembler = paging.PlanAssembler()
+    # an older plan's part is pending; the newer one completes in reverse order
+    assert assembler.add(msgspec.structs.replace(parts[0], generation=6)) is None
+    results = [assembler.add(p) for p in reversed(parts)]
+    assert results[:-1] == [None] * (len(parts) - 1)
+    whole = results[-1]
+    assert whole is not None and whole.parts == 1 and whole.workloads == workloads
+    assert not assembler.incomplete  # the older incomplete plan is dropped
+
+
+def test_the_assembler_holds_a_bounded_number_of_incomplete_plans() -> None:
+    assembler = paging.PlanAssembler(keep=2)
+    for generation in range(100):
+        assembler.add(AgentPlan(agent="a1", generation=generation, part=0, parts=3))
+    assert len(assembler._pending) == 2
+    assert assembler.add(AgentPlan(agent="a1", generation=1, part=5, parts=3)) is None  # out of range
+
+
+def test_the_state_reply_goes_in_bounded_parts_and_merges_back() -> None:
+    workloads = {f"w{i:04}": Workload(runtime="process", runtime_config="#" + "y" * 50_000) for i in range(200)}
+    states = [WorkloadState(workload=n, agent="a1", execution_state=ExecutionState("Running", "Ok")) for n in workloads]
+    complete = CompleteState(
+        desired=Manifest(api_version="v1", workloads=workloads, configs={"c": "v"}),
+        workload_states=states,
+        agents=["a1", "a2"],
+    )
+    parts = paging.split_complete_state(complete, snapshot=42)
+    assert len(parts) >= 4 and all(size_of(p) <= PART_BUDGET_BYTES + 4096 for p in parts)
+    stamped = [msgspec.structs.replace(p, sender="planner", seq=i + 1) for i, p in enumerate(parts)]
+    merged = paging.merge_complete_state(list(reversed(stamped)))
+    assert merged is not None
+    assert merged.desired == complete.desired
+    assert merged.workload_states == states and merged.agents == ["a1", "a2"]
+    assert paging.merge_complete_state(stamped[1:]) is None  # a missing part: no state rather than a partial one
+
+
+def test_an_apply_that_cannot_be_delivered_is_refused_naming_the_workload_and_the_limit() -> None:
+    big = "x" * (800 * 1024)
+    # each document is under 1 MiB, but the rendering repeats the config three times
+    text = (
+        "apiVersion: v1\nworkloads:\n  huge:\n    runtime: process\n    agent: a1\n"
+        "    configs: {big: bigcfg}\n    runtimeConfig: 'command: sleep'\n"
+        '    files:\n      - mountPoint: /one\n        data: "{{big}}{{big}}{{big}}"\n'
+        f'configs:\n  bigcfg: "{big}"\n'
+    )
+    state = core.start(core.PlannerState(), NOW_MS).state
+    step, result = core.apply_manifest(state, text, NOW_MS)
+    assert not result.ok
+    [error] = result.errors
+    assert error.path == "workloads.huge" and str(MAX_ENTRY_BYTES) in error.message
+    assert step.state is state and step.actions == []  # nothing changed, nothing published
+    ok_text = text.replace('"{{big}}{{big}}{{big}}"', '"{{big}}"')
+    _, ok = core.apply_manifest(state, ok_text, NOW_MS)
+    assert ok.ok and ok.added == ["huge"]
+
+
+def _running(state: core.PlannerState, name: str, agent: str = "a1") -> tuple[str, WorkloadState]:
+    ws = WorkloadState(
+        workload=name,
+        agent=agent,
+        execution_state=ExecutionState("Running", "Ok"),
+        instance=state.durable.instances[name],
+        sender=agent,
+        seq=NOW_MS,
+    )
+    return f"ank/state/{agent}/{name}", ws
+
+
+def test_a_state_nobody_depends_on_is_recorded_without_settling_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = ["apiVersion: v1", "workloads:"]
+    for i in range(50):
+        lines += [f"  w{i}:", "    runtime: process", "    agent: a1", "    runtimeConfig: 'command: sleep'"]
+    lines += ["  dep:", "    runtime: process", "    agent: a1", "    runtimeConfig: 'command: sleep'"]
+    lines += ["    dependencies: {w0: ADD_COND_RUNNING}"]
+    state = core.with_live_agents(core.PlannerState(), ["a1"])
+    state = core.start(state, NOW_MS).state
+    (step, result) = core.apply_manifest(state, "\n".join(lines) + "\n", NOW_MS)
+    assert result.ok
+    state = step.state
+    settled: list[int] = []
+    real_settle = core._settle
+
+    def counting_settle(*args: object) -> core.Step:
+        settled.append(1)
+        return real_settle(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(core, "_settle", counting_settle)
+    for i in range(1, 50):
+        state = core.observe_state(state, *_running(state, f"w{i}"), NOW_MS).state
+    assert settled == []  # 49 states, none settled the whole desired state
+    assert state.states["a1/w7"].execution_state.state == "Running"
+    # the dependency's state still releases its dependent
+    step = core.observe_state(state, *_running(state, "w0"), NOW_MS)
+    assert settled == [1]
+    assert step.state.durable.released["dep"] == step.state.durable.instances["dep"]
+
+
+def test_each_planner_start_has_a_new_higher_epoch_carried_by_its_plans() -> None:
+    state = core.with_live_agents(core.PlannerState(), ["a1"])
+    first = core.start(state, NOW_MS).state
+    again = core.start(first, NOW_MS - 60_000).state  # a clock that went back a minute
+    assert again.durable.epoch > first.durable.epoch >= NOW_MS * 1000
+    assert again.plans["a1"].epoch == again.durable.epoch
+    assert core.plan_for(again, "nobody").epoch == again.durable.epoch
+
+
+# -- the agent -------------------------------------------------------------------------
+
+AGENT_NOW = agent_core.Now(100.0, NOW_MS)
+
+
+def _agent_with(plan: AgentPlan) -> agent_core.AgentState:
+    step = agent_core.step(agent_core.AgentState(agent="a1"), agent_core.PlanReceived(plan), AGENT_NOW)
+    return step.state
+
+
+def test_an_implausible_plan_is_reported_not_obeyed_and_real_plans_still_apply() -> None:
+    real = AgentPlan(agent="a1", generation=NOW_MS * 1000, epoch=NOW_MS * 1000 - 5, workloads=[planned("keep")])
+    state = _agent_with(real)
+    assert "keep" in state.slots
+    lie = AgentPlan(agent="a1", generation=2**62, epoch=real.epoch, sender="planner")
+    step = agent_core.step(state, agent_core.PlanReceived(lie), AGENT_NOW)
+    alerts = [a for a in step.actions if isinstance(a, agent_core.Alert)]
+    assert alerts and "implausible" in alerts[0].message and str(2**62) in alerts[0].message
+    assert not any(isinstance(a, agent_core.Stop | agent_core.Remove) for a in step.actions)
+    assert step.state == state  # nothing obeyed
+    lie_epoch = msgspec.structs.replace(lie, generation=real.generation + 1, epoch=2**62)
+    assert agent_core.step(state, agent_core.PlanReceived(lie_epoch), AGENT_NOW).state == state
+    # the real planner's next plan applies
+    nxt = msgspec.structs.replace(real, generation=real.generation + 1, workloads=[planned("keep"), planned("new")])
+    assert set(agent_core.step(state, agent_core.PlanReceived(nxt), AGENT_NOW).state.slots) == {"keep", "new"}
+
+
+def test_a_newer_epoch_is_applied_even_with_a_lower_generation_and_an_older_epoch_is_not() -> None:
+    base = AgentPlan(agent="a1", generation=NOW_MS * 1000 + 500, epoch=NOW_MS * 1000, workloads=[planned("old")])
+    state = _agent_with(base)
+    newer = AgentPlan(agent="a1", generation=NOW_MS * 1000 + 10, epoch=NOW_MS * 1000 + 1, workloads=[planned("n")])
+    after = agent_core.step(state, agent_core.PlanReceived(newer), AGENT_NOW).state
+    assert after.epoch == newer.epoch and after.generation == newer.generation
+    assert after.slots["n"].phase == "starting"
+    older = msgspec.structs.replace(base, generation=base.generation + 1000, workloads=[])
+    assert agent_core.step(after, agent_core.PlanReceived(older), AGENT_NOW).state == after
