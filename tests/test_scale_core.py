@@ -4,6 +4,8 @@ touches, and agents that survive a lying planner (plan epochs)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 
@@ -13,7 +15,7 @@ from schemas.messages import AgentPlan, CompleteState, PlannedWorkload, Workload
 from schemas.state import ExecutionState
 from services.agent import core as agent_core
 from services.bus import paging
-from services.planner import core
+from services.planner import core, store
 
 NOW_MS = 1_800_000_000_000
 
@@ -173,3 +175,76 @@ def test_a_newer_epoch_is_applied_even_with_a_lower_generation_and_an_older_epoc
     assert after.slots["n"].phase == "starting"
     older = msgspec.structs.replace(base, generation=base.generation + 1000, workloads=[])
     assert agent_core.step(after, agent_core.PlanReceived(older), AGENT_NOW).state == after
+
+
+# -- persistence: journal and compaction ----------------------------------------------
+
+
+def _apply_sleepers(state: core.PlannerState, names: list[str], pad: int = 0) -> core.PlannerState:
+    lines = ["apiVersion: v1", "workloads:"]
+    for name in names:
+        lines += [
+            f"  {name}:",
+            "    runtime: process",
+            "    agent: a1",
+            f"    runtimeConfig: 'command: sleep #{'p' * pad}'",
+        ]
+    step, result = core.apply_manifest(state, "\n".join(lines) + "\n", NOW_MS)
+    assert result.ok, result.errors
+    return step.state
+
+
+def test_a_small_change_to_a_large_state_appends_a_small_record_and_reloads_exactly(tmp_path: Path) -> None:
+    state = core.start(core.with_live_agents(core.PlannerState(), ["a1"]), NOW_MS).state
+    state = _apply_sleepers(state, [f"w{i}" for i in range(200)], pad=5000)  # ~2 MB
+    saver = store.Store(tmp_path)
+    saver.save(state.durable)
+    snapshot = store.state_path(tmp_path).stat().st_size
+    assert snapshot > 1_000_000
+    state = _apply_sleepers(state, ["one-more"])
+    saver.save(state.durable)
+    journal = store.journal_path(tmp_path).stat().st_size
+    assert journal < 5_000, f"a one-workload apply wrote {journal} bytes"
+    assert store.state_path(tmp_path).stat().st_size == snapshot  # the snapshot was not rewritten
+    state = core.delete_workloads(state, ["w3", "w4"], NOW_MS)[0].state
+    saver.save(state.durable)
+    loaded = store.load(tmp_path)
+    assert loaded is not None
+    assert msgspec.structs.replace(loaded, journal=0) == msgspec.structs.replace(state.durable, journal=0)
+
+
+def test_the_journal_is_compacted_and_a_torn_last_record_is_ignored_then_cut(tmp_path: Path) -> None:
+    state = core.start(core.PlannerState(), NOW_MS).state
+    saver = store.Store(tmp_path, compact_bytes=3_000)
+    for i in range(30):
+        state = _apply_sleepers(state, [f"w{i}"])
+        saver.save(state.durable)
+    assert store.journal_path(tmp_path).stat().st_size < 6_000  # compacted on the way
+    # a crash while appending: a torn record (never acknowledged)
+    with open(store.journal_path(tmp_path), "ab") as out:
+        out.write(b'{"n": 999, "set": [{"torn')
+    loaded = store.load(tmp_path)
+    assert loaded is not None and set(loaded.desired.workloads) == {f"w{i}" for i in range(30)}
+    # the restarted planner appends after the cut: the next load still works
+    again = store.Store(tmp_path, loaded)
+    state = _apply_sleepers(core.PlannerState(durable=loaded), ["after"])
+    again.save(state.durable)
+    reloaded = store.load(tmp_path)
+    assert reloaded is not None and "after" in reloaded.desired.workloads and "w29" in reloaded.desired.workloads
+
+
+def test_records_a_new_snapshot_already_holds_are_skipped(tmp_path: Path) -> None:
+    state = core.start(core.PlannerState(), NOW_MS).state
+    saver = store.Store(tmp_path)
+    for i in range(3):
+        state = _apply_sleepers(state, [f"w{i}"])
+        saver.save(state.durable)
+    old_journal = store.journal_path(tmp_path).read_bytes()
+    saver.compact_bytes = 0
+    saver.journal_bytes = 10**9  # force the next save to compact
+    state = core.delete_workloads(state, ["w0"], NOW_MS)[0].state
+    saver.save(state.durable)
+    # a crash after the snapshot's rename, before the journal's removal
+    store.journal_path(tmp_path).write_bytes(old_journal)
+    loaded = store.load(tmp_path)
+    assert loaded is not None and set(loaded.desired.workloads) == {"w1", "w2"}

@@ -125,6 +125,7 @@ class Durable(msgspec.Struct, frozen=True, rename="camel", kw_only=True):
     agents_seen: list[str] = []
     generation: int = 0  # the last plan generation handed out
     epoch: int = 0  # the epoch of this planner run (new at each start, higher than any before)
+    journal: int = 0  # (the store's) how many journal records this snapshot holds
 
 
 class PlannerState(msgspec.Struct, frozen=True, kw_only=True):

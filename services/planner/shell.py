@@ -64,6 +64,7 @@ class Planner:
         self.state_dir = Path(state_dir)
         self.clock = clock
         self.state = core.PlannerState(durable=durable or core.Durable())
+        self.store = store.Store(self.state_dir, durable)
         log.info(
             "loaded %d workloads from %s",
             len(self.state.durable.desired.workloads),
@@ -77,7 +78,7 @@ class Planner:
         for action in step.actions:
             if isinstance(action, core.Persist):
                 try:
-                    store.save(self.state_dir, action.durable)
+                    self.store.save(action.durable)
                 except store.StoreError as exc:
                     log.error("%s: change not applied", exc)
                     return str(exc)
