@@ -56,6 +56,15 @@ class PlannedWorkload(msgspec.Struct, frozen=True, rename="camel"):
     hold: Literal["", "WaitingToStart", "WaitingToStop"] = ""
 
 
+class PlanRef(msgspec.Struct, frozen=True, rename="camel"):
+    """A plan entry whose workload the agent got in an earlier plan of the
+    same epoch: only its name, instance and hold travel again."""
+
+    name: str
+    instance: str
+    hold: Literal["", "WaitingToStart", "WaitingToStop"] = ""
+
+
 class AgentPlan(Message, frozen=True, kw_only=True):
     """`ank/plan/<agent>`: the agent's whole plan (level-triggered).
 
@@ -66,11 +75,15 @@ class AgentPlan(Message, frozen=True, kw_only=True):
     a newer epoch replaces whatever came before. A plan too large for one
     message is sent in `parts` messages (`part` 0..parts-1, each with some
     of the workloads, all with the same epoch and generation): the agent
-    applies it once it holds every part."""
+    applies it once it holds every part. An update names the entries the
+    agent already holds in `kept` and carries only new or changed ones in
+    `workloads`; an agent that lacks one of the kept entries asks
+    `ank/plan/<agent>`, whose answer is always the whole plan."""
 
     agent: str
     generation: int
     workloads: list[PlannedWorkload] = []
+    kept: list[PlanRef] = []
     epoch: int = 0
     part: int = 0
     parts: int = 1

@@ -11,7 +11,7 @@ import pytest
 
 from schemas.limits import MAX_ENTRY_BYTES, PART_BUDGET_BYTES, size_of
 from schemas.manifest import Manifest, Workload
-from schemas.messages import AgentPlan, CompleteState, PlannedWorkload, WorkloadState
+from schemas.messages import AgentPlan, CompleteState, PlannedWorkload, PlanRef, WorkloadState
 from schemas.state import ExecutionState
 from services.agent import core as agent_core
 from services.bus import paging
@@ -248,3 +248,40 @@ def test_records_a_new_snapshot_already_holds_are_skipped(tmp_path: Path) -> Non
     store.journal_path(tmp_path).write_bytes(old_journal)
     loaded = store.load(tmp_path)
     assert loaded is not None and set(loaded.desired.workloads) == {"w1", "w2"}
+
+
+# -- incremental plans -----------------------------------------------------------------
+
+
+def test_a_plan_update_carries_only_new_entries_and_resolves_from_what_the_agent_holds() -> None:
+    a, b = planned("a"), planned("b")
+    first = AgentPlan(agent="a1", generation=10, epoch=1, workloads=[a])
+    second = AgentPlan(agent="a1", generation=11, epoch=1, workloads=[a, b])
+    update = paging.plan_update(first, second)
+    assert update.workloads == [b] and [(k.name, k.instance) for k in update.kept] == [("a", a.instance)]
+    assert size_of(update) < size_of(second)
+    # whole when there is nothing to refer to: first plan, a new epoch, a re-send
+    assert paging.plan_update(None, second) == second
+    assert paging.plan_update(first, msgspec.structs.replace(second, epoch=2)).kept == []
+    assert paging.plan_update(second, second) == second
+    held = {("a", a.instance): a}
+    resolved = paging.resolve_plan(update, lambda n, i: held.get((n, i)))
+    assert resolved is not None and resolved.workloads == [a, b] and resolved.kept == []
+    # a hold change travels in the reference
+    waiting = msgspec.structs.replace(a, hold="WaitingToStop")
+    third = paging.plan_update(second, AgentPlan(agent="a1", generation=12, epoch=1, workloads=[waiting, b]))
+    resolved = paging.resolve_plan(third, lambda n, i: {"a": a, "b": b}[n])
+    assert resolved is not None and resolved.workloads[0].hold == "WaitingToStop"
+    # an entry the agent does not hold: no plan (it asks for the whole one)
+    assert paging.resolve_plan(update, lambda n, i: None) is None
+
+
+def test_references_are_split_into_parts_and_reassembled_too() -> None:
+    refs = [PlanRef(f"w{i:05}", f"inst{i:012}", "") for i in range(60_000)]  # ~3.6 MB of references
+    plan = AgentPlan(agent="a1", generation=3, epoch=1, workloads=[planned("new")], kept=refs)
+    parts = paging.split_plan(plan)
+    assert len(parts) >= 2 and all(size_of(p) <= PART_BUDGET_BYTES + 4096 for p in parts)
+    assembler = paging.PlanAssembler()
+    results = [assembler.add(p) for p in parts]
+    whole = results[-1]
+    assert whole is not None and whole.kept == refs and whole.workloads == [planned("new")]

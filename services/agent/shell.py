@@ -207,6 +207,8 @@ class AgentShell:
         self._published: dict[str, WorkloadState] = {}
         self._published_lock = threading.Lock()
         self._plan_parts = paging.PlanAssembler()  # loop thread only
+        self._plan_entries: dict[str, PlannedWorkload] = {}  # the last applied plan's entries (loop thread)
+        self._plan_query = threading.Lock()  # one whole-plan query at a time
 
     # -- start-up ------------------------------------------------------------------
     def start(self) -> None:
@@ -302,8 +304,35 @@ class AgentShell:
             self.feed(core.PlanReceived(plan))  # refused (and noted) by the core
             return
         whole = self._plan_parts.add(plan)
-        if whole is not None:
-            self.feed(core.PlanReceived(whole))
+        if whole is None:
+            return
+        resolved = paging.resolve_plan(whole, self._known_entry)
+        if resolved is None:
+            log.info("plan %d names workloads this agent does not hold: asking for the whole plan", whole.generation)
+            self._ask_whole_plan()
+            return
+        self.feed(core.PlanReceived(resolved))
+        if (self.state.epoch, self.state.generation) == (resolved.epoch, resolved.generation):
+            self._plan_entries = {w.name: w for w in resolved.workloads}
+
+    def _known_entry(self, name: str, instance: str) -> PlannedWorkload | None:
+        """A plan entry this agent holds (from its last plan, or a slot)."""
+        entry = self._plan_entries.get(name)
+        if entry is None or entry.instance != instance:
+            slot = self.state.slots.get(name)
+            entry = slot.planned if slot is not None else None
+        return entry if entry is not None and entry.instance == instance else None
+
+    def _ask_whole_plan(self) -> None:
+        if self._plan_query.acquire(blocking=False):
+
+            def query() -> None:
+                try:
+                    self._query_plan()
+                finally:
+                    self._plan_query.release()
+
+            threading.Thread(target=query, name="plan-query", daemon=True).start()
 
     def _on_health(self, key: str, report: HealthReport) -> None:
         if key != f"ank/health/{report.agent}/{report.workload}":

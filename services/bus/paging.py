@@ -22,7 +22,7 @@ import msgspec
 
 from schemas.limits import MAX_MESSAGE_BYTES, MAX_PARTS, PART_BUDGET_BYTES, size_of
 from schemas.manifest import Manifest
-from schemas.messages import AgentPlan, CompleteState
+from schemas.messages import AgentPlan, CompleteState, PlannedWorkload, PlanRef
 
 if TYPE_CHECKING:
     from services.bus import Bus
@@ -53,11 +53,53 @@ def chunks(items: Sequence[T], sizes: Sequence[int], budget: int = PART_BUDGET_B
 
 
 def split_plan(plan: AgentPlan, budget: int = PART_BUDGET_BYTES) -> list[AgentPlan]:
-    """The plan as parts of at most `budget` bytes of workloads each."""
-    runs = chunks(plan.workloads, [size_of(w) for w in plan.workloads], budget)
+    """The plan as parts of at most `budget` bytes of entries each."""
+    items: list[PlannedWorkload | PlanRef] = [*plan.workloads, *plan.kept]
+    runs = chunks(items, [size_of(w) for w in items], budget)
     if len(runs) == 1:
         return [msgspec.structs.replace(plan, part=0, parts=1)]
-    return [msgspec.structs.replace(plan, workloads=run, part=i, parts=len(runs)) for i, run in enumerate(runs)]
+    return [
+        msgspec.structs.replace(
+            plan,
+            workloads=[w for w in run if isinstance(w, PlannedWorkload)],
+            kept=[k for k in run if isinstance(k, PlanRef)],
+            part=i,
+            parts=len(runs),
+        )
+        for i, run in enumerate(runs)
+    ]
+
+
+def plan_update(previous: AgentPlan | None, plan: AgentPlan) -> AgentPlan:
+    """What to send for `plan` after `previous` was sent: the entries sent
+    before (same name and instance, same epoch, earlier generation) only as
+    references; the whole plan when there is no such previous plan (a
+    re-send of the same generation is whole too: the agent may have
+    restarted)."""
+    if previous is None or previous.epoch != plan.epoch or previous.generation >= plan.generation:
+        return plan
+    sent = {(w.name, w.instance) for w in previous.workloads}
+    return msgspec.structs.replace(
+        plan,
+        workloads=[w for w in plan.workloads if (w.name, w.instance) not in sent],
+        kept=[PlanRef(w.name, w.instance, w.hold) for w in plan.workloads if (w.name, w.instance) in sent],
+    )
+
+
+def resolve_plan(plan: AgentPlan, known: Callable[[str, str], PlannedWorkload | None]) -> AgentPlan | None:
+    """The whole plan from an update: each kept entry's workload from
+    `known(name, instance)`; None if one is not known (then ask for the
+    whole plan)."""
+    if not plan.kept:
+        return plan
+    workloads = list(plan.workloads)
+    for ref in plan.kept:
+        body = known(ref.name, ref.instance)
+        if body is None:
+            return None
+        workloads.append(msgspec.structs.replace(body, hold=ref.hold))
+    workloads.sort(key=lambda w: w.name)
+    return msgspec.structs.replace(plan, workloads=workloads, kept=[])
 
 
 class PlanAssembler:
@@ -91,7 +133,8 @@ class PlanAssembler:
         del self._pending[key]
         self._drop_older((plan.epoch, plan.generation))
         workloads = [w for i in range(plan.parts) for w in got[i].workloads]
-        return msgspec.structs.replace(got[0], workloads=workloads, part=0, parts=1)
+        kept = [k for i in range(plan.parts) for k in got[i].kept]
+        return msgspec.structs.replace(got[0], workloads=workloads, kept=kept, part=0, parts=1)
 
     def _drop_older(self, than: tuple[int, int]) -> None:
         for key in [k for k in self._pending if k[:2] <= than]:

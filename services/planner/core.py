@@ -664,48 +664,76 @@ def agent_liveliness(state: PlannerState, agent: str, alive: bool, now_ms: int) 
     return step
 
 
-def _record(state: PlannerState, key: str, ws: WorkloadState) -> PlannerState | None:
-    """The state with an agent's WorkloadState recorded, or None if it is
-    stale, misplaced or about something no longer desired there."""
+def _record_into(
+    durable: Durable, states: dict[str, WorkloadState], owned: set[str], key: str, ws: WorkloadState
+) -> bool:
+    """Records an agent's WorkloadState into `states` (and takes its key out
+    of `owned`); False (nothing changed) if it is stale, misplaced or about
+    something no longer desired there."""
     if not ws.agent or key != bus_state_key(ws.agent, ws.workload):
-        return None
+        return False
     skey = state_key(ws.agent, ws.workload)
-    stored = state.states.get(skey)
+    stored = states.get(skey)
     if stored is not None and stored.sender == ws.sender and ws.seq and ws.seq <= stored.seq:
-        return None  # stale
-    durable = state.durable
+        return False  # stale
     expected: set[str] = set()
     if ws.workload in durable.rendered.workloads and placed_agent(durable, ws.workload) == ws.agent:
         expected.add(durable.instances[ws.workload])
     expected.update(
         r.planned.instance for r in durable.retiring if (r.agent, r.planned.name) == (ws.agent, ws.workload)
     )
-    states = dict(state.states)
     if expected:
         if ws.instance and ws.instance not in expected and stored is not None and stored.instance in expected:
-            return None  # an older instance's news; the current one's state stands
+            return False  # an older instance's news; the current one's state stands
         states[skey] = ws
     elif stored is None:
-        return None  # not (or no longer) desired there
+        return False  # not (or no longer) desired there
     elif ws.execution_state.state == "Removed":
         del states[skey]  # a departed instance is gone
     else:
         states[skey] = ws  # a departing instance, tracked until Removed (it may keep a dependency alive)
-    return msgspec.structs.replace(state, states=states, owned=state.owned - {skey})
+    owned.discard(skey)
+    return True
+
+
+def _record_all(
+    state: PlannerState, items: list[tuple[str, WorkloadState]]
+) -> tuple[PlannerState, list[WorkloadState]]:
+    """The state with every recordable item recorded (the maps copied once
+    per batch, not once per state), and the states that were recorded."""
+    states = dict(state.states)
+    owned = set(state.owned)
+    recorded = [ws for key, ws in items if _record_into(state.durable, states, owned, key, ws)]
+    if not recorded:
+        return state, []
+    return msgspec.structs.replace(state, states=states, owned=frozenset(owned)), recorded
 
 
 def observe_state(state: PlannerState, key: str, ws: WorkloadState, now_ms: int) -> Step:
     """A WorkloadState from an agent (`ank/state/<agent>/<workload>`)."""
-    if not ws.agent or key != bus_state_key(ws.agent, ws.workload):
-        return Step(state, [Log(f"ignored a state on {key}: it is about {ws.agent}/{ws.workload}", "warning")])
-    observed = _record(state, key, ws)
-    if observed is None:
-        return Step(state, [])
+    return observe_states(state, [(key, ws)], now_ms)
+
+
+def observe_states(state: PlannerState, items: list[tuple[str, WorkloadState]], now_ms: int) -> Step:
+    """WorkloadStates from agents, in the order they arrived. The work is
+    proportional to the batch unless a state can change a decision (a
+    dependency, a retiring instance, an agent gone): then one settling pass
+    for the whole batch."""
+    logs: list[Action] = []
+    valid = []
+    for key, ws in items:
+        if not ws.agent or key != bus_state_key(ws.agent, ws.workload):
+            logs.append(Log(f"ignored a state on {key}: it is about {ws.agent}/{ws.workload}", "warning"))
+        else:
+            valid.append((key, ws))
+    observed, recorded = _record_all(state, valid)
+    if not recorded:
+        return Step(state, logs)
     if observed.dependents is None:
         observed = _with_index(observed)
-    if not _may_change_decisions(observed, ws):
-        return Step(observed, [])  # nothing `_settle` decides depends on it: O(1) per state
-    return _settle(state, observed, now_ms, [])
+    if not any(_may_change_decisions(observed, ws) for ws in recorded):
+        return Step(observed, logs)  # nothing `_settle` decides depends on them
+    return _settle(state, observed, now_ms, logs)
 
 
 def _may_change_decisions(state: PlannerState, ws: WorkloadState) -> bool:
@@ -730,9 +758,7 @@ def _may_change_decisions(state: PlannerState, ws: WorkloadState) -> bool:
 def with_observed_states(state: PlannerState, states: list[tuple[str, WorkloadState]]) -> PlannerState:
     """The state at start, knowing the states agents report (before `start`,
     so that nothing is decided on missing knowledge)."""
-    for key, ws in states:
-        state = _record(state, key, ws) or state
-    return state
+    return _record_all(state, states)[0]
 
 
 # -- queries ----------------------------------------------------------------

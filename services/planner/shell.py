@@ -65,6 +65,10 @@ class Planner:
         self.clock = clock
         self.state = core.PlannerState(durable=durable or core.Durable())
         self.store = store.Store(self.state_dir, durable)
+        self._pending_states: list[tuple[str, WorkloadState]] = []
+        self._pending_lock = threading.Lock()
+        self._drain_posted = False
+        self._sent_plans: dict[str, AgentPlan] = {}  # the last plan published per agent (updates go against it)
         log.info(
             "loaded %d workloads from %s",
             len(self.state.durable.desired.workloads),
@@ -94,8 +98,11 @@ class Planner:
         if isinstance(action, core.Log):
             log.log(logging.WARNING if action.level == "warning" else logging.INFO, "%s", action.message)
         elif isinstance(action, core.PublishPlan):
-            for part in paging.split_plan(action.plan):
-                self.bus.put(f"ank/plan/{action.plan.agent}", part)
+            plan = action.plan
+            update = paging.plan_update(self._sent_plans.get(plan.agent), plan)
+            self._sent_plans[plan.agent] = plan
+            for part in paging.split_plan(update):
+                self.bus.put(f"ank/plan/{plan.agent}", part)
         elif isinstance(action, core.PublishState):
             self.bus.put(action.key, action.state)
         elif isinstance(action, core.PublishEvent):
@@ -109,7 +116,7 @@ class Planner:
         """Subscribes, learns who is alive, publishes every plan and owned
         state, catches up on states (late joiner), then answers queries."""
         self.bus.subscribe_raw("ank/desired", lambda _key, payload: self.loop.post(self.on_desired, payload))
-        self.bus.subscribe("ank/state/**", WorkloadState, lambda key, ws: self.loop.post(self.on_state, key, ws))
+        self.bus.subscribe("ank/state/**", WorkloadState, self.on_state)
         self.bus.subscribe("ank/bind/*", Binding, lambda _key, b: self.loop.post(self.on_binding, b))
         self.bus.subscribe("ank/agents/*/status", AgentStatus, lambda _key, st: self.loop.post(self.on_status, st))
         # Asked before the liveliness subscriber exists: with one declared in
@@ -140,9 +147,23 @@ class Planner:
         self.commit(core.desired_put(self.state, payload, self.now_ms()))
 
     def on_state(self, key: str, ws: WorkloadState) -> None:
+        """A state (any thread): queued; the loop records the queued states
+        in one batch (one core step however many arrived meanwhile)."""
         if ws.sender == self.bus.name:
             return  # our own publication, already in the state
-        self.commit(core.observe_state(self.state, key, ws, self.now_ms()))
+        with self._pending_lock:
+            self._pending_states.append((key, ws))
+            if self._drain_posted:
+                return
+            self._drain_posted = True
+        self.loop.post(self._drain_states)
+
+    def _drain_states(self) -> None:
+        with self._pending_lock:
+            batch, self._pending_states = self._pending_states, []
+            self._drain_posted = False
+        if batch:
+            self.commit(core.observe_states(self.state, batch, self.now_ms()))
 
     def on_binding(self, bound: Binding) -> None:
         self.commit(core.binding(self.state, bound, self.now_ms()))
@@ -170,8 +191,8 @@ class Planner:
         def query() -> None:
             for key, payload in self.bus.get(f"ank/state/{agent}/**", timeout=LATE_JOIN_TIMEOUT_S):
                 ws = self.bus.decode(key, payload, WorkloadState)
-                if ws is not None and ws.sender != self.bus.name:
-                    self.loop.post(self.on_state, key, ws)
+                if ws is not None:
+                    self.on_state(key, ws)
 
         threading.Thread(target=query, name=f"states-of-{agent}", daemon=True).start()
 
