@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 
 from schemas.limits import MAX_ENTRY_BYTES
-from schemas.messages import AgentPlan, ApplyRequest, Event
+from schemas.messages import AgentPlan, ApplyRequest, Event, PlanRef, WorkloadState
 from services.bus import Bus, paging
 from services.cli.client import Client
 from tests.helpers import Collector, wait_for
 from tests.system import System, running_system
+from tests.test_agent_shell import SLEEP, AgentProcess, planned, start_agent, up, wait_state
+
+__all__ = ["start_agent"]  # a fixture used here
 
 pytestmark = pytest.mark.slow
 
@@ -125,3 +128,36 @@ def test_a_spoofed_plan_with_generation_2_62_is_reported_and_neither_drops_workl
     assert second.returncode == 0, second.stderr + second.stdout
     assert system.workloads()["second"]["state"] == "Running"
     assert system.workloads()["keeper"]["state"] == "Running"
+
+
+def test_an_agent_resolves_a_plan_update_from_what_it_holds_and_asks_for_the_whole_plan_when_it_lacks_one(
+    make_bus: Callable[[str], Bus], start_agent: Callable[..., AgentProcess]
+) -> None:
+    bus, states, agent = up(make_bus, start_agent)
+    a, b, c = (planned(n, SLEEP, instance=f"i-{n}") for n in "abc")
+    epoch = time.time_ns() // 1000
+    bus.put(f"ank/plan/{agent.name}", AgentPlan(agent=agent.name, generation=epoch + 1, epoch=epoch, workloads=[a]))
+    wait_state(states, "a", "Running(Ok)")
+    # an update: a travels as a reference, c whole
+    update = AgentPlan(
+        agent=agent.name, generation=epoch + 2, epoch=epoch, workloads=[c], kept=[PlanRef("a", a.instance)]
+    )
+    queries: list[str] = []
+    whole = AgentPlan(agent=agent.name, generation=epoch + 3, epoch=epoch, workloads=[a, b, c])
+
+    def answer(key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
+        queries.append(key)
+        return [(key, bus.encode(part)) for part in paging.split_plan(whole)]
+
+    bus.queryable(f"ank/plan/{agent.name}", answer)
+    bus.put(f"ank/plan/{agent.name}", update)
+    wait_state(states, "c", "Running(Ok)")
+    assert queries == []  # resolved from what the agent held
+    # an update naming b, which the agent never got: it asks for the whole plan
+    missed = msgspec.structs.replace(
+        update, generation=epoch + 3, workloads=[], kept=[PlanRef(n, f"i-{n}") for n in "abc"]
+    )
+    bus.put(f"ank/plan/{agent.name}", missed)
+    wait_state(states, "b", "Running(Ok)", timeout=20)
+    assert queries == [f"ank/plan/{agent.name}"]
+    assert not [s for _, s in states.items if isinstance(s, WorkloadState) and s.execution_state.state == "Removed"]
