@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -46,6 +47,7 @@ log = logging.getLogger("ank.planner")
 DEFAULT_STATE_DIR = ".ank/planner"
 QUERY_TIMEOUT_S = 10.0  # how long a query waits for the loop before it is answered with an error
 LATE_JOIN_TIMEOUT_S = 2.0
+SLOW_STEP_S = 1.0  # a step's persistence and publications taking longer are logged
 
 
 class Planner:
@@ -79,6 +81,7 @@ class Planner:
     def commit(self, step: core.Step) -> str | None:
         """Runs a step's actions; adopts its state only if it could be
         persisted. Returns the persistence error, if any."""
+        started = time.monotonic()
         for action in step.actions:
             if isinstance(action, core.Persist):
                 try:
@@ -87,11 +90,20 @@ class Planner:
                     log.error("%s: change not applied", exc)
                     return str(exc)
         self.state = step.state
+        persisted = time.monotonic()
         for action in step.actions:
             try:
                 self._run(action)
             except Exception as exc:  # a publication failing must not lose the rest
                 log.error("could not %s: %s", type(action).__name__, exc)
+        done = time.monotonic()
+        if done - started > SLOW_STEP_S:
+            log.warning(
+                "slow step: %.1f s to persist, %.1f s for %d actions (a slow disk or bus?)",
+                persisted - started,
+                done - persisted,
+                len(step.actions),
+            )
         return None
 
     def _run(self, action: core.Action) -> None:
@@ -203,13 +215,22 @@ class Planner:
         future: Future[R] = Future()
 
         def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return  # the query gave up waiting: it must not act later
             try:
                 future.set_result(fn())
             except BaseException as exc:
                 future.set_exception(exc)
 
         self.loop.post(run)
-        return future.result(QUERY_TIMEOUT_S)
+        try:
+            return future.result(QUERY_TIMEOUT_S)
+        except TimeoutError:
+            if future.cancel():
+                raise PlannerBusy(
+                    f"the planner was busy for {QUERY_TIMEOUT_S:g} s; nothing was done, try again"
+                ) from None
+            return future.result()  # it started meanwhile: its result stands
 
     def _answer_apply(self, key: str, payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
         def run(request: ApplyRequest) -> ApplyResult:
@@ -260,6 +281,9 @@ class Planner:
             return [(key, self.bus.encode(result))]
         try:
             result = self._on_loop(lambda: run(request))  # type: ignore[arg-type]
+        except PlannerBusy as exc:
+            log.warning("query on %s: %s", key, exc)
+            result = ApplyResult(ok=False, errors=[ValidationIssue(path="", message=str(exc))])
         except Exception as exc:
             log.exception("query on %s failed", key)
             result = ApplyResult(ok=False, errors=[ValidationIssue(path="", message=f"planner error: {exc}")])
@@ -289,6 +313,10 @@ class Planner:
         selector = zenoh.KeyExpr(key)
         owned = self._on_loop(lambda: core.owned_states(self.state))
         return [(k, self.bus.encode(ws)) for k, ws in owned if selector.intersects(zenoh.KeyExpr(k))]
+
+
+class PlannerBusy(Exception):
+    """A query waited too long for the planner's loop; it was not acted on."""
 
 
 def _agent_of(liveliness_key: str) -> str:
