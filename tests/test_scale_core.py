@@ -1,9 +1,12 @@
-"""Scale, without I/O: plans and state replies in bounded parts, size limits
-checked at apply, the planner's work per state proportional to what it
-touches, and agents that survive a lying planner (plan epochs)."""
+"""Scale, mostly without I/O: plans and state replies in bounded parts,
+incremental plans, size limits checked at apply, the planner's work per
+state proportional to what it touches, the journal, agents that survive a
+lying planner (plan epochs), and a busy planner that never acts on a command
+it answered "busy"."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -11,11 +14,21 @@ import pytest
 
 from schemas.limits import MAX_ENTRY_BYTES, PART_BUDGET_BYTES, size_of
 from schemas.manifest import Manifest, Workload
-from schemas.messages import AgentPlan, CompleteState, PlannedWorkload, PlanRef, WorkloadState
+from schemas.messages import (
+    AgentPlan,
+    ApplyRequest,
+    ApplyResult,
+    CompleteState,
+    PlannedWorkload,
+    PlanRef,
+    WorkloadState,
+)
 from schemas.state import ExecutionState
 from services.agent import core as agent_core
-from services.bus import paging
+from services.bus import Bus, paging
+from services.bus.loop import EventLoop
 from services.planner import core, store
+from services.planner import shell as planner_shell
 
 NOW_MS = 1_800_000_000_000
 
@@ -285,3 +298,25 @@ def test_references_are_split_into_parts_and_reassembled_too() -> None:
     results = [assembler.add(p) for p in parts]
     whole = results[-1]
     assert whole is not None and whole.kept == refs and whole.workloads == [planned("new")]
+
+
+# -- a busy planner --------------------------------------------------------------------
+
+
+def test_a_command_that_gave_up_waiting_for_a_busy_planner_is_answered_busy_and_never_applied_later(
+    tmp_path: Path, make_bus: Callable[[str], Bus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(planner_shell, "QUERY_TIMEOUT_S", 0.3)
+    loop = EventLoop()  # not running yet: the planner is busy
+    planner = planner_shell.Planner(make_bus("planner-in-test"), loop, tmp_path / "state", None)
+    text = (
+        "apiVersion: v1\nworkloads:\n  web:\n    runtime: process\n    agent: a1\n    runtimeConfig: 'command: sleep'\n"
+    )
+    request = msgspec.json.encode(ApplyRequest(manifest=text))
+    [(_, reply)] = planner._answer_apply("ank/cmd/apply", request, "")
+    answer = msgspec.json.decode(reply, type=ApplyResult)
+    assert not answer.ok and "busy" in answer.errors[0].message and "nothing was done" in answer.errors[0].message
+    loop.post(loop.stop)
+    loop.run()  # the queued work runs now: it must not apply the refused change
+    assert planner.state.durable.desired.workloads == {}
+    assert store.load(tmp_path / "state") is None
