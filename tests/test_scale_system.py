@@ -130,7 +130,7 @@ def test_a_spoofed_plan_with_generation_2_62_is_reported_and_neither_drops_workl
     assert system.workloads()["keeper"]["state"] == "Running"
 
 
-def test_an_agent_resolves_a_plan_update_from_what_it_holds_and_asks_for_the_whole_plan_when_it_lacks_one(
+def test_an_agent_resolves_a_plan_update_from_what_it_holds_and_asks_for_the_whole_plan_when_it_lacks_one_or_a_part(
     make_bus: Callable[[str], Bus], start_agent: Callable[..., AgentProcess]
 ) -> None:
     bus, states, agent = up(make_bus, start_agent)
@@ -143,11 +143,11 @@ def test_an_agent_resolves_a_plan_update_from_what_it_holds_and_asks_for_the_who
         agent=agent.name, generation=epoch + 2, epoch=epoch, workloads=[c], kept=[PlanRef("a", a.instance)]
     )
     queries: list[str] = []
-    whole = AgentPlan(agent=agent.name, generation=epoch + 3, epoch=epoch, workloads=[a, b, c])
+    current = [AgentPlan(agent=agent.name, generation=epoch + 3, epoch=epoch, workloads=[a, b, c])]
 
     def answer(key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
         queries.append(key)
-        return [(key, bus.encode(part)) for part in paging.split_plan(whole)]
+        return [(key, bus.encode(part)) for part in paging.split_plan(current[0])]
 
     bus.queryable(f"ank/plan/{agent.name}", answer)
     bus.put(f"ank/plan/{agent.name}", update)
@@ -160,4 +160,10 @@ def test_an_agent_resolves_a_plan_update_from_what_it_holds_and_asks_for_the_who
     bus.put(f"ank/plan/{agent.name}", missed)
     wait_state(states, "b", "Running(Ok)", timeout=20)
     assert queries == [f"ank/plan/{agent.name}"]
+    # a plan in two parts whose second part is lost: the agent asks for the whole plan after a while
+    d = planned("d", SLEEP, instance="i-d")
+    current[0] = AgentPlan(agent=agent.name, generation=epoch + 4, epoch=epoch, workloads=[a, b, c, d])
+    bus.put(f"ank/plan/{agent.name}", msgspec.structs.replace(current[0], workloads=[a, b], part=0, parts=2))
+    wait_state(states, "d", "Running(Ok)", timeout=30)
+    assert len(queries) == 2
     assert not [s for _, s in states.items if isinstance(s, WorkloadState) and s.execution_state.state == "Removed"]

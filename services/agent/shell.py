@@ -53,6 +53,7 @@ from services.clock import SYSTEM_CLOCK, Clock
 from services.logsetup import setup_logging
 
 PLAN_QUERY_TIMEOUT_S = 5.0
+PLAN_PARTS_WAIT_S = 5.0  # how long an incomplete plan waits for its other parts before the whole is asked
 log = logging.getLogger("ank.agent")
 
 
@@ -209,6 +210,7 @@ class AgentShell:
         self._plan_parts = paging.PlanAssembler()  # loop thread only
         self._plan_entries: dict[str, PlannedWorkload] = {}  # the last applied plan's entries (loop thread)
         self._plan_query = threading.Lock()  # one whole-plan query at a time
+        self._parts_timers: set[tuple[int, int]] = set()  # plans whose missing parts are timed (loop thread)
 
     # -- start-up ------------------------------------------------------------------
     def start(self) -> None:
@@ -305,6 +307,10 @@ class AgentShell:
             return
         whole = self._plan_parts.add(plan)
         if whole is None:
+            key = (plan.epoch, plan.generation)
+            if self._plan_parts.waiting(*key) and key not in self._parts_timers:
+                self._parts_timers.add(key)
+                self.loop.call_later(PLAN_PARTS_WAIT_S, self._parts_overdue, key)
             return
         resolved = paging.resolve_plan(whole, self._known_entry)
         if resolved is None:
@@ -314,6 +320,14 @@ class AgentShell:
         self.feed(core.PlanReceived(resolved))
         if (self.state.epoch, self.state.generation) == (resolved.epoch, resolved.generation):
             self._plan_entries = {w.name: w for w in resolved.workloads}
+
+    def _parts_overdue(self, key: tuple[int, int]) -> None:
+        """A plan's parts did not all arrive in time (one lost): ask for the
+        whole plan rather than wait for the next one."""
+        self._parts_timers.discard(key)
+        if self._plan_parts.waiting(*key):
+            log.warning("plan %d: parts missing after %g s: asking for the whole plan", key[1], PLAN_PARTS_WAIT_S)
+            self._ask_whole_plan()
 
     def _known_entry(self, name: str, instance: str) -> PlannedWorkload | None:
         """A plan entry this agent holds (from its last plan, or a slot)."""

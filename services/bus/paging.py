@@ -116,6 +116,10 @@ class PlanAssembler:
     def incomplete(self) -> bool:
         return bool(self._pending)
 
+    def waiting(self, epoch: int, generation: int) -> bool:
+        """Whether parts of that plan are held, waiting for the rest."""
+        return any(k[:2] == (epoch, generation) for k in self._pending)
+
     def add(self, plan: AgentPlan) -> AgentPlan | None:
         if plan.parts <= 1 and plan.part == 0:
             self._drop_older((plan.epoch, plan.generation))
