@@ -233,8 +233,15 @@ def _derived_states(durable: Durable, alive: frozenset[str]) -> dict[str, _Deriv
             out[key] = _Derived(
                 es, entry.agent, entry.planned.name, entry.planned.instance, entry.planned.workload.runtime
             )
+    bindings = durable.bindings
     for name, workload in durable.rendered.workloads.items():
-        agent = placed_agent(durable, name)
+        # placed_agent(), inlined: this loop runs over every workload
+        if workload.scheduling is not None and bindings.get(name):
+            agent = bindings[name]
+        else:
+            agent = workload.agent or bindings.get(name, "")
+        if agent and agent in alive:
+            continue  # its agent publishes its state
         es = derived_state(agent, agent in seen, agent in alive)
         key = state_key(agent, name)
         if es is not None and key not in out:
