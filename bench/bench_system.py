@@ -47,6 +47,7 @@ class Running:
     def __init__(self) -> None:
         self.first_running: dict[str, float] = {}
         self.cond = threading.Condition()
+        self.polled = 0  # names dated by a poll of the planner's state instead (bench_scale)
 
     def __call__(self, _key: str, st: WorkloadState) -> None:
         if st.execution_state.state == "Running":

@@ -56,16 +56,37 @@ class PlannedWorkload(msgspec.Struct, frozen=True, rename="camel"):
     hold: Literal["", "WaitingToStart", "WaitingToStop"] = ""
 
 
+class PlanRef(msgspec.Struct, frozen=True, rename="camel"):
+    """A plan entry whose workload the agent got in an earlier plan of the
+    same epoch: only its name, instance and hold travel again."""
+
+    name: str
+    instance: str
+    hold: Literal["", "WaitingToStart", "WaitingToStop"] = ""
+
+
 class AgentPlan(Message, frozen=True, kw_only=True):
     """`ank/plan/<agent>`: the agent's whole plan (level-triggered).
 
     `workloads` are the ones the agent must run now; a workload of the agent
-    that is not in the plan must be stopped and removed. A plan with a
-    generation lower than one already applied is stale."""
+    that is not in the plan must be stopped and removed. `epoch` is new at
+    each planner start (higher than any before); within one epoch a plan
+    with a generation lower than one already applied is stale, and a plan of
+    a newer epoch replaces whatever came before. A plan too large for one
+    message is sent in `parts` messages (`part` 0..parts-1, each with some
+    of the workloads, all with the same epoch and generation): the agent
+    applies it once it holds every part. An update names the entries the
+    agent already holds in `kept` and carries only new or changed ones in
+    `workloads`; an agent that lacks one of the kept entries asks
+    `ank/plan/<agent>`, whose answer is always the whole plan."""
 
     agent: str
     generation: int
     workloads: list[PlannedWorkload] = []
+    kept: list[PlanRef] = []
+    epoch: int = 0
+    part: int = 0
+    parts: int = 1
 
 
 class WorkloadUsage(msgspec.Struct, frozen=True, rename="camel"):
@@ -187,3 +208,9 @@ class CompleteState(Message, frozen=True, kw_only=True):
     desired: Manifest
     workload_states: list[WorkloadState] = []
     agents: list[str] = []
+    # A large state comes in `parts` replies (`part` 0..parts-1, one
+    # `snapshot`): each holds some of the workloads, configs and states;
+    # services.bus.paging merges them.
+    part: int = 0
+    parts: int = 1
+    snapshot: int = 0

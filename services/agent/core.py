@@ -133,6 +133,7 @@ class AgentState(msgspec.Struct, frozen=True):
     backoff: Backoff = Backoff()
     stop_grace_s: float = 10.0
     generation: int = -1  # the last applied plan's generation
+    epoch: int = 0  # the planner epoch of the last applied plan
     slots: dict[str, Slot] = {}
     last_timer: int = 0  # timer tokens are unique across slots, so a timer never wakes a later slot
 
@@ -236,7 +237,19 @@ class Note(msgspec.Struct, frozen=True):
     text: str
 
 
-Action = Create | Stop | Remove | Publish | WakeAt | Note
+class Alert(msgspec.Struct, frozen=True):
+    """An event for the operator (`ank/events/<kind>`): something refused."""
+
+    kind: str
+    message: str
+
+
+Action = Create | Stop | Remove | Publish | WakeAt | Note | Alert
+
+# Plan epochs and generations come from the planner's wall clock in
+# microseconds; one further ahead of this agent's clock than this is not
+# believed (a lying or broken planner), whatever clock skew a vehicle has.
+PLAUSIBLE_AHEAD_US = 24 * 3600 * 1_000_000
 
 
 class Step(msgspec.Struct, frozen=True):
@@ -333,9 +346,27 @@ def step(state: AgentState, event: AgentEvent, now: Now) -> Step:
     """The agent's reaction to one event: its new state and the actions."""
     b = _Builder(state, now)
     if isinstance(event, PlanReceived):
-        if event.plan.agent != state.agent:
-            b.note(f"ignored a plan for agent {event.plan.agent!r}")
+        plan = event.plan
+        if plan.agent != state.agent:
+            b.note(f"ignored a plan for agent {plan.agent!r}")
             return b.done()
+        limit = now.wall_ms * 1000 + PLAUSIBLE_AHEAD_US
+        if plan.generation > limit or plan.epoch > limit:
+            message = (
+                f"agent {state.agent} refused plan generation {plan.generation} epoch {plan.epoch} "
+                f"from {plan.sender or 'an unknown sender'}: implausible (more than 24 h ahead of the agent's clock)"
+            )
+            b.note(message)
+            b.actions.append(Alert("implausible-plan", message))
+            return b.done()
+        if plan.epoch < state.epoch:
+            b.note(f"ignored plan of an older planner epoch {plan.epoch} (applied epoch {state.epoch})")
+            return b.done()
+        if plan.epoch > state.epoch:
+            # A newer planner start: its generations may be lower than the
+            # last one applied (e.g. after a lie); its plan replaces it.
+            _apply_plan(b, plan)
+            return b.done(generation=plan.generation, epoch=plan.epoch)
         if event.plan.generation == state.generation:
             # The planner re-sends the plan it sent when it (re)discovers this
             # agent: whatever was said meanwhile (AgentDisconnected) is stale,

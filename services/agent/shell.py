@@ -49,13 +49,15 @@ from services.agent.control_interface.shell import ControlInterfaces
 from services.agent.energy import SimulatedBattery, read_power_supply
 from services.agent.runtimes import load_runtimes
 from services.agent.runtimes.base import Notify, RunHandle, Runtime, RuntimeEvent, StartError, StartSpec
-from services.bus import Bus, BusConfigError
+from services.bus import Bus, BusConfigError, paging
 from services.bus.loop import EventLoop
 from services.clock import SYSTEM_CLOCK, Clock
 from services.lifecycle import Busy, DirLock, default_run_dir
 from services.logsetup import setup_logging
 from services.names import agent_name_error
 
+PLAN_QUERY_TIMEOUT_S = 5.0
+PLAN_PARTS_WAIT_S = 5.0  # how long an incomplete plan waits for its other parts before the whole is asked
 log = logging.getLogger("ank.agent")
 
 
@@ -211,13 +213,21 @@ class AgentShell:
         self._published: dict[str, WorkloadState] = {}
         self._published_lock = threading.Lock()
         self.control_interfaces = ControlInterfaces(bus, self.run_dir)  # Ankaios's Control Interface FIFOs
+        self._plan_parts = paging.PlanAssembler()  # loop thread only
+        self._plan_entries: dict[str, PlannedWorkload] = {}  # the last applied plan's entries (loop thread)
+        self._plan_query = threading.Lock()  # one whole-plan query at a time
+        self._parts_timers: set[tuple[int, int]] = set()  # plans whose missing parts are timed (loop thread)
 
     # -- start-up ------------------------------------------------------------------
     def start(self) -> None:
         """Adopts what still runs, then listens; call before loop.run()."""
         self._adopt()
         self.bus.subscribe(f"ank/health/{self.name}/**", HealthReport, self._on_health)
-        self.bus.subscribe(f"ank/plan/{self.name}", AgentPlan, self._on_plan)
+        # Plans are decoded without the bus's per-sender sequence check: the
+        # core orders them by epoch and generation (a spoofed sequence number
+        # must not mute the real planner), and parts may interleave with a
+        # query's reply.
+        self.bus.subscribe_raw(f"ank/plan/{self.name}", self._on_plan)
         self.bus.queryable(f"ank/state/{self.name}/**", self._answer_state_query)
         self.bus.queryable(f"ank/logs/{self.name}/*", self._answer_logs_query)
         # the token last: a planner that sees it re-sends the plan, which the subscriber above receives
@@ -289,14 +299,66 @@ class AgentShell:
 
     def _query_plan(self) -> None:
         try:
-            for plan in self.bus.get_decoded(f"ank/plan/{self.name}", AgentPlan, timeout=2.0):
-                self.loop.post(self.feed, core.PlanReceived(plan))
+            for key, payload in self.bus.get(f"ank/plan/{self.name}", timeout=PLAN_QUERY_TIMEOUT_S):
+                plan = paging.decode_part(key, payload, AgentPlan, self.bus.drop)
+                if plan is not None:
+                    self.loop.post(self._plan_part, plan)
         except Exception as exc:
             log.warning("querying ank/plan/%s: %s", self.name, exc)
 
     # -- events in (any thread) -------------------------------------------------------
-    def _on_plan(self, _key: str, plan: AgentPlan) -> None:
-        self.loop.post(self.feed, core.PlanReceived(plan))
+    def _on_plan(self, key: str, payload: bytes) -> None:
+        plan = paging.decode_part(key, payload, AgentPlan, self.bus.drop)
+        if plan is not None:
+            self.loop.post(self._plan_part, plan)
+
+    def _plan_part(self, plan: AgentPlan) -> None:
+        """A plan or a part of one (loop thread): fed to the core once whole."""
+        if plan.agent != self.name:
+            self.feed(core.PlanReceived(plan))  # refused (and noted) by the core
+            return
+        whole = self._plan_parts.add(plan)
+        if whole is None:
+            key = (plan.epoch, plan.generation)
+            if self._plan_parts.waiting(*key) and key not in self._parts_timers:
+                self._parts_timers.add(key)
+                self.loop.call_later(PLAN_PARTS_WAIT_S, self._parts_overdue, key)
+            return
+        resolved = paging.resolve_plan(whole, self._known_entry)
+        if resolved is None:
+            log.info("plan %d names workloads this agent does not hold: asking for the whole plan", whole.generation)
+            self._ask_whole_plan()
+            return
+        self.feed(core.PlanReceived(resolved))
+        if (self.state.epoch, self.state.generation) == (resolved.epoch, resolved.generation):
+            self._plan_entries = {w.name: w for w in resolved.workloads}
+
+    def _parts_overdue(self, key: tuple[int, int]) -> None:
+        """A plan's parts did not all arrive in time (one lost): ask for the
+        whole plan rather than wait for the next one."""
+        self._parts_timers.discard(key)
+        if self._plan_parts.waiting(*key):
+            log.warning("plan %d: parts missing after %g s: asking for the whole plan", key[1], PLAN_PARTS_WAIT_S)
+            self._ask_whole_plan()
+
+    def _known_entry(self, name: str, instance: str) -> PlannedWorkload | None:
+        """A plan entry this agent holds (from its last plan, or a slot)."""
+        entry = self._plan_entries.get(name)
+        if entry is None or entry.instance != instance:
+            slot = self.state.slots.get(name)
+            entry = slot.planned if slot is not None else None
+        return entry if entry is not None and entry.instance == instance else None
+
+    def _ask_whole_plan(self) -> None:
+        if self._plan_query.acquire(blocking=False):
+
+            def query() -> None:
+                try:
+                    self._query_plan()
+                finally:
+                    self._plan_query.release()
+
+            threading.Thread(target=query, name="plan-query", daemon=True).start()
 
     def _on_health(self, key: str, report: HealthReport) -> None:
         if key != f"ank/health/{report.agent}/{report.workload}":
@@ -355,6 +417,8 @@ class AgentShell:
             self._stop(action)
         elif isinstance(action, core.Remove):
             self._remove(action)
+        elif isinstance(action, core.Alert):
+            self.bus.event(action.kind, action.message, subject=f"ank/plan/{self.name}", severity="warning")
         elif isinstance(action, core.WakeAt):
             delay = max(0.0, action.at_mono - self.clock.monotonic())
             self.loop.call_later(delay, self.feed, core.Wake(action.workload, action.token))

@@ -19,7 +19,7 @@ from schemas.messages import (
     Event,
     WorkloadState,
 )
-from services.bus import Bus
+from services.bus import Bus, paging
 
 
 class NoPlanner(Exception):
@@ -51,14 +51,20 @@ class Client:
         return result
 
     def state(self) -> CompleteState:
-        result = self._query("ank/cmd/state", None, CompleteState)
-        assert isinstance(result, CompleteState)
-        return result
+        """The whole state, read in bounded parts (services.bus.paging)."""
+        replies = paging.get_complete_state(self.bus, self.timeout)
+        if not replies:
+            raise NoPlanner(
+                f"no planner answered on {paging.STATE_QUERY} with a complete state within {self.timeout:g} s "
+                "(is `ank-planner` running and connected to the same Zenoh router?)"
+            )
+        return replies[0]
 
     def planned_instances(self) -> dict[str, str]:
         """workload → the instance the planner's current plans name for it."""
-        plans = self.bus.get_decoded("ank/plan/*", AgentPlan, timeout=self.timeout)
-        return {pw.name: pw.instance for plan in plans for pw in plan.workloads}
+        # Whole plans (a query's answer), maybe in parts: each part names some workloads.
+        parts = (paging.decode_part(k, data, AgentPlan) for k, data in self.bus.get("ank/plan/*", timeout=self.timeout))
+        return {pw.name: pw.instance for plan in parts if plan is not None for pw in plan.workloads}
 
     def agent_statuses(self) -> dict[str, AgentStatus]:
         """The latest status of every live agent (waits one status period)."""

@@ -43,8 +43,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from schemas import AgentStatus, CompleteState, EnergyReport, Event, WorkloadState
-from services.bus import Bus, BusConfigError, load_config, uses_tls
+from schemas import AgentStatus, EnergyReport, Event, WorkloadState
+from services.bus import Bus, BusConfigError, load_config, paging, uses_tls
 from services.dashboard import model, options
 from services.dashboard import token as dashboard_token
 from services.dashboard.page import PAGE
@@ -86,7 +86,7 @@ class DashboardShell:
         """Asks `ank/cmd/state` now and every `every_s` seconds (0: only now)."""
         while True:
             try:
-                replies = await asyncio.to_thread(self.bus.get_decoded, STATE_QUERY, CompleteState, None, 2.0)
+                replies = await asyncio.to_thread(paging.get_complete_state, self.bus, 2.0)
             except Exception as exc:  # the router may be restarting; the next round retries
                 log.warning("query %s failed: %s", STATE_QUERY, exc)
                 replies = []

@@ -23,7 +23,7 @@ import msgspec
 import zenoh
 
 from schemas.messages import CompleteState, HealthReport, WorkloadState
-from services.bus import Bus, BusConfigError
+from services.bus import Bus, BusConfigError, paging
 from services.bus.loop import EventLoop
 from services.clock import SYSTEM_CLOCK, Clock
 from services.health_watcher import core
@@ -145,7 +145,7 @@ class HealthWatcher:
         complete: CompleteState | None = None
         states: list[WorkloadState] = []
         try:
-            replies = self.bus.get_decoded("ank/cmd/state", CompleteState, timeout=QUERY_TIMEOUT_S)
+            replies = paging.get_complete_state(self.bus, timeout=QUERY_TIMEOUT_S)
             complete = max(replies, key=lambda c: c.seq, default=None)
             if with_states:
                 selector = f"ank/state/{self.agent}/*" if self.agent else "ank/state/**"

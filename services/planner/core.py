@@ -41,6 +41,7 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
+from schemas.limits import MAX_ENTRY_BYTES, MAX_MESSAGE_BYTES, size_of
 from schemas.manifest import DependencyCondition, Manifest
 from schemas.messages import (
     AgentPlan,
@@ -123,6 +124,8 @@ class Durable(msgspec.Struct, frozen=True, rename="camel", kw_only=True):
     retiring: list[Retiring] = []
     agents_seen: list[str] = []
     generation: int = 0  # the last plan generation handed out
+    epoch: int = 0  # the epoch of this planner run (new at each start, higher than any before)
+    journal: int = 0  # (the store's) how many journal records this snapshot holds
 
 
 class PlannerState(msgspec.Struct, frozen=True, kw_only=True):
@@ -131,6 +134,9 @@ class PlannerState(msgspec.Struct, frozen=True, kw_only=True):
     states: dict[str, WorkloadState] = {}  # state key "agent/workload" ("~/workload") -> latest
     owned: frozenset[str] = frozenset()  # state keys whose latest state the planner published
     plans: dict[str, AgentPlan] = {}  # the last plan published per agent
+    # workload name -> the desired workloads that depend on it (an index of
+    # durable.rendered; None: not built yet, built on first use)
+    dependents: dict[str, list[str]] | None = None
 
 
 # -- actions ----------------------------------------------------------------
@@ -227,8 +233,15 @@ def _derived_states(durable: Durable, alive: frozenset[str]) -> dict[str, _Deriv
             out[key] = _Derived(
                 es, entry.agent, entry.planned.name, entry.planned.instance, entry.planned.workload.runtime
             )
+    bindings = durable.bindings
     for name, workload in durable.rendered.workloads.items():
-        agent = placed_agent(durable, name)
+        # placed_agent(), inlined: this loop runs over every workload
+        if workload.scheduling is not None and bindings.get(name):
+            agent = bindings[name]
+        else:
+            agent = workload.agent or bindings.get(name, "")
+        if agent and agent in alive:
+            continue  # its agent publishes its state
         es = derived_state(agent, agent in seen, agent in alive)
         key = state_key(agent, name)
         if es is not None and key not in out:
@@ -256,12 +269,33 @@ def dependencies_met(state: PlannerState, name: str) -> bool:
     return True
 
 
-def _keeps_dependency_alive(state: PlannerState, dependent: str) -> bool:
-    suffix = f"/{dependent}"
+def _states_by_workload(state: PlannerState) -> dict[str, list[WorkloadState]]:
+    """Every known state, by workload name (a workload may have states on
+    several agents while it moves)."""
+    out: dict[str, list[WorkloadState]] = {}
+    for key, ws in state.states.items():
+        out.setdefault(key.split("/", 1)[1], []).append(ws)
+    return out
+
+
+def _keeps_dependency_alive(by_workload: dict[str, list[WorkloadState]], dependent: str) -> bool:
     return any(
-        key.endswith(suffix) and (ws.execution_state.state, ws.execution_state.substate) in KEEPS_DEPENDENCY_ALIVE
-        for key, ws in state.states.items()
+        (ws.execution_state.state, ws.execution_state.substate) in KEEPS_DEPENDENCY_ALIVE
+        for ws in by_workload.get(dependent, [])
     )
+
+
+def _index_dependents(rendered: Manifest) -> dict[str, list[str]]:
+    """workload name -> the workloads that depend on it."""
+    out: dict[str, list[str]] = {}
+    for name, workload in rendered.workloads.items():
+        for dep in workload.dependencies:
+            out.setdefault(dep, []).append(name)
+    return out
+
+
+def _with_index(state: PlannerState) -> PlannerState:
+    return msgspec.structs.replace(state, dependents=_index_dependents(state.durable.rendered))
 
 
 def _plan_entries(durable: Durable) -> dict[str, list[PlannedWorkload]]:
@@ -322,6 +356,7 @@ def _settle(before: PlannerState, state: PlannerState, now_ms: int, actions: lis
 
     # 2. retirements
     retiring: list[Retiring] = []
+    by_workload = _states_by_workload(view) if durable.retiring else {}
     for entry in durable.retiring:
         name, agent = entry.planned.name, entry.agent
         desired_again = (
@@ -333,7 +368,7 @@ def _settle(before: PlannerState, state: PlannerState, now_ms: int, actions: lis
             released[name] = entry.planned.instance  # re-applied as it runs: keep it running
             log.append(Log(f"keep {name} on {agent}: desired again as it runs"))
             continue
-        waiting_for = [d for d in entry.blockers if _keeps_dependency_alive(view, d)]
+        waiting_for = [d for d in entry.blockers if _keeps_dependency_alive(by_workload, d)]
         if waiting_for:
             retiring.append(entry)
             if not any(r == entry for r in before.durable.retiring):
@@ -380,7 +415,7 @@ def _settle(before: PlannerState, state: PlannerState, now_ms: int, actions: lis
         if previous is not None and previous.workloads == workloads:
             continue
         generation = _next_generation(generation, now_ms)
-        plans[agent] = AgentPlan(agent=agent, generation=generation, workloads=workloads)
+        plans[agent] = AgentPlan(agent=agent, generation=generation, workloads=workloads, epoch=durable.epoch)
         publications.append(PublishPlan(plans[agent]))
         listed = ", ".join(f"{w.name}[{w.hold}]" if w.hold else w.name for w in workloads) or "nothing"
         log.append(Log(f"plan {generation} for {agent}: {listed}"))
@@ -436,7 +471,8 @@ def start(state: PlannerState, now_ms: int) -> Step:
     """After a (re)start: publish every plan (with new generations) and every
     state the planner owns. `state` holds the loaded durable state and what
     was observed so far (live agents, states)."""
-    fresh = msgspec.structs.replace(state, plans={}, owned=frozenset())
+    durable = msgspec.structs.replace(state.durable, epoch=max(state.durable.epoch + 1, now_ms * 1000))
+    fresh = _with_index(msgspec.structs.replace(state, durable=durable, plans={}, owned=frozenset()))
     # Settling against "nothing published yet" publishes everything.
     return _settle(PlannerState(), fresh, now_ms, [])
 
@@ -505,17 +541,59 @@ def _replace_desired(
         issue = _error(f"workloads.{cycle[0]}.dependencies", f"dependency cycle: {' -> '.join(cycle)}")
         return Step(state, []), _apply_result_failure([issue], warnings)
     old = state.durable
-    instances = {name: instance_id(w) for name, w in rendered.workloads.items()}
+    instances = {
+        name: old.instances[name] if old.rendered.workloads.get(name) == w else instance_id(w)
+        for name, w in rendered.workloads.items()
+    }
     added = sorted(n for n in instances if n not in old.instances)
     updated = sorted(n for n in instances if n in old.instances and old.instances[n] != instances[n])
     deleted = sorted(n for n in old.instances if n not in instances)
     unchanged = sorted(n for n in mentioned if n in instances and old.instances.get(n) == instances[n])
+    too_large = _size_problems(old, desired, rendered, instances, [*added, *updated])
+    if too_large:
+        return Step(state, []), _apply_result_failure(too_large, warnings)
     bindings = {n: a for n, a in old.bindings.items() if n in instances}
     durable = msgspec.structs.replace(old, desired=desired, rendered=rendered, instances=instances, bindings=bindings)
+    state = msgspec.structs.replace(state, dependents=_index_dependents(rendered))
     summary = f"added {added or '-'}, updated {updated or '-'}, deleted {deleted or '-'}, unchanged {unchanged or '-'}"
     step = _change_desired(state, durable, now_ms, [Log(f"desired state changed: {summary}")])
     result = ApplyResult(ok=True, added=added, updated=updated, deleted=deleted, unchanged=unchanged, warnings=warnings)
     return step, result
+
+
+def _size_problems(
+    old: Durable, desired: Manifest, rendered: Manifest, instances: dict[str, str], changed: list[str]
+) -> list[ValidationIssue]:
+    """Every entry of the new desired state that could not be delivered: a
+    workload (as planned for its agent, and as listed) or a config larger
+    than one plan or state part may carry. Only what changed is measured."""
+    problems = []
+    for name in changed:
+        workload = rendered.workloads[name]
+        planned = PlannedWorkload(name, instances[name], workload, "WaitingToStart")
+        size = max(size_of(planned), size_of(desired.workloads.get(name)))
+        if size > MAX_ENTRY_BYTES:
+            problems.append(
+                _error(
+                    f"workloads.{name}",
+                    f"workload {name} is {size} bytes once rendered; one workload may be at most "
+                    f"{MAX_ENTRY_BYTES} bytes (the limit of one plan entry: bus messages are at most "
+                    f"{MAX_MESSAGE_BYTES} bytes)",
+                )
+            )
+    for key, item in desired.configs.items():
+        if old.desired.configs.get(key) == item:
+            continue
+        size = size_of(item)
+        if size > MAX_ENTRY_BYTES:
+            problems.append(
+                _error(
+                    f"configs.{key}",
+                    f"config {key} is {size} bytes; one config may be at most {MAX_ENTRY_BYTES} bytes "
+                    f"(the limit of one state entry: bus messages are at most {MAX_MESSAGE_BYTES} bytes)",
+                )
+            )
+    return problems
 
 
 def desired_put(state: PlannerState, payload: bytes, now_ms: int) -> Step:
@@ -593,52 +671,101 @@ def agent_liveliness(state: PlannerState, agent: str, alive: bool, now_ms: int) 
     return step
 
 
-def _record(state: PlannerState, key: str, ws: WorkloadState) -> PlannerState | None:
-    """The state with an agent's WorkloadState recorded, or None if it is
-    stale, misplaced or about something no longer desired there."""
+def _record_into(
+    durable: Durable, states: dict[str, WorkloadState], owned: set[str], key: str, ws: WorkloadState
+) -> bool:
+    """Records an agent's WorkloadState into `states` (and takes its key out
+    of `owned`); False (nothing changed) if it is stale, misplaced or about
+    something no longer desired there."""
     if not ws.agent or key != bus_state_key(ws.agent, ws.workload):
-        return None
+        return False
     skey = state_key(ws.agent, ws.workload)
-    stored = state.states.get(skey)
+    stored = states.get(skey)
     if stored is not None and stored.sender == ws.sender and ws.seq and ws.seq <= stored.seq:
-        return None  # stale
-    durable = state.durable
+        return False  # stale
     expected: set[str] = set()
     if ws.workload in durable.rendered.workloads and placed_agent(durable, ws.workload) == ws.agent:
         expected.add(durable.instances[ws.workload])
     expected.update(
         r.planned.instance for r in durable.retiring if (r.agent, r.planned.name) == (ws.agent, ws.workload)
     )
-    states = dict(state.states)
     if expected:
         if ws.instance and ws.instance not in expected and stored is not None and stored.instance in expected:
-            return None  # an older instance's news; the current one's state stands
+            return False  # an older instance's news; the current one's state stands
         states[skey] = ws
     elif stored is None:
-        return None  # not (or no longer) desired there
+        return False  # not (or no longer) desired there
     elif ws.execution_state.state == "Removed":
         del states[skey]  # a departed instance is gone
     else:
         states[skey] = ws  # a departing instance, tracked until Removed (it may keep a dependency alive)
-    return msgspec.structs.replace(state, states=states, owned=state.owned - {skey})
+    owned.discard(skey)
+    return True
+
+
+def _record_all(
+    state: PlannerState, items: list[tuple[str, WorkloadState]]
+) -> tuple[PlannerState, list[WorkloadState]]:
+    """The state with every recordable item recorded (the maps copied once
+    per batch, not once per state), and the states that were recorded."""
+    states = dict(state.states)
+    owned = set(state.owned)
+    recorded = [ws for key, ws in items if _record_into(state.durable, states, owned, key, ws)]
+    if not recorded:
+        return state, []
+    return msgspec.structs.replace(state, states=states, owned=frozenset(owned)), recorded
 
 
 def observe_state(state: PlannerState, key: str, ws: WorkloadState, now_ms: int) -> Step:
     """A WorkloadState from an agent (`ank/state/<agent>/<workload>`)."""
-    if not ws.agent or key != bus_state_key(ws.agent, ws.workload):
-        return Step(state, [Log(f"ignored a state on {key}: it is about {ws.agent}/{ws.workload}", "warning")])
-    observed = _record(state, key, ws)
-    if observed is None:
-        return Step(state, [])
-    return _settle(state, observed, now_ms, [])
+    return observe_states(state, [(key, ws)], now_ms)
+
+
+def observe_states(state: PlannerState, items: list[tuple[str, WorkloadState]], now_ms: int) -> Step:
+    """WorkloadStates from agents, in the order they arrived. The work is
+    proportional to the batch unless a state can change a decision (a
+    dependency, a retiring instance, an agent gone): then one settling pass
+    for the whole batch."""
+    logs: list[Action] = []
+    valid = []
+    for key, ws in items:
+        if not ws.agent or key != bus_state_key(ws.agent, ws.workload):
+            logs.append(Log(f"ignored a state on {key}: it is about {ws.agent}/{ws.workload}", "warning"))
+        else:
+            valid.append((key, ws))
+    observed, recorded = _record_all(state, valid)
+    if not recorded:
+        return Step(state, logs)
+    if observed.dependents is None:
+        observed = _with_index(observed)
+    if not any(_may_change_decisions(observed, ws) for ws in recorded):
+        return Step(observed, logs)  # nothing `_settle` decides depends on them
+    return _settle(state, observed, now_ms, logs)
+
+
+def _may_change_decisions(state: PlannerState, ws: WorkloadState) -> bool:
+    """Whether a newly recorded state can change what `_settle` decides:
+    the release of a dependent not released yet, a retiring instance it or
+    its blockers are about, or the bookkeeping of an agent that is gone.
+    Derived states and plans depend only on the durable state and the live
+    agents, which a workload state does not change."""
+    durable = state.durable
+    if ws.agent not in state.alive:
+        return True
+    name = ws.workload
+    if any(name == r.planned.name or name in r.blockers for r in durable.retiring):
+        return True
+    for dependent in (state.dependents or {}).get(name, []):
+        instance = durable.instances.get(dependent)
+        if instance is not None and durable.released.get(dependent) != instance:
+            return True
+    return False
 
 
 def with_observed_states(state: PlannerState, states: list[tuple[str, WorkloadState]]) -> PlannerState:
     """The state at start, knowing the states agents report (before `start`,
     so that nothing is decided on missing knowledge)."""
-    for key, ws in states:
-        state = _record(state, key, ws) or state
-    return state
+    return _record_all(state, states)[0]
 
 
 # -- queries ----------------------------------------------------------------
@@ -655,7 +782,9 @@ def complete_state(state: PlannerState) -> CompleteState:
 def plan_for(state: PlannerState, agent: str) -> AgentPlan:
     """The agent's current plan (an empty one if it has none yet)."""
     plan = state.plans.get(agent)
-    return plan if plan is not None else AgentPlan(agent=agent, generation=state.durable.generation)
+    if plan is not None:
+        return plan
+    return AgentPlan(agent=agent, generation=state.durable.generation, epoch=state.durable.epoch)
 
 
 def owned_states(state: PlannerState) -> list[tuple[str, WorkloadState]]:

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -34,7 +35,7 @@ from schemas.messages import (
     ValidationIssue,
     WorkloadState,
 )
-from services.bus import Bus, BusConfigError
+from services.bus import Bus, BusConfigError, paging
 from services.bus.eventlog import RecentEvents
 from services.bus.loop import EventLoop
 from services.clock import SYSTEM_CLOCK, Clock
@@ -48,6 +49,7 @@ log = logging.getLogger("ank.planner")
 DEFAULT_STATE_DIR = str(default_state_dir())
 QUERY_TIMEOUT_S = 10.0  # how long a query waits for the loop before it is answered with an error
 LATE_JOIN_TIMEOUT_S = 2.0
+SLOW_STEP_S = 1.0  # a step's persistence and publications taking longer are logged
 
 
 class Planner:
@@ -67,6 +69,11 @@ class Planner:
         self.clock = clock
         self.state = core.PlannerState(durable=durable or core.Durable())
         self.twins = TwinDetector()
+        self.store = store.Store(self.state_dir, durable)
+        self._pending_states: list[tuple[str, WorkloadState]] = []
+        self._pending_lock = threading.Lock()
+        self._drain_posted = False
+        self._sent_plans: dict[str, AgentPlan] = {}  # the last plan published per agent (updates go against it)
         log.info(
             "loaded %d workloads from %s",
             len(self.state.durable.desired.workloads),
@@ -77,26 +84,40 @@ class Planner:
     def commit(self, step: core.Step) -> str | None:
         """Runs a step's actions; adopts its state only if it could be
         persisted. Returns the persistence error, if any."""
+        started = time.monotonic()
         for action in step.actions:
             if isinstance(action, core.Persist):
                 try:
-                    store.save(self.state_dir, action.durable)
+                    self.store.save(action.durable)
                 except store.StoreError as exc:
                     log.error("%s: change not applied", exc)
                     return str(exc)
         self.state = step.state
+        persisted = time.monotonic()
         for action in step.actions:
             try:
                 self._run(action)
             except Exception as exc:  # a publication failing must not lose the rest
                 log.error("could not %s: %s", type(action).__name__, exc)
+        done = time.monotonic()
+        if done - started > SLOW_STEP_S:
+            log.warning(
+                "slow step: %.1f s to persist, %.1f s for %d actions (a slow disk or bus?)",
+                persisted - started,
+                done - persisted,
+                len(step.actions),
+            )
         return None
 
     def _run(self, action: core.Action) -> None:
         if isinstance(action, core.Log):
             log.log(logging.WARNING if action.level == "warning" else logging.INFO, "%s", action.message)
         elif isinstance(action, core.PublishPlan):
-            self.bus.put(f"ank/plan/{action.plan.agent}", action.plan)
+            plan = action.plan
+            update = paging.plan_update(self._sent_plans.get(plan.agent), plan)
+            self._sent_plans[plan.agent] = plan
+            for part in paging.split_plan(update):
+                self.bus.put(f"ank/plan/{plan.agent}", part)
         elif isinstance(action, core.PublishState):
             self.bus.put(action.key, action.state)
         elif isinstance(action, core.PublishEvent):
@@ -110,7 +131,7 @@ class Planner:
         """Subscribes, learns who is alive, publishes every plan and owned
         state, catches up on states (late joiner), then answers queries."""
         self.bus.subscribe_raw("ank/desired", lambda _key, payload: self.loop.post(self.on_desired, payload))
-        self.bus.subscribe("ank/state/**", WorkloadState, lambda key, ws: self.loop.post(self.on_state, key, ws))
+        self.bus.subscribe("ank/state/**", WorkloadState, self.on_state)
         self.bus.subscribe("ank/bind/*", Binding, lambda _key, b: self.loop.post(self.on_binding, b))
         self.bus.subscribe("ank/agents/*/status", AgentStatus, lambda _key, st: self.loop.post(self.on_status, st))
         # Asked before the liveliness subscriber exists: with one declared in
@@ -141,9 +162,23 @@ class Planner:
         self.commit(core.desired_put(self.state, payload, self.now_ms()))
 
     def on_state(self, key: str, ws: WorkloadState) -> None:
+        """A state (any thread): queued; the loop records the queued states
+        in one batch (one core step however many arrived meanwhile)."""
         if ws.sender == self.bus.name:
             return  # our own publication, already in the state
-        self.commit(core.observe_state(self.state, key, ws, self.now_ms()))
+        with self._pending_lock:
+            self._pending_states.append((key, ws))
+            if self._drain_posted:
+                return
+            self._drain_posted = True
+        self.loop.post(self._drain_states)
+
+    def _drain_states(self) -> None:
+        with self._pending_lock:
+            batch, self._pending_states = self._pending_states, []
+            self._drain_posted = False
+        if batch:
+            self.commit(core.observe_states(self.state, batch, self.now_ms()))
 
     def on_binding(self, bound: Binding) -> None:
         self.commit(core.binding(self.state, bound, self.now_ms()))
@@ -183,8 +218,8 @@ class Planner:
         def query() -> None:
             for key, payload in self.bus.get(f"ank/state/{agent}/**", timeout=LATE_JOIN_TIMEOUT_S):
                 ws = self.bus.decode(key, payload, WorkloadState)
-                if ws is not None and ws.sender != self.bus.name:
-                    self.loop.post(self.on_state, key, ws)
+                if ws is not None:
+                    self.on_state(key, ws)
 
         threading.Thread(target=query, name=f"states-of-{agent}", daemon=True).start()
 
@@ -195,13 +230,22 @@ class Planner:
         future: Future[R] = Future()
 
         def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return  # the query gave up waiting: it must not act later
             try:
                 future.set_result(fn())
             except BaseException as exc:
                 future.set_exception(exc)
 
         self.loop.post(run)
-        return future.result(QUERY_TIMEOUT_S)
+        try:
+            return future.result(QUERY_TIMEOUT_S)
+        except TimeoutError:
+            if future.cancel():
+                raise PlannerBusy(
+                    f"the planner was busy for {QUERY_TIMEOUT_S:g} s; nothing was done, try again"
+                ) from None
+            return future.result()  # it started meanwhile: its result stands
 
     def _answer_apply(self, key: str, payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
         def run(request: ApplyRequest) -> ApplyResult:
@@ -252,6 +296,9 @@ class Planner:
             return [(key, self.bus.encode(result))]
         try:
             result = self._on_loop(lambda: run(request))  # type: ignore[arg-type]
+        except PlannerBusy as exc:
+            log.warning("query on %s: %s", key, exc)
+            result = ApplyResult(ok=False, errors=[ValidationIssue(path="", message=str(exc))])
         except Exception as exc:
             log.exception("query on %s failed", key)
             result = ApplyResult(ok=False, errors=[ValidationIssue(path="", message=f"planner error: {exc}")])
@@ -259,7 +306,8 @@ class Planner:
 
     def _answer_state(self, key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
         complete = self._on_loop(lambda: core.complete_state(self.state))
-        return [(key, self.bus.encode(complete))]
+        parts = paging.split_complete_state(complete, paging.now_snapshot())
+        return [(key, self.bus.encode(part)) for part in parts]
 
     def _answer_plan(self, key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
         def plans() -> list[AgentPlan]:
@@ -269,17 +317,21 @@ class Planner:
             return [core.plan_for(self.state, agent)]
 
         selector = zenoh.KeyExpr(key)
-        replies = []
+        replies: list[tuple[str, bytes]] = []
         for plan in self._on_loop(plans):
             reply_key = f"ank/plan/{plan.agent}"
             if selector.intersects(zenoh.KeyExpr(reply_key)):
-                replies.append((reply_key, self.bus.encode(plan)))
+                replies.extend((reply_key, self.bus.encode(part)) for part in paging.split_plan(plan))
         return replies
 
     def _answer_states(self, key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
         selector = zenoh.KeyExpr(key)
         owned = self._on_loop(lambda: core.owned_states(self.state))
         return [(k, self.bus.encode(ws)) for k, ws in owned if selector.intersects(zenoh.KeyExpr(k))]
+
+
+class PlannerBusy(Exception):
+    """A query waited too long for the planner's loop; it was not acted on."""
 
 
 def _agent_of(liveliness_key: str) -> str:

@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from schemas.messages import AgentStatus, Binding, CompleteState, EnergyReport, WorkloadState
-from services.bus import Bus, BusConfigError
+from schemas.messages import AgentStatus, Binding, EnergyReport, WorkloadState
+from services.bus import Bus, BusConfigError, paging
 from services.bus.loop import EventLoop
 from services.clock import SYSTEM_CLOCK, Clock
 from services.logsetup import setup_logging
@@ -232,7 +232,7 @@ class NativeShell:
                 reasons, self._requery_reasons = self._requery_reasons, []
             why = "; ".join(dict.fromkeys(reasons)) if asked else "periodic resync"
             try:
-                states = self.bus.get_decoded("ank/cmd/state", CompleteState, timeout=2.0)
+                states = paging.get_complete_state(self.bus, timeout=2.0)
             except Exception as exc:
                 states = []
                 log.warning("querying ank/cmd/state failed: %s", exc)

@@ -37,7 +37,7 @@ from schemas.manifest import ControlInterfaceAccess
 from schemas.messages import ApplyRequest, ApplyResult, CompleteState, WorkloadState
 from services.agent.control_interface import core
 from services.agent.control_interface.core import ank_base, control_api
-from services.bus import Bus
+from services.bus import Bus, paging
 from services.manifest.core import instance_id, render_manifest
 
 log = logging.getLogger("ank.agent.control_interface")
@@ -261,7 +261,7 @@ class Channel:
             self.send(core.error(rid, str(exc)))
 
     def _state(self) -> CompleteState:
-        replies = self.bus.get_decoded("ank/cmd/state", CompleteState, timeout=QUERY_TIMEOUT_S)
+        replies = paging.get_complete_state(self.bus, timeout=QUERY_TIMEOUT_S)
         if not replies:
             raise RuntimeError("no planner answered on ank/cmd/state")
         return replies[0]
