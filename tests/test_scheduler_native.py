@@ -155,6 +155,15 @@ def test_failed_workload_is_retried_at_once_when_energy_recovers() -> None:
     assert bindings(energy(core, "r1", 30, T0 + 50)) == {"w": "r1"}
 
 
+def test_energy_report_does_not_retry_a_workload_its_node_rejected_for_another_reason() -> None:
+    core = NativeScheduler()
+    fleet(core, {"r1": 50}, arch="amd64")
+    core.on_complete_state(desired(w=wl(selector={"arch": "arm64"})), T0)
+    assert core.workloads["w"].rejected_by == {"r1": "Selector"}
+    assert energy(core, "r1", 90, T0 + 50) == []
+    assert core.next_wake_ms() == T0 + 1000  # still waits for its backoff
+
+
 def test_agent_lost_re_places_its_workloads_at_once() -> None:
     core = NativeScheduler()
     fleet(core, {"r1": 90, "r2": 50})
@@ -237,7 +246,7 @@ def test_removed_workload_is_forgotten_and_its_reservation_released() -> None:
     fleet(core, {"r1": 50})
     core.on_complete_state(desired(w=wl()), T0)
     core.on_complete_state(desired(), T0 + 1)
-    assert core.workloads == {} and core.in_flight == {}
+    assert core.workloads == {} and len(core.in_flight) == 0
     assert core.node_views(T0)[0].reserved_wh == 0
 
 

@@ -60,6 +60,7 @@ import msgspec
 
 from schemas.messages import EnergyReport
 from services.scheduler.core import (
+    ENERGY_FILTERS,
     POLICIES,
     CycleContext,
     FilterPlugin,
@@ -68,9 +69,11 @@ from services.scheduler.core import (
     Placement,
     PlacementRequest,
     Profile,
+    Reservations,
     Taint,
     Toleration,
     backoff_ms,
+    newer_energy,
     schedule,
 )
 from services.scheduler.kube_plugins import (
@@ -172,7 +175,7 @@ class PendingPod:
     binding: bool = False  # a bind is under way
     gated: bool = False  # non-empty spec.schedulingGates: not attempted
     last_failure: str = ""
-    rejected: dict[str, str] = field(default_factory=dict)
+    rejected_by: dict[str, str] = field(default_factory=dict)  # node -> the filter that rejected it
 
 
 # -- translations --------------------------------------------------------------
@@ -371,7 +374,7 @@ class KubeScheduler:
         self.nodes: list[dict[str, Any]] = []
         self.assigned: dict[str, _Assigned] = {}  # pod key -> a pod bound to a node, not finished
         self.energy: dict[str, EnergyReport] = {}
-        self.in_flight: dict[str, tuple[str, float, int]] = {}  # pod key -> (node, cost, until)
+        self.in_flight = Reservations()  # pod key -> its node, while its bind is under way or landing
         self.in_flight_requests: dict[str, KubeRequest] = {}  # pod key -> its request (resources, ports, labels)
         self.placements = 0
         self._views: list[NodeView] | None = None
@@ -431,16 +434,12 @@ class KubeScheduler:
             self._retry_failed(now_ms, lambda entry: True)
 
     def on_energy(self, report: EnergyReport, now_ms: int) -> None:
-        if report.time_ms <= 0:
-            report = msgspec.structs.replace(report, time_ms=now_ms)
-        old = self.energy.get(report.node)
-        if old is not None and old.time_ms > report.time_ms:
+        newer = newer_energy(self.energy, report, now_ms)
+        if newer is None:
             return
-        self.energy[report.node] = report
+        self.energy[report.node] = newer
         self._views = None
-        self._retry_failed(
-            now_ms, lambda entry: any(r.startswith(("energy", "no energy")) for r in entry.rejected.values())
-        )
+        self._retry_failed(now_ms, _rejected_for_energy)
 
     def on_bind_result(self, pod: PodRef, outcome: str, now_ms: int, detail: str = "") -> PodUnschedulable | None:
         """outcome: one of BOUND, ALREADY_BOUND, DELETING, GATED, PRECONDITION, GONE, ERROR."""
@@ -468,9 +467,8 @@ class KubeScheduler:
 
     # decisions
     def decide(self, now_ms: int) -> list[Decision]:
-        for key, (_, _, until) in list(self.in_flight.items()):
-            if until <= now_ms:
-                self._release(key)
+        for key in self.in_flight.expired(now_ms):
+            self._release(key)
         binding = sum(1 for e in self.pending.values() if e.binding)
         due = sorted(
             (e.next_try_ms, k)
@@ -495,14 +493,12 @@ class KubeScheduler:
 
     def next_wake_ms(self) -> int | None:
         times = [e.next_try_ms for e in self.pending.values() if not e.binding and not e.gated]
-        times += [until for _, _, until in self.in_flight.values()]
+        expiry = self.in_flight.next_expiry_ms()
+        times += [expiry] if expiry is not None else []
         return min(times) if times else None
 
     def node_views(self) -> list[NodeView]:
         if self._views is None:
-            reserved: dict[str, float] = {}
-            for node, cost, _ in self.in_flight.values():
-                reserved[node] = reserved.get(node, 0.0) + cost
             requested: dict[str, dict[str, int]] = {}
             ports: dict[str, set[Port]] = {}
             pods: dict[str, list[PodOnNode]] = {}
@@ -518,15 +514,16 @@ class KubeScheduler:
             for a in self.assigned.values():
                 count(a.node, a.requests, a.ports, a.pod)
             for key, req in self.in_flight_requests.items():
-                if key in self.in_flight and key not in self.assigned:
+                node = self.in_flight.node_of(key)
+                if node is not None and key not in self.assigned:
                     pod = PodOnNode(namespace=req.namespace, labels=req.labels)
-                    count(self.in_flight[key][0], req.requests, req.ports, pod)
+                    count(node, req.requests, req.ports, pod)
             views: list[NodeView] = []
             for raw in self.nodes:
                 v = node_view(raw, self.energy, self.config)
                 v = msgspec.structs.replace(
                     v,
-                    reserved_wh=reserved.get(v.name, 0.0),
+                    reserved_wh=self.in_flight.reserved_wh(v.name),
                     requested=requested.get(v.name, {}),
                     used_ports=frozenset(ports.get(v.name, ())),
                     pods=tuple(pods.get(v.name, ())),
@@ -567,14 +564,14 @@ class KubeScheduler:
         result = schedule(entry.request, views, ctx, self.profile(entry.request.policy, views))
         if isinstance(result, NoFit):
             entry.attempts += 1
-            entry.rejected = dict(result.reasons)
+            entry.rejected_by = dict(result.filters)
             entry.next_try_ms = now_ms + self._backoff(entry.attempts)
             detail = "; ".join(f"{n}: {r}" for n, r in sorted(result.reasons.items()))
             return self._failure(entry, result.message + (f" ({detail})" if detail else ""))
         entry.binding = True
         entry.last_failure = ""
         self.placements += 1
-        self.in_flight[entry.ref.key] = (result.node, entry.request.energy_cost_wh, now_ms + self.config.in_flight_ms)
+        self.in_flight.add(entry.ref.key, result.node, entry.request.energy_cost_wh, now_ms + self.config.in_flight_ms)
         if isinstance(entry.request, KubeRequest):
             self.in_flight_requests[entry.ref.key] = entry.request
         self._views = None
@@ -591,7 +588,7 @@ class KubeScheduler:
 
     def _release(self, key: str) -> None:
         self.in_flight_requests.pop(key, None)
-        if self.in_flight.pop(key, None) is not None:
+        if self.in_flight.release(key) is not None:
             self._views = None
 
     def _retry_failed(self, now_ms: int, relevant: Callable[[PendingPod], bool]) -> None:
@@ -601,4 +598,4 @@ class KubeScheduler:
 
 
 def _rejected_for_energy(entry: PendingPod) -> bool:
-    return any(reason.startswith(("energy", "no energy")) for reason in entry.rejected.values())
+    return not ENERGY_FILTERS.isdisjoint(entry.rejected_by.values())

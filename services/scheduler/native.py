@@ -52,12 +52,15 @@ import msgspec
 from schemas.manifest import Manifest, Scheduling, Workload
 from schemas.messages import AgentStatus, Binding, CompleteState, EnergyReport, WorkloadState
 from services.scheduler.core import (
+    ENERGY_FILTERS,
     CycleContext,
     NodeView,
     NoFit,
     Placement,
     PlacementRequest,
+    Reservations,
     backoff_ms,
+    newer_energy,
     schedule,
 )
 
@@ -113,14 +116,7 @@ class Tracked:
     attempts: int = 0
     next_try_ms: int = 0
     last_failure: str = ""
-    rejected: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class InFlight:
-    agent: str
-    cost_wh: float
-    until_ms: int
+    rejected_by: dict[str, str] = field(default_factory=dict)  # node -> the filter that rejected it
 
 
 def request_for(name: str, workload: Workload, config: NativeConfig) -> PlacementRequest | None:
@@ -145,8 +141,7 @@ class NativeScheduler:
         self.alive: set[str] = set()
         self.status: dict[str, AgentStatus] = {}
         self.energy: dict[str, EnergyReport] = {}
-        self.in_flight: dict[str, InFlight] = {}  # workload -> its reservation
-        self._reserved: dict[str, float] = {}  # node -> sum of its in-flight costs
+        self.in_flight = Reservations()  # workload -> its node, while its binding is in flight
         self.placements = 0
         self.desired_known = False
         self.desired_names: set[str] = set()  # every workload of the desired state, ours or not
@@ -247,12 +242,10 @@ class NativeScheduler:
         return self._run(now_ms)
 
     def on_energy(self, report: EnergyReport, now_ms: int) -> list[Action]:
-        if report.time_ms <= 0:
-            report = msgspec.structs.replace(report, time_ms=now_ms)
-        old = self.energy.get(report.node)
-        if old is not None and old.time_ms > report.time_ms:
-            return []  # an older measurement arriving late
-        self.energy[report.node] = report
+        newer = newer_energy(self.energy, report, now_ms)
+        if newer is None:
+            return []
+        report = self.energy[report.node] = newer
         self._invalidate(report.node)
         node = report.node
         for tracked in self.workloads.values():
@@ -268,20 +261,20 @@ class NativeScheduler:
                     f" - hysteresis {self.config.hysteresis_wh:.1f} Wh",
                     moving=True,
                 )
-        self._retry_failed(now_ms, lambda t: _energy_related(t.rejected.get(node)))
+        self._retry_failed(now_ms, lambda t: t.rejected_by.get(node, "") in _ENERGY_OR_UNKNOWN)
         return self._run(now_ms)
 
     def tick(self, now_ms: int) -> list[Action]:
-        for name, flight in list(self.in_flight.items()):
-            if flight.until_ms <= now_ms:
-                self._release(name)
+        for name in self.in_flight.expired(now_ms):
+            self._release(name)
         return self._run(now_ms)
 
     # -- queries -----------------------------------------------------------
 
     def next_wake_ms(self) -> int | None:
         times = [t.next_try_ms for t in self.workloads.values() if t.needs_placement]
-        times += [f.until_ms for f in self.in_flight.values()]
+        expiry = self.in_flight.next_expiry_ms()
+        times += [expiry] if expiry is not None else []
         return min(times) if times else None
 
     def bindings(self) -> list[Binding]:
@@ -309,7 +302,7 @@ class NativeScheduler:
     def _view(self, name: str) -> NodeView:
         status = self.status.get(name)
         report = self.energy.get(name)
-        reserved = self._reserved.get(name, 0.0)
+        reserved = self.in_flight.reserved_wh(name)
         return NodeView(
             name=name,
             alive=name in self.alive,
@@ -332,14 +325,9 @@ class NativeScheduler:
         return bool(self.alive) or agent in self.status
 
     def _release(self, workload: str) -> None:
-        flight = self.in_flight.pop(workload, None)
-        if flight is not None:
-            left = self._reserved.get(flight.agent, 0.0) - flight.cost_wh
-            if left > 1e-9:
-                self._reserved[flight.agent] = left
-            else:
-                self._reserved.pop(flight.agent, None)
-            self._invalidate(flight.agent)
+        node = self.in_flight.release(workload)
+        if node is not None:
+            self._invalidate(node)
 
     def _unplace(self, tracked: Tracked, now_ms: int, why: str, *, moving: bool = False) -> None:
         tracked.needs_placement = True
@@ -400,7 +388,7 @@ class NativeScheduler:
         if isinstance(result, Placement):
             return self._bind(name, tracked, result, now_ms)
         tracked.attempts += 1
-        tracked.rejected = dict(result.reasons)
+        tracked.rejected_by = dict(result.filters)
         tracked.next_try_ms = now_ms + backoff_ms(
             tracked.attempts, self.config.backoff_initial_ms, self.config.backoff_max_ms
         )
@@ -427,12 +415,10 @@ class NativeScheduler:
         tracked.needs_placement = False
         tracked.attempts = 0
         tracked.last_failure = ""
-        tracked.rejected = {}
+        tracked.rejected_by = {}
         self.placements += 1
         self._release(name)
-        until = now_ms + self.config.in_flight_ms
-        self.in_flight[name] = InFlight(placement.node, tracked.request.energy_cost_wh, until)
-        self._reserved[placement.node] = self._reserved.get(placement.node, 0.0) + tracked.request.energy_cost_wh
+        self.in_flight.add(name, placement.node, tracked.request.energy_cost_wh, now_ms + self.config.in_flight_ms)
         self._invalidate(placement.node)
         why = tracked.why if previous or tracked.why != "new workload" else ""
         reason = placement.reason + (f" (re-placed: {why})" if why else "")
@@ -447,8 +433,9 @@ class NativeScheduler:
         ]
 
 
-def _energy_related(reason: str | None) -> bool:
-    return reason is None or reason.startswith(("no energy", "energy"))
+# A node that rejected a workload for energy, or was not among the nodes of
+# its last attempt (""), may take it after a new energy report.
+_ENERGY_OR_UNKNOWN = ENERGY_FILTERS | {""}
 
 
 def _requests(desired: Manifest, config: NativeConfig) -> dict[str, PlacementRequest]:
