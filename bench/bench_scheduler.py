@@ -36,8 +36,15 @@ if str(ROOT) not in sys.path:
 from bench.stats import percentile  # noqa: E402
 from schemas.manifest import Manifest, Workload  # noqa: E402
 from schemas.messages import AgentStatus, CompleteState, EnergyReport  # noqa: E402
-from services.scheduler.core import CycleContext, NodeView, PlacementRequest, schedule  # noqa: E402
-from services.scheduler.native import NativeConfig, NativeScheduler  # noqa: E402
+from services.scheduler.core import CycleContext, EnergyReported, NodeView, PlacementRequest, schedule  # noqa: E402
+from services.scheduler.native import (  # noqa: E402
+    AgentLiveliness,
+    AgentStatusSeen,
+    DesiredStateRead,
+    NativeConfig,
+    NativeScheduler,
+    step,
+)
 
 T0 = 1_700_000_000_000
 
@@ -46,9 +53,9 @@ def bench_native(batches: int) -> dict[str, Any]:
     core = NativeScheduler(NativeConfig(max_energy_age_ms=10**12))
     for i in range(100):
         name = f"node-{i:03d}"
-        core.on_agent(name, True, T0)
-        core.on_agent_status(AgentStatus(agent=name, arch="arm64", os="linux", tags={"zone": "a"}), T0)
-        core.on_energy(EnergyReport(node=name, energy_wh=100.0 + i, time_ms=T0), T0)
+        step(core, AgentLiveliness(name, True), T0)
+        step(core, AgentStatusSeen(AgentStatus(agent=name, arch="arm64", os="linux", tags={"zone": "a"})), T0)
+        step(core, EnergyReported(EnergyReport(node=name, energy_wh=100.0 + i, time_ms=T0)), T0)
     workloads: dict[str, Workload] = {}
     rates: list[float] = []
     placed = 0
@@ -57,7 +64,7 @@ def bench_native(batches: int) -> dict[str, Any]:
             workloads[f"w{b:04d}-{i:03d}"] = Workload(runtime="process", agent="")
         state = CompleteState(desired=Manifest(api_version="v1", workloads=dict(workloads)))
         start = time.perf_counter()
-        actions = core.on_complete_state(state, T0 + b)
+        actions = step(core, DesiredStateRead(state), T0 + b).actions
         elapsed = time.perf_counter() - start
         placed += sum(1 for a in actions if type(a).__name__ == "PublishBinding")
         rates.append(100 / elapsed)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from schemas.messages import EnergyReport
+from services.scheduler.core import EnergyReported, Tick
 from services.scheduler.kube import (
     ALREADY_BOUND,
     BOUND,
@@ -19,13 +20,17 @@ from services.scheduler.kube import (
     GATED,
     GONE,
     PRECONDITION,
+    BindAnswered,
     BindPod,
     KubeConfig,
     KubeScheduler,
+    NodesListed,
     PodRef,
     PodUnschedulable,
+    PodWatched,
     classify_bind_failure,
     request_for_pod,
+    step,
 )
 from services.scheduler.kube_leader import Elector, LeaderConfig
 from services.scheduler.kube_plugins import parse_quantity
@@ -72,9 +77,9 @@ def core_with(
     nodes: list[dict[str, Any]], assigned: list[dict[str, Any]] | None = None, **config: Any
 ) -> KubeScheduler:
     core = KubeScheduler(KubeConfig(**config))
-    core.on_nodes(nodes, T0, assigned or [])
+    step(core, NodesListed(nodes, assigned or []), T0)
     for n in nodes:
-        core.on_energy(EnergyReport(node=n["metadata"]["name"], energy_wh=50.0, time_ms=T0), T0)
+        step(core, EnergyReported(EnergyReport(node=n["metadata"]["name"], energy_wh=50.0, time_ms=T0)), T0)
     return core
 
 
@@ -112,71 +117,73 @@ def test_every_bind_answer_is_classified_by_status_and_message(status: int, mess
 def test_each_409_is_acted_on_and_releases_the_in_flight_reservation() -> None:
     core = core_with([node("n1")], max_energy_age_ms=10**9)
     for name in ("a", "b", "c", "d"):
-        core.on_pod("ADDED", pod(name, uid=f"uid-{name}"), T0)
-    assert len([d for d in core.decide(T0) if isinstance(d, BindPod)]) == 4
+        step(core, PodWatched("ADDED", pod(name, uid=f"uid-{name}")), T0)
+    assert len([d for d in step(core, Tick(), T0).actions if isinstance(d, BindPod)]) == 4
     assert len(core.in_flight) == 4
-    assert core.on_bind_result(PodRef("default", "a", "uid-a"), ALREADY_BOUND, T0) is None
-    assert core.on_bind_result(PodRef("default", "b", "uid-b"), DELETING, T0) is None
-    assert core.on_bind_result(PodRef("default", "c", "uid-c"), GATED, T0) is None
-    assert core.on_bind_result(PodRef("default", "d", "uid-d"), PRECONDITION, T0) is None
+    assert step(core, BindAnswered(PodRef("default", "a", "uid-a"), ALREADY_BOUND), T0).actions == []
+    assert step(core, BindAnswered(PodRef("default", "b", "uid-b"), DELETING), T0).actions == []
+    assert step(core, BindAnswered(PodRef("default", "c", "uid-c"), GATED), T0).actions == []
+    assert step(core, BindAnswered(PodRef("default", "d", "uid-d"), PRECONDITION), T0).actions == []
     assert len(core.in_flight) == 0  # every reservation released
     assert list(core.pending) == ["default/c"]  # a, b done; d's pod is gone (its successor comes by the watch)
     assert core.pending["default/c"].gated
-    [gated] = core.decide(T0 + 60_000)  # not attempted again while gated: PodScheduled=False instead
+    [gated] = step(core, Tick(), T0 + 60_000).actions  # not attempted again while gated: PodScheduled=False instead
     assert isinstance(gated, PodUnschedulable) and gated.reason == "SchedulingGated"
-    core.on_pod("MODIFIED", pod("c", uid="uid-c"), T0 + 1)  # the watch: no gates
-    assert only_bind(core.decide(T0 + 1)).pod.name == "c"
+    step(core, PodWatched("MODIFIED", pod("c", uid="uid-c")), T0 + 1)  # the watch: no gates
+    assert only_bind(step(core, Tick(), T0 + 1).actions).pod.name == "c"
 
 
 def test_uid_precondition_with_a_known_successor_tries_the_successor_at_once() -> None:
     core = core_with([node("n1")])
-    core.on_pod("ADDED", pod("p", uid="old"), T0)
-    only_bind(core.decide(T0))
-    core.on_pod("DELETED", pod("p", uid="old"), T0)  # our bind is under way: kept
-    core.on_pod("ADDED", pod("p", uid="new"), T0)  # recreated under the same name
-    assert core.on_bind_result(PodRef("default", "p", "old"), PRECONDITION, T0 + 5) is None
-    assert only_bind(core.decide(T0 + 5)).pod.uid == "new"
+    step(core, PodWatched("ADDED", pod("p", uid="old")), T0)
+    only_bind(step(core, Tick(), T0).actions)
+    step(core, PodWatched("DELETED", pod("p", uid="old")), T0)  # our bind is under way: kept
+    step(core, PodWatched("ADDED", pod("p", uid="new")), T0)  # recreated under the same name
+    assert step(core, BindAnswered(PodRef("default", "p", "old"), PRECONDITION), T0 + 5).actions == []
+    assert only_bind(step(core, Tick(), T0 + 5).actions).pod.uid == "new"
 
 
 def test_a_404_about_a_pod_already_replaced_keeps_its_successor() -> None:
     core = core_with([node("n1")])
-    core.on_pod("ADDED", pod("p", uid="old"), T0)
-    only_bind(core.decide(T0))
-    core.on_pod("DELETED", pod("p", uid="old"), T0)
-    core.on_pod("ADDED", pod("p", uid="new"), T0)  # arrives before the 404 answered about the old one
-    assert core.on_bind_result(PodRef("default", "p", "old"), GONE, T0 + 5) is None
-    assert only_bind(core.decide(T0 + 5)).pod.uid == "new"
+    step(core, PodWatched("ADDED", pod("p", uid="old")), T0)
+    only_bind(step(core, Tick(), T0).actions)
+    step(core, PodWatched("DELETED", pod("p", uid="old")), T0)
+    step(core, PodWatched("ADDED", pod("p", uid="new")), T0)  # arrives before the 404 answered about the old one
+    assert step(core, BindAnswered(PodRef("default", "p", "old"), GONE), T0 + 5).actions == []
+    assert only_bind(step(core, Tick(), T0 + 5).actions).pod.uid == "new"
 
 
 def test_a_client_side_error_is_not_a_bind() -> None:
     core = core_with([node("n1")])
-    core.on_pod("ADDED", pod("p"), T0)
-    only_bind(core.decide(T0))
-    failure = core.on_bind_result(PodRef("default", "p", "u1"), ERROR, T0, "ValueError: timeout must be positive")
+    step(core, PodWatched("ADDED", pod("p")), T0)
+    only_bind(step(core, Tick(), T0).actions)
+    [failure] = step(
+        core, BindAnswered(PodRef("default", "p", "u1"), ERROR, "ValueError: timeout must be positive"), T0
+    ).actions
     assert isinstance(failure, PodUnschedulable) and "ValueError" in failure.message
     assert "default/p" in core.pending and len(core.in_flight) == 0
-    assert only_bind(core.decide(T0 + 1000)).pod.name == "p"
+    assert only_bind(step(core, Tick(), T0 + 1000).actions).pod.name == "p"
 
 
 def test_gated_pod_is_never_attempted_gets_scheduling_gated_once_then_binds_when_ungated() -> None:
     core = core_with([node("n1")], max_energy_age_ms=10**9)
-    core.on_pod("ADDED", pod("g", schedulingGates=[{"name": "example.com/wait"}]), T0)
-    [gated] = core.decide(T0)
+    step(core, PodWatched("ADDED", pod("g", schedulingGates=[{"name": "example.com/wait"}])), T0)
+    [gated] = step(core, Tick(), T0).actions
     assert isinstance(gated, PodUnschedulable) and gated.reason == "SchedulingGated"
-    assert core.decide(T0 + 60_000) == []  # not attempted, not repeated
+    assert step(core, Tick(), T0 + 60_000).actions == []  # not attempted, not repeated
     assert core.next_wake_ms() is None
-    core.on_pod("MODIFIED", pod("g"), T0 + 61_000)
-    assert only_bind(core.decide(T0 + 61_000)).placement.node == "n1"
+    step(core, PodWatched("MODIFIED", pod("g")), T0 + 61_000)
+    assert only_bind(step(core, Tick(), T0 + 61_000).actions).placement.node == "n1"
 
 
 def test_binds_in_flight_are_bounded_and_the_next_cycle_continues() -> None:
     core = core_with([node("n1", pods="1000")], max_binds_in_flight=3)
     for i in range(5):
-        core.on_pod("ADDED", pod(f"p{i}", uid=f"u{i}"), T0)
-    first = [d for d in core.decide(T0) if isinstance(d, BindPod)]
-    assert len(first) == 3 and core.decide(T0) == []
-    core.on_bind_result(first[0].pod, BOUND, T0)
-    assert len([d for d in core.decide(T0) if isinstance(d, BindPod)]) == 1
+        step(core, PodWatched("ADDED", pod(f"p{i}", uid=f"u{i}")), T0)
+    first = [d for d in step(core, Tick(), T0).actions if isinstance(d, BindPod)]
+    assert len(first) == 3 and step(core, Tick(), T0).actions == []
+    step(core, BindAnswered(first[0].pod, BOUND), T0)
+    assert len([d for d in step(core, Tick(), T0).actions if isinstance(d, BindPod)]) == 1
 
 
 # -- the kubelet's filters ---------------------------------------------------------
@@ -185,12 +192,12 @@ def test_binds_in_flight_are_bounded_and_the_next_cycle_continues() -> None:
 def test_node_resources_fit_counts_bound_pods_and_binds_in_flight() -> None:
     # n1 is the richest in energy but its cpu is taken by a running pod.
     core = core_with([node("n1"), node("n2")], [pod("running", node_name="n1", requests={"cpu": "1500m"})])
-    core.on_energy(EnergyReport(node="n1", energy_wh=99.0, time_ms=T0), T0)
-    core.on_pod("ADDED", pod("big", uid="b", requests={"cpu": "1"}), T0)
-    assert only_bind(core.decide(T0)).placement.node == "n2"
+    step(core, EnergyReported(EnergyReport(node="n1", energy_wh=99.0, time_ms=T0)), T0)
+    step(core, PodWatched("ADDED", pod("big", uid="b", requests={"cpu": "1"})), T0)
+    assert only_bind(step(core, Tick(), T0).actions).placement.node == "n2"
     # n2 now has 1 cpu in flight: a second 1.5-cpu pod fits nowhere.
-    core.on_pod("ADDED", pod("bigger", uid="c", requests={"cpu": "1.5"}), T0)
-    [failure] = core.decide(T0)
+    step(core, PodWatched("ADDED", pod("bigger", uid="c", requests={"cpu": "1.5"})), T0)
+    [failure] = step(core, Tick(), T0).actions
     assert isinstance(failure, PodUnschedulable)
     assert failure.message.startswith("0/2 nodes are available: 2 Insufficient cpu")
     assert "n1: Insufficient cpu: requested 1500m, free 500m" in failure.message
@@ -198,8 +205,8 @@ def test_node_resources_fit_counts_bound_pods_and_binds_in_flight() -> None:
 
 def test_too_many_pods() -> None:
     core = core_with([node("n1", pods="1")], [pod("x", node_name="n1")])
-    core.on_pod("ADDED", pod("p", uid="p"), T0)
-    [failure] = core.decide(T0)
+    step(core, PodWatched("ADDED", pod("p", uid="p")), T0)
+    [failure] = step(core, Tick(), T0).actions
     assert isinstance(failure, PodUnschedulable) and "1 Too many pods" in failure.message
 
 
@@ -213,20 +220,20 @@ def test_node_affinity_required_terms_and_node_selector() -> None:
         }
     }
     core = core_with(nodes)
-    core.on_energy(EnergyReport(node="a", energy_wh=99.0, time_ms=T0), T0)
-    core.on_pod("ADDED", pod("p", affinity=affinity), T0)
-    assert only_bind(core.decide(T0)).placement.node == "b"
-    core.on_pod("ADDED", pod("q", uid="q", affinity=affinity, nodeSelector={"zone": "a"}), T0)
-    [failure] = core.decide(T0)
+    step(core, EnergyReported(EnergyReport(node="a", energy_wh=99.0, time_ms=T0)), T0)
+    step(core, PodWatched("ADDED", pod("p", affinity=affinity)), T0)
+    assert only_bind(step(core, Tick(), T0).actions).placement.node == "b"
+    step(core, PodWatched("ADDED", pod("q", uid="q", affinity=affinity, nodeSelector={"zone": "a"})), T0)
+    [failure] = step(core, Tick(), T0).actions
     assert isinstance(failure, PodUnschedulable)
     assert "2 node(s) didn't match Pod's node affinity/selector" in failure.message
 
 
 def test_node_ports_and_pod_anti_affinity() -> None:
     core = core_with([node("a"), node("b")], [pod("web-a", node_name="a", host_ports=[8080], labels={"app": "web"})])
-    core.on_energy(EnergyReport(node="a", energy_wh=99.0, time_ms=T0), T0)
-    core.on_pod("ADDED", pod("p", uid="p", host_ports=[8080]), T0)
-    assert only_bind(core.decide(T0)).placement.node == "b"
+    step(core, EnergyReported(EnergyReport(node="a", energy_wh=99.0, time_ms=T0)), T0)
+    step(core, PodWatched("ADDED", pod("p", uid="p", host_ports=[8080])), T0)
+    assert only_bind(step(core, Tick(), T0).actions).placement.node == "b"
     anti = {
         "podAntiAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": [
@@ -234,8 +241,8 @@ def test_node_ports_and_pod_anti_affinity() -> None:
             ]
         }
     }
-    core.on_pod("ADDED", pod("q", uid="q", affinity=anti), T0)
-    [failure] = core.decide(T0)  # both nodes share arch arm64, a web pod runs in that domain
+    step(core, PodWatched("ADDED", pod("q", uid="q", affinity=anti)), T0)
+    [failure] = step(core, Tick(), T0).actions  # both nodes share arch arm64, a web pod runs in that domain
     assert isinstance(failure, PodUnschedulable) and "2 node(s) didn't match pod anti-affinity rules" in failure.message
 
 

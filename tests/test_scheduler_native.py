@@ -9,14 +9,20 @@ import msgspec
 from schemas.manifest import Manifest, Scheduling, Workload
 from schemas.messages import AgentStatus, Binding, CompleteState, EnergyReport, WorkloadState
 from schemas.state import NOT_SCHEDULED, RUNNING
+from services.scheduler.core import EnergyReported, Tick
 from services.scheduler.native import (
     Action,
+    AgentLiveliness,
+    AgentStatusSeen,
+    DesiredStateRead,
     NativeConfig,
     NativeScheduler,
     PublishBinding,
     PublishEvent,
     Requery,
+    WorkloadStateSeen,
     request_for,
+    step,
 )
 
 T0 = 1_700_000_000_000
@@ -42,13 +48,13 @@ def events(actions: list[Action], kind: str) -> list[PublishEvent]:
 
 def fleet(core: NativeScheduler, energies: dict[str, float], now: int = T0, arch: str = "arm64") -> None:
     for name, wh in energies.items():
-        core.on_agent(name, True, now)
-        core.on_agent_status(AgentStatus(agent=name, arch=arch, os="linux", tags={"role": "bot"}), now)
-        core.on_energy(EnergyReport(node=name, energy_wh=wh, time_ms=now), now)
+        step(core, AgentLiveliness(name, True), now)
+        step(core, AgentStatusSeen(AgentStatus(agent=name, arch=arch, os="linux", tags={"role": "bot"})), now)
+        step(core, EnergyReported(EnergyReport(node=name, energy_wh=wh, time_ms=now)), now)
 
 
 def energy(core: NativeScheduler, name: str, wh: float, now: int) -> list[Action]:
-    return core.on_energy(EnergyReport(node=name, energy_wh=wh, time_ms=now), now)
+    return step(core, EnergyReported(EnergyReport(node=name, energy_wh=wh, time_ms=now)), now).actions
 
 
 def test_which_workloads_are_the_schedulers() -> None:
@@ -66,8 +72,8 @@ def test_which_workloads_are_the_schedulers() -> None:
 def test_not_scheduled_workload_is_bound_to_the_richest_matching_agent() -> None:
     core = NativeScheduler()
     fleet(core, {"r1": 40, "r2": 90, "r3": 60})
-    core.on_agent_status(AgentStatus(agent="r2", arch="amd64", os="linux"), T0)  # r2 is not arm64
-    actions = core.on_complete_state(desired(nav=wl(selector={"arch": "arm64"})), T0)
+    step(core, AgentStatusSeen(AgentStatus(agent="r2", arch="amd64", os="linux")), T0)  # r2 is not arm64
+    actions = step(core, DesiredStateRead(desired(nav=wl(selector={"arch": "arm64"}))), T0).actions
     assert bindings(actions) == {"nav": "r3"}
     [scheduled] = events(actions, "Scheduled")
     assert "nav bound to r3" in scheduled.message
@@ -78,21 +84,21 @@ def test_not_scheduled_workload_is_bound_to_the_richest_matching_agent() -> None
 def test_nothing_placed_before_the_desired_state_is_known() -> None:
     core = NativeScheduler()
     fleet(core, {"r1": 40})
-    assert core.tick(T0) == []
-    assert bindings(core.on_complete_state(desired(w=wl()), T0)) == {"w": "r1"}
+    assert step(core, Tick(), T0).actions == []
+    assert bindings(step(core, DesiredStateRead(desired(w=wl())), T0).actions) == {"w": "r1"}
 
 
 def test_fixed_agent_workload_without_extension_is_left_alone() -> None:
     core = NativeScheduler()
     fleet(core, {"r1": 40})
-    assert core.on_complete_state(desired(w=wl(agent="r9")), T0) == []
+    assert step(core, DesiredStateRead(desired(w=wl(agent="r9"))), T0).actions == []
     assert core.workloads == {}
 
 
 def test_burst_spreads_over_nodes_through_in_flight_costs() -> None:
     core = NativeScheduler(NativeConfig(default_energy_cost_wh=5))
     fleet(core, {"a": 50, "b": 49, "c": 48})
-    actions = core.on_complete_state(desired(**{f"w{i}": wl() for i in range(6)}), T0)
+    actions = step(core, DesiredStateRead(desired(**{f"w{i}": wl() for i in range(6)})), T0).actions
     placed = bindings(actions)
     assert sorted(placed.values()) == ["a", "a", "b", "b", "c", "c"]
 
@@ -100,18 +106,18 @@ def test_burst_spreads_over_nodes_through_in_flight_costs() -> None:
 def test_in_flight_cost_is_released_when_the_workload_lands() -> None:
     core = NativeScheduler(NativeConfig(default_energy_cost_wh=5))
     fleet(core, {"a": 50})
-    core.on_complete_state(desired(w=wl()), T0)
+    step(core, DesiredStateRead(desired(w=wl())), T0)
     assert core.node_views(T0)[0].reserved_wh == 5
-    core.on_workload_state(WorkloadState(workload="w", agent="a", execution_state=RUNNING), T0 + 10)
+    step(core, WorkloadStateSeen(WorkloadState(workload="w", agent="a", execution_state=RUNNING)), T0 + 10)
     assert core.node_views(T0)[0].reserved_wh == 0
 
 
 def test_in_flight_cost_expires_after_in_flight_ms() -> None:
     core = NativeScheduler(NativeConfig(default_energy_cost_wh=5, in_flight_ms=1000, max_energy_age_ms=10**9))
     fleet(core, {"a": 50})
-    core.on_complete_state(desired(w=wl()), T0)
+    step(core, DesiredStateRead(desired(w=wl())), T0)
     assert core.next_wake_ms() == T0 + 1000
-    core.tick(T0 + 1000)
+    step(core, Tick(), T0 + 1000)
     assert core.node_views(T0)[0].reserved_wh == 0
     assert core.next_wake_ms() is None
 
@@ -119,7 +125,7 @@ def test_in_flight_cost_expires_after_in_flight_ms() -> None:
 def test_nothing_fits_emits_failed_scheduling_then_backs_off_1_to_10_s() -> None:
     core = NativeScheduler(NativeConfig(max_energy_age_ms=10**9))
     fleet(core, {"r1": 5})
-    actions = core.on_complete_state(desired(w=wl(minEnergyWh=20.0)), T0)
+    actions = step(core, DesiredStateRead(desired(w=wl(minEnergyWh=20.0))), T0).actions
     [failed] = events(actions, "FailedScheduling")
     assert failed.severity == "warning" and failed.subject == "w"
     assert "0/1 nodes are available: 1 energy below reserve" in failed.message
@@ -131,16 +137,16 @@ def test_nothing_fits_emits_failed_scheduling_then_backs_off_1_to_10_s() -> None
         assert wake is not None
         delays.append(wake - now)
         now = wake
-        assert core.tick(now) == []  # the same failure: no repeated event
+        assert step(core, Tick(), now).actions == []  # the same failure: no repeated event
     assert delays == [1000, 2000, 4000, 8000, 10000, 10000]
     # a different failure is news: the report goes stale -> a new event
-    [stale] = events(core.tick(now + 10**9), "FailedScheduling")
+    [stale] = events(step(core, Tick(), now + 10**9).actions, "FailedScheduling")
     assert "energy report stale" in stale.message
 
 
 def test_failed_workload_is_retried_at_once_when_a_relevant_node_appears() -> None:
     core = NativeScheduler()
-    core.on_complete_state(desired(w=wl()), T0)
+    step(core, DesiredStateRead(desired(w=wl())), T0)
     assert core.workloads["w"].attempts == 1
     # a new agent with energy: placed without waiting for the backoff
     fleet(core, {"r7": 30}, now=T0 + 10)
@@ -150,7 +156,7 @@ def test_failed_workload_is_retried_at_once_when_a_relevant_node_appears() -> No
 def test_failed_workload_is_retried_at_once_when_energy_recovers() -> None:
     core = NativeScheduler()
     fleet(core, {"r1": 5})
-    core.on_complete_state(desired(w=wl(minEnergyWh=10.0)), T0)
+    step(core, DesiredStateRead(desired(w=wl(minEnergyWh=10.0))), T0)
     assert core.workloads["w"].agent == ""
     assert bindings(energy(core, "r1", 30, T0 + 50)) == {"w": "r1"}
 
@@ -158,7 +164,7 @@ def test_failed_workload_is_retried_at_once_when_energy_recovers() -> None:
 def test_energy_report_does_not_retry_a_workload_its_node_rejected_for_another_reason() -> None:
     core = NativeScheduler()
     fleet(core, {"r1": 50}, arch="amd64")
-    core.on_complete_state(desired(w=wl(selector={"arch": "arm64"})), T0)
+    step(core, DesiredStateRead(desired(w=wl(selector={"arch": "arm64"}))), T0)
     assert core.workloads["w"].rejected_by == {"r1": "Selector"}
     assert energy(core, "r1", 90, T0 + 50) == []
     assert core.next_wake_ms() == T0 + 1000  # still waits for its backoff
@@ -167,9 +173,9 @@ def test_energy_report_does_not_retry_a_workload_its_node_rejected_for_another_r
 def test_agent_lost_re_places_its_workloads_at_once() -> None:
     core = NativeScheduler()
     fleet(core, {"r1": 90, "r2": 50})
-    core.on_complete_state(desired(w=wl()), T0)
+    step(core, DesiredStateRead(desired(w=wl())), T0)
     assert core.workloads["w"].agent == "r1"
-    actions = core.on_agent("r1", False, T0 + 100)
+    actions = step(core, AgentLiveliness("r1", False), T0 + 100).actions
     assert bindings(actions) == {"w": "r2"}
     binding = next(a.binding for a in actions if isinstance(a, PublishBinding))
     assert "re-placed: agent r1 lost" in binding.reason
@@ -178,16 +184,16 @@ def test_agent_lost_re_places_its_workloads_at_once() -> None:
 def test_agent_lost_with_nowhere_to_go_fails_and_binds_when_an_agent_returns() -> None:
     core = NativeScheduler()
     fleet(core, {"r1": 90})
-    core.on_complete_state(desired(w=wl()), T0)
-    actions = core.on_agent("r1", False, T0 + 100)
+    step(core, DesiredStateRead(desired(w=wl())), T0)
+    actions = step(core, AgentLiveliness("r1", False), T0 + 100).actions
     assert events(actions, "FailedScheduling") and not bindings(actions)
-    assert bindings(core.on_agent("r1", True, T0 + 200)) == {"w": "r1"}
+    assert bindings(step(core, AgentLiveliness("r1", True), T0 + 200).actions) == {"w": "r1"}
 
 
 def test_low_energy_re_places_only_below_reserve_minus_hysteresis_after_min_dwell() -> None:
     core = NativeScheduler(NativeConfig(hysteresis_wh=2, min_dwell_ms=10_000, default_energy_cost_wh=0))
     fleet(core, {"r1": 50, "r2": 40})
-    core.on_complete_state(desired(w=wl(minEnergyWh=20.0)), T0)
+    step(core, DesiredStateRead(desired(w=wl(minEnergyWh=20.0))), T0)
     assert core.workloads["w"].agent == "r1"
     # below the reserve but inside the hysteresis band: stays
     assert energy(core, "r1", 19, T0 + 20_000) == []
@@ -202,7 +208,7 @@ def test_low_energy_re_places_only_below_reserve_minus_hysteresis_after_min_dwel
 def test_low_energy_with_no_better_node_keeps_the_binding_and_stays_when_the_node_recovers() -> None:
     core = NativeScheduler(NativeConfig(hysteresis_wh=2, min_dwell_ms=0, default_energy_cost_wh=0))
     fleet(core, {"r1": 50})
-    core.on_complete_state(desired(w=wl(minEnergyWh=20.0)), T0)
+    step(core, DesiredStateRead(desired(w=wl(minEnergyWh=20.0))), T0)
     actions = energy(core, "r1", 10, T0 + 1000)
     [failed] = events(actions, "FailedScheduling")
     assert "cannot move off r1" in failed.message
@@ -218,16 +224,16 @@ def test_adopts_the_agent_a_workload_already_runs_on_after_a_restart() -> None:
         desired=Manifest(api_version="v1", workloads={"w": wl()}),
         workload_states=[WorkloadState(workload="w", agent="r1", execution_state=RUNNING, time_ms=T0 - 5)],
     )
-    assert core.on_complete_state(state, T0) == []
+    assert step(core, DesiredStateRead(state), T0).actions == []
     assert core.workloads["w"].agent == "r1"
     assert core.bindings() == [Binding(workload="w", agent="r1", policy="MALE", reason="current binding")]
 
 
 def test_not_scheduled_for_an_unknown_workload_asks_for_the_desired_state() -> None:
     core = NativeScheduler()
-    core.on_complete_state(desired(), T0)
+    step(core, DesiredStateRead(desired()), T0)
     ws = WorkloadState(workload="new", agent="", execution_state=NOT_SCHEDULED)
-    assert core.on_workload_state(ws, T0) == [
+    assert step(core, WorkloadStateSeen(ws), T0).actions == [
         Requery("new is NotScheduled and not in the desired state known to the scheduler")
     ]
 
@@ -235,17 +241,17 @@ def test_not_scheduled_for_an_unknown_workload_asks_for_the_desired_state() -> N
 def test_not_scheduled_long_after_binding_re_sends_the_binding() -> None:
     core = NativeScheduler(NativeConfig(in_flight_ms=5000))
     fleet(core, {"r1": 50})
-    core.on_complete_state(desired(w=wl()), T0)
+    step(core, DesiredStateRead(desired(w=wl())), T0)
     ws = WorkloadState(workload="w", agent="", execution_state=NOT_SCHEDULED)
-    assert core.on_workload_state(ws, T0 + 100) == []  # our binding is still on its way
-    assert bindings(core.on_workload_state(ws, T0 + 6000)) == {"w": "r1"}
+    assert step(core, WorkloadStateSeen(ws), T0 + 100).actions == []  # our binding is still on its way
+    assert bindings(step(core, WorkloadStateSeen(ws), T0 + 6000).actions) == {"w": "r1"}
 
 
 def test_removed_workload_is_forgotten_and_its_reservation_released() -> None:
     core = NativeScheduler(NativeConfig(default_energy_cost_wh=5))
     fleet(core, {"r1": 50})
-    core.on_complete_state(desired(w=wl()), T0)
-    core.on_complete_state(desired(), T0 + 1)
+    step(core, DesiredStateRead(desired(w=wl())), T0)
+    step(core, DesiredStateRead(desired()), T0 + 1)
     assert core.workloads == {} and len(core.in_flight) == 0
     assert core.node_views(T0)[0].reserved_wh == 0
 
@@ -254,9 +260,9 @@ def test_changed_selector_moves_a_workload_whose_node_no_longer_matches() -> Non
     core = NativeScheduler()
     fleet(core, {"r1": 90})
     fleet(core, {"x1": 10}, arch="amd64")
-    core.on_complete_state(desired(w=wl()), T0)
+    step(core, DesiredStateRead(desired(w=wl())), T0)
     assert core.workloads["w"].agent == "r1"
-    actions = core.on_complete_state(desired(w=wl(selector={"arch": "amd64"})), T0 + 5)
+    actions = step(core, DesiredStateRead(desired(w=wl(selector={"arch": "amd64"}))), T0 + 5).actions
     assert bindings(actions) == {"w": "x1"}
 
 
@@ -276,8 +282,8 @@ def test_fleet_manifest_is_valid_and_its_workloads_are_placed_by_their_hints() -
     assert parsed.rendered is not None
     core = NativeScheduler()
     fleet(core, {"tb1": 30, "tb2": 90, "tb3": 60})
-    core.on_agent_status(AgentStatus(agent="tb3", arch="arm64", os="linux", tags={"accelerator": "npu"}), T0)
-    placed = bindings(core.on_complete_state(CompleteState(desired=parsed.rendered), T0))
+    step(core, AgentStatusSeen(AgentStatus(agent="tb3", arch="arm64", os="linux", tags={"accelerator": "npu"})), T0)
+    placed = bindings(step(core, DesiredStateRead(CompleteState(desired=parsed.rendered)), T0).actions)
     assert "fleet-dashboard" not in placed  # fixed agent, no extension: the planner's
     assert placed["object-detector"] == "tb3"  # the only robot with an npu
     assert placed["slam-mapper"] == "tb2"  # arm64 + role=bot, richest

@@ -437,6 +437,19 @@ class Reservations:
         return len(self._by_item)
 
 
+# -- events both modes' cores take ---------------------------------------------
+
+
+class EnergyReported(msgspec.Struct, frozen=True):
+    """A node's energy report (bus or InfluxDB)."""
+
+    report: EnergyReport
+
+
+class Tick(msgspec.Struct, frozen=True):
+    """The shell's timer (armed at the core's `next_wake_ms`) fired, or a cycle is wanted."""
+
+
 def newer_energy(known: Mapping[str, EnergyReport], report: EnergyReport, now_ms: int) -> EnergyReport | None:
     """The report to keep (stamped `now_ms` when it carries no time), or None
     when it is older than the one already known for its node."""

@@ -24,11 +24,14 @@ shell — and of our binds in flight), NodePorts, InterPodAntiAffinity (the
 pod's own required terms). They run after the taint filter, before energy.
 
 `KubeScheduler` keeps the pending pods, each with its backoff, and the
-placements in flight. `decide(now)` runs one cycle per due pod and returns
-`BindPod` / `PodUnschedulable` decisions, at most `max_binds_in_flight` binds
-outstanding; the shell binds (in a pool) and reports back with
-`on_bind_result`. Only a 201 is a bind; every 409 is classified by the API
-server's message (`classify_bind_failure`):
+placements in flight. The shell feeds every input as an event to
+`step(state, event, now_ms)`: PodWatched, PodsListed, NodesListed,
+EnergyReported, BindAnswered, and Tick when a cycle is due. A Tick runs one
+cycle per due pod and returns `BindPod` / `PodUnschedulable` actions, at most
+`max_binds_in_flight` binds outstanding; the shell binds (in a pool) and
+reports back with BindAnswered. (The state is still updated in place and
+returned: making it a frozen value is left to do.) Only a 201 is a bind;
+every 409 is classified by the API server's message (`classify_bind_failure`):
 
 - bound (201): done; its energy cost and requests stay in flight on the node;
 - already-bound (409): someone else bound it: done, not an error;
@@ -63,6 +66,7 @@ from services.scheduler.core import (
     ENERGY_FILTERS,
     POLICIES,
     CycleContext,
+    EnergyReported,
     FilterPlugin,
     NodeView,
     NoFit,
@@ -71,6 +75,7 @@ from services.scheduler.core import (
     Profile,
     Reservations,
     Taint,
+    Tick,
     Toleration,
     backoff_ms,
     newer_energy,
@@ -110,7 +115,7 @@ class KubeConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_binds_in_flight: int = 16  # binds under way at once (the shell's bind pool)
 
 
-# Bind outcomes (on_bind_result)
+# Bind outcomes (BindAnswered.outcome)
 BOUND = "bound"
 ALREADY_BOUND = "already-bound"
 DELETING = "deleting"
@@ -163,6 +168,41 @@ class PodUnschedulable(msgspec.Struct, frozen=True):
 
 
 Decision = BindPod | PodUnschedulable
+
+
+# -- events ------------------------------------------------------------------
+
+
+class PodWatched(msgspec.Struct, frozen=True):
+    """A watch event (ADDED, MODIFIED, DELETED) about a pod."""
+
+    kind: str
+    pod: dict[str, Any]
+
+
+class PodsListed(msgspec.Struct, frozen=True):
+    """A full list of the pods: pods no longer listed are forgotten."""
+
+    pods: list[dict[str, Any]]
+
+
+class NodesListed(msgspec.Struct, frozen=True):
+    """The nodes, and (when given) every pod bound to a node and not finished."""
+
+    nodes: list[dict[str, Any]]
+    assigned_pods: list[dict[str, Any]] | None = None
+
+
+class BindAnswered(msgspec.Struct, frozen=True):
+    """The outcome of a bind (BOUND, ALREADY_BOUND, DELETING, GATED,
+    PRECONDITION, GONE, ERROR) and, unless bound, why."""
+
+    pod: PodRef
+    outcome: str
+    detail: str = ""
+
+
+KubeEvent = PodWatched | PodsListed | NodesListed | EnergyReported | BindAnswered | Tick
 
 
 @dataclass
@@ -367,6 +407,25 @@ def _assigned(pod: Mapping[str, Any]) -> _Assigned | None:
     )
 
 
+def step(state: KubeScheduler, event: KubeEvent, now_ms: int) -> KubeStep:
+    """The scheduler's reaction to one event: its new state and the actions."""
+    actions: list[Decision] = []
+    if isinstance(event, PodWatched):
+        state._on_pod(event.kind, event.pod, now_ms)
+    elif isinstance(event, PodsListed):
+        state._on_relist(event.pods, now_ms)
+    elif isinstance(event, NodesListed):
+        state._on_nodes(event.nodes, now_ms, event.assigned_pods)
+    elif isinstance(event, EnergyReported):
+        state._on_energy(event.report, now_ms)
+    elif isinstance(event, BindAnswered):
+        failure = state._on_bind_result(event.pod, event.outcome, now_ms, event.detail)
+        actions += [failure] if failure is not None else []
+    else:
+        actions = state._decide(now_ms)
+    return KubeStep(state, actions)
+
+
 class KubeScheduler:
     def __init__(self, config: KubeConfig | None = None) -> None:
         self.config = config or KubeConfig()
@@ -379,8 +438,8 @@ class KubeScheduler:
         self.placements = 0
         self._views: list[NodeView] | None = None
 
-    # inputs
-    def on_pod(self, kind: str, pod: Mapping[str, Any], now_ms: int) -> None:
+    # inputs (through step)
+    def _on_pod(self, kind: str, pod: Mapping[str, Any], now_ms: int) -> None:
         """A watch event (ADDED, MODIFIED, DELETED) or a listed pod (ADDED)."""
         ref = pod_ref(pod)
         if kind == "DELETED" or not is_ours_and_pending(pod, self.config.scheduler_name):
@@ -403,17 +462,17 @@ class KubeScheduler:
             entry.ref, entry.request, entry.invalid, entry.gated = ref, request, invalid, gated
             entry.next_try_ms, entry.last_failure = now_ms, ""
 
-    def on_relist(self, pods: Iterable[Mapping[str, Any]], now_ms: int) -> None:
+    def _on_relist(self, pods: Iterable[Mapping[str, Any]], now_ms: int) -> None:
         """A full list: pods no longer listed are forgotten."""
         seen = set()
         for pod in pods:
             seen.add(pod_ref(pod).key)
-            self.on_pod("ADDED", pod, now_ms)
+            self._on_pod("ADDED", pod, now_ms)
         for key in list(self.pending):
             if key not in seen and not self.pending[key].binding:
                 del self.pending[key]
 
-    def on_nodes(
+    def _on_nodes(
         self, nodes: list[dict[str, Any]], now_ms: int, assigned_pods: Iterable[Mapping[str, Any]] | None = None
     ) -> None:
         """The nodes, and (when given) every pod bound to a node and not finished."""
@@ -433,7 +492,7 @@ class KubeScheduler:
             self._views = None
             self._retry_failed(now_ms, lambda entry: True)
 
-    def on_energy(self, report: EnergyReport, now_ms: int) -> None:
+    def _on_energy(self, report: EnergyReport, now_ms: int) -> None:
         newer = newer_energy(self.energy, report, now_ms)
         if newer is None:
             return
@@ -441,7 +500,7 @@ class KubeScheduler:
         self._views = None
         self._retry_failed(now_ms, _rejected_for_energy)
 
-    def on_bind_result(self, pod: PodRef, outcome: str, now_ms: int, detail: str = "") -> PodUnschedulable | None:
+    def _on_bind_result(self, pod: PodRef, outcome: str, now_ms: int, detail: str = "") -> PodUnschedulable | None:
         """outcome: one of BOUND, ALREADY_BOUND, DELETING, GATED, PRECONDITION, GONE, ERROR."""
         entry = self.pending.get(pod.key)
         if outcome == BOUND:
@@ -466,7 +525,7 @@ class KubeScheduler:
         return PodUnschedulable(entry.ref, f"binding failed: {detail}")
 
     # decisions
-    def decide(self, now_ms: int) -> list[Decision]:
+    def _decide(self, now_ms: int) -> list[Decision]:
         for key in self.in_flight.expired(now_ms):
             self._release(key)
         binding = sum(1 for e in self.pending.values() if e.binding)
@@ -599,3 +658,8 @@ class KubeScheduler:
 
 def _rejected_for_energy(entry: PendingPod) -> bool:
     return not ENERGY_FILTERS.isdisjoint(entry.rejected_by.values())
+
+
+class KubeStep(msgspec.Struct, frozen=True):
+    state: KubeScheduler
+    actions: list[Decision]

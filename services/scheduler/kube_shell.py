@@ -48,19 +48,26 @@ from schemas.messages import EnergyReport
 from services.bus import Bus, BusConfigError
 from services.bus.loop import EventLoop
 from services.clock import SYSTEM_CLOCK, Clock
+from services.scheduler.core import EnergyReported, Tick
 from services.scheduler.influx import InfluxConfigError, InfluxEnergySource, InfluxSettings, poll_until_stopped
 from services.scheduler.kube import (
     BOUND,
     ERROR,
+    BindAnswered,
     BindPod,
+    Decision,
     KubeConfig,
     KubeScheduler,
+    NodesListed,
     PodRef,
+    PodsListed,
     PodUnschedulable,
+    PodWatched,
     binding_body,
     classify_bind_failure,
     event_body,
     pod_scheduled_patch,
+    step,
 )
 from services.scheduler.kube_leader import Elector, LeaderConfig
 
@@ -275,11 +282,11 @@ class KubeShell:
 
     # -- loop thread -------------------------------------------------------
     def _relisted(self, items: list[dict[str, Any]]) -> None:
-        self.core.on_relist(items, self.clock.wall_ms())
+        step(self.core, PodsListed(items), self.clock.wall_ms())
         self._want_cycle()
 
     def _pod_event(self, kind: str, pod: dict[str, Any]) -> None:
-        self.core.on_pod(kind, pod, self.clock.wall_ms())
+        step(self.core, PodWatched(kind, pod), self.clock.wall_ms())
         self._want_cycle()
 
     def on_energy(self, reports: list[EnergyReport]) -> None:
@@ -289,7 +296,7 @@ class KubeShell:
     def _energy(self, reports: list[EnergyReport]) -> None:
         now = self.clock.wall_ms()
         for report in reports:
-            self.core.on_energy(report, now)
+            step(self.core, EnergyReported(report), now)
         self._want_cycle()
 
     def _want_cycle(self) -> None:
@@ -306,15 +313,18 @@ class KubeShell:
         self._cycle_posted = False
         if self.core.pending:
             self._refresh_nodes()
-        for decision in self.core.decide(self.clock.wall_ms()):
-            if isinstance(decision, BindPod):
-                self._bind(decision)
-            elif isinstance(decision, PodUnschedulable):
-                self._unschedulable(decision)
+        self._execute(step(self.core, Tick(), self.clock.wall_ms()).actions)
         wake = self.core.next_wake_ms()
         if wake is not None and (self._armed_ms is None or wake < self._armed_ms):
             self._armed_ms = wake
             self.loop.call_later(max(0.0, (wake - self.clock.wall_ms()) / 1000) + 0.001, self._timer)
+
+    def _execute(self, decisions: list[Decision]) -> None:
+        for decision in decisions:
+            if isinstance(decision, BindPod):
+                self._bind(decision)
+            else:
+                self._unschedulable(decision)
 
     def _refresh_nodes(self) -> None:
         now = self.clock.monotonic()
@@ -337,14 +347,14 @@ class KubeShell:
             log.warning("listing nodes and bound pods failed: %s", exc)
             return
         self._nodes_read_at = now
-        self.core.on_nodes(nodes, self.clock.wall_ms(), assigned)
+        step(self.core, NodesListed(nodes, assigned), self.clock.wall_ms())
 
     def _bind(self, decision: BindPod) -> None:
         """Hands the bind to the pool; its outcome comes back to the loop thread."""
         try:
             self._pool.submit(self._bind_in_pool, decision)
         except RuntimeError:  # the pool is shut down: we are stopping
-            self.core.on_bind_result(decision.pod, ERROR, self.clock.wall_ms(), "stopping")
+            step(self.core, BindAnswered(decision.pod, ERROR, "stopping"), self.clock.wall_ms())
 
     def _bind_in_pool(self, decision: BindPod) -> None:
         outcome, detail = self.bind_outcome(decision.pod, decision.placement.node)
@@ -375,15 +385,14 @@ class KubeShell:
 
     def _bind_done(self, decision: BindPod, outcome: str, detail: str) -> None:
         pod, placement = decision.pod, decision.placement
-        failure = self.core.on_bind_result(pod, outcome, self.clock.wall_ms(), detail)
+        decisions = step(self.core, BindAnswered(pod, outcome, detail), self.clock.wall_ms()).actions
         if outcome == BOUND:
             self.bound += 1
             log.info("bind %s -> %s: %s", pod.key, placement.node, placement.reason)
             self._record(pod, "Scheduled", f"Successfully assigned {pod.key} to {placement.node}: {placement.reason}")
         else:
             log.info("bind %s -> %s: %s (%s)", pod.key, placement.node, outcome, detail)
-        if failure is not None:
-            self._unschedulable(failure)
+        self._execute(decisions)
         self._want_cycle()  # a place in the bind pool is free again
 
     def _unschedulable(self, failure: PodUnschedulable) -> None:

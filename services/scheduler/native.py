@@ -6,10 +6,13 @@ Theory of operation
 `NativeScheduler` holds what the scheduler knows — the workloads it must
 place (from the desired state), the live agents and their status, the last
 energy report of every node, the bindings it made and the placements still
-in flight — and every `on_*` method takes one input plus `now_ms` (wall
-clock) and returns the actions for the shell to carry out
-(`PublishBinding`, `PublishEvent`, `Requery`). After each call the shell asks
-`next_wake_ms()` and calls `tick(now_ms)` then.
+in flight. The shell feeds every input as an event to
+`step(state, event, now_ms)` (wall clock): DesiredStateRead,
+WorkloadStateSeen, AgentLiveliness, AgentStatusSeen, EnergyReported, and
+Tick when its timer fires; it carries out the returned actions
+(`PublishBinding`, `PublishEvent`, `Requery`) and then arms its timer at
+`next_wake_ms()`. (The state is still updated in place and returned: making
+it a frozen value is left to do.)
 
 A workload is the scheduler's when its `agent` is empty or absent
 (NotScheduled) or when it carries the `scheduling` extension (the binding
@@ -54,11 +57,13 @@ from schemas.messages import AgentStatus, Binding, CompleteState, EnergyReport, 
 from services.scheduler.core import (
     ENERGY_FILTERS,
     CycleContext,
+    EnergyReported,
     NodeView,
     NoFit,
     Placement,
     PlacementRequest,
     Reservations,
+    Tick,
     backoff_ms,
     newer_energy,
     schedule,
@@ -99,6 +104,33 @@ class Requery(msgspec.Struct, frozen=True):
 
 Action = PublishBinding | PublishEvent | Requery
 
+
+# -- events ------------------------------------------------------------------
+
+
+class DesiredStateRead(msgspec.Struct, frozen=True):
+    """The reply to `ank/cmd/state`: the desired state and the known workload states."""
+
+    complete: CompleteState
+
+
+class WorkloadStateSeen(msgspec.Struct, frozen=True):
+    state: WorkloadState
+
+
+class AgentLiveliness(msgspec.Struct, frozen=True):
+    """An agent's liveliness token appeared (alive) or vanished."""
+
+    agent: str
+    alive: bool
+
+
+class AgentStatusSeen(msgspec.Struct, frozen=True):
+    status: AgentStatus
+
+
+NativeEvent = DesiredStateRead | WorkloadStateSeen | AgentLiveliness | AgentStatusSeen | EnergyReported | Tick
+
 # States that say nothing about where a workload runs.
 _PLACELESS_STATES = ("NotScheduled", "Removed")
 
@@ -134,6 +166,23 @@ def request_for(name: str, workload: Workload, config: NativeConfig) -> Placemen
     )
 
 
+def step(state: NativeScheduler, event: NativeEvent, now_ms: int) -> NativeStep:
+    """The scheduler's reaction to one event: its new state and the actions."""
+    if isinstance(event, DesiredStateRead):
+        actions = state._on_complete_state(event.complete, now_ms)
+    elif isinstance(event, WorkloadStateSeen):
+        actions = state._on_workload_state(event.state, now_ms)
+    elif isinstance(event, AgentLiveliness):
+        actions = state._on_agent(event.agent, event.alive, now_ms)
+    elif isinstance(event, AgentStatusSeen):
+        actions = state._on_agent_status(event.status, now_ms)
+    elif isinstance(event, EnergyReported):
+        actions = state._on_energy(event.report, now_ms)
+    else:
+        actions = state._tick(now_ms)
+    return NativeStep(state, actions)
+
+
 class NativeScheduler:
     def __init__(self, config: NativeConfig | None = None) -> None:
         self.config = config or NativeConfig()
@@ -149,9 +198,9 @@ class NativeScheduler:
         self._names: list[str] | None = None  # every known node, sorted (cache)
         self._ring_cache: tuple[str, ...] | None = None  # live agents, sorted (round-robin)
 
-    # -- inputs ------------------------------------------------------------
+    # -- inputs (through step) ---------------------------------------------
 
-    def on_complete_state(self, state: CompleteState, now_ms: int) -> list[Action]:
+    def _on_complete_state(self, state: CompleteState, now_ms: int) -> list[Action]:
         """The desired state and the known workload states (reply to ank/cmd/state)."""
         self.desired_known = True
         self.desired_names = set(state.desired.workloads)
@@ -182,7 +231,7 @@ class NativeScheduler:
         actions += self._run(now_ms)
         return actions
 
-    def on_workload_state(self, ws: WorkloadState, now_ms: int) -> list[Action]:
+    def _on_workload_state(self, ws: WorkloadState, now_ms: int) -> list[Action]:
         tracked = self.workloads.get(ws.workload)
         state = ws.execution_state.state
         if tracked is None:
@@ -211,7 +260,7 @@ class NativeScheduler:
             tracked.agent, tracked.bound_at_ms, tracked.needs_placement = ws.agent, now_ms, False
         return []
 
-    def on_agent(self, agent: str, alive: bool, now_ms: int) -> list[Action]:
+    def _on_agent(self, agent: str, alive: bool, now_ms: int) -> list[Action]:
         """An agent's liveliness token appeared or vanished."""
         if alive:
             if agent in self.alive:
@@ -232,7 +281,7 @@ class NativeScheduler:
                 self._release(name)
         return self._run(now_ms)
 
-    def on_agent_status(self, status: AgentStatus, now_ms: int) -> list[Action]:
+    def _on_agent_status(self, status: AgentStatus, now_ms: int) -> list[Action]:
         old = self.status.get(status.agent)
         self.status[status.agent] = status
         if old is not None and (old.arch, old.tags) == (status.arch, status.tags):
@@ -241,7 +290,7 @@ class NativeScheduler:
         self._retry_failed(now_ms, lambda t: True)
         return self._run(now_ms)
 
-    def on_energy(self, report: EnergyReport, now_ms: int) -> list[Action]:
+    def _on_energy(self, report: EnergyReport, now_ms: int) -> list[Action]:
         newer = newer_energy(self.energy, report, now_ms)
         if newer is None:
             return []
@@ -264,7 +313,7 @@ class NativeScheduler:
         self._retry_failed(now_ms, lambda t: t.rejected_by.get(node, "") in _ENERGY_OR_UNKNOWN)
         return self._run(now_ms)
 
-    def tick(self, now_ms: int) -> list[Action]:
+    def _tick(self, now_ms: int) -> list[Action]:
         for name in self.in_flight.expired(now_ms):
             self._release(name)
         return self._run(now_ms)
@@ -457,3 +506,8 @@ def _current_agents(states: Iterable[WorkloadState]) -> dict[str, str]:
         if ws.workload not in latest or stamp > latest[ws.workload]:
             latest[ws.workload] = stamp
     return {name: stamp[2] for name, stamp in latest.items()}
+
+
+class NativeStep(msgspec.Struct, frozen=True):
+    state: NativeScheduler
+    actions: list[Action]

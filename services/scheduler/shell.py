@@ -1,16 +1,17 @@
 """`ank-scheduler`: the scheduler's shell. Native mode (default) places
 workloads over the bus; `--kubernetes` binds pods (services.scheduler.kube).
 
-Native mode wiring (decisions are all in services.scheduler.native):
+Native mode wiring (decisions are all in services.scheduler.native; each
+input is an event given to its `step`):
 
-    ank/cmd/state (query)          -> on_complete_state   (at start, on ank/desired,
-                                                            on states of unknown workloads,
-                                                            and every --resync-s)
-    ank/state/**                   -> on_workload_state
-    liveliness ank/agents/*        -> on_agent
-    ank/agents/*/status            -> on_agent_status
-    ank/energy/**                  -> on_energy
-    timer (core.next_wake_ms)      -> tick
+    ank/cmd/state (query)          -> DesiredStateRead   (at start, on ank/desired,
+                                                           on states of unknown workloads,
+                                                           and every --resync-s)
+    ank/state/**                   -> WorkloadStateSeen
+    liveliness ank/agents/*        -> AgentLiveliness
+    ank/agents/*/status            -> AgentStatusSeen
+    ank/energy/**                  -> EnergyReported
+    timer (next_wake_ms)           -> Tick
     actions: Binding -> ank/bind/<wl>; events -> ank/events/<kind>
     queryable ank/bind/*           <- the current bindings (for a restarted planner)
 
@@ -35,14 +36,21 @@ from services.bus import Bus, BusConfigError
 from services.bus.loop import EventLoop
 from services.clock import SYSTEM_CLOCK, Clock
 from services.logsetup import setup_logging
+from services.scheduler.core import EnergyReported, Tick
 from services.scheduler.influx import InfluxConfigError, InfluxEnergySource, InfluxSettings, poll_until_stopped
 from services.scheduler.native import (
     Action,
+    AgentLiveliness,
+    AgentStatusSeen,
+    DesiredStateRead,
     NativeConfig,
+    NativeEvent,
     NativeScheduler,
     PublishBinding,
     PublishEvent,
     Requery,
+    WorkloadStateSeen,
+    step,
 )
 
 log = logging.getLogger("ank.scheduler")
@@ -124,8 +132,8 @@ class NativeShell:
     def start(self) -> None:
         b = self.bus
         b.queryable("ank/bind/*", self._answer_bindings)
-        b.subscribe("ank/state/**", WorkloadState, lambda k, m: self._post(self.core.on_workload_state, m))
-        b.subscribe("ank/agents/*/status", AgentStatus, lambda k, m: self._post(self.core.on_agent_status, m))
+        b.subscribe("ank/state/**", WorkloadState, lambda k, m: self._post(WorkloadStateSeen, m))
+        b.subscribe("ank/agents/*/status", AgentStatus, lambda k, m: self._post(AgentStatusSeen, m))
         b.subscribe("ank/energy/**", EnergyReport, self._on_energy)
         b.watch_liveliness("ank/agents/*", self._on_liveliness)
         b.subscribe_raw("ank/desired", lambda k, p: self.requery("ank/desired changed", delay_s=0.3))
@@ -144,15 +152,15 @@ class NativeShell:
         self._threads.append(thread)
 
     # -- inputs (Zenoh threads: only post) --------------------------------
-    def _post(self, method: Callable[[Any, int], list[Action]], msg: Any) -> None:
-        self.loop.post(self._call, method, msg)
+    def _post(self, event: Callable[[Any], NativeEvent], msg: Any) -> None:
+        self.loop.post(self._call, event, msg)
 
     def _on_energy(self, key: str, report: EnergyReport) -> None:
         node = key.rsplit("/", 1)[-1]
         if report.node != node:
             log.warning("energy report on %s names node %r; ignored", key, report.node)
             return
-        self._post(self.core.on_energy, report)
+        self._post(EnergyReported, report)
 
     def _on_liveliness(self, key: str, alive: bool) -> None:
         parts = key.split("/")
@@ -175,16 +183,16 @@ class NativeShell:
         return [(f"ank/bind/{b.workload}", self.bus.encode(b)) for b in snapshot]
 
     # -- loop thread -------------------------------------------------------
-    def _call(self, method: Callable[[Any, int], list[Action]], msg: Any) -> None:
-        self._execute(method(msg, self.clock.wall_ms()))
+    def _call(self, event: Callable[[Any], NativeEvent], msg: Any) -> None:
+        self._execute(step(self.core, event(msg), self.clock.wall_ms()).actions)
 
     def _call_agent(self, agent: str, alive: bool) -> None:
         log.info("agent %s %s", agent, "alive" if alive else "lost")
-        self._execute(self.core.on_agent(agent, alive, self.clock.wall_ms()))
+        self._execute(step(self.core, AgentLiveliness(agent, alive), self.clock.wall_ms()).actions)
 
     def _tick(self) -> None:
         self._armed_ms = None
-        self._execute(self.core.tick(self.clock.wall_ms()))
+        self._execute(step(self.core, Tick(), self.clock.wall_ms()).actions)
 
     def _execute(self, actions: list[Action]) -> None:
         for action in actions:
@@ -242,7 +250,7 @@ class NativeShell:
                 self.requery(why)
                 continue
             log.debug("desired state read (%s): %d workloads", why, len(states[0].desired.workloads))
-            self.loop.post(self._call, self.core.on_complete_state, states[0])
+            self.loop.post(self._call, DesiredStateRead, states[0])
             self._stopping.wait(0.2)  # coalesce bursts of triggers into one query per 200 ms
 
     # -- InfluxDB ----------------------------------------------------------
