@@ -34,11 +34,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.stats import percentile  # noqa: E402
+from schemas.liveliness import AgentLiveliness  # noqa: E402
 from schemas.manifest import Manifest, Workload  # noqa: E402
 from schemas.messages import AgentStatus, CompleteState, EnergyReport  # noqa: E402
 from services.scheduler.core import CycleContext, EnergyReported, NodeView, PlacementRequest, schedule  # noqa: E402
 from services.scheduler.native import (  # noqa: E402
-    AgentLiveliness,
     AgentStatusSeen,
     DesiredStateRead,
     NativeConfig,

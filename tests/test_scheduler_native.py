@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import msgspec
 
+from schemas.liveliness import AgentLiveliness
 from schemas.manifest import Manifest, Scheduling, Workload
 from schemas.messages import AgentStatus, Binding, CompleteState, EnergyReport, WorkloadState
 from schemas.state import NOT_SCHEDULED, RUNNING
 from services.scheduler.core import EnergyReported, Tick
 from services.scheduler.native import (
     Action,
-    AgentLiveliness,
     AgentStatusSeen,
     DesiredStateRead,
     NativeConfig,

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from schemas.liveliness import AgentLiveliness
 from schemas.manifest import Manifest, Scheduling, Workload
 from schemas.messages import AgentStatus, Binding, CompleteState, EnergyReport, WorkloadState
 from services.scheduler.core import (
@@ -116,13 +117,6 @@ class DesiredStateRead(msgspec.Struct, frozen=True):
 
 class WorkloadStateSeen(msgspec.Struct, frozen=True):
     state: WorkloadState
-
-
-class AgentLiveliness(msgspec.Struct, frozen=True):
-    """An agent's liveliness token appeared (alive) or vanished."""
-
-    agent: str
-    alive: bool
 
 
 class AgentStatusSeen(msgspec.Struct, frozen=True):

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+from schemas.liveliness import AgentLiveliness
 from schemas.messages import AgentStatus, Binding, CompleteState, EnergyReport, WorkloadState
 from services.bus import Bus, BusConfigError
 from services.bus.loop import EventLoop
@@ -40,7 +41,6 @@ from services.scheduler.core import EnergyReported, Tick
 from services.scheduler.influx import InfluxConfigError, InfluxEnergySource, InfluxSettings, poll_until_stopped
 from services.scheduler.native import (
     Action,
-    AgentLiveliness,
     AgentStatusSeen,
     DesiredStateRead,
     NativeConfig,
