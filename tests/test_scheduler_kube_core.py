@@ -32,7 +32,17 @@ from services.scheduler.kube import (
     request_for_pod,
     step,
 )
-from services.scheduler.kube_leader import Elector, LeaderConfig
+from services.scheduler.kube_leader import (
+    LeaderConfig,
+    LeaderNow,
+    LeaderState,
+    LeaderStep,
+    LeaseRead,
+    LeaseWritten,
+    Releasing,
+)
+from services.scheduler.kube_leader import lost as leader_lost
+from services.scheduler.kube_leader import step as leader_step
 from services.scheduler.kube_plugins import parse_quantity
 from services.scheduler.kube_shell import kube_config
 from services.scheduler.shell import build_parser
@@ -270,29 +280,35 @@ def lease(holder: str, rv: str = "7", renew: str = "2026-01-01T00:00:00.000000Z"
 
 
 def test_elector_creates_renews_waits_and_takes_over_only_after_a_lease_duration() -> None:
-    me = Elector(LeaderConfig(identity="me", lease_duration_s=15, renew_deadline_s=10, retry_period_s=2))
-    created = me.step(None, 0.0, T0)
-    assert (
-        created is not None
-        and created["spec"]["holderIdentity"] == "me"
-        and "resourceVersion" not in created["metadata"]
-    )
-    assert me.step(lease("other"), 1.0, T0) is None  # held by another, just observed
-    assert me.step(lease("other"), 15.9, T0) is None  # unchanged for < 15 s of our clock
-    assert me.step(lease("other", renew="2026-01-01T00:00:05.000000Z"), 16.0, T0) is None  # it renewed: observed anew
-    takeover = me.step(lease("other", renew="2026-01-01T00:00:05.000000Z"), 31.5, T0)
-    assert takeover is not None and takeover["spec"]["holderIdentity"] == "me"
-    assert takeover["metadata"]["resourceVersion"] == "7"  # optimistic concurrency: a stale write gets 409
-    assert takeover["spec"]["leaseTransitions"] == 3
-    assert not me.leading
-    me.on_written(True, 31.5)
-    assert me.leading and not me.lost(41.0) and me.lost(41.6)
-    renew = me.step(lease("me", rv="9"), 33.0, T0 + 2000)
-    assert renew is not None and renew["metadata"]["resourceVersion"] == "9"
-    released = me.release(lease("me", rv="9"), T0)
-    assert released is not None and released["spec"]["holderIdentity"] == ""
-    assert me.release(lease("other"), T0) is None
-    assert Elector(LeaderConfig(identity="x")).step(lease(""), 0.0, T0) is not None  # released: taken at once
+    me = LeaderState(LeaderConfig(identity="me", lease_duration_s=15, renew_deadline_s=10, retry_period_s=2))
+
+    def read(state: LeaderState, lease: dict[str, Any] | None, mono: float, wall_ms: int = T0) -> LeaderStep:
+        return leader_step(state, LeaseRead(lease), LeaderNow(mono, wall_ms))
+
+    [created] = read(me, None, 0.0).actions
+    assert created.create and created.body["spec"]["holderIdentity"] == "me"
+    assert "resourceVersion" not in created.body["metadata"]
+    me = read(me, lease("other"), 1.0).state  # held by another, just observed
+    assert read(me, lease("other"), 1.0).actions == []
+    waited = read(me, lease("other"), 15.9)  # unchanged for < 15 s of our clock
+    assert waited.actions == []
+    renewed = read(waited.state, lease("other", renew="2026-01-01T00:00:05.000000Z"), 16.0)  # it renewed: observed anew
+    assert renewed.actions == []
+    [takeover] = read(renewed.state, lease("other", renew="2026-01-01T00:00:05.000000Z"), 31.5).actions
+    assert not takeover.create and takeover.body["spec"]["holderIdentity"] == "me"
+    assert takeover.body["metadata"]["resourceVersion"] == "7"  # optimistic concurrency: a stale write gets 409
+    assert takeover.body["spec"]["leaseTransitions"] == 3
+    assert not renewed.state.leading
+    assert not leader_step(renewed.state, LeaseWritten(False), LeaderNow(31.5, T0)).state.leading  # a 409
+    me = leader_step(renewed.state, LeaseWritten(True), LeaderNow(31.5, T0)).state
+    assert me.leading and not leader_lost(me, 41.0) and leader_lost(me, 41.6)
+    [renew] = read(me, lease("me", rv="9"), 33.0, T0 + 2000).actions
+    assert renew.body["metadata"]["resourceVersion"] == "9"
+    [released] = leader_step(me, Releasing(lease("me", rv="9")), LeaderNow(34.0, T0)).actions
+    assert released.body["spec"]["holderIdentity"] == ""
+    assert leader_step(me, Releasing(lease("other")), LeaderNow(34.0, T0)).actions == []
+    assert leader_step(me, Releasing(None), LeaderNow(34.0, T0)).actions == []
+    assert read(LeaderState(LeaderConfig(identity="x")), lease(""), 0.0).actions != []  # released: taken at once
 
 
 # -- options -----------------------------------------------------------------------

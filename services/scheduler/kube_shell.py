@@ -48,6 +48,7 @@ from schemas.messages import EnergyReport
 from services.bus import Bus, BusConfigError
 from services.bus.loop import EventLoop
 from services.clock import SYSTEM_CLOCK, Clock
+from services.scheduler import kube_leader
 from services.scheduler.core import EnergyReported, Tick
 from services.scheduler.influx import InfluxConfigError, InfluxEnergySource, InfluxSettings, poll_until_stopped
 from services.scheduler.kube import (
@@ -69,7 +70,7 @@ from services.scheduler.kube import (
     pod_scheduled_patch,
     step,
 )
-from services.scheduler.kube_leader import Elector, LeaderConfig
+from services.scheduler.kube_leader import LeaderConfig, LeaderNow, LeaderState, LeaseRead, LeaseWritten, Releasing
 
 log = logging.getLogger("ank.scheduler.kube")
 
@@ -446,15 +447,20 @@ class KubeShell:
 
 
 class LeaseKeeper:
-    """The I/O of leader election (decisions in kube_leader.Elector): reads
+    """The I/O of leader election (decisions in kube_leader.step): reads
     and writes the Lease every retry period from its own thread."""
 
-    def __init__(self, api_client: Any, elector: Elector, *, request_timeout_s: float, clock: Clock = SYSTEM_CLOCK):
+    def __init__(
+        self, api_client: Any, state: LeaderState, *, request_timeout_s: float, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         from kubernetes import client
 
         self.api: Any = client.CoordinationV1Api(api_client)
-        self.elector, self.clock, self.request_timeout_s = elector, clock, request_timeout_s
-        self.config = elector.config
+        self.state, self.clock, self.request_timeout_s = state, clock, request_timeout_s
+        self.config = state.config
+
+    def _now(self) -> LeaderNow:
+        return LeaderNow(self.clock.monotonic(), self.clock.wall_ms())
 
     def _read(self) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
@@ -471,19 +477,19 @@ class LeaseKeeper:
         _release(response)
         return lease
 
-    def _write(self, current: dict[str, Any] | None, body: dict[str, Any]) -> bool:
+    def _write(self, write: kube_leader.WriteLease) -> bool:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            if current is None:
+            if write.create:
                 response = self.api.create_namespaced_lease(
-                    self.config.namespace, body, _preload_content=False, _request_timeout=self.request_timeout_s
+                    self.config.namespace, write.body, _preload_content=False, _request_timeout=self.request_timeout_s
                 )
             else:
                 response = self.api.replace_namespaced_lease(
                     self.config.name,
                     self.config.namespace,
-                    body,
+                    write.body,
                     _preload_content=False,
                     _request_timeout=self.request_timeout_s,
                 )
@@ -495,10 +501,10 @@ class LeaseKeeper:
         return True
 
     def attempt(self) -> None:
-        lease = self._read()
-        body = self.elector.step(lease, self.clock.monotonic(), self.clock.wall_ms())
-        if body is not None:
-            self.elector.on_written(self._write(lease, body), self.clock.monotonic())
+        decided = kube_leader.step(self.state, LeaseRead(self._read()), self._now())
+        self.state = decided.state
+        for write in decided.actions:
+            self.state = kube_leader.step(self.state, LeaseWritten(self._write(write)), self._now()).state
 
     def run(self, started: Any, lost: Any, stopping: threading.Event) -> None:
         announced = False
@@ -507,7 +513,7 @@ class LeaseKeeper:
                 self.attempt()
             except Exception as exc:
                 log.warning("leader election: %s: %s", type(exc).__name__, exc)
-            if self.elector.lost(self.clock.monotonic()):
+            if kube_leader.lost(self.state, self.clock.monotonic()):
                 log.error(
                     "leader election lost: no renewal of lease %s for %.0f s",
                     self.config.name,
@@ -515,7 +521,7 @@ class LeaseKeeper:
                 )
                 lost()
                 return
-            if self.elector.leading and not announced:
+            if self.state.leading and not announced:
                 announced = True
                 log.info(
                     "leader election: %s holds lease %s/%s",
@@ -525,14 +531,12 @@ class LeaseKeeper:
                 )
                 started()
             period = self.config.retry_period_s
-            stopping.wait(period if self.elector.leading else period * random.uniform(1.0, 1.2))
+            stopping.wait(period if self.state.leading else period * random.uniform(1.0, 1.2))
 
     def release(self) -> None:
         try:
-            lease = self._read()
-            body = self.elector.release(lease, self.clock.wall_ms()) if lease is not None else None
-            if body is not None:
-                self._write(lease, body)
+            for write in kube_leader.step(self.state, Releasing(self._read()), self._now()).actions:
+                self._write(write)
         except Exception as exc:
             log.warning("releasing the lease failed: %s", exc)
 
@@ -662,7 +666,7 @@ def run_kubernetes(args: argparse.Namespace) -> int:
     if args.leader_elect:
         keeper = LeaseKeeper(
             api_client,
-            Elector(
+            LeaderState(
                 LeaderConfig(
                     identity=identity,
                     name=args.leader_elect_resource_name or config.scheduler_name,
@@ -704,7 +708,7 @@ def run_kubernetes(args: argparse.Namespace) -> int:
     finally:
         stopping.set()
         shell.stop()
-        if keeper is not None and exit_code[0] == 0 and keeper.elector.leading:
+        if keeper is not None and exit_code[0] == 0 and keeper.state.leading:
             keeper.release()
         if bus is not None:
             bus.close()
