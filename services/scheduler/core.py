@@ -416,6 +416,17 @@ class Reservations:
             self._by_node.pop(held.node, None)
         return held.node
 
+    @classmethod
+    def of(cls, held: Mapping[str, Reservation]) -> Reservations:
+        reservations = cls()
+        for item, reservation in held.items():
+            reservations.add(item, reservation.node, reservation.cost_wh, reservation.until_ms)
+        return reservations
+
+    def held(self) -> dict[str, Reservation]:
+        """Every reservation, by item (a copy: a frozen state may keep it)."""
+        return dict(self._by_item)
+
     def expired(self, now_ms: int) -> list[str]:
         """The items whose reservation is due by now (for the caller to release)."""
         return [item for item, held in self._by_item.items() if held.until_ms <= now_ms]

@@ -45,11 +45,13 @@ from services.scheduler.native import (
     DesiredStateRead,
     NativeConfig,
     NativeEvent,
-    NativeScheduler,
+    NativeState,
     PublishBinding,
     PublishEvent,
     Requery,
     WorkloadStateSeen,
+    bindings,
+    next_wake_ms,
     step,
 )
 
@@ -114,10 +116,10 @@ def native_config(args: argparse.Namespace) -> NativeConfig:
 
 
 class NativeShell:
-    """Connects a NativeScheduler to the bus. Core calls happen on the loop thread only."""
+    """Connects the native scheduler's core to the bus. Core calls happen on the loop thread only."""
 
     def __init__(
-        self, bus: Bus, loop: EventLoop, core: NativeScheduler, *, clock: Clock = SYSTEM_CLOCK, resync_s: float = 10.0
+        self, bus: Bus, loop: EventLoop, core: NativeState, *, clock: Clock = SYSTEM_CLOCK, resync_s: float = 10.0
     ) -> None:
         self.bus, self.loop, self.core, self.clock = bus, loop, core, clock
         self.resync_s = resync_s
@@ -174,7 +176,7 @@ class NativeShell:
         snapshot: list[Binding] = []
 
         def read() -> None:
-            snapshot.extend(self.core.bindings())
+            snapshot.extend(bindings(self.core))
             done.set()
 
         self.loop.post(read)
@@ -184,15 +186,20 @@ class NativeShell:
 
     # -- loop thread -------------------------------------------------------
     def _call(self, event: Callable[[Any], NativeEvent], msg: Any) -> None:
-        self._execute(step(self.core, event(msg), self.clock.wall_ms()).actions)
+        self._step(event(msg))
 
     def _call_agent(self, agent: str, alive: bool) -> None:
         log.info("agent %s %s", agent, "alive" if alive else "lost")
-        self._execute(step(self.core, AgentLiveliness(agent, alive), self.clock.wall_ms()).actions)
+        self._step(AgentLiveliness(agent, alive))
 
     def _tick(self) -> None:
         self._armed_ms = None
-        self._execute(step(self.core, Tick(), self.clock.wall_ms()).actions)
+        self._step(Tick())
+
+    def _step(self, event: NativeEvent) -> None:
+        decided = step(self.core, event, self.clock.wall_ms())
+        self.core = decided.state
+        self._execute(decided.actions)
 
     def _execute(self, actions: list[Action]) -> None:
         for action in actions:
@@ -211,7 +218,7 @@ class NativeShell:
         self._arm()
 
     def _arm(self) -> None:
-        wake = self.core.next_wake_ms()
+        wake = next_wake_ms(self.core)
         if wake is None or (self._armed_ms is not None and self._armed_ms <= wake):
             return
         self._armed_ms = wake
@@ -283,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ank-scheduler: {exc}", file=sys.stderr)
         return 2
     loop = EventLoop()
-    shell = NativeShell(bus, loop, NativeScheduler(config), resync_s=args.resync_s)
+    shell = NativeShell(bus, loop, NativeState(config), resync_s=args.resync_s)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         loop.stop()
