@@ -22,13 +22,16 @@ from services.scheduler.kube import (
     PRECONDITION,
     BindAnswered,
     BindPod,
+    Decision,
     KubeConfig,
-    KubeScheduler,
+    KubeEvent,
+    KubeState,
     NodesListed,
     PodRef,
     PodUnschedulable,
     PodWatched,
     classify_bind_failure,
+    next_wake_ms,
     request_for_pod,
     step,
 )
@@ -48,6 +51,13 @@ from services.scheduler.kube_shell import kube_config
 from services.scheduler.shell import build_parser
 
 T0 = 1_700_000_000_000
+
+
+def feed(core: KubeState, event: KubeEvent, now: int) -> tuple[KubeState, list[Decision]]:
+    decided = step(core, event, now)
+    return decided.state, decided.actions
+
+
 PREFIX = 'Operation cannot be fulfilled on pods/binding "p": '
 
 
@@ -83,13 +93,13 @@ def pod(name: str, *, uid: str = "u1", node_name: str = "", **spec: Any) -> dict
     }
 
 
-def core_with(
-    nodes: list[dict[str, Any]], assigned: list[dict[str, Any]] | None = None, **config: Any
-) -> KubeScheduler:
-    core = KubeScheduler(KubeConfig(**config))
-    step(core, NodesListed(nodes, assigned or []), T0)
+def core_with(nodes: list[dict[str, Any]], assigned: list[dict[str, Any]] | None = None, **config: Any) -> KubeState:
+    core = KubeState(KubeConfig(**config))
+    core = step(core, NodesListed(nodes, assigned or []), T0).state
     for n in nodes:
-        step(core, EnergyReported(EnergyReport(node=n["metadata"]["name"], energy_wh=50.0, time_ms=T0)), T0)
+        core = step(
+            core, EnergyReported(EnergyReport(node=n["metadata"]["name"], energy_wh=50.0, time_ms=T0)), T0
+        ).state
     return core
 
 
@@ -124,76 +134,109 @@ def test_every_bind_answer_is_classified_by_status_and_message(status: int, mess
     assert classify_bind_failure(status, message) == outcome
 
 
+def test_a_step_returns_a_new_state_and_leaves_the_given_one_as_it_was() -> None:
+    before = step(core_with([node("n1")], max_energy_age_ms=10**9), PodWatched("ADDED", pod("p")), T0).state
+    after, decisions = feed(before, Tick(), T0)
+    assert only_bind(decisions).placement.node == "n1"
+    assert after.pending["default/p"].binding and list(after.in_flight) == ["default/p"]
+    assert not before.pending["default/p"].binding and before.in_flight == {}
+    assert feed(before, Tick(), T0) == (after, decisions)  # the same event on the same state decides the same
+
+
 def test_each_409_is_acted_on_and_releases_the_in_flight_reservation() -> None:
     core = core_with([node("n1")], max_energy_age_ms=10**9)
     for name in ("a", "b", "c", "d"):
-        step(core, PodWatched("ADDED", pod(name, uid=f"uid-{name}")), T0)
-    assert len([d for d in step(core, Tick(), T0).actions if isinstance(d, BindPod)]) == 4
+        core = step(core, PodWatched("ADDED", pod(name, uid=f"uid-{name}")), T0).state
+    core, out = feed(core, Tick(), T0)
+    assert len([d for d in out if isinstance(d, BindPod)]) == 4
     assert len(core.in_flight) == 4
-    assert step(core, BindAnswered(PodRef("default", "a", "uid-a"), ALREADY_BOUND), T0).actions == []
-    assert step(core, BindAnswered(PodRef("default", "b", "uid-b"), DELETING), T0).actions == []
-    assert step(core, BindAnswered(PodRef("default", "c", "uid-c"), GATED), T0).actions == []
-    assert step(core, BindAnswered(PodRef("default", "d", "uid-d"), PRECONDITION), T0).actions == []
+    core, out = feed(core, BindAnswered(PodRef("default", "a", "uid-a"), ALREADY_BOUND), T0)
+    assert out == []
+    core, out = feed(core, BindAnswered(PodRef("default", "b", "uid-b"), DELETING), T0)
+    assert out == []
+    core, out = feed(core, BindAnswered(PodRef("default", "c", "uid-c"), GATED), T0)
+    assert out == []
+    core, out = feed(core, BindAnswered(PodRef("default", "d", "uid-d"), PRECONDITION), T0)
+    assert out == []
     assert len(core.in_flight) == 0  # every reservation released
     assert list(core.pending) == ["default/c"]  # a, b done; d's pod is gone (its successor comes by the watch)
     assert core.pending["default/c"].gated
-    [gated] = step(core, Tick(), T0 + 60_000).actions  # not attempted again while gated: PodScheduled=False instead
+    core, out = feed(core, Tick(), T0 + 60_000)
+    [gated] = out  # not attempted again while gated: PodScheduled=False instead
     assert isinstance(gated, PodUnschedulable) and gated.reason == "SchedulingGated"
-    step(core, PodWatched("MODIFIED", pod("c", uid="uid-c")), T0 + 1)  # the watch: no gates
-    assert only_bind(step(core, Tick(), T0 + 1).actions).pod.name == "c"
+    core = step(core, PodWatched("MODIFIED", pod("c", uid="uid-c")), T0 + 1).state  # the watch: no gates
+    core, out = feed(core, Tick(), T0 + 1)
+    assert only_bind(out).pod.name == "c"
 
 
 def test_uid_precondition_with_a_known_successor_tries_the_successor_at_once() -> None:
     core = core_with([node("n1")])
-    step(core, PodWatched("ADDED", pod("p", uid="old")), T0)
-    only_bind(step(core, Tick(), T0).actions)
-    step(core, PodWatched("DELETED", pod("p", uid="old")), T0)  # our bind is under way: kept
-    step(core, PodWatched("ADDED", pod("p", uid="new")), T0)  # recreated under the same name
-    assert step(core, BindAnswered(PodRef("default", "p", "old"), PRECONDITION), T0 + 5).actions == []
-    assert only_bind(step(core, Tick(), T0 + 5).actions).pod.uid == "new"
+    core = step(core, PodWatched("ADDED", pod("p", uid="old")), T0).state
+    core, out = feed(core, Tick(), T0)
+    only_bind(out)
+    core = step(core, PodWatched("DELETED", pod("p", uid="old")), T0).state  # our bind is under way: kept
+    core = step(core, PodWatched("ADDED", pod("p", uid="new")), T0).state  # recreated under the same name
+    core, out = feed(core, BindAnswered(PodRef("default", "p", "old"), PRECONDITION), T0 + 5)
+    assert out == []
+    core, out = feed(core, Tick(), T0 + 5)
+    assert only_bind(out).pod.uid == "new"
 
 
 def test_a_404_about_a_pod_already_replaced_keeps_its_successor() -> None:
     core = core_with([node("n1")])
-    step(core, PodWatched("ADDED", pod("p", uid="old")), T0)
-    only_bind(step(core, Tick(), T0).actions)
-    step(core, PodWatched("DELETED", pod("p", uid="old")), T0)
-    step(core, PodWatched("ADDED", pod("p", uid="new")), T0)  # arrives before the 404 answered about the old one
-    assert step(core, BindAnswered(PodRef("default", "p", "old"), GONE), T0 + 5).actions == []
-    assert only_bind(step(core, Tick(), T0 + 5).actions).pod.uid == "new"
+    core = step(core, PodWatched("ADDED", pod("p", uid="old")), T0).state
+    core, out = feed(core, Tick(), T0)
+    only_bind(out)
+    core = step(core, PodWatched("DELETED", pod("p", uid="old")), T0).state
+    core = step(
+        core, PodWatched("ADDED", pod("p", uid="new")), T0
+    ).state  # arrives before the 404 answered about the old one
+    core, out = feed(core, BindAnswered(PodRef("default", "p", "old"), GONE), T0 + 5)
+    assert out == []
+    core, out = feed(core, Tick(), T0 + 5)
+    assert only_bind(out).pod.uid == "new"
 
 
 def test_a_client_side_error_is_not_a_bind() -> None:
     core = core_with([node("n1")])
-    step(core, PodWatched("ADDED", pod("p")), T0)
-    only_bind(step(core, Tick(), T0).actions)
-    [failure] = step(
+    core = step(core, PodWatched("ADDED", pod("p")), T0).state
+    core, out = feed(core, Tick(), T0)
+    only_bind(out)
+    core, out = feed(
         core, BindAnswered(PodRef("default", "p", "u1"), ERROR, "ValueError: timeout must be positive"), T0
-    ).actions
+    )
+    [failure] = out
     assert isinstance(failure, PodUnschedulable) and "ValueError" in failure.message
     assert "default/p" in core.pending and len(core.in_flight) == 0
-    assert only_bind(step(core, Tick(), T0 + 1000).actions).pod.name == "p"
+    core, out = feed(core, Tick(), T0 + 1000)
+    assert only_bind(out).pod.name == "p"
 
 
 def test_gated_pod_is_never_attempted_gets_scheduling_gated_once_then_binds_when_ungated() -> None:
     core = core_with([node("n1")], max_energy_age_ms=10**9)
-    step(core, PodWatched("ADDED", pod("g", schedulingGates=[{"name": "example.com/wait"}])), T0)
-    [gated] = step(core, Tick(), T0).actions
+    core = step(core, PodWatched("ADDED", pod("g", schedulingGates=[{"name": "example.com/wait"}])), T0).state
+    core, out = feed(core, Tick(), T0)
+    [gated] = out
     assert isinstance(gated, PodUnschedulable) and gated.reason == "SchedulingGated"
-    assert step(core, Tick(), T0 + 60_000).actions == []  # not attempted, not repeated
-    assert core.next_wake_ms() is None
-    step(core, PodWatched("MODIFIED", pod("g")), T0 + 61_000)
-    assert only_bind(step(core, Tick(), T0 + 61_000).actions).placement.node == "n1"
+    core, out = feed(core, Tick(), T0 + 60_000)
+    assert out == []  # not attempted, not repeated
+    assert next_wake_ms(core) is None
+    core = step(core, PodWatched("MODIFIED", pod("g")), T0 + 61_000).state
+    core, out = feed(core, Tick(), T0 + 61_000)
+    assert only_bind(out).placement.node == "n1"
 
 
 def test_binds_in_flight_are_bounded_and_the_next_cycle_continues() -> None:
     core = core_with([node("n1", pods="1000")], max_binds_in_flight=3)
     for i in range(5):
-        step(core, PodWatched("ADDED", pod(f"p{i}", uid=f"u{i}")), T0)
-    first = [d for d in step(core, Tick(), T0).actions if isinstance(d, BindPod)]
-    assert len(first) == 3 and step(core, Tick(), T0).actions == []
-    step(core, BindAnswered(first[0].pod, BOUND), T0)
-    assert len([d for d in step(core, Tick(), T0).actions if isinstance(d, BindPod)]) == 1
+        core = step(core, PodWatched("ADDED", pod(f"p{i}", uid=f"u{i}")), T0).state
+    core, out = feed(core, Tick(), T0)
+    first = [d for d in out if isinstance(d, BindPod)]
+    core, out = feed(core, Tick(), T0)
+    assert len(first) == 3 and out == []
+    core = step(core, BindAnswered(first[0].pod, BOUND), T0).state
+    core, out = feed(core, Tick(), T0)
+    assert len([d for d in out if isinstance(d, BindPod)]) == 1
 
 
 # -- the kubelet's filters ---------------------------------------------------------
@@ -202,12 +245,14 @@ def test_binds_in_flight_are_bounded_and_the_next_cycle_continues() -> None:
 def test_node_resources_fit_counts_bound_pods_and_binds_in_flight() -> None:
     # n1 is the richest in energy but its cpu is taken by a running pod.
     core = core_with([node("n1"), node("n2")], [pod("running", node_name="n1", requests={"cpu": "1500m"})])
-    step(core, EnergyReported(EnergyReport(node="n1", energy_wh=99.0, time_ms=T0)), T0)
-    step(core, PodWatched("ADDED", pod("big", uid="b", requests={"cpu": "1"})), T0)
-    assert only_bind(step(core, Tick(), T0).actions).placement.node == "n2"
+    core = step(core, EnergyReported(EnergyReport(node="n1", energy_wh=99.0, time_ms=T0)), T0).state
+    core = step(core, PodWatched("ADDED", pod("big", uid="b", requests={"cpu": "1"})), T0).state
+    core, out = feed(core, Tick(), T0)
+    assert only_bind(out).placement.node == "n2"
     # n2 now has 1 cpu in flight: a second 1.5-cpu pod fits nowhere.
-    step(core, PodWatched("ADDED", pod("bigger", uid="c", requests={"cpu": "1.5"})), T0)
-    [failure] = step(core, Tick(), T0).actions
+    core = step(core, PodWatched("ADDED", pod("bigger", uid="c", requests={"cpu": "1.5"})), T0).state
+    core, out = feed(core, Tick(), T0)
+    [failure] = out
     assert isinstance(failure, PodUnschedulable)
     assert failure.message.startswith("0/2 nodes are available: 2 Insufficient cpu")
     assert "n1: Insufficient cpu: requested 1500m, free 500m" in failure.message
@@ -215,8 +260,9 @@ def test_node_resources_fit_counts_bound_pods_and_binds_in_flight() -> None:
 
 def test_too_many_pods() -> None:
     core = core_with([node("n1", pods="1")], [pod("x", node_name="n1")])
-    step(core, PodWatched("ADDED", pod("p", uid="p")), T0)
-    [failure] = step(core, Tick(), T0).actions
+    core = step(core, PodWatched("ADDED", pod("p", uid="p")), T0).state
+    core, out = feed(core, Tick(), T0)
+    [failure] = out
     assert isinstance(failure, PodUnschedulable) and "1 Too many pods" in failure.message
 
 
@@ -230,20 +276,23 @@ def test_node_affinity_required_terms_and_node_selector() -> None:
         }
     }
     core = core_with(nodes)
-    step(core, EnergyReported(EnergyReport(node="a", energy_wh=99.0, time_ms=T0)), T0)
-    step(core, PodWatched("ADDED", pod("p", affinity=affinity)), T0)
-    assert only_bind(step(core, Tick(), T0).actions).placement.node == "b"
-    step(core, PodWatched("ADDED", pod("q", uid="q", affinity=affinity, nodeSelector={"zone": "a"})), T0)
-    [failure] = step(core, Tick(), T0).actions
+    core = step(core, EnergyReported(EnergyReport(node="a", energy_wh=99.0, time_ms=T0)), T0).state
+    core = step(core, PodWatched("ADDED", pod("p", affinity=affinity)), T0).state
+    core, out = feed(core, Tick(), T0)
+    assert only_bind(out).placement.node == "b"
+    core = step(core, PodWatched("ADDED", pod("q", uid="q", affinity=affinity, nodeSelector={"zone": "a"})), T0).state
+    core, out = feed(core, Tick(), T0)
+    [failure] = out
     assert isinstance(failure, PodUnschedulable)
     assert "2 node(s) didn't match Pod's node affinity/selector" in failure.message
 
 
 def test_node_ports_and_pod_anti_affinity() -> None:
     core = core_with([node("a"), node("b")], [pod("web-a", node_name="a", host_ports=[8080], labels={"app": "web"})])
-    step(core, EnergyReported(EnergyReport(node="a", energy_wh=99.0, time_ms=T0)), T0)
-    step(core, PodWatched("ADDED", pod("p", uid="p", host_ports=[8080])), T0)
-    assert only_bind(step(core, Tick(), T0).actions).placement.node == "b"
+    core = step(core, EnergyReported(EnergyReport(node="a", energy_wh=99.0, time_ms=T0)), T0).state
+    core = step(core, PodWatched("ADDED", pod("p", uid="p", host_ports=[8080])), T0).state
+    core, out = feed(core, Tick(), T0)
+    assert only_bind(out).placement.node == "b"
     anti = {
         "podAntiAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": [
@@ -251,8 +300,9 @@ def test_node_ports_and_pod_anti_affinity() -> None:
             ]
         }
     }
-    step(core, PodWatched("ADDED", pod("q", uid="q", affinity=anti)), T0)
-    [failure] = step(core, Tick(), T0).actions  # both nodes share arch arm64, a web pod runs in that domain
+    core = step(core, PodWatched("ADDED", pod("q", uid="q", affinity=anti)), T0).state
+    core, out = feed(core, Tick(), T0)
+    [failure] = out  # both nodes share arch arm64, a web pod runs in that domain
     assert isinstance(failure, PodUnschedulable) and "2 node(s) didn't match pod anti-affinity rules" in failure.message
 
 

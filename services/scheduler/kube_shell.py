@@ -58,7 +58,8 @@ from services.scheduler.kube import (
     BindPod,
     Decision,
     KubeConfig,
-    KubeScheduler,
+    KubeEvent,
+    KubeState,
     NodesListed,
     PodRef,
     PodsListed,
@@ -67,6 +68,7 @@ from services.scheduler.kube import (
     binding_body,
     classify_bind_failure,
     event_body,
+    next_wake_ms,
     pod_scheduled_patch,
     step,
 )
@@ -141,7 +143,7 @@ class KubeShell:
     def __init__(
         self,
         api_client: Any,
-        core: KubeScheduler,
+        core: KubeState,
         loop: EventLoop,
         *,
         clock: Clock = SYSTEM_CLOCK,
@@ -283,11 +285,11 @@ class KubeShell:
 
     # -- loop thread -------------------------------------------------------
     def _relisted(self, items: list[dict[str, Any]]) -> None:
-        step(self.core, PodsListed(items), self.clock.wall_ms())
+        self._step(PodsListed(items))
         self._want_cycle()
 
     def _pod_event(self, kind: str, pod: dict[str, Any]) -> None:
-        step(self.core, PodWatched(kind, pod), self.clock.wall_ms())
+        self._step(PodWatched(kind, pod))
         self._want_cycle()
 
     def on_energy(self, reports: list[EnergyReport]) -> None:
@@ -297,7 +299,7 @@ class KubeShell:
     def _energy(self, reports: list[EnergyReport]) -> None:
         now = self.clock.wall_ms()
         for report in reports:
-            step(self.core, EnergyReported(report), now)
+            self._step(EnergyReported(report), now)
         self._want_cycle()
 
     def _want_cycle(self) -> None:
@@ -314,11 +316,16 @@ class KubeShell:
         self._cycle_posted = False
         if self.core.pending:
             self._refresh_nodes()
-        self._execute(step(self.core, Tick(), self.clock.wall_ms()).actions)
-        wake = self.core.next_wake_ms()
+        self._execute(self._step(Tick()))
+        wake = next_wake_ms(self.core)
         if wake is not None and (self._armed_ms is None or wake < self._armed_ms):
             self._armed_ms = wake
             self.loop.call_later(max(0.0, (wake - self.clock.wall_ms()) / 1000) + 0.001, self._timer)
+
+    def _step(self, event: KubeEvent, now_ms: int | None = None) -> list[Decision]:
+        decided = step(self.core, event, self.clock.wall_ms() if now_ms is None else now_ms)
+        self.core = decided.state
+        return decided.actions
 
     def _execute(self, decisions: list[Decision]) -> None:
         for decision in decisions:
@@ -348,14 +355,14 @@ class KubeShell:
             log.warning("listing nodes and bound pods failed: %s", exc)
             return
         self._nodes_read_at = now
-        step(self.core, NodesListed(nodes, assigned), self.clock.wall_ms())
+        self._step(NodesListed(nodes, assigned))
 
     def _bind(self, decision: BindPod) -> None:
         """Hands the bind to the pool; its outcome comes back to the loop thread."""
         try:
             self._pool.submit(self._bind_in_pool, decision)
         except RuntimeError:  # the pool is shut down: we are stopping
-            step(self.core, BindAnswered(decision.pod, ERROR, "stopping"), self.clock.wall_ms())
+            self._step(BindAnswered(decision.pod, ERROR, "stopping"))
 
     def _bind_in_pool(self, decision: BindPod) -> None:
         outcome, detail = self.bind_outcome(decision.pod, decision.placement.node)
@@ -386,7 +393,7 @@ class KubeShell:
 
     def _bind_done(self, decision: BindPod, outcome: str, detail: str) -> None:
         pod, placement = decision.pod, decision.placement
-        decisions = step(self.core, BindAnswered(pod, outcome, detail), self.clock.wall_ms()).actions
+        decisions = self._step(BindAnswered(pod, outcome, detail))
         if outcome == BOUND:
             self.bound += 1
             log.info("bind %s -> %s: %s", pod.key, placement.node, placement.reason)
@@ -641,7 +648,7 @@ def run_kubernetes(args: argparse.Namespace) -> int:
     identity = args.leader_elect_identity or f"{socket.gethostname()}_{uuid.uuid4()}"
     shell = KubeShell(
         api_client,
-        KubeScheduler(config),
+        KubeState(config),
         loop,
         watch_timeout_s=args.watch_timeout_s,
         request_timeout_s=args.request_timeout_s,
