@@ -1,7 +1,7 @@
 """Scheduler benchmarks.
 
 P6  native placements per second with 100 nodes: the native core
-    (NativeScheduler: filter, score, normalise, reserve, Binding action) fed
+    (native.step: filter, score, normalise, reserve, Binding action) fed
     batches of 100 new NotScheduled workloads; p50/p99 are the placement
     rates of the median and the slowest-1 % batch. floor = the bare
     framework (`core.schedule` on 100 NodeViews) per placement. The bus put
@@ -34,21 +34,30 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.stats import percentile  # noqa: E402
+from schemas.liveliness import AgentLiveliness  # noqa: E402
 from schemas.manifest import Manifest, Workload  # noqa: E402
 from schemas.messages import AgentStatus, CompleteState, EnergyReport  # noqa: E402
-from services.scheduler.core import CycleContext, NodeView, PlacementRequest, schedule  # noqa: E402
-from services.scheduler.native import NativeConfig, NativeScheduler  # noqa: E402
+from services.scheduler.core import CycleContext, EnergyReported, NodeView, PlacementRequest, schedule  # noqa: E402
+from services.scheduler.native import (  # noqa: E402
+    AgentStatusSeen,
+    DesiredStateRead,
+    NativeConfig,
+    NativeState,
+    step,
+)
 
 T0 = 1_700_000_000_000
 
 
 def bench_native(batches: int) -> dict[str, Any]:
-    core = NativeScheduler(NativeConfig(max_energy_age_ms=10**12))
+    core = NativeState(NativeConfig(max_energy_age_ms=10**12))
     for i in range(100):
         name = f"node-{i:03d}"
-        core.on_agent(name, True, T0)
-        core.on_agent_status(AgentStatus(agent=name, arch="arm64", os="linux", tags={"zone": "a"}), T0)
-        core.on_energy(EnergyReport(node=name, energy_wh=100.0 + i, time_ms=T0), T0)
+        core = step(core, AgentLiveliness(name, True), T0).state
+        core = step(
+            core, AgentStatusSeen(AgentStatus(agent=name, arch="arm64", os="linux", tags={"zone": "a"})), T0
+        ).state
+        core = step(core, EnergyReported(EnergyReport(node=name, energy_wh=100.0 + i, time_ms=T0)), T0).state
     workloads: dict[str, Workload] = {}
     rates: list[float] = []
     placed = 0
@@ -57,7 +66,8 @@ def bench_native(batches: int) -> dict[str, Any]:
             workloads[f"w{b:04d}-{i:03d}"] = Workload(runtime="process", agent="")
         state = CompleteState(desired=Manifest(api_version="v1", workloads=dict(workloads)))
         start = time.perf_counter()
-        actions = core.on_complete_state(state, T0 + b)
+        decided = step(core, DesiredStateRead(state), T0 + b)
+        core, actions = decided.state, decided.actions
         elapsed = time.perf_counter() - start
         placed += sum(1 for a in actions if type(a).__name__ == "PublishBinding")
         rates.append(100 / elapsed)

@@ -200,7 +200,7 @@ def test_a_services_own_long_event_is_truncated_to_fit_its_cap() -> None:
 def test_retained_event_buffers_are_capped_in_bytes() -> None:
     view = model.DashboardView()
     for i in range(100):
-        view, _ = model.apply_event(view, Event(kind="k", message=f"{i}" + "y" * 15_000))
+        view, _ = model.step(view, Event(kind="k", message=f"{i}" + "y" * 15_000), 0)
     assert sum(model.event_size(e) for e in view.events) <= view.max_event_bytes
     assert view.events[-1].message.startswith("99")
 

@@ -3,9 +3,11 @@ normalisation, tie-break, reserve, backoff. Pure: no bus, no clock."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from services.scheduler.core import (
+    ENERGY_FILTERS,
     POLICIES,
     CycleContext,
     NodeView,
@@ -13,11 +15,11 @@ from services.scheduler.core import (
     Placement,
     PlacementRequest,
     Profile,
+    Reservations,
     Taint,
     Toleration,
     backoff_ms,
     normalise,
-    reserve,
     schedule,
 )
 
@@ -102,15 +104,42 @@ def test_reserve_keeps_a_node_that_would_drop_below_it() -> None:
 
 def test_in_flight_reservations_spread_a_burst_across_nodes() -> None:
     views = {"a": node("a", 50), "b": node("b", 48), "c": node("c", 45)}
+    in_flight = Reservations()
     chosen = []
     for i in range(6):
         result = schedule(req(workload=f"w{i}", energy_cost_wh=2), list(views.values()), ctx())
         name = placed(result)
         chosen.append(name)
-        views[name] = reserve(views[name], 2)
+        in_flight.add(f"w{i}", name, 2, NOW + 30_000)
+        views[name] = msgspec.structs.replace(views[name], reserved_wh=in_flight.reserved_wh(name))
     # a:50 -> 48 (tie with b, a wins by name) -> 46; b:48 -> 46; ... each node gets work
     assert chosen == ["a", "a", "b", "a", "b", "c"]
     assert set(chosen) == {"a", "b", "c"}
+
+
+def test_a_rejection_names_its_filter_as_a_typed_reason() -> None:
+    stale = node("stale", 99, energy_time_ms=NOW - 60_000, arch="arm64")
+    poor = node("poor", 5, arch="arm64")
+    other = node("other", 99, arch="amd64")
+    result = schedule(req(min_energy_wh=10, selector={"arch": "arm64"}), [stale, poor, other], ctx())
+    assert isinstance(result, NoFit)
+    assert result.filters == {"stale": "EnergyFresh", "poor": "EnergyReserve", "other": "Selector"}
+    assert {n for n, f in result.filters.items() if f in ENERGY_FILTERS} == {"stale", "poor"}
+
+
+def test_reservations_count_per_node_until_released_or_expired() -> None:
+    in_flight = Reservations()
+    in_flight.add("w1", "a", 2, NOW + 1000)
+    in_flight.add("w2", "a", 3, NOW + 2000)
+    in_flight.add("w3", "b", 1, NOW + 500)
+    assert (in_flight.reserved_wh("a"), in_flight.reserved_wh("b")) == (5, 1)
+    assert in_flight.next_expiry_ms() == NOW + 500
+    assert in_flight.release("w1") == "a" and in_flight.release("w1") is None
+    assert in_flight.reserved_wh("a") == 3
+    in_flight.add("w2", "b", 4, NOW + 2000)  # re-placed: counted on its new node only
+    assert (in_flight.reserved_wh("a"), in_flight.reserved_wh("b")) == (0, 5)
+    assert sorted(in_flight.expired(NOW + 500)) == ["w3"] and len(in_flight) == 2
+    assert in_flight.node_of("w2") == "b" and "w3" in in_flight
 
 
 def test_taints_need_a_matching_toleration() -> None:

@@ -20,23 +20,37 @@ import pytest
 from schemas.messages import EnergyReport
 from services.bus import Bus
 from services.bus.loop import EventLoop
+from services.scheduler.core import EnergyReported, Tick
 from services.scheduler.kube import (
     ALREADY_BOUND,
     BOUND,
     ERROR,
+    BindAnswered,
     BindPod,
+    Decision,
     KubeConfig,
-    KubeScheduler,
+    KubeEvent,
+    KubeState,
+    NodesListed,
     PodRef,
+    PodsListed,
     PodUnschedulable,
+    PodWatched,
+    next_wake_ms,
     node_view,
     request_for_pod,
+    step,
 )
 from services.scheduler.kube_shell import KubeShell, load_api_client
 from tests.helpers import ROOT, child_env, stop_process, wait_for
 from tests.k8s_standin import KubeStandIn, running_standin
 
 T0 = 1_700_000_000_000
+
+
+def feed(core: KubeState, event: KubeEvent, now: int) -> tuple[KubeState, list[Decision]]:
+    decided = step(core, event, now)
+    return decided.state, decided.actions
 
 
 def k8s_node(name: str, arch: str = "arm64", ready: str = "True", **spec: object) -> dict[str, object]:
@@ -94,60 +108,68 @@ def test_pod_request_carries_node_selector_arch_tolerations_and_annotations() ->
 
 
 def test_male_binds_to_the_arm64_ready_schedulable_node_with_most_energy() -> None:
-    core = KubeScheduler()
-    core.on_nodes(
-        [
-            k8s_node("rich-amd", arch="amd64"),
-            k8s_node("rich-notready", ready="False"),
-            k8s_node("rich-cordoned", unschedulable=True),
-            k8s_node("rich-tainted", taints=[{"key": "gpu", "effect": "NoSchedule"}]),
-            k8s_node("mid"),
-            k8s_node("poor"),
-        ],
+    core = KubeState()
+    core = step(
+        core,
+        NodesListed(
+            [
+                k8s_node("rich-amd", arch="amd64"),
+                k8s_node("rich-notready", ready="False"),
+                k8s_node("rich-cordoned", unschedulable=True),
+                k8s_node("rich-tainted", taints=[{"key": "gpu", "effect": "NoSchedule"}]),
+                k8s_node("mid"),
+                k8s_node("poor"),
+            ]
+        ),
         T0,
-    )
+    ).state
     for name in ("rich-amd", "rich-notready", "rich-cordoned", "rich-tainted"):
-        core.on_energy(report(name, 99), T0)
-    core.on_energy(report("mid", 60), T0)
-    core.on_energy(report("poor", 20), T0)
-    core.on_pod("ADDED", k8s_pod("p"), T0)
-    [decision] = core.decide(T0)
+        core = step(core, EnergyReported(report(name, 99)), T0).state
+    core = step(core, EnergyReported(report("mid", 60)), T0).state
+    core = step(core, EnergyReported(report("poor", 20)), T0).state
+    core = step(core, PodWatched("ADDED", k8s_pod("p")), T0).state
+    core, out = feed(core, Tick(), T0)
+    [decision] = out
     assert isinstance(decision, BindPod) and decision.placement.node == "mid"
 
 
 def test_unschedulable_pod_backs_off_and_retries_at_once_on_energy() -> None:
-    core = KubeScheduler()
-    core.on_nodes([k8s_node("n1")], T0)
-    core.on_pod("ADDED", k8s_pod("p"), T0)
-    [failure] = core.decide(T0)
+    core = KubeState()
+    core = step(core, NodesListed([k8s_node("n1")]), T0).state
+    core = step(core, PodWatched("ADDED", k8s_pod("p")), T0).state
+    core, out = feed(core, Tick(), T0)
+    [failure] = out
     assert isinstance(failure, PodUnschedulable) and "n1: no energy report" in failure.message
-    assert core.next_wake_ms() == T0 + 1000
-    core.on_energy(report("n1", 50, T0 + 10), T0 + 10)
-    [decision] = core.decide(T0 + 10)
+    assert next_wake_ms(core) == T0 + 1000
+    core = step(core, EnergyReported(report("n1", 50, T0 + 10)), T0 + 10).state
+    core, out = feed(core, Tick(), T0 + 10)
+    [decision] = out
     assert isinstance(decision, BindPod)
 
 
 def test_bind_conflict_is_done_not_an_error_and_bind_error_backs_off() -> None:
-    core = KubeScheduler()
-    core.on_nodes([k8s_node("n1")], T0)
-    core.on_energy(report("n1", 50), T0)
-    core.on_pod("ADDED", k8s_pod("a"), T0)
-    core.on_pod("ADDED", k8s_pod("b"), T0)
-    decisions = core.decide(T0)
+    core = KubeState()
+    core = step(core, NodesListed([k8s_node("n1")]), T0).state
+    core = step(core, EnergyReported(report("n1", 50)), T0).state
+    core = step(core, PodWatched("ADDED", k8s_pod("a")), T0).state
+    core = step(core, PodWatched("ADDED", k8s_pod("b")), T0).state
+    core, decisions = feed(core, Tick(), T0)
     assert [d.pod.name for d in decisions if isinstance(d, BindPod)] == ["a", "b"]
-    assert core.on_bind_result(PodRef("robots", "a"), ALREADY_BOUND, T0) is None
-    failure = core.on_bind_result(PodRef("robots", "b"), ERROR, T0, "HTTP 500")
-    assert failure is not None and "binding failed: HTTP 500" in failure.message
-    assert list(core.pending) == ["robots/b"] and core.next_wake_ms() == T0 + 1000
+    core, out = feed(core, BindAnswered(PodRef("robots", "a"), ALREADY_BOUND), T0)
+    assert out == []
+    core, out = feed(core, BindAnswered(PodRef("robots", "b"), ERROR, "HTTP 500"), T0)
+    [failure] = out
+    assert isinstance(failure, PodUnschedulable) and "binding failed: HTTP 500" in failure.message
+    assert list(core.pending) == ["robots/b"] and next_wake_ms(core) == T0 + 1000
 
 
 def test_pods_bound_elsewhere_or_of_other_schedulers_are_not_ours() -> None:
-    core = KubeScheduler()
-    core.on_pod("ADDED", k8s_pod("x", nodeName="n9"), T0)
-    core.on_pod("ADDED", {**k8s_pod("y"), "spec": {"schedulerName": "default-scheduler"}}, T0)
+    core = KubeState()
+    core = step(core, PodWatched("ADDED", k8s_pod("x", nodeName="n9")), T0).state
+    core = step(core, PodWatched("ADDED", {**k8s_pod("y"), "spec": {"schedulerName": "default-scheduler"}}), T0).state
     assert core.pending == {}
-    core.on_pod("ADDED", k8s_pod("z"), T0)
-    core.on_relist([], T0)
+    core = step(core, PodWatched("ADDED", k8s_pod("z")), T0).state
+    core = step(core, PodsListed([]), T0).state
     assert core.pending == {}
 
 
@@ -283,7 +305,7 @@ def test_bind_answers_409_already_bound_without_error_through_the_real_client(tm
             if saved is not None:
                 os.environ["KUBERNETES_SERVICE_HOST"] = saved
         assert where.startswith("kubeconfig")
-        shell = KubeShell(api_client, KubeScheduler(), EventLoop())
+        shell = KubeShell(api_client, KubeState(), EventLoop())
         try:
             assert shell.bind_outcome(PodRef("default", "taken"), "arm-1")[0] == ALREADY_BOUND
             assert shell.bind_outcome(PodRef("default", "free"), "arm-1") == (BOUND, "")

@@ -32,7 +32,7 @@ from services.scheduler.kube import (
     GATED,
     GONE,
     PRECONDITION,
-    KubeScheduler,
+    KubeState,
     PodRef,
 )
 from services.scheduler.kube_shell import KubeShell, load_api_client
@@ -94,7 +94,7 @@ def in_process_shell(standin: KubeStandIn, tmp_path: Path, request_timeout_s: fl
     finally:
         if saved is not None:
             os.environ["KUBERNETES_SERVICE_HOST"] = saved
-    return api_client, KubeShell(api_client, KubeScheduler(), EventLoop(), request_timeout_s=request_timeout_s)
+    return api_client, KubeShell(api_client, KubeState(), EventLoop(), request_timeout_s=request_timeout_s)
 
 
 def conditions(standin: KubeStandIn, name: str) -> dict[str, dict[str, Any]]:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from schemas.messages import EnergyReport
+from services.scheduler.core import EnergyReported, Tick
 from services.scheduler.kube import (
     ALREADY_BOUND,
     BOUND,
@@ -19,20 +20,44 @@ from services.scheduler.kube import (
     GATED,
     GONE,
     PRECONDITION,
+    BindAnswered,
     BindPod,
+    Decision,
     KubeConfig,
-    KubeScheduler,
+    KubeEvent,
+    KubeState,
+    NodesListed,
     PodRef,
     PodUnschedulable,
+    PodWatched,
     classify_bind_failure,
+    next_wake_ms,
     request_for_pod,
+    step,
 )
-from services.scheduler.kube_leader import Elector, LeaderConfig
+from services.scheduler.kube_leader import (
+    LeaderConfig,
+    LeaderNow,
+    LeaderState,
+    LeaderStep,
+    LeaseRead,
+    LeaseWritten,
+    Releasing,
+)
+from services.scheduler.kube_leader import lost as leader_lost
+from services.scheduler.kube_leader import step as leader_step
 from services.scheduler.kube_plugins import parse_quantity
 from services.scheduler.kube_shell import kube_config
 from services.scheduler.shell import build_parser
 
 T0 = 1_700_000_000_000
+
+
+def feed(core: KubeState, event: KubeEvent, now: int) -> tuple[KubeState, list[Decision]]:
+    decided = step(core, event, now)
+    return decided.state, decided.actions
+
+
 PREFIX = 'Operation cannot be fulfilled on pods/binding "p": '
 
 
@@ -68,13 +93,13 @@ def pod(name: str, *, uid: str = "u1", node_name: str = "", **spec: Any) -> dict
     }
 
 
-def core_with(
-    nodes: list[dict[str, Any]], assigned: list[dict[str, Any]] | None = None, **config: Any
-) -> KubeScheduler:
-    core = KubeScheduler(KubeConfig(**config))
-    core.on_nodes(nodes, T0, assigned or [])
+def core_with(nodes: list[dict[str, Any]], assigned: list[dict[str, Any]] | None = None, **config: Any) -> KubeState:
+    core = KubeState(KubeConfig(**config))
+    core = step(core, NodesListed(nodes, assigned or []), T0).state
     for n in nodes:
-        core.on_energy(EnergyReport(node=n["metadata"]["name"], energy_wh=50.0, time_ms=T0), T0)
+        core = step(
+            core, EnergyReported(EnergyReport(node=n["metadata"]["name"], energy_wh=50.0, time_ms=T0)), T0
+        ).state
     return core
 
 
@@ -109,74 +134,109 @@ def test_every_bind_answer_is_classified_by_status_and_message(status: int, mess
     assert classify_bind_failure(status, message) == outcome
 
 
+def test_a_step_returns_a_new_state_and_leaves_the_given_one_as_it_was() -> None:
+    before = step(core_with([node("n1")], max_energy_age_ms=10**9), PodWatched("ADDED", pod("p")), T0).state
+    after, decisions = feed(before, Tick(), T0)
+    assert only_bind(decisions).placement.node == "n1"
+    assert after.pending["default/p"].binding and list(after.in_flight) == ["default/p"]
+    assert not before.pending["default/p"].binding and before.in_flight == {}
+    assert feed(before, Tick(), T0) == (after, decisions)  # the same event on the same state decides the same
+
+
 def test_each_409_is_acted_on_and_releases_the_in_flight_reservation() -> None:
     core = core_with([node("n1")], max_energy_age_ms=10**9)
     for name in ("a", "b", "c", "d"):
-        core.on_pod("ADDED", pod(name, uid=f"uid-{name}"), T0)
-    assert len([d for d in core.decide(T0) if isinstance(d, BindPod)]) == 4
+        core = step(core, PodWatched("ADDED", pod(name, uid=f"uid-{name}")), T0).state
+    core, out = feed(core, Tick(), T0)
+    assert len([d for d in out if isinstance(d, BindPod)]) == 4
     assert len(core.in_flight) == 4
-    assert core.on_bind_result(PodRef("default", "a", "uid-a"), ALREADY_BOUND, T0) is None
-    assert core.on_bind_result(PodRef("default", "b", "uid-b"), DELETING, T0) is None
-    assert core.on_bind_result(PodRef("default", "c", "uid-c"), GATED, T0) is None
-    assert core.on_bind_result(PodRef("default", "d", "uid-d"), PRECONDITION, T0) is None
-    assert core.in_flight == {}  # every reservation released
+    core, out = feed(core, BindAnswered(PodRef("default", "a", "uid-a"), ALREADY_BOUND), T0)
+    assert out == []
+    core, out = feed(core, BindAnswered(PodRef("default", "b", "uid-b"), DELETING), T0)
+    assert out == []
+    core, out = feed(core, BindAnswered(PodRef("default", "c", "uid-c"), GATED), T0)
+    assert out == []
+    core, out = feed(core, BindAnswered(PodRef("default", "d", "uid-d"), PRECONDITION), T0)
+    assert out == []
+    assert len(core.in_flight) == 0  # every reservation released
     assert list(core.pending) == ["default/c"]  # a, b done; d's pod is gone (its successor comes by the watch)
     assert core.pending["default/c"].gated
-    [gated] = core.decide(T0 + 60_000)  # not attempted again while gated: PodScheduled=False instead
+    core, out = feed(core, Tick(), T0 + 60_000)
+    [gated] = out  # not attempted again while gated: PodScheduled=False instead
     assert isinstance(gated, PodUnschedulable) and gated.reason == "SchedulingGated"
-    core.on_pod("MODIFIED", pod("c", uid="uid-c"), T0 + 1)  # the watch: no gates
-    assert only_bind(core.decide(T0 + 1)).pod.name == "c"
+    core = step(core, PodWatched("MODIFIED", pod("c", uid="uid-c")), T0 + 1).state  # the watch: no gates
+    core, out = feed(core, Tick(), T0 + 1)
+    assert only_bind(out).pod.name == "c"
 
 
 def test_uid_precondition_with_a_known_successor_tries_the_successor_at_once() -> None:
     core = core_with([node("n1")])
-    core.on_pod("ADDED", pod("p", uid="old"), T0)
-    only_bind(core.decide(T0))
-    core.on_pod("DELETED", pod("p", uid="old"), T0)  # our bind is under way: kept
-    core.on_pod("ADDED", pod("p", uid="new"), T0)  # recreated under the same name
-    assert core.on_bind_result(PodRef("default", "p", "old"), PRECONDITION, T0 + 5) is None
-    assert only_bind(core.decide(T0 + 5)).pod.uid == "new"
+    core = step(core, PodWatched("ADDED", pod("p", uid="old")), T0).state
+    core, out = feed(core, Tick(), T0)
+    only_bind(out)
+    core = step(core, PodWatched("DELETED", pod("p", uid="old")), T0).state  # our bind is under way: kept
+    core = step(core, PodWatched("ADDED", pod("p", uid="new")), T0).state  # recreated under the same name
+    core, out = feed(core, BindAnswered(PodRef("default", "p", "old"), PRECONDITION), T0 + 5)
+    assert out == []
+    core, out = feed(core, Tick(), T0 + 5)
+    assert only_bind(out).pod.uid == "new"
 
 
 def test_a_404_about_a_pod_already_replaced_keeps_its_successor() -> None:
     core = core_with([node("n1")])
-    core.on_pod("ADDED", pod("p", uid="old"), T0)
-    only_bind(core.decide(T0))
-    core.on_pod("DELETED", pod("p", uid="old"), T0)
-    core.on_pod("ADDED", pod("p", uid="new"), T0)  # arrives before the 404 answered about the old one
-    assert core.on_bind_result(PodRef("default", "p", "old"), GONE, T0 + 5) is None
-    assert only_bind(core.decide(T0 + 5)).pod.uid == "new"
+    core = step(core, PodWatched("ADDED", pod("p", uid="old")), T0).state
+    core, out = feed(core, Tick(), T0)
+    only_bind(out)
+    core = step(core, PodWatched("DELETED", pod("p", uid="old")), T0).state
+    core = step(
+        core, PodWatched("ADDED", pod("p", uid="new")), T0
+    ).state  # arrives before the 404 answered about the old one
+    core, out = feed(core, BindAnswered(PodRef("default", "p", "old"), GONE), T0 + 5)
+    assert out == []
+    core, out = feed(core, Tick(), T0 + 5)
+    assert only_bind(out).pod.uid == "new"
 
 
 def test_a_client_side_error_is_not_a_bind() -> None:
     core = core_with([node("n1")])
-    core.on_pod("ADDED", pod("p"), T0)
-    only_bind(core.decide(T0))
-    failure = core.on_bind_result(PodRef("default", "p", "u1"), ERROR, T0, "ValueError: timeout must be positive")
+    core = step(core, PodWatched("ADDED", pod("p")), T0).state
+    core, out = feed(core, Tick(), T0)
+    only_bind(out)
+    core, out = feed(
+        core, BindAnswered(PodRef("default", "p", "u1"), ERROR, "ValueError: timeout must be positive"), T0
+    )
+    [failure] = out
     assert isinstance(failure, PodUnschedulable) and "ValueError" in failure.message
-    assert "default/p" in core.pending and core.in_flight == {}
-    assert only_bind(core.decide(T0 + 1000)).pod.name == "p"
+    assert "default/p" in core.pending and len(core.in_flight) == 0
+    core, out = feed(core, Tick(), T0 + 1000)
+    assert only_bind(out).pod.name == "p"
 
 
 def test_gated_pod_is_never_attempted_gets_scheduling_gated_once_then_binds_when_ungated() -> None:
     core = core_with([node("n1")], max_energy_age_ms=10**9)
-    core.on_pod("ADDED", pod("g", schedulingGates=[{"name": "example.com/wait"}]), T0)
-    [gated] = core.decide(T0)
+    core = step(core, PodWatched("ADDED", pod("g", schedulingGates=[{"name": "example.com/wait"}])), T0).state
+    core, out = feed(core, Tick(), T0)
+    [gated] = out
     assert isinstance(gated, PodUnschedulable) and gated.reason == "SchedulingGated"
-    assert core.decide(T0 + 60_000) == []  # not attempted, not repeated
-    assert core.next_wake_ms() is None
-    core.on_pod("MODIFIED", pod("g"), T0 + 61_000)
-    assert only_bind(core.decide(T0 + 61_000)).placement.node == "n1"
+    core, out = feed(core, Tick(), T0 + 60_000)
+    assert out == []  # not attempted, not repeated
+    assert next_wake_ms(core) is None
+    core = step(core, PodWatched("MODIFIED", pod("g")), T0 + 61_000).state
+    core, out = feed(core, Tick(), T0 + 61_000)
+    assert only_bind(out).placement.node == "n1"
 
 
 def test_binds_in_flight_are_bounded_and_the_next_cycle_continues() -> None:
     core = core_with([node("n1", pods="1000")], max_binds_in_flight=3)
     for i in range(5):
-        core.on_pod("ADDED", pod(f"p{i}", uid=f"u{i}"), T0)
-    first = [d for d in core.decide(T0) if isinstance(d, BindPod)]
-    assert len(first) == 3 and core.decide(T0) == []
-    core.on_bind_result(first[0].pod, BOUND, T0)
-    assert len([d for d in core.decide(T0) if isinstance(d, BindPod)]) == 1
+        core = step(core, PodWatched("ADDED", pod(f"p{i}", uid=f"u{i}")), T0).state
+    core, out = feed(core, Tick(), T0)
+    first = [d for d in out if isinstance(d, BindPod)]
+    core, out = feed(core, Tick(), T0)
+    assert len(first) == 3 and out == []
+    core = step(core, BindAnswered(first[0].pod, BOUND), T0).state
+    core, out = feed(core, Tick(), T0)
+    assert len([d for d in out if isinstance(d, BindPod)]) == 1
 
 
 # -- the kubelet's filters ---------------------------------------------------------
@@ -185,12 +245,14 @@ def test_binds_in_flight_are_bounded_and_the_next_cycle_continues() -> None:
 def test_node_resources_fit_counts_bound_pods_and_binds_in_flight() -> None:
     # n1 is the richest in energy but its cpu is taken by a running pod.
     core = core_with([node("n1"), node("n2")], [pod("running", node_name="n1", requests={"cpu": "1500m"})])
-    core.on_energy(EnergyReport(node="n1", energy_wh=99.0, time_ms=T0), T0)
-    core.on_pod("ADDED", pod("big", uid="b", requests={"cpu": "1"}), T0)
-    assert only_bind(core.decide(T0)).placement.node == "n2"
+    core = step(core, EnergyReported(EnergyReport(node="n1", energy_wh=99.0, time_ms=T0)), T0).state
+    core = step(core, PodWatched("ADDED", pod("big", uid="b", requests={"cpu": "1"})), T0).state
+    core, out = feed(core, Tick(), T0)
+    assert only_bind(out).placement.node == "n2"
     # n2 now has 1 cpu in flight: a second 1.5-cpu pod fits nowhere.
-    core.on_pod("ADDED", pod("bigger", uid="c", requests={"cpu": "1.5"}), T0)
-    [failure] = core.decide(T0)
+    core = step(core, PodWatched("ADDED", pod("bigger", uid="c", requests={"cpu": "1.5"})), T0).state
+    core, out = feed(core, Tick(), T0)
+    [failure] = out
     assert isinstance(failure, PodUnschedulable)
     assert failure.message.startswith("0/2 nodes are available: 2 Insufficient cpu")
     assert "n1: Insufficient cpu: requested 1500m, free 500m" in failure.message
@@ -198,8 +260,9 @@ def test_node_resources_fit_counts_bound_pods_and_binds_in_flight() -> None:
 
 def test_too_many_pods() -> None:
     core = core_with([node("n1", pods="1")], [pod("x", node_name="n1")])
-    core.on_pod("ADDED", pod("p", uid="p"), T0)
-    [failure] = core.decide(T0)
+    core = step(core, PodWatched("ADDED", pod("p", uid="p")), T0).state
+    core, out = feed(core, Tick(), T0)
+    [failure] = out
     assert isinstance(failure, PodUnschedulable) and "1 Too many pods" in failure.message
 
 
@@ -213,20 +276,23 @@ def test_node_affinity_required_terms_and_node_selector() -> None:
         }
     }
     core = core_with(nodes)
-    core.on_energy(EnergyReport(node="a", energy_wh=99.0, time_ms=T0), T0)
-    core.on_pod("ADDED", pod("p", affinity=affinity), T0)
-    assert only_bind(core.decide(T0)).placement.node == "b"
-    core.on_pod("ADDED", pod("q", uid="q", affinity=affinity, nodeSelector={"zone": "a"}), T0)
-    [failure] = core.decide(T0)
+    core = step(core, EnergyReported(EnergyReport(node="a", energy_wh=99.0, time_ms=T0)), T0).state
+    core = step(core, PodWatched("ADDED", pod("p", affinity=affinity)), T0).state
+    core, out = feed(core, Tick(), T0)
+    assert only_bind(out).placement.node == "b"
+    core = step(core, PodWatched("ADDED", pod("q", uid="q", affinity=affinity, nodeSelector={"zone": "a"})), T0).state
+    core, out = feed(core, Tick(), T0)
+    [failure] = out
     assert isinstance(failure, PodUnschedulable)
     assert "2 node(s) didn't match Pod's node affinity/selector" in failure.message
 
 
 def test_node_ports_and_pod_anti_affinity() -> None:
     core = core_with([node("a"), node("b")], [pod("web-a", node_name="a", host_ports=[8080], labels={"app": "web"})])
-    core.on_energy(EnergyReport(node="a", energy_wh=99.0, time_ms=T0), T0)
-    core.on_pod("ADDED", pod("p", uid="p", host_ports=[8080]), T0)
-    assert only_bind(core.decide(T0)).placement.node == "b"
+    core = step(core, EnergyReported(EnergyReport(node="a", energy_wh=99.0, time_ms=T0)), T0).state
+    core = step(core, PodWatched("ADDED", pod("p", uid="p", host_ports=[8080])), T0).state
+    core, out = feed(core, Tick(), T0)
+    assert only_bind(out).placement.node == "b"
     anti = {
         "podAntiAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": [
@@ -234,8 +300,9 @@ def test_node_ports_and_pod_anti_affinity() -> None:
             ]
         }
     }
-    core.on_pod("ADDED", pod("q", uid="q", affinity=anti), T0)
-    [failure] = core.decide(T0)  # both nodes share arch arm64, a web pod runs in that domain
+    core = step(core, PodWatched("ADDED", pod("q", uid="q", affinity=anti)), T0).state
+    core, out = feed(core, Tick(), T0)
+    [failure] = out  # both nodes share arch arm64, a web pod runs in that domain
     assert isinstance(failure, PodUnschedulable) and "2 node(s) didn't match pod anti-affinity rules" in failure.message
 
 
@@ -263,29 +330,35 @@ def lease(holder: str, rv: str = "7", renew: str = "2026-01-01T00:00:00.000000Z"
 
 
 def test_elector_creates_renews_waits_and_takes_over_only_after_a_lease_duration() -> None:
-    me = Elector(LeaderConfig(identity="me", lease_duration_s=15, renew_deadline_s=10, retry_period_s=2))
-    created = me.step(None, 0.0, T0)
-    assert (
-        created is not None
-        and created["spec"]["holderIdentity"] == "me"
-        and "resourceVersion" not in created["metadata"]
-    )
-    assert me.step(lease("other"), 1.0, T0) is None  # held by another, just observed
-    assert me.step(lease("other"), 15.9, T0) is None  # unchanged for < 15 s of our clock
-    assert me.step(lease("other", renew="2026-01-01T00:00:05.000000Z"), 16.0, T0) is None  # it renewed: observed anew
-    takeover = me.step(lease("other", renew="2026-01-01T00:00:05.000000Z"), 31.5, T0)
-    assert takeover is not None and takeover["spec"]["holderIdentity"] == "me"
-    assert takeover["metadata"]["resourceVersion"] == "7"  # optimistic concurrency: a stale write gets 409
-    assert takeover["spec"]["leaseTransitions"] == 3
-    assert not me.leading
-    me.on_written(True, 31.5)
-    assert me.leading and not me.lost(41.0) and me.lost(41.6)
-    renew = me.step(lease("me", rv="9"), 33.0, T0 + 2000)
-    assert renew is not None and renew["metadata"]["resourceVersion"] == "9"
-    released = me.release(lease("me", rv="9"), T0)
-    assert released is not None and released["spec"]["holderIdentity"] == ""
-    assert me.release(lease("other"), T0) is None
-    assert Elector(LeaderConfig(identity="x")).step(lease(""), 0.0, T0) is not None  # released: taken at once
+    me = LeaderState(LeaderConfig(identity="me", lease_duration_s=15, renew_deadline_s=10, retry_period_s=2))
+
+    def read(state: LeaderState, lease: dict[str, Any] | None, mono: float, wall_ms: int = T0) -> LeaderStep:
+        return leader_step(state, LeaseRead(lease), LeaderNow(mono, wall_ms))
+
+    [created] = read(me, None, 0.0).actions
+    assert created.create and created.body["spec"]["holderIdentity"] == "me"
+    assert "resourceVersion" not in created.body["metadata"]
+    me = read(me, lease("other"), 1.0).state  # held by another, just observed
+    assert read(me, lease("other"), 1.0).actions == []
+    waited = read(me, lease("other"), 15.9)  # unchanged for < 15 s of our clock
+    assert waited.actions == []
+    renewed = read(waited.state, lease("other", renew="2026-01-01T00:00:05.000000Z"), 16.0)  # it renewed: observed anew
+    assert renewed.actions == []
+    [takeover] = read(renewed.state, lease("other", renew="2026-01-01T00:00:05.000000Z"), 31.5).actions
+    assert not takeover.create and takeover.body["spec"]["holderIdentity"] == "me"
+    assert takeover.body["metadata"]["resourceVersion"] == "7"  # optimistic concurrency: a stale write gets 409
+    assert takeover.body["spec"]["leaseTransitions"] == 3
+    assert not renewed.state.leading
+    assert not leader_step(renewed.state, LeaseWritten(False), LeaderNow(31.5, T0)).state.leading  # a 409
+    me = leader_step(renewed.state, LeaseWritten(True), LeaderNow(31.5, T0)).state
+    assert me.leading and not leader_lost(me, 41.0) and leader_lost(me, 41.6)
+    [renew] = read(me, lease("me", rv="9"), 33.0, T0 + 2000).actions
+    assert renew.body["metadata"]["resourceVersion"] == "9"
+    [released] = leader_step(me, Releasing(lease("me", rv="9")), LeaderNow(34.0, T0)).actions
+    assert released.body["spec"]["holderIdentity"] == ""
+    assert leader_step(me, Releasing(lease("other")), LeaderNow(34.0, T0)).actions == []
+    assert leader_step(me, Releasing(None), LeaderNow(34.0, T0)).actions == []
+    assert read(LeaderState(LeaderConfig(identity="x")), lease(""), 0.0).actions != []  # released: taken at once
 
 
 # -- options -----------------------------------------------------------------------

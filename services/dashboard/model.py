@@ -3,8 +3,10 @@
 Theory of operation: a `DashboardView` is a frozen value. Every input the
 shell receives — the `ank/cmd/state` reply (CompleteState), a WorkloadState
 from `ank/state/**`, an agent's liveliness token, its AgentStatus, an
-EnergyReport, an Event — goes through one pure `apply_*` function that
-returns the next view and the `Update`s to push to open pages. Nothing here
+EnergyReport, an Event — is an event given to the one pure
+`step(view, event, now_ms)`, which returns the next view and the `Update`s
+to push to open pages (`now_ms` is not used yet: the view keeps no timers;
+it keeps the signature every core has). Nothing here
 reads a clock, a socket or Zenoh, so the tests need none of them.
 
 Workload states are keyed by (agent, workload), as Ankaios keys instances:
@@ -24,11 +26,12 @@ during a move a workload can briefly be on two agents. Rules:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
 from schemas import AgentStatus, CompleteState, EnergyReport, Event, Manifest, WorkloadState
+from schemas.liveliness import AgentLiveliness
 
 UpdateKind = Literal["snapshot", "workload", "workloadRemoved", "agent", "event"]
 
@@ -57,39 +60,66 @@ class DashboardView(msgspec.Struct, frozen=True):
     max_event_bytes: int = 256 * 1024  # the kept events' text, in all
 
 
+# -- events --------------------------------------------------------------------
+
+
+# The bus messages are events as they are; only liveliness needs a value.
+ViewEvent = CompleteState | WorkloadState | AgentLiveliness | AgentStatus | EnergyReport | Event
+
+
+class Step(NamedTuple):
+    state: DashboardView
+    actions: list[Update]
+
+
+def step(view: DashboardView, event: ViewEvent, now_ms: int) -> Step:
+    """The view's reaction to one event: the next view and the updates to push."""
+    if isinstance(event, CompleteState):
+        return Step(*_on_complete_state(view, event))
+    if isinstance(event, WorkloadState):
+        return Step(*_on_state(view, event))
+    if isinstance(event, AgentLiveliness):
+        return Step(*_on_liveliness(view, event.agent, event.alive))
+    if isinstance(event, AgentStatus):
+        return Step(*_on_agent_status(view, event))
+    if isinstance(event, EnergyReport):
+        return Step(*_on_energy(view, event))
+    return Step(*_on_event(view, event))
+
+
 # -- inputs --------------------------------------------------------------------
 
 
-def apply_complete_state(view: DashboardView, complete: CompleteState) -> tuple[DashboardView, list[Update]]:
+def _on_complete_state(view: DashboardView, complete: CompleteState) -> tuple[DashboardView, list[Update]]:
     view = msgspec.structs.replace(view, desired=complete.desired)
     for state in complete.workload_states:
-        view, _ = apply_state(view, state)
+        view, _ = _on_state(view, state)
     for name in complete.agents:
         if name not in view.agents:
             view = _with_agent(view, AgentView(name, alive=True))
     return view, [Update("snapshot", snapshot(view))]
 
 
-def apply_liveliness(view: DashboardView, agent: str, alive: bool) -> tuple[DashboardView, list[Update]]:
+def _on_liveliness(view: DashboardView, agent: str, alive: bool) -> tuple[DashboardView, list[Update]]:
     current = view.agents.get(agent, AgentView(agent))
     if current.alive == alive:
         return view, []
     return _changed_agent(view, msgspec.structs.replace(current, alive=alive))
 
 
-def apply_agent_status(view: DashboardView, status: AgentStatus) -> tuple[DashboardView, list[Update]]:
+def _on_agent_status(view: DashboardView, status: AgentStatus) -> tuple[DashboardView, list[Update]]:
     current = view.agents.get(status.agent, AgentView(status.agent))
     return _changed_agent(view, msgspec.structs.replace(current, status=status))
 
 
-def apply_energy(view: DashboardView, report: EnergyReport) -> tuple[DashboardView, list[Update]]:
+def _on_energy(view: DashboardView, report: EnergyReport) -> tuple[DashboardView, list[Update]]:
     current = view.agents.get(report.node, AgentView(report.node))
     if current.energy is not None and report.time_ms and current.energy.time_ms > report.time_ms:
         return view, []
     return _changed_agent(view, msgspec.structs.replace(current, energy=report))
 
 
-def apply_event(view: DashboardView, event: Event) -> tuple[DashboardView, list[Update]]:
+def _on_event(view: DashboardView, event: Event) -> tuple[DashboardView, list[Update]]:
     events = (*view.events, event)[-view.max_events :]
     total = sum(event_size(e) for e in events)
     while total > view.max_event_bytes and events:
@@ -98,7 +128,7 @@ def apply_event(view: DashboardView, event: Event) -> tuple[DashboardView, list[
     return msgspec.structs.replace(view, events=events), [Update("event", event_row(event))]
 
 
-def apply_state(view: DashboardView, state: WorkloadState) -> tuple[DashboardView, list[Update]]:
+def _on_state(view: DashboardView, state: WorkloadState) -> tuple[DashboardView, list[Update]]:
     key = (state.agent, state.workload)
     held = view.workloads.get(key)
     if held is not None and state.time_ms and held.time_ms > state.time_ms:

@@ -34,7 +34,6 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
@@ -44,7 +43,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from schemas import AgentStatus, EnergyReport, Event, WorkloadState
+from schemas.liveliness import AgentLiveliness
 from services.bus import Bus, BusConfigError, load_config, paging, uses_tls
+from services.clock import SYSTEM_CLOCK
 from services.dashboard import model, options
 from services.dashboard import token as dashboard_token
 from services.dashboard.page import PAGE
@@ -64,22 +65,20 @@ class DashboardShell:
         self.fanout = fanout
         self.view = model.DashboardView()
 
-    def apply(self, change: Callable[..., tuple[model.DashboardView, list[model.Update]]], *args: Any) -> None:
-        self.view, updates = change(self.view, *args)
+    def apply(self, event: model.ViewEvent) -> None:
+        self.view, updates = model.step(self.view, event, SYSTEM_CLOCK.wall_ms())
         for update in updates:
             self.fanout.publish(_json({"type": update.kind, "data": update.data}))
 
     def subscribe(self) -> None:
         post = self.fanout.post
-        self.bus.subscribe("ank/state/**", WorkloadState, lambda _k, msg: post(self.apply, model.apply_state, msg))
-        self.bus.subscribe(
-            "ank/agents/*/status", AgentStatus, lambda _k, msg: post(self.apply, model.apply_agent_status, msg)
-        )
-        self.bus.subscribe("ank/energy/**", EnergyReport, lambda _k, msg: post(self.apply, model.apply_energy, msg))
-        self.bus.subscribe("ank/events/**", Event, lambda _k, msg: post(self.apply, model.apply_event, msg))
+        self.bus.subscribe("ank/state/**", WorkloadState, lambda _k, msg: post(self.apply, msg))
+        self.bus.subscribe("ank/agents/*/status", AgentStatus, lambda _k, msg: post(self.apply, msg))
+        self.bus.subscribe("ank/energy/**", EnergyReport, lambda _k, msg: post(self.apply, msg))
+        self.bus.subscribe("ank/events/**", Event, lambda _k, msg: post(self.apply, msg))
         self.bus.watch_liveliness(
             "ank/agents/*",
-            lambda key, alive: post(self.apply, model.apply_liveliness, key.rsplit("/", 1)[-1], alive),
+            lambda key, alive: post(self.apply, AgentLiveliness(key.rsplit("/", 1)[-1], alive)),
         )
 
     async def resync_forever(self, every_s: float) -> None:
@@ -91,7 +90,7 @@ class DashboardShell:
                 log.warning("query %s failed: %s", STATE_QUERY, exc)
                 replies = []
             if replies:
-                self.apply(model.apply_complete_state, replies[-1])
+                self.apply(replies[-1])
             else:
                 log.info("no reply to %s (is the planner up?); showing live updates only", STATE_QUERY)
             if every_s <= 0:

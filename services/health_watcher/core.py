@@ -34,6 +34,11 @@ without a HEALTHCHECK makes the series inert (no probes, no reports).
 Reports (HealthReport, `time_ms` left for the shell to stamp) are published
 when a series starts ("starting") and whenever the status or the failure
 count changes.
+
+The shell feeds every input as an event to `step(state, event, now_ms)` —
+DesiredChanged, StateObserved, ProbeResult, ProbesDue (its timer, armed at
+`next_due_ms`) — and carries out the returned actions (StartProbe,
+PublishReport, LogDecision), as the agent's core does.
 """
 
 from __future__ import annotations
@@ -142,6 +147,28 @@ class ProbeResult(msgspec.Struct, frozen=True):
     applicable: bool = True
 
 
+# -- events ---------------------------------------------------------------------------------------------------------
+class DesiredChanged(msgspec.Struct, frozen=True):
+    """The planner's desired state (from its CompleteState)."""
+
+    desired: Manifest
+
+
+class StateObserved(msgspec.Struct, frozen=True):
+    """A WorkloadState from `ank/state/**`; `snapshot`: from a query, which may
+    lag behind the live puts."""
+
+    state: WorkloadState
+    snapshot: bool = False
+
+
+class ProbesDue(msgspec.Struct, frozen=True):
+    """The shell's timer (armed at `next_due_ms`) fired."""
+
+
+WatcherEvent = DesiredChanged | StateObserved | ProbeResult | ProbesDue
+
+
 class Step(msgspec.Struct, frozen=True):
     state: WatcherState
     actions: list[Action] = []
@@ -202,7 +229,18 @@ def initial_state(
     return WatcherState(agent_filter=agent_filter, podman_health=podman_health, podman_poll_ms=podman_poll_ms)
 
 
-def observe_desired(state: WatcherState, desired: Manifest, now_ms: int) -> Step:
+def step(state: WatcherState, event: WatcherEvent, now_ms: int) -> Step:
+    """The watcher's reaction to one event: its new state and the actions."""
+    if isinstance(event, DesiredChanged):
+        return _on_desired(state, event.desired, now_ms)
+    if isinstance(event, StateObserved):
+        return _on_workload_state(state, event.state, now_ms, snapshot=event.snapshot)
+    if isinstance(event, ProbeResult):
+        return _on_probe_result(state, event, now_ms)
+    return _start_due_probes(state, now_ms)
+
+
+def _on_desired(state: WatcherState, desired: Manifest, now_ms: int) -> Step:
     """The planner's desired state: what to watch. A workload whose check
     changed gets a new series; one no longer watched loses its series."""
     watched: dict[str, WatchedWorkload] = {}
@@ -247,7 +285,7 @@ def _ours(state: WatcherState, agent: str) -> bool:
     return state.agent_filter is None or agent == state.agent_filter
 
 
-def observe_workload_state(state: WatcherState, ws: WorkloadState, now_ms: int, *, snapshot: bool = False) -> Step:
+def _on_workload_state(state: WatcherState, ws: WorkloadState, now_ms: int, *, snapshot: bool = False) -> Step:
     """A WorkloadState from `ank/state/**`. A Running transition starts a
     series, any other state ends it. A `snapshot` state (from a query, which
     may lag behind the live puts) only fills in workloads not seen yet."""
@@ -305,7 +343,7 @@ def _end_series(state: WatcherState, name: str) -> WatcherState:
     return msgspec.structs.replace(state, series=series)
 
 
-def start_due_probes(state: WatcherState, now_ms: int) -> Step:
+def _start_due_probes(state: WatcherState, now_ms: int) -> Step:
     """StartProbe for every series whose probe is due; each stays in flight
     (no next time) until its result comes back."""
     actions: list[Action] = []
@@ -324,7 +362,7 @@ def start_due_probes(state: WatcherState, now_ms: int) -> Step:
 
 
 def next_due_ms(state: WatcherState) -> int | None:
-    """When start_due_probes has something to do next (None: nothing planned)."""
+    """When a ProbesDue event has something to do next (None: nothing planned)."""
     due = [s.next_probe_ms for s in state.series.values() if s.next_probe_ms is not None]
     return min(due) if due else None
 
@@ -333,7 +371,7 @@ def in_start_period(series: Series, now_ms: int) -> bool:
     return not series.start_period_over and now_ms < series.started_ms + series.check.start_period_ms
 
 
-def observe_probe_result(state: WatcherState, result: ProbeResult, now_ms: int) -> Step:
+def _on_probe_result(state: WatcherState, result: ProbeResult, now_ms: int) -> Step:
     """A probe's result: the series' new verdict; the next probe is due one
     interval from now."""
     series = state.series.get(result.workload)

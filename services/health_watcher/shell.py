@@ -114,10 +114,10 @@ class HealthWatcher:
     def _on_wake(self, planned_ms: int) -> None:
         if self._wake_at_ms == planned_ms:
             self._wake_at_ms = None
-        self._apply(core.start_due_probes(self.state, self._now_ms()))
+        self._apply(core.step(self.state, core.ProbesDue(), self._now_ms()))
 
     def _on_state(self, ws: WorkloadState) -> None:
-        self._apply(core.observe_workload_state(self.state, ws, self._now_ms()))
+        self._apply(core.step(self.state, core.StateObserved(ws), self._now_ms()))
         if ws.workload not in self._desired_names and ws.execution_state.state == "Running":
             self._refresh(False, min_gap_s=UNKNOWN_WORKLOAD_REFRESH_S)
 
@@ -167,11 +167,11 @@ class HealthWatcher:
             if names != self._desired_names:
                 log.info("desired state: %d workloads", len(names))
             self._desired_names = names
-            self._apply(core.observe_desired(self.state, complete.desired, now))
+            self._apply(core.step(self.state, core.DesiredChanged(complete.desired), now))
             self._watch_zenoh_keys()
             states = [*complete.workload_states, *states]
         for ws in states:
-            self._apply(core.observe_workload_state(self.state, ws, now, snapshot=True))
+            self._apply(core.step(self.state, core.StateObserved(ws, snapshot=True), now))
 
     def _watch_zenoh_keys(self) -> None:
         # Subscribers stay declared until the bus closes: Bus has no way to
@@ -204,7 +204,7 @@ class HealthWatcher:
             result = future.result()
         else:  # run_probe does not raise; should it, the series must still go on
             result = core.ProbeResult(request.series_id, request.workload, ok=False, error=str(error))
-        self._apply(core.observe_probe_result(self.state, result, self._now_ms()))
+        self._apply(core.step(self.state, result, self._now_ms()))
 
     # -- reports ----------------------------------------------------------------------------------------------------
     def _publish(self, report: HealthReport) -> None:

@@ -13,14 +13,17 @@ scheduling framework, and a policy is only a choice of plugins for them:
                                             to 0..100 (min-max), then weighted
     (choose)   highest total wins; ties go to the node name that sorts first,
                so a decision never depends on dict or arrival order
-    reserve    count it before it lands     `reserve()` adds the workload's
-                                            energy cost to the node's
-                                            in-flight reservation, so a burst
-                                            of placements spreads
-    bind       tell the world               done by the shells (a Binding on
-                                            the bus, or pods/binding in
-                                            Kubernetes): see the `Binder`
-                                            Protocol
+    reserve    count it before it lands     `Reservations` counts the
+                                            workload's energy cost against
+                                            its node while in flight, so a
+                                            burst of placements spreads
+    bind       tell the world               an action the mode's core returns
+                                            (native: PublishBinding; Kubernetes:
+                                            BindPod) and its shell carries out
+
+A node a filter rejects is recorded with the filter's name (`NoFit.filters`),
+so a caller decides from that typed reason — e.g. "retry when energy changes"
+for the ENERGY_FILTERS — never from the text of the message.
 
 Nodes and requests are plain values (`NodeView`, `PlacementRequest`); both
 modes (native agents on the bus, Kubernetes nodes) translate into them. The
@@ -47,6 +50,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import msgspec
+
+from schemas.messages import EnergyReport
 
 # Taint effects that keep a pod off a node unless tolerated (PreferNoSchedule
 # only prefers, so it never filters).
@@ -131,7 +136,8 @@ class NoFit(msgspec.Struct, frozen=True, kw_only=True):
 
     workload: str
     policy: str
-    reasons: dict[str, str]  # node -> the first filter that rejected it
+    reasons: dict[str, str]  # node -> why the first filter that rejected it did
+    filters: dict[str, str] = {}  # node -> the name of that filter (the typed reason)
 
     @property
     def message(self) -> str:
@@ -164,12 +170,6 @@ class ScorePlugin(Protocol):
     def score(self, request: PlacementRequest, node: NodeView, ctx: CycleContext) -> float:
         """Higher is better. Scores are normalised across nodes afterwards."""
         ...
-
-
-class Binder(Protocol):
-    """The bind phase: implemented by the shells (bus Binding, Kubernetes pods/binding)."""
-
-    def bind(self, placement: Placement) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -292,6 +292,9 @@ class SeededRandom:
         return float(int.from_bytes(digest.digest(), "big"))
 
 
+# The filters whose verdict a new energy report can change.
+ENERGY_FILTERS = frozenset({EnergyFresh.name, EnergyReserve.name})
+
 FILTERS: tuple[FilterPlugin, ...] = (
     Alive(),
     ReadyAndSchedulable(),
@@ -324,20 +327,23 @@ def normalise(scores: Mapping[str, float]) -> dict[str, float]:
 
 def feasible(
     request: PlacementRequest, nodes: Iterable[NodeView], filters: Sequence[FilterPlugin], ctx: CycleContext
-) -> tuple[list[NodeView], dict[str, str]]:
-    """The nodes that pass every filter, and the first failing reason of the others."""
+) -> tuple[list[NodeView], dict[str, str], dict[str, str]]:
+    """The nodes that pass every filter; of the others, the first failing
+    filter's reason and that filter's name."""
     passed: list[NodeView] = []
     rejected: dict[str, str] = {}
-    checks = [plugin.filter for plugin in filters]  # bound once: this loop is the hot path
+    rejected_by: dict[str, str] = {}
+    checks = [(plugin.name, plugin.filter) for plugin in filters]  # bound once: this loop is the hot path
     for node in nodes:
-        for check in checks:
+        for name, check in checks:
             reason = check(request, node, ctx)
             if reason is not None:
                 rejected[node.name] = reason
+                rejected_by[node.name] = name
                 break
         else:
             passed.append(node)
-    return passed, rejected
+    return passed, rejected, rejected_by
 
 
 def schedule(
@@ -353,9 +359,9 @@ def schedule(
             reasons={n.name: f"unknown policy: {request.policy!r} (known: {', '.join(POLICIES)})" for n in node_list}
             or {"-": f"unknown policy: {request.policy!r}"},
         )
-    passed, rejected = feasible(request, node_list, profile.filters, ctx)
+    passed, rejected, rejected_by = feasible(request, node_list, profile.filters, ctx)
     if not passed:
-        return NoFit(workload=request.workload, policy=profile.name, reasons=rejected)
+        return NoFit(workload=request.workload, policy=profile.name, reasons=rejected, filters=rejected_by)
     totals = dict.fromkeys((n.name for n in passed), 0.0)
     for plugin, weight in profile.scorers:
         score = plugin.score
@@ -378,9 +384,92 @@ def schedule(
     )
 
 
-def reserve(node: NodeView, cost_wh: float) -> NodeView:
-    """The reserve phase: the node with a placement's cost counted in flight."""
-    return msgspec.structs.replace(node, reserved_wh=node.reserved_wh + cost_wh)
+class Reservation(msgspec.Struct, frozen=True):
+    node: str
+    cost_wh: float
+    until_ms: int
+
+
+class Reservations:
+    """The reserve phase, for both modes: the energy cost of each placement
+    in flight (workload or pod -> its node), counted against the node until
+    the placement lands (`release`) or `until_ms` passes (`expire`)."""
+
+    def __init__(self) -> None:
+        self._by_item: dict[str, Reservation] = {}
+        self._by_node: dict[str, float] = {}  # node -> sum of its in-flight costs
+
+    def add(self, item: str, node: str, cost_wh: float, until_ms: int) -> None:
+        self.release(item)
+        self._by_item[item] = Reservation(node, cost_wh, until_ms)
+        self._by_node[node] = self._by_node.get(node, 0.0) + cost_wh
+
+    def release(self, item: str) -> str | None:
+        """Forget the item's reservation; the node it was counted on, if any."""
+        held = self._by_item.pop(item, None)
+        if held is None:
+            return None
+        left = self._by_node.get(held.node, 0.0) - held.cost_wh
+        if left > 1e-9:
+            self._by_node[held.node] = left
+        else:
+            self._by_node.pop(held.node, None)
+        return held.node
+
+    @classmethod
+    def of(cls, held: Mapping[str, Reservation]) -> Reservations:
+        reservations = cls()
+        for item, reservation in held.items():
+            reservations.add(item, reservation.node, reservation.cost_wh, reservation.until_ms)
+        return reservations
+
+    def held(self) -> dict[str, Reservation]:
+        """Every reservation, by item (a copy: a frozen state may keep it)."""
+        return dict(self._by_item)
+
+    def expired(self, now_ms: int) -> list[str]:
+        """The items whose reservation is due by now (for the caller to release)."""
+        return [item for item, held in self._by_item.items() if held.until_ms <= now_ms]
+
+    def reserved_wh(self, node: str) -> float:
+        return self._by_node.get(node, 0.0)
+
+    def node_of(self, item: str) -> str | None:
+        held = self._by_item.get(item)
+        return held.node if held is not None else None
+
+    def next_expiry_ms(self) -> int | None:
+        return min((held.until_ms for held in self._by_item.values()), default=None)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._by_item
+
+    def __len__(self) -> int:
+        return len(self._by_item)
+
+
+# -- events both modes' cores take ---------------------------------------------
+
+
+class EnergyReported(msgspec.Struct, frozen=True):
+    """A node's energy report (bus or InfluxDB)."""
+
+    report: EnergyReport
+
+
+class Tick(msgspec.Struct, frozen=True):
+    """The shell's timer (armed at the core's `next_wake_ms`) fired, or a cycle is wanted."""
+
+
+def newer_energy(known: Mapping[str, EnergyReport], report: EnergyReport, now_ms: int) -> EnergyReport | None:
+    """The report to keep (stamped `now_ms` when it carries no time), or None
+    when it is older than the one already known for its node."""
+    if report.time_ms <= 0:
+        report = msgspec.structs.replace(report, time_ms=now_ms)
+    old = known.get(report.node)
+    if old is not None and old.time_ms > report.time_ms:
+        return None  # an older measurement arriving late
+    return report
 
 
 def backoff_ms(attempts: int, initial_ms: int = 1_000, max_ms: int = 10_000) -> int:

@@ -23,12 +23,16 @@ allocatable minus the requests of the pods bound to the node — listed by the
 shell — and of our binds in flight), NodePorts, InterPodAntiAffinity (the
 pod's own required terms). They run after the taint filter, before energy.
 
-`KubeScheduler` keeps the pending pods, each with its backoff, and the
-placements in flight. `decide(now)` runs one cycle per due pod and returns
-`BindPod` / `PodUnschedulable` decisions, at most `max_binds_in_flight` binds
-outstanding; the shell binds (in a pool) and reports back with
-`on_bind_result`. Only a 201 is a bind; every 409 is classified by the API
-server's message (`classify_bind_failure`):
+`KubeState` (frozen) keeps the pending pods, each with its backoff, and
+the placements in flight. The shell feeds every input as an event to
+`step(state, event, now_ms)`: PodWatched, PodsListed, NodesListed,
+EnergyReported, BindAnswered, and Tick when a cycle is due. A Tick runs one
+cycle per due pod and returns `BindPod` / `PodUnschedulable` actions, at most
+`max_binds_in_flight` binds outstanding; the shell binds (in a pool) and
+reports back with BindAnswered. Within one step the handlers work on a
+copy (`_Working`) whose dicts they update; the pods are frozen values
+replaced, never changed. Only a 201 is a bind;
+every 409 is classified by the API server's message (`classify_bind_failure`):
 
 - bound (201): done; its energy cost and requests stay in flight on the node;
 - already-bound (409): someone else bound it: done, not an error;
@@ -53,24 +57,29 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from schemas.messages import EnergyReport
 from services.scheduler.core import (
+    ENERGY_FILTERS,
     POLICIES,
     CycleContext,
+    EnergyReported,
     FilterPlugin,
     NodeView,
     NoFit,
     Placement,
     PlacementRequest,
     Profile,
+    Reservation,
+    Reservations,
     Taint,
+    Tick,
     Toleration,
     backoff_ms,
+    newer_energy,
     schedule,
 )
 from services.scheduler.kube_plugins import (
@@ -107,7 +116,7 @@ class KubeConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_binds_in_flight: int = 16  # binds under way at once (the shell's bind pool)
 
 
-# Bind outcomes (on_bind_result)
+# Bind outcomes (BindAnswered.outcome)
 BOUND = "bound"
 ALREADY_BOUND = "already-bound"
 DELETING = "deleting"
@@ -162,8 +171,42 @@ class PodUnschedulable(msgspec.Struct, frozen=True):
 Decision = BindPod | PodUnschedulable
 
 
-@dataclass
-class PendingPod:
+# -- events ------------------------------------------------------------------
+
+
+class PodWatched(msgspec.Struct, frozen=True):
+    """A watch event (ADDED, MODIFIED, DELETED) about a pod."""
+
+    kind: str
+    pod: dict[str, Any]
+
+
+class PodsListed(msgspec.Struct, frozen=True):
+    """A full list of the pods: pods no longer listed are forgotten."""
+
+    pods: list[dict[str, Any]]
+
+
+class NodesListed(msgspec.Struct, frozen=True):
+    """The nodes, and (when given) every pod bound to a node and not finished."""
+
+    nodes: list[dict[str, Any]]
+    assigned_pods: list[dict[str, Any]] | None = None
+
+
+class BindAnswered(msgspec.Struct, frozen=True):
+    """The outcome of a bind (BOUND, ALREADY_BOUND, DELETING, GATED,
+    PRECONDITION, GONE, ERROR) and, unless bound, why."""
+
+    pod: PodRef
+    outcome: str
+    detail: str = ""
+
+
+KubeEvent = PodWatched | PodsListed | NodesListed | EnergyReported | BindAnswered | Tick
+
+
+class PendingPod(msgspec.Struct, frozen=True, kw_only=True):
     ref: PodRef
     request: PlacementRequest | None
     invalid: str = ""  # why the pod's own settings cannot be used
@@ -172,7 +215,7 @@ class PendingPod:
     binding: bool = False  # a bind is under way
     gated: bool = False  # non-empty spec.schedulingGates: not attempted
     last_failure: str = ""
-    rejected: dict[str, str] = field(default_factory=dict)
+    rejected_by: dict[str, str] = {}  # node -> the filter that rejected it
 
 
 # -- translations --------------------------------------------------------------
@@ -364,19 +407,77 @@ def _assigned(pod: Mapping[str, Any]) -> _Assigned | None:
     )
 
 
-class KubeScheduler:
-    def __init__(self, config: KubeConfig | None = None) -> None:
-        self.config = config or KubeConfig()
-        self.pending: dict[str, PendingPod] = {}
-        self.nodes: list[dict[str, Any]] = []
-        self.assigned: dict[str, _Assigned] = {}  # pod key -> a pod bound to a node, not finished
-        self.energy: dict[str, EnergyReport] = {}
-        self.in_flight: dict[str, tuple[str, float, int]] = {}  # pod key -> (node, cost, until)
-        self.in_flight_requests: dict[str, KubeRequest] = {}  # pod key -> its request (resources, ports, labels)
-        self.placements = 0
+class KubeState(msgspec.Struct, frozen=True):
+    """What the scheduler knows between two events."""
+
+    config: KubeConfig = msgspec.field(default_factory=KubeConfig)
+    pending: dict[str, PendingPod] = {}  # pod key -> a pod of ours to place
+    nodes: list[dict[str, Any]] = []
+    assigned: dict[str, _Assigned] = {}  # pod key -> a pod bound to a node, not finished
+    energy: dict[str, EnergyReport] = {}
+    in_flight: dict[str, Reservation] = {}  # pod key -> its node, while its bind is under way or landing
+    in_flight_requests: dict[str, KubeRequest] = {}  # pod key -> its request (resources, ports, labels)
+    placements: int = 0
+
+
+def step(state: KubeState, event: KubeEvent, now_ms: int) -> KubeStep:
+    """The scheduler's reaction to one event: its new state and the actions."""
+    work = _Working(state)
+    actions: list[Decision] = []
+    if isinstance(event, PodWatched):
+        work.on_pod(event.kind, event.pod, now_ms)
+    elif isinstance(event, PodsListed):
+        work.on_relist(event.pods, now_ms)
+    elif isinstance(event, NodesListed):
+        work.on_nodes(event.nodes, now_ms, event.assigned_pods)
+    elif isinstance(event, EnergyReported):
+        work.on_energy(event.report, now_ms)
+    elif isinstance(event, BindAnswered):
+        failure = work.on_bind_result(event.pod, event.outcome, now_ms, event.detail)
+        actions += [failure] if failure is not None else []
+    else:
+        actions = work.decide(now_ms)
+    return KubeStep(work.freeze(), actions)
+
+
+def next_wake_ms(state: KubeState) -> int | None:
+    """When a Tick has something to do (None: nothing planned)."""
+    times = [e.next_try_ms for e in state.pending.values() if not e.binding and not e.gated]
+    times += [held.until_ms for held in state.in_flight.values()]
+    return min(times, default=None)
+
+
+class _Working:
+    """One step's working copy of a KubeState (its dicts copied, its values
+    frozen), with the node views of that step."""
+
+    def __init__(self, state: KubeState) -> None:
+        self.config = state.config
+        self.pending = dict(state.pending)
+        self.nodes = state.nodes  # replaced as a whole, never changed
+        self.assigned = state.assigned  # replaced as a whole, never changed
+        self.energy = dict(state.energy)
+        self.in_flight = Reservations.of(state.in_flight)
+        self.in_flight_requests = dict(state.in_flight_requests)
+        self.placements = state.placements
         self._views: list[NodeView] | None = None
 
-    # inputs
+    def freeze(self) -> KubeState:
+        return KubeState(
+            config=self.config,
+            pending=self.pending,
+            nodes=self.nodes,
+            assigned=self.assigned,
+            energy=self.energy,
+            in_flight=self.in_flight.held(),
+            in_flight_requests=self.in_flight_requests,
+            placements=self.placements,
+        )
+
+    def _update(self, key: str, **changes: Any) -> None:
+        self.pending[key] = msgspec.structs.replace(self.pending[key], **changes)
+
+    # inputs (through step)
     def on_pod(self, kind: str, pod: Mapping[str, Any], now_ms: int) -> None:
         """A watch event (ADDED, MODIFIED, DELETED) or a listed pod (ADDED)."""
         ref = pod_ref(pod)
@@ -397,8 +498,9 @@ class KubeScheduler:
                 ref=ref, request=request, invalid=invalid, next_try_ms=now_ms, gated=gated
             )
         elif entry.request != request or entry.invalid != invalid or entry.gated != gated or entry.ref != ref:
-            entry.ref, entry.request, entry.invalid, entry.gated = ref, request, invalid, gated
-            entry.next_try_ms, entry.last_failure = now_ms, ""
+            self._update(
+                ref.key, ref=ref, request=request, invalid=invalid, gated=gated, next_try_ms=now_ms, last_failure=""
+            )
 
     def on_relist(self, pods: Iterable[Mapping[str, Any]], now_ms: int) -> None:
         """A full list: pods no longer listed are forgotten."""
@@ -431,16 +533,12 @@ class KubeScheduler:
             self._retry_failed(now_ms, lambda entry: True)
 
     def on_energy(self, report: EnergyReport, now_ms: int) -> None:
-        if report.time_ms <= 0:
-            report = msgspec.structs.replace(report, time_ms=now_ms)
-        old = self.energy.get(report.node)
-        if old is not None and old.time_ms > report.time_ms:
+        newer = newer_energy(self.energy, report, now_ms)
+        if newer is None:
             return
-        self.energy[report.node] = report
+        self.energy[report.node] = newer
         self._views = None
-        self._retry_failed(
-            now_ms, lambda entry: any(r.startswith(("energy", "no energy")) for r in entry.rejected.values())
-        )
+        self._retry_failed(now_ms, _rejected_for_energy)
 
     def on_bind_result(self, pod: PodRef, outcome: str, now_ms: int, detail: str = "") -> PodUnschedulable | None:
         """outcome: one of BOUND, ALREADY_BOUND, DELETING, GATED, PRECONDITION, GONE, ERROR."""
@@ -451,26 +549,28 @@ class KubeScheduler:
         self._release(pod.key)
         if entry is None:
             return None
-        entry.binding = False
         successor = bool(pod.uid) and entry.ref.uid != pod.uid  # the watch brought a new pod of that name
         if outcome in (ALREADY_BOUND, DELETING, GONE, PRECONDITION):
             if successor:
-                entry.next_try_ms = now_ms  # the answer was about the old pod: try the new one now
+                # The answer was about the old pod: try the new one now.
+                self._update(pod.key, binding=False, next_try_ms=now_ms)
             else:
                 del self.pending[pod.key]  # done, or that pod is gone (a successor arrives by the watch)
             return None
-        entry.attempts += 1
-        entry.next_try_ms = now_ms + self._backoff(entry.attempts)
+        attempts = entry.attempts + 1
+        # GATED: the watch ungates it; until then it is not attempted.
+        gated = entry.gated or outcome == GATED
+        self._update(
+            pod.key, binding=False, attempts=attempts, next_try_ms=now_ms + self._backoff(attempts), gated=gated
+        )
         if outcome == GATED:
-            entry.gated = True  # the watch ungates it; until then it is not attempted
             return None
         return PodUnschedulable(entry.ref, f"binding failed: {detail}")
 
     # decisions
     def decide(self, now_ms: int) -> list[Decision]:
-        for key, (_, _, until) in list(self.in_flight.items()):
-            if until <= now_ms:
-                self._release(key)
+        for key in self.in_flight.expired(now_ms):
+            self._release(key)
         binding = sum(1 for e in self.pending.values() if e.binding)
         due = sorted(
             (e.next_try_ms, k)
@@ -481,28 +581,20 @@ class KubeScheduler:
         for _, key in due:
             entry = self.pending[key]
             if entry.gated:
-                failure = self._failure(entry, GATED_MESSAGE, reason="SchedulingGated")
+                failure = self._failure(key, GATED_MESSAGE, reason="SchedulingGated")
                 if failure is not None:
                     decisions.append(failure)
                 continue
             if binding >= self.config.max_binds_in_flight and entry.request is not None:
                 continue  # the bind pool is full: a finished bind brings the next cycle
-            decision = self._cycle(entry, now_ms)
+            decision = self._cycle(key, now_ms)
             if decision is not None:
                 decisions.append(decision)
                 binding += isinstance(decision, BindPod)
         return decisions
 
-    def next_wake_ms(self) -> int | None:
-        times = [e.next_try_ms for e in self.pending.values() if not e.binding and not e.gated]
-        times += [until for _, _, until in self.in_flight.values()]
-        return min(times) if times else None
-
     def node_views(self) -> list[NodeView]:
         if self._views is None:
-            reserved: dict[str, float] = {}
-            for node, cost, _ in self.in_flight.values():
-                reserved[node] = reserved.get(node, 0.0) + cost
             requested: dict[str, dict[str, int]] = {}
             ports: dict[str, set[Port]] = {}
             pods: dict[str, list[PodOnNode]] = {}
@@ -518,15 +610,16 @@ class KubeScheduler:
             for a in self.assigned.values():
                 count(a.node, a.requests, a.ports, a.pod)
             for key, req in self.in_flight_requests.items():
-                if key in self.in_flight and key not in self.assigned:
+                node = self.in_flight.node_of(key)
+                if node is not None and key not in self.assigned:
                     pod = PodOnNode(namespace=req.namespace, labels=req.labels)
-                    count(self.in_flight[key][0], req.requests, req.ports, pod)
+                    count(node, req.requests, req.ports, pod)
             views: list[NodeView] = []
             for raw in self.nodes:
                 v = node_view(raw, self.energy, self.config)
                 v = msgspec.structs.replace(
                     v,
-                    reserved_wh=reserved.get(v.name, 0.0),
+                    reserved_wh=self.in_flight.reserved_wh(v.name),
                     requested=requested.get(v.name, {}),
                     used_ports=frozenset(ports.get(v.name, ())),
                     pods=tuple(pods.get(v.name, ())),
@@ -551,11 +644,11 @@ class KubeScheduler:
         return Profile(base.name, base.filters[:at] + kube + base.filters[at:], base.scorers, base.describe)
 
     # internals
-    def _cycle(self, entry: PendingPod, now_ms: int) -> Decision | None:
+    def _cycle(self, key: str, now_ms: int) -> Decision | None:
+        entry = self.pending[key]
         if entry.request is None:
-            entry.attempts += 1
-            entry.next_try_ms = now_ms + self.config.backoff_max_ms
-            return self._failure(entry, f"invalid pod: {entry.invalid}")
+            self._update(key, attempts=entry.attempts + 1, next_try_ms=now_ms + self.config.backoff_max_ms)
+            return self._failure(key, f"invalid pod: {entry.invalid}")
         views = self.node_views()
         ctx = CycleContext(
             now_ms=now_ms,
@@ -566,24 +659,28 @@ class KubeScheduler:
         )
         result = schedule(entry.request, views, ctx, self.profile(entry.request.policy, views))
         if isinstance(result, NoFit):
-            entry.attempts += 1
-            entry.rejected = dict(result.reasons)
-            entry.next_try_ms = now_ms + self._backoff(entry.attempts)
+            attempts = entry.attempts + 1
+            self._update(
+                key,
+                attempts=attempts,
+                rejected_by=dict(result.filters),
+                next_try_ms=now_ms + self._backoff(attempts),
+            )
             detail = "; ".join(f"{n}: {r}" for n, r in sorted(result.reasons.items()))
-            return self._failure(entry, result.message + (f" ({detail})" if detail else ""))
-        entry.binding = True
-        entry.last_failure = ""
+            return self._failure(key, result.message + (f" ({detail})" if detail else ""))
+        self._update(key, binding=True, last_failure="")
         self.placements += 1
-        self.in_flight[entry.ref.key] = (result.node, entry.request.energy_cost_wh, now_ms + self.config.in_flight_ms)
+        self.in_flight.add(entry.ref.key, result.node, entry.request.energy_cost_wh, now_ms + self.config.in_flight_ms)
         if isinstance(entry.request, KubeRequest):
             self.in_flight_requests[entry.ref.key] = entry.request
         self._views = None
         return BindPod(entry.ref, result)
 
-    def _failure(self, entry: PendingPod, message: str, reason: str = "Unschedulable") -> PodUnschedulable | None:
+    def _failure(self, key: str, message: str, reason: str = "Unschedulable") -> PodUnschedulable | None:
+        entry = self.pending[key]
         if message == entry.last_failure:
             return None  # an identical event only repeats itself
-        entry.last_failure = message
+        self._update(key, last_failure=message)
         return PodUnschedulable(entry.ref, message, reason)
 
     def _backoff(self, attempts: int) -> int:
@@ -591,14 +688,20 @@ class KubeScheduler:
 
     def _release(self, key: str) -> None:
         self.in_flight_requests.pop(key, None)
-        if self.in_flight.pop(key, None) is not None:
+        if self.in_flight.release(key) is not None:
             self._views = None
 
     def _retry_failed(self, now_ms: int, relevant: Callable[[PendingPod], bool]) -> None:
-        for entry in self.pending.values():
-            if entry.attempts and not entry.binding and entry.request is not None and relevant(entry):
-                entry.next_try_ms = min(entry.next_try_ms, now_ms)
+        for key, entry in sorted(self.pending.items()):
+            retry = entry.attempts and not entry.binding and entry.request is not None and relevant(entry)
+            if retry and entry.next_try_ms > now_ms:
+                self._update(key, next_try_ms=now_ms)
 
 
 def _rejected_for_energy(entry: PendingPod) -> bool:
-    return any(reason.startswith(("energy", "no energy")) for reason in entry.rejected.values())
+    return not ENERGY_FILTERS.isdisjoint(entry.rejected_by.values())
+
+
+class KubeStep(msgspec.Struct, frozen=True):
+    state: KubeState
+    actions: list[Decision]

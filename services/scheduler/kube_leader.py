@@ -4,8 +4,10 @@ only the holder of the Lease watches, binds and writes.
 
 Theory of operation
 -------------------
-Every `retry_period_s` a candidate reads the Lease and decides (`Elector`,
-pure: the clock is passed in):
+Every `retry_period_s` a candidate reads the Lease and feeds it to
+`step(state, LeaseRead(lease), now)` (pure: the clock is passed in), which
+returns the WriteLease to do, if any; the write's outcome comes back as
+LeaseWritten, a clean stop as Releasing:
 
 - no Lease (404): create it holding it (a 409 means another won the race);
 - held by us: renew (`renewTime` = now) with a PUT carrying the Lease's
@@ -54,71 +56,131 @@ def _record(lease: dict[str, Any] | None) -> tuple[Any, ...]:
     )
 
 
-class Elector:
-    """Decides what to write to the Lease; the shell reads and writes it."""
+class LeaderNow(msgspec.Struct, frozen=True):
+    """The time of an event: monotonic seconds (durations, by our own clock)
+    and the wall clock in ms (the Lease's timestamps)."""
 
-    def __init__(self, config: LeaderConfig) -> None:
-        self.config = config
-        self.leading = False
-        self._observed: tuple[Any, ...] | None = None
-        self._observed_at = 0.0  # monotonic s when the observed record last changed
-        self._renewed_at = 0.0  # monotonic s of our last successful write
+    mono: float
+    wall_ms: int
 
-    def _lease(self, lease: dict[str, Any] | None, spec: dict[str, Any]) -> dict[str, Any]:
-        metadata: dict[str, Any] = {"name": self.config.name, "namespace": self.config.namespace}
-        if lease is not None:
-            metadata["resourceVersion"] = (lease.get("metadata") or {}).get("resourceVersion")
-        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
 
-    def step(self, lease: dict[str, Any] | None, now_s: float, now_ms: int) -> dict[str, Any] | None:
-        """The Lease to write (create when `lease` is None, else replace), or None: wait."""
-        record = _record(lease)
-        if record != self._observed:
-            self._observed, self._observed_at = record, now_s
-        stamp = micro_time(now_ms)
-        duration = max(1, round(self.config.lease_duration_s))
-        if lease is None:
-            return self._lease(
-                None,
-                {
-                    "holderIdentity": self.config.identity,
-                    "leaseDurationSeconds": duration,
-                    "acquireTime": stamp,
-                    "renewTime": stamp,
-                    "leaseTransitions": 0,
-                },
-            )
-        spec = dict(lease.get("spec") or {})
-        holder = spec.get("holderIdentity") or ""
-        if holder == self.config.identity:
-            spec.update(renewTime=stamp, leaseDurationSeconds=duration)
-            return self._lease(lease, spec)
-        if holder and now_s < self._observed_at + self.config.lease_duration_s:
-            return None  # held, and renewed within a lease duration by our clock
-        return self._lease(
-            lease,
+class LeaderState(msgspec.Struct, frozen=True):
+    config: LeaderConfig
+    leading: bool = False
+    observed: tuple[Any, ...] | None = None  # the holder's record as last read
+    observed_at: float = 0.0  # monotonic s when the observed record last changed
+    renewed_at: float = 0.0  # monotonic s of our last successful write
+
+
+# -- events ------------------------------------------------------------------
+
+
+class LeaseRead(msgspec.Struct, frozen=True):
+    """What a read of the Lease returned (None: it does not exist)."""
+
+    lease: dict[str, Any] | None
+
+
+class LeaseWritten(msgspec.Struct, frozen=True):
+    """Whether our write went through (False: a 409, someone wrote it first)."""
+
+    ok: bool
+
+
+class Releasing(msgspec.Struct, frozen=True):
+    """A clean stop: the Lease as read now."""
+
+    lease: dict[str, Any] | None
+
+
+LeaderEvent = LeaseRead | LeaseWritten | Releasing
+
+
+# -- actions -----------------------------------------------------------------
+
+
+class WriteLease(msgspec.Struct, frozen=True):
+    """Create the Lease (none was read) or replace the one read."""
+
+    body: dict[str, Any]
+    create: bool
+
+
+class LeaderStep(msgspec.Struct, frozen=True):
+    state: LeaderState
+    actions: list[WriteLease]
+
+
+def step(state: LeaderState, event: LeaderEvent, now: LeaderNow) -> LeaderStep:
+    """The candidate's reaction to one event: its new state and the Lease to write, if any."""
+    if isinstance(event, LeaseWritten):
+        if event.ok:
+            state = msgspec.structs.replace(state, leading=True, renewed_at=now.mono)
+        return LeaderStep(state, [])
+    if isinstance(event, Releasing):
+        body = _released(state.config, event.lease, now.wall_ms) if event.lease is not None else None
+        return LeaderStep(state, [WriteLease(body, create=False)] if body is not None else [])
+    record = _record(event.lease)
+    if record != state.observed:
+        state = msgspec.structs.replace(state, observed=record, observed_at=now.mono)
+    body = _to_write(state, event.lease, now)
+    return LeaderStep(state, [WriteLease(body, create=event.lease is None)] if body is not None else [])
+
+
+def lost(state: LeaderState, now_mono: float) -> bool:
+    """True once a leader has gone `renew_deadline_s` without a successful renew."""
+    return state.leading and now_mono - state.renewed_at > state.config.renew_deadline_s
+
+
+def _lease_body(config: LeaderConfig, lease: dict[str, Any] | None, spec: dict[str, Any]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": config.name, "namespace": config.namespace}
+    if lease is not None:
+        metadata["resourceVersion"] = (lease.get("metadata") or {}).get("resourceVersion")
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
+
+
+def _to_write(state: LeaderState, lease: dict[str, Any] | None, now: LeaderNow) -> dict[str, Any] | None:
+    """The Lease to write (create when `lease` is None, else replace), or None: wait."""
+    config = state.config
+    stamp = micro_time(now.wall_ms)
+    duration = max(1, round(config.lease_duration_s))
+    if lease is None:
+        return _lease_body(
+            config,
+            None,
             {
-                "holderIdentity": self.config.identity,
+                "holderIdentity": config.identity,
                 "leaseDurationSeconds": duration,
                 "acquireTime": stamp,
                 "renewTime": stamp,
-                "leaseTransitions": int(spec.get("leaseTransitions") or 0) + (1 if holder else 0),
+                "leaseTransitions": 0,
             },
         )
+    spec = dict(lease.get("spec") or {})
+    holder = spec.get("holderIdentity") or ""
+    if holder == config.identity:
+        spec.update(renewTime=stamp, leaseDurationSeconds=duration)
+        return _lease_body(config, lease, spec)
+    if holder and now.mono < state.observed_at + config.lease_duration_s:
+        return None  # held, and renewed within a lease duration by our clock
+    return _lease_body(
+        config,
+        lease,
+        {
+            "holderIdentity": config.identity,
+            "leaseDurationSeconds": duration,
+            "acquireTime": stamp,
+            "renewTime": stamp,
+            "leaseTransitions": int(spec.get("leaseTransitions") or 0) + (1 if holder else 0),
+        },
+    )
 
-    def on_written(self, ok: bool, now_s: float) -> None:
-        if ok:
-            self.leading, self._renewed_at = True, now_s
 
-    def lost(self, now_s: float) -> bool:
-        """True once a leader has gone `renew_deadline_s` without a successful renew."""
-        return self.leading and now_s - self._renewed_at > self.config.renew_deadline_s
-
-    def release(self, lease: dict[str, Any], now_ms: int) -> dict[str, Any] | None:
-        """The Lease given up (client-go's ReleaseOnCancel), or None if it is not ours."""
-        spec = dict(lease.get("spec") or {})
-        if spec.get("holderIdentity") != self.config.identity:
-            return None
-        stamp = micro_time(now_ms)
-        spec.update(holderIdentity="", leaseDurationSeconds=1, renewTime=stamp, acquireTime=stamp)
-        return self._lease(lease, spec)
+def _released(config: LeaderConfig, lease: dict[str, Any], now_ms: int) -> dict[str, Any] | None:
+    """The Lease given up (client-go's ReleaseOnCancel), or None if it is not ours."""
+    spec = dict(lease.get("spec") or {})
+    if spec.get("holderIdentity") != config.identity:
+        return None
+    stamp = micro_time(now_ms)
+    spec.update(holderIdentity="", leaseDurationSeconds=1, renewTime=stamp, acquireTime=stamp)
+    return _lease_body(config, lease, spec)

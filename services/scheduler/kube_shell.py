@@ -48,21 +48,31 @@ from schemas.messages import EnergyReport
 from services.bus import Bus, BusConfigError
 from services.bus.loop import EventLoop
 from services.clock import SYSTEM_CLOCK, Clock
+from services.scheduler import kube_leader
+from services.scheduler.core import EnergyReported, Tick
 from services.scheduler.influx import InfluxConfigError, InfluxEnergySource, InfluxSettings, poll_until_stopped
 from services.scheduler.kube import (
     BOUND,
     ERROR,
+    BindAnswered,
     BindPod,
+    Decision,
     KubeConfig,
-    KubeScheduler,
+    KubeEvent,
+    KubeState,
+    NodesListed,
     PodRef,
+    PodsListed,
     PodUnschedulable,
+    PodWatched,
     binding_body,
     classify_bind_failure,
     event_body,
+    next_wake_ms,
     pod_scheduled_patch,
+    step,
 )
-from services.scheduler.kube_leader import Elector, LeaderConfig
+from services.scheduler.kube_leader import LeaderConfig, LeaderNow, LeaderState, LeaseRead, LeaseWritten, Releasing
 
 log = logging.getLogger("ank.scheduler.kube")
 
@@ -133,7 +143,7 @@ class KubeShell:
     def __init__(
         self,
         api_client: Any,
-        core: KubeScheduler,
+        core: KubeState,
         loop: EventLoop,
         *,
         clock: Clock = SYSTEM_CLOCK,
@@ -275,11 +285,11 @@ class KubeShell:
 
     # -- loop thread -------------------------------------------------------
     def _relisted(self, items: list[dict[str, Any]]) -> None:
-        self.core.on_relist(items, self.clock.wall_ms())
+        self._step(PodsListed(items))
         self._want_cycle()
 
     def _pod_event(self, kind: str, pod: dict[str, Any]) -> None:
-        self.core.on_pod(kind, pod, self.clock.wall_ms())
+        self._step(PodWatched(kind, pod))
         self._want_cycle()
 
     def on_energy(self, reports: list[EnergyReport]) -> None:
@@ -289,7 +299,7 @@ class KubeShell:
     def _energy(self, reports: list[EnergyReport]) -> None:
         now = self.clock.wall_ms()
         for report in reports:
-            self.core.on_energy(report, now)
+            self._step(EnergyReported(report), now)
         self._want_cycle()
 
     def _want_cycle(self) -> None:
@@ -306,15 +316,23 @@ class KubeShell:
         self._cycle_posted = False
         if self.core.pending:
             self._refresh_nodes()
-        for decision in self.core.decide(self.clock.wall_ms()):
-            if isinstance(decision, BindPod):
-                self._bind(decision)
-            elif isinstance(decision, PodUnschedulable):
-                self._unschedulable(decision)
-        wake = self.core.next_wake_ms()
+        self._execute(self._step(Tick()))
+        wake = next_wake_ms(self.core)
         if wake is not None and (self._armed_ms is None or wake < self._armed_ms):
             self._armed_ms = wake
             self.loop.call_later(max(0.0, (wake - self.clock.wall_ms()) / 1000) + 0.001, self._timer)
+
+    def _step(self, event: KubeEvent, now_ms: int | None = None) -> list[Decision]:
+        decided = step(self.core, event, self.clock.wall_ms() if now_ms is None else now_ms)
+        self.core = decided.state
+        return decided.actions
+
+    def _execute(self, decisions: list[Decision]) -> None:
+        for decision in decisions:
+            if isinstance(decision, BindPod):
+                self._bind(decision)
+            else:
+                self._unschedulable(decision)
 
     def _refresh_nodes(self) -> None:
         now = self.clock.monotonic()
@@ -337,14 +355,14 @@ class KubeShell:
             log.warning("listing nodes and bound pods failed: %s", exc)
             return
         self._nodes_read_at = now
-        self.core.on_nodes(nodes, self.clock.wall_ms(), assigned)
+        self._step(NodesListed(nodes, assigned))
 
     def _bind(self, decision: BindPod) -> None:
         """Hands the bind to the pool; its outcome comes back to the loop thread."""
         try:
             self._pool.submit(self._bind_in_pool, decision)
         except RuntimeError:  # the pool is shut down: we are stopping
-            self.core.on_bind_result(decision.pod, ERROR, self.clock.wall_ms(), "stopping")
+            self._step(BindAnswered(decision.pod, ERROR, "stopping"))
 
     def _bind_in_pool(self, decision: BindPod) -> None:
         outcome, detail = self.bind_outcome(decision.pod, decision.placement.node)
@@ -375,15 +393,14 @@ class KubeShell:
 
     def _bind_done(self, decision: BindPod, outcome: str, detail: str) -> None:
         pod, placement = decision.pod, decision.placement
-        failure = self.core.on_bind_result(pod, outcome, self.clock.wall_ms(), detail)
+        decisions = self._step(BindAnswered(pod, outcome, detail))
         if outcome == BOUND:
             self.bound += 1
             log.info("bind %s -> %s: %s", pod.key, placement.node, placement.reason)
             self._record(pod, "Scheduled", f"Successfully assigned {pod.key} to {placement.node}: {placement.reason}")
         else:
             log.info("bind %s -> %s: %s (%s)", pod.key, placement.node, outcome, detail)
-        if failure is not None:
-            self._unschedulable(failure)
+        self._execute(decisions)
         self._want_cycle()  # a place in the bind pool is free again
 
     def _unschedulable(self, failure: PodUnschedulable) -> None:
@@ -437,15 +454,20 @@ class KubeShell:
 
 
 class LeaseKeeper:
-    """The I/O of leader election (decisions in kube_leader.Elector): reads
+    """The I/O of leader election (decisions in kube_leader.step): reads
     and writes the Lease every retry period from its own thread."""
 
-    def __init__(self, api_client: Any, elector: Elector, *, request_timeout_s: float, clock: Clock = SYSTEM_CLOCK):
+    def __init__(
+        self, api_client: Any, state: LeaderState, *, request_timeout_s: float, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         from kubernetes import client
 
         self.api: Any = client.CoordinationV1Api(api_client)
-        self.elector, self.clock, self.request_timeout_s = elector, clock, request_timeout_s
-        self.config = elector.config
+        self.state, self.clock, self.request_timeout_s = state, clock, request_timeout_s
+        self.config = state.config
+
+    def _now(self) -> LeaderNow:
+        return LeaderNow(self.clock.monotonic(), self.clock.wall_ms())
 
     def _read(self) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
@@ -462,19 +484,19 @@ class LeaseKeeper:
         _release(response)
         return lease
 
-    def _write(self, current: dict[str, Any] | None, body: dict[str, Any]) -> bool:
+    def _write(self, write: kube_leader.WriteLease) -> bool:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            if current is None:
+            if write.create:
                 response = self.api.create_namespaced_lease(
-                    self.config.namespace, body, _preload_content=False, _request_timeout=self.request_timeout_s
+                    self.config.namespace, write.body, _preload_content=False, _request_timeout=self.request_timeout_s
                 )
             else:
                 response = self.api.replace_namespaced_lease(
                     self.config.name,
                     self.config.namespace,
-                    body,
+                    write.body,
                     _preload_content=False,
                     _request_timeout=self.request_timeout_s,
                 )
@@ -486,10 +508,10 @@ class LeaseKeeper:
         return True
 
     def attempt(self) -> None:
-        lease = self._read()
-        body = self.elector.step(lease, self.clock.monotonic(), self.clock.wall_ms())
-        if body is not None:
-            self.elector.on_written(self._write(lease, body), self.clock.monotonic())
+        decided = kube_leader.step(self.state, LeaseRead(self._read()), self._now())
+        self.state = decided.state
+        for write in decided.actions:
+            self.state = kube_leader.step(self.state, LeaseWritten(self._write(write)), self._now()).state
 
     def run(self, started: Any, lost: Any, stopping: threading.Event) -> None:
         announced = False
@@ -498,7 +520,7 @@ class LeaseKeeper:
                 self.attempt()
             except Exception as exc:
                 log.warning("leader election: %s: %s", type(exc).__name__, exc)
-            if self.elector.lost(self.clock.monotonic()):
+            if kube_leader.lost(self.state, self.clock.monotonic()):
                 log.error(
                     "leader election lost: no renewal of lease %s for %.0f s",
                     self.config.name,
@@ -506,7 +528,7 @@ class LeaseKeeper:
                 )
                 lost()
                 return
-            if self.elector.leading and not announced:
+            if self.state.leading and not announced:
                 announced = True
                 log.info(
                     "leader election: %s holds lease %s/%s",
@@ -516,14 +538,12 @@ class LeaseKeeper:
                 )
                 started()
             period = self.config.retry_period_s
-            stopping.wait(period if self.elector.leading else period * random.uniform(1.0, 1.2))
+            stopping.wait(period if self.state.leading else period * random.uniform(1.0, 1.2))
 
     def release(self) -> None:
         try:
-            lease = self._read()
-            body = self.elector.release(lease, self.clock.wall_ms()) if lease is not None else None
-            if body is not None:
-                self._write(lease, body)
+            for write in kube_leader.step(self.state, Releasing(self._read()), self._now()).actions:
+                self._write(write)
         except Exception as exc:
             log.warning("releasing the lease failed: %s", exc)
 
@@ -628,7 +648,7 @@ def run_kubernetes(args: argparse.Namespace) -> int:
     identity = args.leader_elect_identity or f"{socket.gethostname()}_{uuid.uuid4()}"
     shell = KubeShell(
         api_client,
-        KubeScheduler(config),
+        KubeState(config),
         loop,
         watch_timeout_s=args.watch_timeout_s,
         request_timeout_s=args.request_timeout_s,
@@ -653,7 +673,7 @@ def run_kubernetes(args: argparse.Namespace) -> int:
     if args.leader_elect:
         keeper = LeaseKeeper(
             api_client,
-            Elector(
+            LeaderState(
                 LeaderConfig(
                     identity=identity,
                     name=args.leader_elect_resource_name or config.scheduler_name,
@@ -695,7 +715,7 @@ def run_kubernetes(args: argparse.Namespace) -> int:
     finally:
         stopping.set()
         shell.stop()
-        if keeper is not None and exit_code[0] == 0 and keeper.elector.leading:
+        if keeper is not None and exit_code[0] == 0 and keeper.state.leading:
             keeper.release()
         if bus is not None:
             bus.close()

@@ -3,13 +3,17 @@ them, when it re-places them (pure: no I/O, no clock, no threads).
 
 Theory of operation
 -------------------
-`NativeScheduler` holds what the scheduler knows — the workloads it must
+`NativeState` (frozen) holds what the scheduler knows — the workloads it must
 place (from the desired state), the live agents and their status, the last
 energy report of every node, the bindings it made and the placements still
-in flight — and every `on_*` method takes one input plus `now_ms` (wall
-clock) and returns the actions for the shell to carry out
-(`PublishBinding`, `PublishEvent`, `Requery`). After each call the shell asks
-`next_wake_ms()` and calls `tick(now_ms)` then.
+in flight. The shell feeds every input as an event to
+`step(state, event, now_ms)` (wall clock): DesiredStateRead,
+WorkloadStateSeen, AgentLiveliness, AgentStatusSeen, EnergyReported, and
+Tick when its timer fires; it carries out the returned actions
+(`PublishBinding`, `PublishEvent`, `Requery`), keeps the returned state and
+arms its timer at `next_wake_ms(state)`. Within one step the handlers work
+on a copy (`_Working`) whose dicts they update; the workloads are frozen
+values replaced, never changed.
 
 A workload is the scheduler's when its `agent` is empty or absent
 (NotScheduled) or when it carries the `scheduling` extension (the binding
@@ -45,19 +49,26 @@ does not make workloads flap.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
+from schemas.liveliness import AgentLiveliness
 from schemas.manifest import Manifest, Scheduling, Workload
 from schemas.messages import AgentStatus, Binding, CompleteState, EnergyReport, WorkloadState
 from services.scheduler.core import (
+    ENERGY_FILTERS,
     CycleContext,
+    EnergyReported,
     NodeView,
     NoFit,
     Placement,
     PlacementRequest,
+    Reservation,
+    Reservations,
+    Tick,
     backoff_ms,
+    newer_energy,
     schedule,
 )
 
@@ -96,12 +107,31 @@ class Requery(msgspec.Struct, frozen=True):
 
 Action = PublishBinding | PublishEvent | Requery
 
+
+# -- events ------------------------------------------------------------------
+
+
+class DesiredStateRead(msgspec.Struct, frozen=True):
+    """The reply to `ank/cmd/state`: the desired state and the known workload states."""
+
+    complete: CompleteState
+
+
+class WorkloadStateSeen(msgspec.Struct, frozen=True):
+    state: WorkloadState
+
+
+class AgentStatusSeen(msgspec.Struct, frozen=True):
+    status: AgentStatus
+
+
+NativeEvent = DesiredStateRead | WorkloadStateSeen | AgentLiveliness | AgentStatusSeen | EnergyReported | Tick
+
 # States that say nothing about where a workload runs.
 _PLACELESS_STATES = ("NotScheduled", "Removed")
 
 
-@dataclass
-class Tracked:
+class Tracked(msgspec.Struct, frozen=True, kw_only=True):
     """One workload the scheduler owns."""
 
     request: PlacementRequest
@@ -113,14 +143,21 @@ class Tracked:
     attempts: int = 0
     next_try_ms: int = 0
     last_failure: str = ""
-    rejected: dict[str, str] = field(default_factory=dict)
+    rejected_by: dict[str, str] = {}  # node -> the filter that rejected it
 
 
-@dataclass
-class InFlight:
-    agent: str
-    cost_wh: float
-    until_ms: int
+class NativeState(msgspec.Struct, frozen=True):
+    """What the scheduler knows between two events."""
+
+    config: NativeConfig = msgspec.field(default_factory=NativeConfig)
+    workloads: dict[str, Tracked] = {}
+    alive: frozenset[str] = frozenset()  # agents whose liveliness token is up
+    status: dict[str, AgentStatus] = {}
+    energy: dict[str, EnergyReport] = {}  # node -> its latest report
+    in_flight: dict[str, Reservation] = {}  # workload -> its node, while its binding is in flight
+    placements: int = 0
+    desired_known: bool = False
+    desired_names: frozenset[str] = frozenset()  # every workload of the desired state, ours or not
 
 
 def request_for(name: str, workload: Workload, config: NativeConfig) -> PlacementRequest | None:
@@ -138,28 +175,85 @@ def request_for(name: str, workload: Workload, config: NativeConfig) -> Placemen
     )
 
 
-class NativeScheduler:
-    def __init__(self, config: NativeConfig | None = None) -> None:
-        self.config = config or NativeConfig()
-        self.workloads: dict[str, Tracked] = {}
-        self.alive: set[str] = set()
-        self.status: dict[str, AgentStatus] = {}
-        self.energy: dict[str, EnergyReport] = {}
-        self.in_flight: dict[str, InFlight] = {}  # workload -> its reservation
-        self._reserved: dict[str, float] = {}  # node -> sum of its in-flight costs
-        self.placements = 0
-        self.desired_known = False
-        self.desired_names: set[str] = set()  # every workload of the desired state, ours or not
+def step(state: NativeState, event: NativeEvent, now_ms: int) -> NativeStep:
+    """The scheduler's reaction to one event: its new state and the actions."""
+    work = _Working(state)
+    if isinstance(event, DesiredStateRead):
+        actions = work.on_complete_state(event.complete, now_ms)
+    elif isinstance(event, WorkloadStateSeen):
+        actions = work.on_workload_state(event.state, now_ms)
+    elif isinstance(event, AgentLiveliness):
+        actions = work.on_agent(event.agent, event.alive, now_ms)
+    elif isinstance(event, AgentStatusSeen):
+        actions = work.on_agent_status(event.status, now_ms)
+    elif isinstance(event, EnergyReported):
+        actions = work.on_energy(event.report, now_ms)
+    else:
+        actions = work.tick(now_ms)
+    return NativeStep(work.freeze(), actions)
+
+
+# -- queries -------------------------------------------------------------------
+
+
+def next_wake_ms(state: NativeState) -> int | None:
+    """When a Tick has something to do (None: nothing planned)."""
+    times = [t.next_try_ms for t in state.workloads.values() if t.needs_placement]
+    times += [held.until_ms for held in state.in_flight.values()]
+    return min(times, default=None)
+
+
+def bindings(state: NativeState) -> list[Binding]:
+    """The current binding of every placed workload (for late joiners)."""
+    return [
+        Binding(workload=name, agent=t.agent, policy=t.request.policy, reason="current binding")
+        for name, t in sorted(state.workloads.items())
+        if t.agent
+    ]
+
+
+def node_views(state: NativeState, now_ms: int) -> list[NodeView]:
+    """Every known node as the framework sees it."""
+    return _Working(state).node_views(now_ms)
+
+
+class _Working:
+    """One step's working copy of a NativeState (its dicts copied, its values
+    frozen), with the view caches of that step."""
+
+    def __init__(self, state: NativeState) -> None:
+        self.config = state.config
+        self.workloads = dict(state.workloads)
+        self.alive = set(state.alive)
+        self.status = dict(state.status)
+        self.energy = dict(state.energy)
+        self.in_flight = Reservations.of(state.in_flight)
+        self.placements = state.placements
+        self.desired_known = state.desired_known
+        self.desired_names = state.desired_names
         self._views: dict[str, NodeView] = {}  # cache, rebuilt per node on change
         self._names: list[str] | None = None  # every known node, sorted (cache)
         self._ring_cache: tuple[str, ...] | None = None  # live agents, sorted (round-robin)
 
-    # -- inputs ------------------------------------------------------------
+    def freeze(self) -> NativeState:
+        return NativeState(
+            config=self.config,
+            workloads=self.workloads,
+            alive=frozenset(self.alive),
+            status=self.status,
+            energy=self.energy,
+            in_flight=self.in_flight.held(),
+            placements=self.placements,
+            desired_known=self.desired_known,
+            desired_names=self.desired_names,
+        )
+
+    # -- inputs (through step) ---------------------------------------------
 
     def on_complete_state(self, state: CompleteState, now_ms: int) -> list[Action]:
         """The desired state and the known workload states (reply to ank/cmd/state)."""
         self.desired_known = True
-        self.desired_names = set(state.desired.workloads)
+        self.desired_names = frozenset(state.desired.workloads)
         where = _current_agents(state.workload_states)
         actions: list[Action] = []
         wanted = _requests(state.desired, self.config)
@@ -171,19 +265,19 @@ class NativeScheduler:
             tracked = self.workloads.get(name)
             if tracked is None:
                 tracked = Tracked(request=request, next_try_ms=now_ms)
-                self.workloads[name] = tracked
                 agent = where.get(name, "")
                 if agent:
                     # Already placed (our earlier binding, or before we started): adopt it.
-                    tracked.agent, tracked.bound_at_ms, tracked.needs_placement = agent, now_ms, False
-                    if agent not in self.alive and self._liveness_known(agent):
-                        self._unplace(tracked, now_ms, f"agent {agent} not alive")
+                    tracked = msgspec.structs.replace(tracked, agent=agent, bound_at_ms=now_ms, needs_placement=False)
+                self.workloads[name] = tracked
+                if agent and agent not in self.alive and self._liveness_known(agent):
+                    self._unplace(name, now_ms, f"agent {agent} not alive")
             elif tracked.request != request:
-                tracked.request = request
-                if tracked.agent and self._rejects(tracked, tracked.agent, now_ms, own=True):
-                    self._unplace(tracked, now_ms, "its scheduling hints changed", moving=True)
+                self._update(name, request=request)
+                if tracked.agent and self._rejects(request, tracked.agent, now_ms, own=True):
+                    self._unplace(name, now_ms, "its scheduling hints changed", moving=True)
                 elif not tracked.agent:
-                    tracked.next_try_ms, tracked.attempts = now_ms, 0
+                    self._update(name, next_try_ms=now_ms, attempts=0)
         actions += self._run(now_ms)
         return actions
 
@@ -200,7 +294,7 @@ class NativeScheduler:
             if tracked.sent_ms and now_ms - tracked.sent_ms < self.config.in_flight_ms:
                 return []  # our binding has not reached the planner yet
             # The planner lost the binding (e.g. it restarted): say it again.
-            tracked.sent_ms = now_ms
+            self._update(ws.workload, sent_ms=now_ms)
             binding = Binding(
                 workload=ws.workload,
                 agent=tracked.agent,
@@ -213,7 +307,7 @@ class NativeScheduler:
         if ws.agent == tracked.agent:
             self._release(ws.workload)  # landed: the node's own energy reports count it from now on
         elif not tracked.agent:
-            tracked.agent, tracked.bound_at_ms, tracked.needs_placement = ws.agent, now_ms, False
+            self._update(ws.workload, agent=ws.agent, bound_at_ms=now_ms, needs_placement=False)
         return []
 
     def on_agent(self, agent: str, alive: bool, now_ms: int) -> list[Action]:
@@ -233,7 +327,7 @@ class NativeScheduler:
         self._invalidate(agent)
         for name, tracked in sorted(self.workloads.items()):
             if tracked.agent == agent:
-                self._unplace(tracked, now_ms, f"agent {agent} lost")
+                self._unplace(name, now_ms, f"agent {agent} lost")
                 self._release(name)
         return self._run(now_ms)
 
@@ -247,50 +341,34 @@ class NativeScheduler:
         return self._run(now_ms)
 
     def on_energy(self, report: EnergyReport, now_ms: int) -> list[Action]:
-        if report.time_ms <= 0:
-            report = msgspec.structs.replace(report, time_ms=now_ms)
-        old = self.energy.get(report.node)
-        if old is not None and old.time_ms > report.time_ms:
-            return []  # an older measurement arriving late
-        self.energy[report.node] = report
+        newer = newer_energy(self.energy, report, now_ms)
+        if newer is None:
+            return []
+        report = self.energy[report.node] = newer
         self._invalidate(report.node)
         node = report.node
-        for tracked in self.workloads.values():
+        for name, tracked in sorted(self.workloads.items()):
             if tracked.agent != node or tracked.needs_placement:
                 continue
             floor = tracked.request.min_energy_wh - self.config.hysteresis_wh
             dwelt = now_ms - tracked.bound_at_ms >= self.config.min_dwell_ms
             if report.energy_wh < floor and dwelt:
                 self._unplace(
-                    tracked,
+                    name,
                     now_ms,
                     f"{node} energy {report.energy_wh:.1f} Wh below reserve {tracked.request.min_energy_wh:.1f} Wh"
                     f" - hysteresis {self.config.hysteresis_wh:.1f} Wh",
                     moving=True,
                 )
-        self._retry_failed(now_ms, lambda t: _energy_related(t.rejected.get(node)))
+        self._retry_failed(now_ms, lambda t: t.rejected_by.get(node, "") in _ENERGY_OR_UNKNOWN)
         return self._run(now_ms)
 
     def tick(self, now_ms: int) -> list[Action]:
-        for name, flight in list(self.in_flight.items()):
-            if flight.until_ms <= now_ms:
-                self._release(name)
+        for name in self.in_flight.expired(now_ms):
+            self._release(name)
         return self._run(now_ms)
 
-    # -- queries -----------------------------------------------------------
-
-    def next_wake_ms(self) -> int | None:
-        times = [t.next_try_ms for t in self.workloads.values() if t.needs_placement]
-        times += [f.until_ms for f in self.in_flight.values()]
-        return min(times) if times else None
-
-    def bindings(self) -> list[Binding]:
-        """The current binding of every placed workload (for late joiners)."""
-        return [
-            Binding(workload=name, agent=t.agent, policy=t.request.policy, reason="current binding")
-            for name, t in sorted(self.workloads.items())
-            if t.agent
-        ]
+    # -- internals ---------------------------------------------------------
 
     def node_views(self, now_ms: int) -> list[NodeView]:
         if self._names is None:
@@ -304,12 +382,10 @@ class NativeScheduler:
             views.append(view)
         return views
 
-    # -- internals ---------------------------------------------------------
-
     def _view(self, name: str) -> NodeView:
         status = self.status.get(name)
         report = self.energy.get(name)
-        reserved = self._reserved.get(name, 0.0)
+        reserved = self.in_flight.reserved_wh(name)
         return NodeView(
             name=name,
             alive=name in self.alive,
@@ -332,32 +408,24 @@ class NativeScheduler:
         return bool(self.alive) or agent in self.status
 
     def _release(self, workload: str) -> None:
-        flight = self.in_flight.pop(workload, None)
-        if flight is not None:
-            left = self._reserved.get(flight.agent, 0.0) - flight.cost_wh
-            if left > 1e-9:
-                self._reserved[flight.agent] = left
-            else:
-                self._reserved.pop(flight.agent, None)
-            self._invalidate(flight.agent)
+        node = self.in_flight.release(workload)
+        if node is not None:
+            self._invalidate(node)
 
-    def _unplace(self, tracked: Tracked, now_ms: int, why: str, *, moving: bool = False) -> None:
-        tracked.needs_placement = True
-        tracked.why = why
-        tracked.attempts = 0
-        tracked.next_try_ms = now_ms
-        tracked.last_failure = ""
-        if not moving:
-            tracked.agent = ""
+    def _update(self, name: str, **changes: Any) -> None:
+        self.workloads[name] = msgspec.structs.replace(self.workloads[name], **changes)
+
+    def _unplace(self, name: str, now_ms: int, why: str, *, moving: bool = False) -> None:
+        agent = self.workloads[name].agent if moving else ""
+        self._update(name, needs_placement=True, why=why, attempts=0, next_try_ms=now_ms, last_failure="", agent=agent)
 
     def _retry_failed(self, now_ms: int, relevant: Callable[[Tracked], bool]) -> None:
-        for tracked in self.workloads.values():
-            if tracked.needs_placement and tracked.attempts and relevant(tracked):
-                tracked.next_try_ms = min(tracked.next_try_ms, now_ms)
+        for name, tracked in sorted(self.workloads.items()):
+            if tracked.needs_placement and tracked.attempts and relevant(tracked) and tracked.next_try_ms > now_ms:
+                self._update(name, next_try_ms=now_ms)
 
-    def _rejects(self, tracked: Tracked, node: str, now_ms: int, *, own: bool) -> bool:
+    def _rejects(self, request: PlacementRequest, node: str, now_ms: int, *, own: bool) -> bool:
         """Whether the filters reject `node` for the workload (own: it already runs there)."""
-        request = tracked.request
         if own:
             request = msgspec.structs.replace(request, energy_cost_wh=0.0)
         view = self._views.get(node) or self._view(node)
@@ -391,25 +459,31 @@ class NativeScheduler:
 
     def _attempt(self, name: str, tracked: Tracked, now_ms: int) -> list[Action]:
         moving_from = tracked.agent
-        if moving_from and moving_from in self.alive and not self._rejects(tracked, moving_from, now_ms, own=True):
+        if (
+            moving_from
+            and moving_from in self.alive
+            and not self._rejects(tracked.request, moving_from, now_ms, own=True)
+        ):
             # Its node recovered (e.g. charged above the reserve): stay.
-            tracked.needs_placement, tracked.attempts, tracked.last_failure = False, 0, ""
+            self._update(name, needs_placement=False, attempts=0, last_failure="")
             return []
         candidates = [v for v in self.node_views(now_ms) if v.name != moving_from]
         result = schedule(tracked.request, candidates, self._context(now_ms))
         if isinstance(result, Placement):
             return self._bind(name, tracked, result, now_ms)
-        tracked.attempts += 1
-        tracked.rejected = dict(result.reasons)
-        tracked.next_try_ms = now_ms + backoff_ms(
-            tracked.attempts, self.config.backoff_initial_ms, self.config.backoff_max_ms
-        )
+        attempts = tracked.attempts + 1
         message = result.message
         if moving_from:
             message = f"cannot move off {moving_from} ({tracked.why}): {message}"
+        self._update(
+            name,
+            attempts=attempts,
+            rejected_by=dict(result.filters),
+            next_try_ms=now_ms + backoff_ms(attempts, self.config.backoff_initial_ms, self.config.backoff_max_ms),
+            last_failure=message,
+        )
         if message == tracked.last_failure:
             return []  # the same failure again: the event would only repeat itself
-        tracked.last_failure = message
         detail = "; ".join(f"{n}: {r}" for n, r in sorted(result.reasons.items()))
         return [
             PublishEvent(
@@ -422,24 +496,25 @@ class NativeScheduler:
 
     def _bind(self, name: str, tracked: Tracked, placement: Placement, now_ms: int) -> list[Action]:
         previous = tracked.agent
-        tracked.agent = placement.node
-        tracked.bound_at_ms = now_ms
-        tracked.needs_placement = False
-        tracked.attempts = 0
-        tracked.last_failure = ""
-        tracked.rejected = {}
+        self._update(
+            name,
+            agent=placement.node,
+            bound_at_ms=now_ms,
+            needs_placement=False,
+            attempts=0,
+            last_failure="",
+            rejected_by={},
+            sent_ms=now_ms,
+        )
         self.placements += 1
         self._release(name)
-        until = now_ms + self.config.in_flight_ms
-        self.in_flight[name] = InFlight(placement.node, tracked.request.energy_cost_wh, until)
-        self._reserved[placement.node] = self._reserved.get(placement.node, 0.0) + tracked.request.energy_cost_wh
+        self.in_flight.add(name, placement.node, tracked.request.energy_cost_wh, now_ms + self.config.in_flight_ms)
         self._invalidate(placement.node)
         why = tracked.why if previous or tracked.why != "new workload" else ""
         reason = placement.reason + (f" (re-placed: {why})" if why else "")
         binding = Binding(
             workload=name, agent=placement.node, policy=placement.policy, score=placement.score, reason=reason
         )
-        tracked.sent_ms = now_ms
         moved = f" (was on {previous})" if previous else ""
         return [
             PublishBinding(binding),
@@ -447,8 +522,9 @@ class NativeScheduler:
         ]
 
 
-def _energy_related(reason: str | None) -> bool:
-    return reason is None or reason.startswith(("no energy", "energy"))
+# A node that rejected a workload for energy, or was not among the nodes of
+# its last attempt (""), may take it after a new energy report.
+_ENERGY_OR_UNKNOWN = ENERGY_FILTERS | {""}
 
 
 def _requests(desired: Manifest, config: NativeConfig) -> dict[str, PlacementRequest]:
@@ -470,3 +546,8 @@ def _current_agents(states: Iterable[WorkloadState]) -> dict[str, str]:
         if ws.workload not in latest or stamp > latest[ws.workload]:
             latest[ws.workload] = stamp
     return {name: stamp[2] for name, stamp in latest.items()}
+
+
+class NativeStep(msgspec.Struct, frozen=True):
+    state: NativeState
+    actions: list[Action]

@@ -1,16 +1,17 @@
 """`ank-scheduler`: the scheduler's shell. Native mode (default) places
 workloads over the bus; `--kubernetes` binds pods (services.scheduler.kube).
 
-Native mode wiring (decisions are all in services.scheduler.native):
+Native mode wiring (decisions are all in services.scheduler.native; each
+input is an event given to its `step`):
 
-    ank/cmd/state (query)          -> on_complete_state   (at start, on ank/desired,
-                                                            on states of unknown workloads,
-                                                            and every --resync-s)
-    ank/state/**                   -> on_workload_state
-    liveliness ank/agents/*        -> on_agent
-    ank/agents/*/status            -> on_agent_status
-    ank/energy/**                  -> on_energy
-    timer (core.next_wake_ms)      -> tick
+    ank/cmd/state (query)          -> DesiredStateRead   (at start, on ank/desired,
+                                                           on states of unknown workloads,
+                                                           and every --resync-s)
+    ank/state/**                   -> WorkloadStateSeen
+    liveliness ank/agents/*        -> AgentLiveliness
+    ank/agents/*/status            -> AgentStatusSeen
+    ank/energy/**                  -> EnergyReported
+    timer (next_wake_ms)           -> Tick
     actions: Binding -> ank/bind/<wl>; events -> ank/events/<kind>
     queryable ank/bind/*           <- the current bindings (for a restarted planner)
 
@@ -30,19 +31,28 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+from schemas.liveliness import AgentLiveliness
 from schemas.messages import AgentStatus, Binding, EnergyReport, WorkloadState
 from services.bus import Bus, BusConfigError, paging
 from services.bus.loop import EventLoop
 from services.clock import SYSTEM_CLOCK, Clock
 from services.logsetup import setup_logging
+from services.scheduler.core import EnergyReported, Tick
 from services.scheduler.influx import InfluxConfigError, InfluxEnergySource, InfluxSettings, poll_until_stopped
 from services.scheduler.native import (
     Action,
+    AgentStatusSeen,
+    DesiredStateRead,
     NativeConfig,
-    NativeScheduler,
+    NativeEvent,
+    NativeState,
     PublishBinding,
     PublishEvent,
     Requery,
+    WorkloadStateSeen,
+    bindings,
+    next_wake_ms,
+    step,
 )
 
 log = logging.getLogger("ank.scheduler")
@@ -106,10 +116,10 @@ def native_config(args: argparse.Namespace) -> NativeConfig:
 
 
 class NativeShell:
-    """Connects a NativeScheduler to the bus. Core calls happen on the loop thread only."""
+    """Connects the native scheduler's core to the bus. Core calls happen on the loop thread only."""
 
     def __init__(
-        self, bus: Bus, loop: EventLoop, core: NativeScheduler, *, clock: Clock = SYSTEM_CLOCK, resync_s: float = 10.0
+        self, bus: Bus, loop: EventLoop, core: NativeState, *, clock: Clock = SYSTEM_CLOCK, resync_s: float = 10.0
     ) -> None:
         self.bus, self.loop, self.core, self.clock = bus, loop, core, clock
         self.resync_s = resync_s
@@ -124,8 +134,8 @@ class NativeShell:
     def start(self) -> None:
         b = self.bus
         b.queryable("ank/bind/*", self._answer_bindings)
-        b.subscribe("ank/state/**", WorkloadState, lambda k, m: self._post(self.core.on_workload_state, m))
-        b.subscribe("ank/agents/*/status", AgentStatus, lambda k, m: self._post(self.core.on_agent_status, m))
+        b.subscribe("ank/state/**", WorkloadState, lambda k, m: self._post(WorkloadStateSeen, m))
+        b.subscribe("ank/agents/*/status", AgentStatus, lambda k, m: self._post(AgentStatusSeen, m))
         b.subscribe("ank/energy/**", EnergyReport, self._on_energy)
         b.watch_liveliness("ank/agents/*", self._on_liveliness)
         b.subscribe_raw("ank/desired", lambda k, p: self.requery("ank/desired changed", delay_s=0.3))
@@ -144,15 +154,15 @@ class NativeShell:
         self._threads.append(thread)
 
     # -- inputs (Zenoh threads: only post) --------------------------------
-    def _post(self, method: Callable[[Any, int], list[Action]], msg: Any) -> None:
-        self.loop.post(self._call, method, msg)
+    def _post(self, event: Callable[[Any], NativeEvent], msg: Any) -> None:
+        self.loop.post(self._call, event, msg)
 
     def _on_energy(self, key: str, report: EnergyReport) -> None:
         node = key.rsplit("/", 1)[-1]
         if report.node != node:
             log.warning("energy report on %s names node %r; ignored", key, report.node)
             return
-        self._post(self.core.on_energy, report)
+        self._post(EnergyReported, report)
 
     def _on_liveliness(self, key: str, alive: bool) -> None:
         parts = key.split("/")
@@ -166,7 +176,7 @@ class NativeShell:
         snapshot: list[Binding] = []
 
         def read() -> None:
-            snapshot.extend(self.core.bindings())
+            snapshot.extend(bindings(self.core))
             done.set()
 
         self.loop.post(read)
@@ -175,16 +185,21 @@ class NativeShell:
         return [(f"ank/bind/{b.workload}", self.bus.encode(b)) for b in snapshot]
 
     # -- loop thread -------------------------------------------------------
-    def _call(self, method: Callable[[Any, int], list[Action]], msg: Any) -> None:
-        self._execute(method(msg, self.clock.wall_ms()))
+    def _call(self, event: Callable[[Any], NativeEvent], msg: Any) -> None:
+        self._step(event(msg))
 
     def _call_agent(self, agent: str, alive: bool) -> None:
         log.info("agent %s %s", agent, "alive" if alive else "lost")
-        self._execute(self.core.on_agent(agent, alive, self.clock.wall_ms()))
+        self._step(AgentLiveliness(agent, alive))
 
     def _tick(self) -> None:
         self._armed_ms = None
-        self._execute(self.core.tick(self.clock.wall_ms()))
+        self._step(Tick())
+
+    def _step(self, event: NativeEvent) -> None:
+        decided = step(self.core, event, self.clock.wall_ms())
+        self.core = decided.state
+        self._execute(decided.actions)
 
     def _execute(self, actions: list[Action]) -> None:
         for action in actions:
@@ -203,7 +218,7 @@ class NativeShell:
         self._arm()
 
     def _arm(self) -> None:
-        wake = self.core.next_wake_ms()
+        wake = next_wake_ms(self.core)
         if wake is None or (self._armed_ms is not None and self._armed_ms <= wake):
             return
         self._armed_ms = wake
@@ -242,7 +257,7 @@ class NativeShell:
                 self.requery(why)
                 continue
             log.debug("desired state read (%s): %d workloads", why, len(states[0].desired.workloads))
-            self.loop.post(self._call, self.core.on_complete_state, states[0])
+            self.loop.post(self._call, DesiredStateRead, states[0])
             self._stopping.wait(0.2)  # coalesce bursts of triggers into one query per 200 ms
 
     # -- InfluxDB ----------------------------------------------------------
@@ -275,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ank-scheduler: {exc}", file=sys.stderr)
         return 2
     loop = EventLoop()
-    shell = NativeShell(bus, loop, NativeScheduler(config), resync_s=args.resync_s)
+    shell = NativeShell(bus, loop, NativeState(config), resync_s=args.resync_s)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         loop.stop()
