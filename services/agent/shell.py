@@ -43,7 +43,7 @@ from schemas.messages import (
     WorkloadState,
     WorkloadUsage,
 )
-from services.agent import core
+from services.agent import ankaios_options, core
 from services.agent.energy import SimulatedBattery, read_power_supply
 from services.agent.runtimes import load_runtimes
 from services.agent.runtimes.base import Notify, RunHandle, Runtime, RuntimeEvent, StartError, StartSpec
@@ -570,7 +570,7 @@ def _non_negative(text: str) -> float:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ank-agent", description="Runs the workloads of one node.")
-    parser.add_argument("--name", required=True, help="the agent's name (workloads name it in `agent`)")
+    parser.add_argument("-n", "--name", help="the agent's name (workloads name it in `agent`); env ANKAGENT_NAME")
     parser.add_argument("--tag", action="append", type=_tag, default=[], help="an agent tag key=value (repeatable)")
     parser.add_argument(
         "--image-map",
@@ -581,7 +581,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run image FROM as TO (a FROM ending in / maps a prefix), e.g. "
         "ghcr.io/eclipse-ankaios/tests/=localhost/ank-test/ (repeatable; env ANK_IMAGE_MAP)",
     )
-    parser.add_argument("--server", help="the router endpoint (host:port or tcp/host:port); env ANK_SERVER")
+    parser.add_argument(
+        "-s", "--server", "--server-url", help="the router: host:port, tcp/host:port or http(s)://host:port"
+    )
     parser.add_argument("--zenoh-config", help="Zenoh configuration file (default: zenoh.json5)")
     parser.add_argument("--run-dir", help="logs and instance records (default .ank/agents/NAME)")
     parser.add_argument("--backoff-initial", type=_non_negative, default=0.1, help="second restart's delay, s")
@@ -598,7 +600,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--battery-capacity-wh", type=_non_negative, help="simulated battery: capacity, Wh")
     parser.add_argument("--battery-drain-w", type=_non_negative, default=0.0, help="simulated battery: drain, W")
     parser.add_argument("-v", "--verbose", action="count", default=0)
+    ankaios_options.add_arguments(parser)
     args = parser.parse_args(argv)
+    ankaios_options.resolve(args, parser)
     if not all(c.isalnum() or c in "_-" for c in args.name) or not 0 < len(args.name) <= 63:
         parser.error(f"--name {args.name!r}: use 1-63 letters, digits, '_' or '-'")
     if args.battery_capacity_wh is not None and args.battery_wh is None:
@@ -636,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         # The container runtimes read their image mapping from the environment.
         os.environ["ANK_IMAGE_MAP"] = ",".join(filter(None, [os.environ.get("ANK_IMAGE_MAP", ""), *args.image_map]))
     try:
-        bus = Bus(f"agent/{args.name}", config=args.zenoh_config, server=args.server)
+        bus = ankaios_options.open_bus(args)
     except BusConfigError as exc:
         print(f"ank-agent: {exc}", file=sys.stderr)
         return 2
