@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crt_pem", help="the server's certificate (PEM)")
     p.add_argument("--key_pem", help="the server's private key (PEM)")
     p.add_argument("--state-dir", help="the planner's state directory (default: the planner's)")
+    p.add_argument(
+        "--fresh-state",
+        action="store_true",
+        default=os.environ.get("ANKSERVER_FRESH_STATE", "").lower() in ("1", "true", "yes"),
+        help="start from the startup manifest alone, as Ankaios's server does: the planner keeps its state in a "
+        "temporary directory removed on exit (env ANKSERVER_FRESH_STATE)",
+    )
     p.add_argument("--no-scheduler", action="store_true", help="do not start ank-scheduler")
     p.add_argument("--no-health-watcher", action="store_true", help="do not start ank-health-watcher")
     p.add_argument("--stop-grace", type=float, default=10.0, help="SIGTERM -> SIGKILL grace for the children, s")
@@ -198,8 +205,7 @@ class Server:
             ("router", [py, "-m", "services.bus.router", "--zenoh-config", str(router_conf), *verbose]),
             (
                 "planner",
-                [py, "-m", "services.planner", *zc, *verbose]
-                + (["--state-dir", self.args.state_dir] if self.args.state_dir else []),
+                [py, "-m", "services.planner", *zc, *verbose, *self._state_dir()],
             ),
         ]
         if not self.args.no_health_watcher:
@@ -230,6 +236,13 @@ class Server:
                         raise BusConfigError("the planner did not answer to apply the startup manifest") from None
             if not result.ok:
                 raise BusConfigError("startup manifest rejected: " + "; ".join(str(e) for e in result.errors))
+
+    def _state_dir(self) -> list[str]:
+        if self.args.state_dir:
+            return ["--state-dir", self.args.state_dir]
+        if self.args.fresh_state:
+            return ["--state-dir", str(self.run_dir / "planner")]
+        return []
 
     def dead(self) -> list[str]:
         return [name for name, proc in self.children if proc.poll() is not None]
