@@ -232,15 +232,21 @@ def test_seed_guide_command_sequence_works_as_written(shell: Shell) -> None:
     try:
         applied = shell.run("ank -k apply ankaios_manifest.yaml")
         assert applied.returncode == 0, applied.stderr
-        assert {tuple(r.values())[:4] for r in columns(applied.stdout)} == {
-            ("kuksa-bridge", "police_agent", "process", "Running(Ok)"),
-            ("zenoh-router", "police_agent", "process", "Running(Ok)"),
-        }
+        table = {r["WORKLOAD NAME"]: r for r in columns(applied.stdout)}
+        assert sorted(table) == ["kuksa-bridge", "zenoh-router"]
+        assert {(r["AGENT"], r["RUNTIME"]) for r in table.values()} == {("police_agent", "process")}
+        assert table["zenoh-router"]["EXECUTION STATE"] == "Running(Ok)"
+        # apply stops waiting at a dependency wait; the dependent follows.
+        assert table["kuksa-bridge"]["EXECUTION STATE"] in ("Running(Ok)", "Pending(WaitingToStart)")
 
-        listed = shell.run("ank -k get workloads")
-        assert listed.returncode == 0, listed.stderr
-        assert [r["WORKLOAD NAME"] for r in columns(listed.stdout)] == ["kuksa-bridge", "zenoh-router"]
-        assert {r["EXECUTION STATE"] for r in columns(listed.stdout)} == {"Running(Ok)"}
+        def listed_running() -> list[dict[str, str]] | None:
+            listed = shell.run("ank -k get workloads")
+            assert listed.returncode == 0, listed.stderr
+            rows = columns(listed.stdout)
+            return rows if {r["EXECUTION STATE"] for r in rows} == {"Running(Ok)"} else None
+
+        rows = wait_for(listed_running, 30, "both Running(Ok) in `ank -k get workloads`")
+        assert [r["WORKLOAD NAME"] for r in rows] == ["kuksa-bridge", "zenoh-router"]
 
         one = shell.run("ank -k get workload kuksa-bridge")
         assert one.returncode == 0, one.stderr

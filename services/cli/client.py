@@ -31,7 +31,16 @@ class Client:
         self.timeout = timeout
 
     def _query(self, key: str, payload: bytes | None, schema: type[msgspec.Struct]) -> msgspec.Struct:
-        replies = self.bus.get_decoded(key, schema, payload=payload, timeout=self.timeout)
+        # A query no queryable matches ends at once: while the planner is
+        # still starting (just after `ank-server &`), ask again until the
+        # response timeout is used up.
+        deadline = time.monotonic() + self.timeout
+        while True:
+            replies = self.bus.get_decoded(key, schema, payload=payload, timeout=self.timeout)
+            remaining = deadline - time.monotonic()
+            if replies or remaining <= 0:
+                break
+            time.sleep(min(0.1, remaining))
         if not replies:
             raise NoPlanner(
                 f"no planner answered on {key} within {self.timeout:g} s "

@@ -205,7 +205,7 @@ class Server:
             ("router", [py, "-m", "services.bus.router", "--zenoh-config", str(router_conf), *verbose]),
             (
                 "planner",
-                [py, "-m", "services.planner", *zc, *verbose, *self._state_dir()],
+                [py, "-m", "services.planner", *zc, *verbose, *self._state_dir(), *self._startup()],
             ),
         ]
         if not self.args.no_health_watcher:
@@ -219,23 +219,9 @@ class Server:
                 _wait_listening(self.settings.addresses[0], proc)
         return client_conf
 
-    def apply_startup(self, text: str, client_conf: Path, timeout: float = 60.0) -> None:
-        from schemas.messages import ApplyRequest
-        from services.bus import Bus
-        from services.cli.client import Client, NoPlanner
-
-        with Bus("ank-server", config=client_conf) as bus:
-            client = Client(bus, 2.0)
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    result = client.apply(ApplyRequest(manifest=text))
-                    break
-                except NoPlanner:
-                    if time.monotonic() > deadline or self.dead():
-                        raise BusConfigError("the planner did not answer to apply the startup manifest") from None
-            if not result.ok:
-                raise BusConfigError("startup manifest rejected: " + "; ".join(str(e) for e in result.errors))
+    def _startup(self) -> list[str]:
+        manifest = self.settings.startup_manifest
+        return ["--startup-manifest", str(Path(manifest).resolve())] if manifest else []
 
     def _state_dir(self) -> list[str]:
         if self.args.state_dir:
@@ -269,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(tmp)
         try:
             settings = Settings(args, run_dir)
-            text = _check_manifest(settings.startup_manifest) if settings.startup_manifest else None
+            if settings.startup_manifest:
+                _check_manifest(settings.startup_manifest)
             for address in settings.addresses:
                 ankaios_tls.endpoint(address, tls=False)
         except BusConfigError as exc:
@@ -280,9 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: stop.set())
         try:
-            client_conf = server.start()
-            if text is not None:
-                server.apply_startup(text, client_conf)
+            server.start()
             log.info("ank-server up: listening on %s", ", ".join(settings.addresses))
             while not stop.wait(0.5):
                 if dead := server.dead():
