@@ -45,8 +45,9 @@ def test_workload_table_is_plain_and_cut_by_header_positions() -> None:
          "additionalInfo": "no such\nfile"},
     ]  # fmt: skip
     text = ankaios.workload_table(rows)
+    assert len({len(line) for line in text.splitlines()}) == 1  # every line as wide as the header
     assert (
-        text.splitlines()[0]
+        text.splitlines()[0].rstrip()
         == " WORKLOAD NAME             AGENT          RUNTIME   EXECUTION STATE           ADDITIONAL INFO"
     )
     table = columns(text)
@@ -232,7 +233,13 @@ def test_seed_guide_command_sequence_works_as_written(shell: Shell) -> None:
     try:
         applied = shell.run("ank -k apply ankaios_manifest.yaml")
         assert applied.returncode == 0, applied.stderr
-        table = {r["WORKLOAD NAME"]: r for r in columns(applied.stdout)}
+        # One row per state change: the header, then each workload as it goes.
+        progress = [(r["WORKLOAD NAME"], r["EXECUTION STATE"]) for r in columns(applied.stdout)]
+        first: dict[str, str] = {}
+        for name, state in progress:
+            first.setdefault(name, state)
+        assert all(state.startswith("Pending(") for state in first.values()), progress
+        table = {r["WORKLOAD NAME"]: r for r in columns(applied.stdout)}  # the last row of each
         assert sorted(table) == ["kuksa-bridge", "zenoh-router"]
         assert {(r["AGENT"], r["RUNTIME"]) for r in table.values()} == {("police_agent", "process")}
         assert table["zenoh-router"]["EXECUTION STATE"] == "Running(Ok)"
@@ -254,7 +261,8 @@ def test_seed_guide_command_sequence_works_as_written(shell: Shell) -> None:
 
         deleted = shell.run("ank -k delete workload kuksa-bridge zenoh-router")
         assert deleted.returncode == 0, deleted.stderr
-        assert {r["EXECUTION STATE"] for r in columns(deleted.stdout)} == {"Removed"}
+        final = {r["WORKLOAD NAME"]: r["EXECUTION STATE"] for r in columns(deleted.stdout)}
+        assert final == {"kuksa-bridge": "Removed", "zenoh-router": "Removed"}
         assert columns(shell.run("ank -k get workloads").stdout) == []
 
         def states_seen() -> set[str]:

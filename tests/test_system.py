@@ -60,7 +60,7 @@ def test_apply_waits_until_running_and_get_workloads_json_has_the_contract_field
         input=_sleepers("sleeper"),
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[1].split() == ["sleeper", "car1", "process", "Running(Ok)"], out.stdout
+    assert out.stdout.splitlines()[-1].split() == ["sleeper", "car1", "process", "Running(Ok)"], out.stdout
     row = system.workloads()["sleeper"]
     assert (row["agent"], row["runtime"], row["state"], row["substate"], row["restartCount"]) == (
         "car1",

@@ -22,9 +22,10 @@ CONFIG_HEADERS = ("CONFIG",)
 
 def plain_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """Ankaios's borderless table: every cell padded by one space on each
-    side, cells separated by one space, columns as wide as their widest cell.
-    Scripts cut rows at the header's column positions. Trailing blanks are
-    dropped; a cell's line breaks become spaces so a row stays one line."""
+    side, cells separated by one space, columns as wide as their widest cell
+    (the last one too: scripts cut rows at the header's column positions,
+    the last column ending where the header line ends). A cell's line breaks
+    become spaces so that a row stays one line."""
     body = [[_one_line(c) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in body:
@@ -32,7 +33,7 @@ def plain_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
             widths[i] = max(widths[i], len(cell))
     lines = []
     for row in [list(headers), *body]:
-        lines.append(" ".join(f" {cell:<{widths[i]}} " for i, cell in enumerate(row)).rstrip())
+        lines.append(" ".join(f" {cell:<{widths[i]}} " for i, cell in enumerate(row)))
     return "\n".join(lines)
 
 

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         return parser
 
     ap = add(sub, "apply", help="apply a manifest (add or update its workloads)")
-    ap.add_argument("manifest", help="manifest file, or - for stdin")
+    ap.add_argument("manifest", nargs="+", help="manifest file(s), or - for stdin")
     ap.add_argument("-d", "--delete", action="store_true", help="delete the manifest's workloads")
     ap.add_argument("--agent", default=None, help="agent for workloads without one ('' = NotScheduled)")
     ap.add_argument("--dry-run", action="store_true", help="validate and print the rendered manifest; no bus")
@@ -187,7 +187,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "apply" and args.dry_run:
         from services.manifest import dry_run
 
-        return int(dry_run(args.manifest, args.agent, args.output, sys.stdout, sys.stderr))
+        return max(int(dry_run(m, args.agent, args.output, sys.stdout, sys.stderr)) for m in args.manifest)
     if args.command == "up":
         from services.cli.up import run_up
 
@@ -225,13 +225,44 @@ def _read_source(path: str) -> str:
 
 
 def cmd_apply(client: Client, args: argparse.Namespace) -> int:
-    try:
-        text = _read_source(args.manifest)
-    except OSError as exc:
-        print(f"ank: cannot read {args.manifest}: {exc.strerror}", file=sys.stderr)
+    texts = []
+    for path in args.manifest:
+        try:
+            texts.append(_read_source(path))
+        except OSError as exc:
+            print(f"ank: cannot read {path}: {exc.strerror}", file=sys.stderr)
+            return EXIT_ERROR
+    text = texts[0] if len(texts) == 1 else _merge_manifests(args.manifest, texts)
+    if text is None:
         return EXIT_ERROR
     request = ApplyRequest(manifest=text, agent=args.agent, delete=args.delete)
     return _apply_and_wait(client, args, request)
+
+
+def _merge_manifests(paths: list[str], texts: list[str]) -> str | None:
+    """Several manifests applied as one (as Ankaios's `ank apply A B`): their
+    workloads and configs together; a name in two files is an error."""
+    merged: dict[str, Any] = {}
+    for path, text in zip(paths, texts, strict=True):
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            print(f"ank: {path}: not YAML: {exc}", file=sys.stderr)
+            return None
+        if not isinstance(doc, dict):
+            print(f"ank: {path}: expected a mapping at the top", file=sys.stderr)
+            return None
+        for key, value in doc.items():
+            if key in ("workloads", "configs") and isinstance(value, dict):
+                into = merged.setdefault(key, {})
+                for name in value:
+                    if name in into:
+                        print(f"ank: {path}: {key}.{name} is also in an earlier manifest", file=sys.stderr)
+                        return None
+                into.update(value)
+            elif key not in merged:
+                merged[key] = value
+    return yaml.safe_dump(merged, sort_keys=False)
 
 
 def cmd_set_state(client: Client, args: argparse.Namespace) -> int:
@@ -312,6 +343,7 @@ def _report_and_wait(
     for st in cs.workload_states:
         _append(lock, states, st)
     progress = _Progress(cs, sorted(waiting), live=sys.stdout.isatty() and not args.quiet)
+    progress.quiet = args.quiet
     deadline = time.monotonic() + args.timeout
     try:
         with lock:
@@ -336,8 +368,6 @@ def _report_and_wait(
                 lock.wait(remaining)
     finally:
         progress.close()
-    if not args.quiet and not progress.live:
-        print(progress.table(latest))
     return EXIT_OK
 
 
@@ -352,6 +382,8 @@ class _Progress:
         self.live = live
         self._live: Any = None
         self._last = ""
+        self.quiet = False
+        self._printed: dict[str, str] = {}
 
     def table(self, latest: dict[str, WorkloadState]) -> str:
         rows = [views.workload_row(n, self.cs.desired, latest.get(n)) for n in self.names]
@@ -359,6 +391,7 @@ class _Progress:
 
     def show(self, latest: dict[str, WorkloadState]) -> None:
         if not self.live:
+            self._lines(latest)
             return
         text = self.table(latest)
         if text == self._last:
@@ -371,6 +404,22 @@ class _Progress:
             self._live = Live(Text(text), auto_refresh=False, transient=False)
             self._live.start()
         self._live.update(Text(text), refresh=True)
+
+    def _lines(self, latest: dict[str, WorkloadState]) -> None:
+        """Not a terminal: the header once, then each workload's row every
+        time its state changes — the frames Ankaios draws, one after another."""
+        if self.quiet:
+            return
+        rows = [views.workload_row(n, self.cs.desired, latest.get(n)) for n in self.names]
+        # Padded to the widest state any row may take, so columns stay put.
+        widest = {**rows[0], "state": "Stopping", "substate": "WaitingToStop", "additionalInfo": ""}
+        lines = ankaios.workload_table([*rows, widest]).splitlines()[:-1]
+        if not self._printed:
+            print(lines[0], flush=False)
+        for name, line in zip(self.names, lines[1:], strict=True):
+            if self._printed.get(name) != line:
+                self._printed[name] = line
+                print(line, flush=True)
 
     def close(self) -> None:
         if self._live is not None:

@@ -139,18 +139,19 @@ def _parent_death_signal() -> None:
 
 
 def _check_manifest(path: str) -> str:
-    """The startup manifest's text, validated here first: a bad one stops
-    ank-server before anything starts (as Ankaios's exits with an error)."""
-    from services.manifest import parse_manifest
+    """The startup manifest's text, checked here first as the planner will
+    (schema, templates, dependency cycles): a bad one stops ank-server before
+    anything starts, as Ankaios's exits with an error."""
+    from services.planner import core
 
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise BusConfigError(f"cannot read startup manifest {path}: {exc.strerror}") from exc
-    parsed = parse_manifest(text)
-    if parsed.errors:
+    _step, result = core.apply_manifest(core.PlannerState(durable=core.Durable()), text, int(time.time() * 1000))
+    if not result.ok:
         raise BusConfigError(
-            f"startup manifest {path} is invalid: " + "; ".join(f"{e.path}: {e.message}" for e in parsed.errors)
+            f"startup manifest {path} is invalid: " + "; ".join(f"{e.path}: {e.message}" for e in result.errors)
         )
     return text
 
