@@ -304,7 +304,7 @@ class AgentShell:
         if event.kind == "running":
             translated = core.Started(event.workload, event.instance)
         elif event.kind in ("exited", "lost"):
-            info = event.info or ("lost" if event.kind == "lost" else "")
+            info = f"{core.LOST}{event.info or 'vanished'}" if event.kind == "lost" else event.info
             translated = core.Exited(event.workload, event.instance, event.exit_code, info)
         else:  # "unhealthy" from the runtime's own health check
             report = HealthReport(workload=event.workload, agent=self.name, status="unhealthy", last_error=event.info)
