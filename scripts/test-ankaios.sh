@@ -16,7 +16,9 @@
 #   scripts/build-test-images.sh built the stand-ins), so the suite's teardown
 #   (`podman rm --all`, `podman volume rm --all`) cannot touch anyone else's
 #   containers. /tmp/ankaios (the suite's ANKAIOS_TMP_FOLDER, removed after
-#   each test) is redirected into the temporary directory as well.
+#   each test) and /tmp/.certs (its CERTS_DIR) are redirected into the
+#   temporary directory as well (the two config files that name
+#   /tmp/.certs literally then find no certificates).
 # - Images: ANK_IMAGE_MAP maps ghcr.io/eclipse-ankaios/tests/ onto the local
 #   stand-ins localhost/ank-test/.
 # - Every ank-server starts from its startup manifest alone (ANKSERVER_FRESH_STATE).
@@ -40,7 +42,9 @@ rm -rf "$work/tests/stests/control_interface"
 find "$work/tests/stests" -name '*_containerd.robot' -delete
 cat > "$work/tools/setup_robot_tests.sh" <<'SETUP'
 #!/usr/bin/env bash
-# ank-zenoh's stand-in for Ankaios's setup hook: the images must exist.
+# ank-zenoh's stand-in for Ankaios's setup hook: the mTLS test certificates
+# (Ankaios's own tools/certs/create_certs.sh) and the images must exist.
+bash tools/certs/create_certs.sh "$ANK_STEST_CERTS" || exit 1
 for image in alpine:latest sleepy:latest nginx:alpine-slim; do
   podman image exists "localhost/ank-test/$image" || { echo "missing localhost/ank-test/$image (make images)"; exit 1; }
 done
@@ -67,11 +71,12 @@ export ANK_BIN_DIR="$here/bin"
 export ANK_IMAGE_MAP="ghcr.io/eclipse-ankaios/tests/=localhost/ank-test/"
 export ANKSERVER_FRESH_STATE=1
 export TMPDIR="$work/tmp"
+export ANK_STEST_CERTS="$work/certs"  # the suite's CERTS_DIR (/tmp/.certs), kept in the work directory
 export PYTHONPATH="$here"
 
 start=$(date +%s)
 (cd "$work" && "$py" -m robot --outputdir "$work/results" --variable "ANKAIOS_TMP_FOLDER:$work/tmp/ankaios" \
-  --loglevel INFO --console dotted "$@" tests/stests) || true
+  --variable "CERTS_DIR:$work/certs" --loglevel INFO --console dotted "$@" tests/stests) || true
 end=$(date +%s)
 "$py" - "$work/results/output.xml" "$work/results/results.tsv" "$((end - start))" <<'PY'
 import sys

@@ -186,13 +186,19 @@ class Server:
         self.env.pop("ANK_SERVER", None)
 
     def configs(self) -> tuple[Path, Path]:
+        """The router's configuration (the public endpoints, with mTLS when
+        PEM files are given, plus a Unix socket in ank-server's private run
+        directory) and its own services' (connecting through that socket:
+        the server's certificate is not a client certificate)."""
+        socket_endpoint = f"unixsock-stream/{self.run_dir / 'router.sock'}"
         router = zenoh.Config.from_file(str(ROUTER_CONFIG))
-        for key, value in ankaios_tls.router_settings(self.settings.addresses, self.settings.pem).items():
+        settings = ankaios_tls.router_settings(self.settings.addresses, self.settings.pem)
+        settings["listen/endpoints"] = [*settings["listen/endpoints"], socket_endpoint]
+        for key, value in settings.items():
             router.insert_json5(key, json.dumps(value))
         router_file = self.run_dir / "router.json5"
         router_file.write_text(str(router))
-        first = self.settings.addresses[0].replace("0.0.0.0", "127.0.0.1").replace("[::]", "127.0.0.1")
-        client = ankaios_tls.client_config(first, self.settings.pem)
+        client = ankaios_tls.client_config(socket_endpoint, ankaios_tls.Pem())
         client_file = self.run_dir / "client.json5"
         client_file.write_text(str(client))
         return router_file, client_file
