@@ -72,6 +72,7 @@ def open_bus(args: argparse.Namespace) -> Bus:
     """The agent's session: with PEM files or an http(s):// URL through the
     Ankaios mapping, otherwise as before."""
     pem: ankaios_tls.Pem = args.pem
+    args.server = ankaios_tls.default_server(args.server, args.zenoh_config, pem)
     if pem.given or (args.server and "://" in args.server):
         return Bus(f"agent/{args.name}", zenoh_config=ankaios_tls.client_config(args.server, pem, args.zenoh_config))
     return Bus(f"agent/{args.name}", config=args.zenoh_config, server=args.server)

@@ -112,3 +112,29 @@ def router_settings(addresses: list[str], pem: Pem) -> dict[str, Any]:
         _check(pem)
         settings["transport/link/tls"] = tls_settings(pem, listening=True)
     return settings
+
+
+ANKAIOS_DEFAULT = ("127.0.0.1", 25551)
+PROJECT_DEFAULT = ("127.0.0.1", 7447)
+
+
+def _listening(address: tuple[str, int]) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(address, timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def default_server(server: str | None, zenoh_config: str | None, pem: Pem) -> str | None:
+    """`server` as given; with nothing given (no option, no ANK_SERVER, the
+    default configuration) and nothing on ank-zenoh's default 127.0.0.1:7447
+    but something on Ankaios's default 127.0.0.1:25551 (an `ank-server`
+    started with `address = '127.0.0.1:25551'`): that one."""
+    if server or zenoh_config or os.environ.get("ANK_SERVER") or os.environ.get("ANK_ZENOH_CONFIG"):
+        return server
+    if not _listening(PROJECT_DEFAULT) and _listening(ANKAIOS_DEFAULT):
+        return f"{'tls' if pem.given else 'tcp'}/{ANKAIOS_DEFAULT[0]}:{ANKAIOS_DEFAULT[1]}"
+    return server

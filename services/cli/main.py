@@ -158,6 +158,14 @@ def _global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     )
     for pem in ("ca_pem", "crt_pem", "key_pem"):
         p.add_argument(f"--{pem}", default=d(None), help=f"mTLS: {pem} file (env ANK_{pem.upper()})")
+    if defaults:  # before the subcommand only: `run workload --config` is the runtimeConfig
+        p.add_argument(
+            "-x",
+            "--config",
+            dest="ank_config",
+            default=os.environ.get("ANK_CONFIG") or None,
+            help="Ankaios's ank configuration file (TOML; env ANK_CONFIG)",
+        )
     p.add_argument("--zenoh-config", default=d(None), help="Zenoh configuration file (default zenoh.json5)")
     p.add_argument("--response-timeout", type=float, default=d(5.0), help="seconds to wait for the planner")
     p.add_argument("-v", "--verbose", action="count", default=d(0))
@@ -168,6 +176,12 @@ def _global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.ank_config:
+        try:
+            _apply_config_file(args, argv if argv is not None else sys.argv[1:])
+        except (OSError, ValueError) as exc:
+            print(f"ank: cannot use config file {args.ank_config}: {exc}", file=sys.stderr)
+            return EXIT_ERROR
     from services.logsetup import setup_logging
 
     setup_logging("ank", args.verbose, quiet=not args.verbose)
@@ -181,6 +195,46 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NO_SERVER
     except KeyboardInterrupt:
         return 130
+
+
+def _apply_config_file(args: argparse.Namespace, argv: list[str]) -> None:
+    """Ankaios's ank.conf: its values for what the command line leaves out
+    (response_timeout in ms, verbose, quiet, no_wait, and under [default]
+    server_url, insecure and the PEM files or their *_content)."""
+    import tomllib
+
+    with open(args.ank_config, "rb") as f:
+        conf = tomllib.load(f)
+    if conf.get("version", "v1") != "v1":
+        raise ValueError(f"unsupported version {conf.get('version')!r}")
+    given = set(argv)
+    if "response_timeout" in conf and "--response-timeout" not in given:
+        args.response_timeout = float(conf["response_timeout"]) / 1000
+    for key, flags in (("verbose", ("-v", "--verbose")), ("quiet", ("-q", "--quiet")), ("no_wait", ("--no-wait",))):
+        if key in conf and not given & set(flags):
+            value = bool(conf[key])
+            setattr(args, key, int(value) if key == "verbose" else value)
+    context = conf.get("default", {})
+    if not isinstance(context, dict):
+        raise ValueError("[default] must be a table")
+    if "server_url" in context and not given & {"-s", "--server-url"} and not os.environ.get("ANK_SERVER_URL"):
+        args.server_url = str(context["server_url"])
+    if context.get("insecure") and not args.insecure:
+        args.insecure = str(context["insecure"]).lower() in ("true", "1", "yes")
+    for pem in ("ca_pem", "crt_pem", "key_pem"):
+        if getattr(args, pem) or os.environ.get(f"ANK_{pem.upper()}"):
+            continue
+        if context.get(pem) and context.get(f"{pem}_content"):
+            raise ValueError(f"give {pem} or {pem}_content, not both")
+        if context.get(pem):
+            setattr(args, pem, str(context[pem]))
+        elif context.get(f"{pem}_content"):
+            import tempfile
+
+            fd, path = tempfile.mkstemp(prefix=f"ank-{pem}-", suffix=".pem")
+            with os.fdopen(fd, "w") as out:
+                out.write(str(context[f"{pem}_content"]))
+            setattr(args, pem, path)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -210,7 +264,7 @@ def _bus(args: argparse.Namespace) -> Bus:
     from services.bus import ankaios_tls
 
     pem = ankaios_tls.Pem() if args.insecure else ankaios_tls.pem_from(args.ca_pem, args.crt_pem, args.key_pem, "ANK_")
-    server = args.server_url
+    server = ankaios_tls.default_server(args.server_url, args.zenoh_config, pem)
     if pem.given or (server and "://" in server):
         return Bus("ank-cli", zenoh_config=ankaios_tls.client_config(server, pem, args.zenoh_config))
     return Bus("ank-cli", config=args.zenoh_config, server=server)
