@@ -68,9 +68,29 @@ def _content_file(content: str, name: str) -> str:
     return path
 
 
+CONNECT_WINDOW_S = 30.0
+
+
 def open_bus(args: argparse.Namespace) -> Bus:
     """The agent's session: with PEM files or an http(s):// URL through the
-    Ankaios mapping, otherwise as before."""
+    Ankaios mapping, otherwise as before. Like Ankaios's agent, one started
+    before its server waits for it (here: up to 30 s, one attempt after
+    another), instead of giving up at the first refusal."""
+    import time
+
+    given = args.server
+    deadline = time.monotonic() + CONNECT_WINDOW_S
+    while True:
+        args.server = given
+        try:
+            return _open_bus(args)
+        except BusConfigError as exc:
+            if "cannot open Zenoh session" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
+def _open_bus(args: argparse.Namespace) -> Bus:
     pem: ankaios_tls.Pem = args.pem
     args.server = ankaios_tls.default_server(args.server, args.zenoh_config, pem)
     if pem.given or (args.server and "://" in args.server):
