@@ -214,6 +214,8 @@ class AgentShell:
         self.bus.subscribe(f"ank/plan/{self.name}", AgentPlan, self._on_plan)
         self.bus.queryable(f"ank/state/{self.name}/**", self._answer_state_query)
         self.bus.queryable(f"ank/logs/{self.name}/*", self._answer_logs_query)
+        # the latest status at once, for `ank get state`/`get agents` (the period is seconds)
+        self.bus.queryable(f"ank/agents/{self.name}/status", self._answer_status_query)
         # the token last: a planner that sees it re-sends the plan, which the subscriber above receives
         self.bus.liveliness_token(f"ank/agents/{self.name}")
         threading.Thread(target=self._query_plan, name="plan-query", daemon=True).start()
@@ -429,12 +431,19 @@ class AgentShell:
         raise LookupError(f"no workload {workload!r} on agent {self.name}")
 
     # -- status and energy ------------------------------------------------------------
+    def _answer_status_query(self, key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
+        status = getattr(self, "_last_status", None) or AgentStatus(
+            agent=self.name, arch=platform.machine(), os=platform.system().lower(), tags=dict(self.options.tags)
+        )
+        return [(key, self.bus.encode(status))]
+
     def _status_thread(self) -> None:
         """Publishes the status (and energy) every period; on its own thread
         because runtimes may take a while to answer `available` and `usage`."""
         while not self._closing.is_set():
             try:
-                self.bus.put(f"ank/agents/{self.name}/status", self.status(), reliable=False)
+                self._last_status = self.status()
+                self.bus.put(f"ank/agents/{self.name}/status", self._last_status, reliable=False)
                 energy = self.energy()
                 if energy is not None:
                     self.bus.put(f"ank/energy/{self.name}", energy, reliable=False)

@@ -75,7 +75,10 @@ class Client:
                 done.set()
 
         self.bus.subscribe("ank/agents/*/status", AgentStatus, on_status)
-        if alive:
+        # Agents answer with their latest status at once; older ones only publish it.
+        for st in self.bus.get_decoded("ank/agents/*/status", AgentStatus, timeout=min(self.timeout, 2.0)):
+            on_status("", st)
+        if alive and not alive <= set(statuses):
             done.wait(min(self.timeout, 2.5))
         return {name: statuses[name] for name in sorted(alive) if name in statuses} | {
             name: AgentStatus(agent=name, arch="?", os="?") for name in sorted(alive) if name not in statuses
