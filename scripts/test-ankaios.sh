@@ -70,7 +70,9 @@ export PATH="$here/bin:$(dirname "$py"):$PATH"
 export ANK_BIN_DIR="$here/bin"
 export ANK_IMAGE_MAP="ghcr.io/eclipse-ankaios/tests/=localhost/ank-test/"
 export ANKSERVER_FRESH_STATE=1
-export TMPDIR="$work/tmp"
+# Ankaios's agents keep nothing across runs; ank-zenoh's keep instance records
+# in their run folder: there, in the folder the suite removes after each test.
+export ANKAGENT_RUN_FOLDER="$work/tmp/ankaios"
 export ANK_STEST_CERTS="$work/certs"  # the suite's CERTS_DIR (/tmp/.certs), kept in the work directory
 export PYTHONPATH="$here"
 
