@@ -398,6 +398,7 @@ def _report_and_wait(
         _append(lock, states, st)
     progress = _Progress(cs, sorted(waiting), live=sys.stdout.isatty() and not args.quiet)
     progress.quiet = args.quiet
+    progress.added = set(result.added)
     deadline = time.monotonic() + args.timeout
     try:
         with lock:
@@ -437,6 +438,7 @@ class _Progress:
         self._live: Any = None
         self._last = ""
         self.quiet = False
+        self.added: set[str] = set()
         self._printed: dict[str, str] = {}
 
     def table(self, latest: dict[str, WorkloadState]) -> str:
@@ -470,6 +472,13 @@ class _Progress:
         lines = ankaios.workload_table([*rows, widest]).splitlines()[:-1]
         if not self._printed:
             print(lines[0], flush=False)
+            # Ankaios's first frame: every added workload Pending(Initial).
+            initial = [{**row, "state": "Pending", "substate": "Initial", "additionalInfo": ""} for row in rows]
+            first = ankaios.workload_table([*initial, widest]).splitlines()[1:-1]
+            for row, line in zip(initial, first, strict=True):
+                if row["name"] in self.added:
+                    self._printed[row["name"]] = line
+                    print(line, flush=False)
         for name, line in zip(self.names, lines[1:], strict=True):
             if self._printed.get(name) != line:
                 self._printed[name] = line
