@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export CONTAINERS_CONF := $(CURDIR)/containers.conf
 PYTEST_ARGS ?=
 
-.PHONY: all lock venv system-deps lint typecheck test test-quick test-faults demo bench schemas images clean
+.PHONY: all lock venv system-deps lint typecheck test test-quick test-faults test-ankaios demo bench schemas images clean
 
 all: test
 
@@ -66,6 +66,11 @@ test-quick: $(STAMP)
 
 test-faults: $(STAMP) system-deps
 	ANK_FAULTS=1 $(BIN)/python -m pytest -q -m faults $(PYTEST_ARGS)
+
+# Ankaios's own system tests against this checkout (scripts/test-ankaios.sh);
+# not part of `make test` (it takes long: see README, Compatibility).
+test-ankaios: $(STAMP) system-deps
+	bash scripts/test-ankaios.sh $(ROBOT_ARGS)
 
 images: system-deps
 	@bash scripts/build-test-images.sh

@@ -418,3 +418,24 @@ def test_other_instance_waiting_to_stop_is_stopped_and_removed() -> None:
     d.feed(Exited("w", "i1", -15))
     assert d.published() == ["Removed"]
     assert not any(isinstance(a, Create) for a in d.actions)
+
+
+def test_an_instance_that_vanishes_is_failed_lost_as_in_ankaios() -> None:
+    # ended, then removed outside the agent (podman's --rm): Failed(Lost)
+    d = Driver()
+    d.run(planned(policy="NEVER"))
+    d.feed(Exited("w", "i1", 0))
+    assert d.published() == ["Succeeded(Ok)"]
+    d.feed(Exited("w", "i1", None, core.LOST + "container removed outside the agent"))
+    assert d.published() == ["Failed(Lost)"]
+    assert d.last_state().execution_state.additional_info == "container removed outside the agent"
+    # vanished while running: Failed(Lost) too, not Failed(Unknown)
+    d = Driver()
+    d.run(planned(policy="NEVER"))
+    d.feed(Exited("w", "i1", None, core.LOST + "gone"))
+    assert d.published() == ["Failed(Lost)"]
+    # a plain unknown exit stays Failed(Unknown)
+    d = Driver()
+    d.run(planned(policy="NEVER"))
+    d.feed(Exited("w", "i1", None))
+    assert d.published() == ["Failed(Unknown)"]

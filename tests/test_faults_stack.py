@@ -151,7 +151,7 @@ class Observer:
 
 
 def recent_events(bus: Bus, timeout: float = 3.0) -> list[Event]:
-    """Every event the planner keeps (what `ank get events` asks for);
+    """Every event the planner keeps (what `ank get eventlog` asks for);
     without reply consolidation, so that events sharing a key all count."""
     out = []
     replies = bus.session.get("ank/events/**", consolidation=zenoh.ConsolidationMode.NONE, timeout=timeout)

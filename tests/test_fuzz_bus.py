@@ -20,7 +20,7 @@ rule (Bus.decode: oversized, malformed or `v` != 1 is dropped and reported):
 
 After each key: every service still runs and answers, the desired state is
 the same, the workload runs with the same pid and restart count, and the
-planner's recent events (`ank get events`) include the rejections. The
+planner's recent events (`ank get eventlog`) include the rejections. The
 count of messages is 10,000 per key under ANK_FAULTS=1, 150 otherwise.
 """
 
@@ -482,7 +482,7 @@ def test_garbage_on_a_subscribed_key_is_dropped_reported_and_changes_nothing(
         assert observer.count_events(sender, "dropped", real) - before[sender] == tally.rejected
     f.assert_unchanged()
     kept = [e for e in recent_events(f.stack.bus) if e.kind == "dropped" and e.subject == real]
-    assert kept, f"`ank get events` shows no drop of {real}"
+    assert kept, f"`ank get eventlog` shows no drop of {real}"
 
 
 def test_garbage_manifests_on_ank_desired_are_rejected_with_an_event_and_change_nothing(
@@ -527,10 +527,10 @@ def test_garbage_manifests_on_ank_desired_are_rejected_with_an_event_and_change_
     assert tally.sent > MESSAGES_PER_KEY // 2
     assert observer.count_events("planner", "rejected", "ank/desired") - before == tally.rejected
     f.assert_unchanged()
-    shown = f.stack.system.ank("get", "events", "-o", "json")
+    shown = f.stack.system.ank("get", "eventlog", "-o", "json")
     kinds = [json.loads(line)["kind"] for line in shown.stdout.splitlines() if line.strip()]
     # the planner keeps the latest 1000 events: after this test they are rejections
-    assert "rejected" in kinds, f"`ank get events` shows {collections.Counter(kinds)}: {shown.stderr}"
+    assert "rejected" in kinds, f"`ank get eventlog` shows {collections.Counter(kinds)}: {shown.stderr}"
 
 
 def _apply_requests(agent: str) -> st.SearchStrategy[bytes]:

@@ -3,6 +3,8 @@ of Ankaios's simple_kube manifest (images mapped onto the local test images)."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,10 +62,19 @@ def test_kube_pod_runs_and_stops_and_down_removes_the_pod(runtime: PodmanKubeRun
     handle = runtime.create(spec(podman_agent, "simple-kube", kube_config(pod, ("c", "sleep 30"))), events)
     events.wait("running")
     assert handle.id == pod
+    # Ankaios's bookkeeping volumes name the instance and hold the manifest and the pods.
+    base = f"simple-kube.k1.{podman_agent}"
+    pods = podman("volume", "inspect", "--format", "{{.Labels.data}}", f"{base}.pods")
+    assert pods.returncode == 0, pods.stderr
+    assert json.loads(base64.b64decode(pods.stdout.strip())) == [pod]
+    config = podman("volume", "inspect", "--format", "{{.Labels.data}}", f"{base}.config")
+    assert f"name: {pod}" in json.loads(base64.b64decode(config.stdout.strip()))["manifest"]
     runtime.stop(handle, grace_s=1)
     events.wait("exited")
     runtime.remove(handle)
     assert podman("pod", "exists", pod).returncode == 1
+    for volume in (f"{base}.pods", f"{base}.config"):
+        assert podman("volume", "exists", volume).returncode == 1, volume
     assert containers_of(podman_agent) == []
     assert events.kinds() == ["running", "exited"]
 

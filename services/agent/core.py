@@ -591,13 +591,28 @@ def _create_failed(b: _Builder, slot: Slot, reason: str, permanent: bool) -> Non
     )
 
 
+LOST = "lost: "  # the info of an Exited whose instance vanished (Ankaios's Failed(Lost))
+
+
 def _exited(b: _Builder, slot: Slot, exit_code: int | None, info: str) -> None:
     if slot.phase == "stopping":
         _stopped(b, slot, exit_code)
         return
+    lost = info.startswith(LOST) and exit_code is None
+    if lost:
+        info = info[len(LOST) :]
+    if lost and slot.phase == "done" and slot.planned is not None:
+        # An ended instance that then vanished (`--rm`, removed by hand):
+        # Ankaios reports it Failed(Lost), and so do we.
+        slot = msgspec.structs.replace(slot, state=ExecutionState("Failed", "Lost", info), last_error=info)
+        b.note(f"{slot.name}: its instance vanished -> {slot.state}")
+        b.put(slot)
+        return
     if slot.phase not in ("running", "starting"):
         return
-    ended = ended_state(exit_code)
+    ended = ExecutionState("Failed", "Lost", info) if lost else ended_state(exit_code)
+    if lost:
+        info = ""
     if info:
         ended = msgspec.structs.replace(ended, additional_info=f"{ended.additional_info}; {info}".lstrip("; "))
     consecutive = _consecutive(b, slot)

@@ -44,7 +44,7 @@ from schemas.messages import (
     WorkloadState,
     WorkloadUsage,
 )
-from services.agent import core
+from services.agent import ankaios_options, core
 from services.agent.control_interface.shell import ControlInterfaces
 from services.agent.energy import SimulatedBattery, read_power_supply
 from services.agent.runtimes import load_runtimes
@@ -230,6 +230,8 @@ class AgentShell:
         self.bus.subscribe_raw(f"ank/plan/{self.name}", self._on_plan)
         self.bus.queryable(f"ank/state/{self.name}/**", self._answer_state_query)
         self.bus.queryable(f"ank/logs/{self.name}/*", self._answer_logs_query)
+        # the latest status at once, for `ank get state`/`get agents` (the period is seconds)
+        self.bus.queryable(f"ank/agents/{self.name}/status", self._answer_status_query)
         # the token last: a planner that sees it re-sends the plan, which the subscriber above receives
         self.bus.liveliness_token(f"ank/agents/{self.name}")
         threading.Thread(target=self._query_plan, name="plan-query", daemon=True).start()
@@ -378,7 +380,7 @@ class AgentShell:
         if event.kind == "running":
             translated = core.Started(event.workload, event.instance)
         elif event.kind in ("exited", "lost"):
-            info = event.info or ("lost" if event.kind == "lost" else "")
+            info = f"{core.LOST}{event.info or 'vanished'}" if event.kind == "lost" else event.info
             translated = core.Exited(event.workload, event.instance, event.exit_code, info)
         else:  # "unhealthy" from the runtime's own health check
             report = HealthReport(workload=event.workload, agent=self.name, status="unhealthy", last_error=event.info)
@@ -514,12 +516,19 @@ class AgentShell:
         raise LookupError(f"no workload {workload!r} on agent {self.name}")
 
     # -- status and energy ------------------------------------------------------------
+    def _answer_status_query(self, key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
+        status = getattr(self, "_last_status", None) or AgentStatus(
+            agent=self.name, arch=platform.machine(), os=platform.system().lower(), tags=dict(self.options.tags)
+        )
+        return [(key, self.bus.encode(status))]
+
     def _status_thread(self) -> None:
         """Publishes the status (and energy) every period; on its own thread
         because runtimes may take a while to answer `available` and `usage`."""
         while not self._closing.is_set():
             try:
-                self.bus.put(f"ank/agents/{self.name}/status", self.status(), reliable=False)
+                self._last_status = self.status()
+                self.bus.put(f"ank/agents/{self.name}/status", self._last_status, reliable=False)
                 energy = self.energy()
                 if energy is not None:
                     self.bus.put(f"ank/energy/{self.name}", energy, reliable=False)
@@ -665,7 +674,7 @@ def _non_negative(text: str) -> float:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ank-agent", description="Runs the workloads of one node.")
-    parser.add_argument("--name", required=True, help="the agent's name (workloads name it in `agent`)")
+    parser.add_argument("-n", "--name", help="the agent's name (workloads name it in `agent`); env ANKAGENT_NAME")
     parser.add_argument("--tag", action="append", type=_tag, default=[], help="an agent tag key=value (repeatable)")
     parser.add_argument(
         "--image-map",
@@ -676,7 +685,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run image FROM as TO (a FROM ending in / maps a prefix), e.g. "
         "ghcr.io/eclipse-ankaios/tests/=localhost/ank-test/ (repeatable; env ANK_IMAGE_MAP)",
     )
-    parser.add_argument("--server", help="the router endpoint (host:port or tcp/host:port); env ANK_SERVER")
+    parser.add_argument(
+        "-s", "--server", "--server-url", help="the router: host:port, tcp/host:port or http(s)://host:port"
+    )
     parser.add_argument("--zenoh-config", help="Zenoh configuration file (default: zenoh.json5)")
     parser.add_argument("--run-dir", help="logs and instance records (default $TMPDIR/ankaios/NAME_io)")
     parser.add_argument("--backoff-initial", type=_non_negative, default=0.1, help="second restart's delay, s")
@@ -693,7 +704,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--battery-capacity-wh", type=_non_negative, help="simulated battery: capacity, Wh")
     parser.add_argument("--battery-drain-w", type=_non_negative, default=0.0, help="simulated battery: drain, W")
     parser.add_argument("-v", "--verbose", action="count", default=0)
+    ankaios_options.add_arguments(parser)
     args = parser.parse_args(argv)
+    ankaios_options.resolve(args, parser)
     problem = agent_name_error(args.name)
     if problem:
         parser.error(f"--name: {problem}")
@@ -735,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = DirLock(options.run_dir, "agent run directory")
     try:
         lock.acquire()
-        bus = Bus(f"agent/{args.name}", config=args.zenoh_config, server=args.server)
+        bus = ankaios_options.open_bus(args)
     except (BusConfigError, Busy, OSError) as exc:
         print(f"ank-agent: {exc}", file=sys.stderr)
         return 2

@@ -32,7 +32,16 @@ class Client:
         self.timeout = timeout
 
     def _query(self, key: str, payload: bytes | None, schema: type[msgspec.Struct]) -> msgspec.Struct:
-        replies = self.bus.get_decoded(key, schema, payload=payload, timeout=self.timeout)
+        # A query no queryable matches ends at once: while the planner is
+        # still starting (just after `ank-server &`), ask again until the
+        # response timeout is used up.
+        deadline = time.monotonic() + self.timeout
+        while True:
+            replies = self.bus.get_decoded(key, schema, payload=payload, timeout=self.timeout)
+            remaining = deadline - time.monotonic()
+            if replies or remaining <= 0:
+                break
+            time.sleep(min(0.1, remaining))
         if not replies:
             raise NoPlanner(
                 f"no planner answered on {key} within {self.timeout:g} s "
@@ -78,7 +87,10 @@ class Client:
                 done.set()
 
         self.bus.subscribe("ank/agents/*/status", AgentStatus, on_status)
-        if alive:
+        # Agents answer with their latest status at once; older ones only publish it.
+        for st in self.bus.get_decoded("ank/agents/*/status", AgentStatus, timeout=min(self.timeout, 2.0)):
+            on_status("", st)
+        if alive and not alive <= set(statuses):
             done.wait(min(self.timeout, 2.5))
         return {name: statuses[name] for name in sorted(alive) if name in statuses} | {
             name: AgentStatus(agent=name, arch="?", os="?") for name in sorted(alive) if name not in statuses

@@ -2,11 +2,14 @@
 
 ank apply [-d] [--agent A] [--dry-run] FILE|-
 ank delete workload NAME...
+ank delete config NAME...
 ank get workloads [-a AGENT] [-s STATE] [NAME...] [-w] [-o table|json|yaml]
 ank get workload NAME
-ank get state [-o yaml|json]
+ank get state [MASK...] [-o yaml|json]
 ank get agents | nodes
-ank get events [-w]
+ank get configs
+ank get events [MASK...] [-c] [-o yaml|json]   (the state-change stream)
+ank get eventlog [-w]                          (rejections, restarts, scheduling)
 ank logs NAME [-f] [-t N]
 ank run workload NAME --runtime R --config C --agent A
 ank set state MASK... FILE
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -28,14 +32,15 @@ from typing import Any
 import msgspec
 import yaml
 
-from schemas.messages import ApplyRequest, ApplyResult, Event, WorkloadState
+from schemas.messages import AgentStatus, ApplyRequest, ApplyResult, CompleteState, Event, WorkloadState
 from services.bus import Bus, BusConfigError
-from services.cli import views
+from services.cli import ankaios, views
 from services.cli.client import Client, NoPlanner
 from services.dashboard import options as dashboard_options
 from services.scheduler import sim
 
-EXIT_OK, EXIT_ERROR, EXIT_NO_SERVER = 0, 1, 2
+# As Ankaios's ank: 1 for every failure, the server unreachable included (usage errors: 2).
+EXIT_OK, EXIT_ERROR, EXIT_NO_SERVER = 0, 1, 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         return parser
 
     ap = add(sub, "apply", help="apply a manifest (add or update its workloads)")
-    ap.add_argument("manifest", help="manifest file, or - for stdin")
+    ap.add_argument("manifest", nargs="+", help="manifest file(s), or - for stdin")
     ap.add_argument("-d", "--delete", action="store_true", help="delete the manifest's workloads")
     ap.add_argument("--agent", default=None, help="agent for workloads without one ('' = NotScheduled)")
     ap.add_argument("--dry-run", action="store_true", help="validate and print the rendered manifest; no bus")
@@ -64,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     dw = add(de_sub, "workload", aliases=["workloads"])
     dw.add_argument("names", nargs="+")
     dw.add_argument("--timeout", type=float, default=60.0)
+    dc = add(de_sub, "config", aliases=["configs"])
+    dc.add_argument("names", nargs="+")
 
     ge = add(sub, "get", help="show state")
     ge_sub = ge.add_subparsers(dest="object", required=True)
@@ -77,13 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("name")
     gw.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     gs = add(ge_sub, "state")
+    gs.add_argument("masks", nargs="*", metavar="FIELD_MASK", help="e.g. desiredState.workloads.nginx")
     gs.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     for name in ("agents", "nodes"):
         ga = add(ge_sub, name)
         ga.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    gev = add(ge_sub, "events")
-    gev.add_argument("-w", "--watch", action="store_true")
-    gev.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    add(ge_sub, "configs", aliases=["config"])
+    gev = add(ge_sub, "events", help="the state-change event stream, until interrupted")
+    gev.add_argument("masks", nargs="*", metavar="FIELD_MASK", help="e.g. workloadStates, desiredState.workloads")
+    gev.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    gev.add_argument("-c", "--include-current-state", action="store_true", help="first print the current state")
+    gel = add(ge_sub, "eventlog", help="rejections, restarts, scheduling decisions, dropped messages")
+    gel.add_argument("-w", "--watch", action="store_true")
+    gel.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
     lg = add(sub, "logs", help="a workload's output")
     lg.add_argument("name")
@@ -142,16 +155,26 @@ def _global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
         "-k",
         "--insecure",
         action="store_true",
-        default=d(False),
-        help="accepted for Ankaios compatibility (the seed writes `ank -k ...`)",
+        default=d(os.environ.get("ANK_INSECURE", "").lower() in ("1", "true", "yes")),
+        help="no TLS even when PEM files are given (env ANK_INSECURE)",
     )
     # `-s` after a subcommand is that subcommand's (`get workloads -s STATE`).
     p.add_argument(
         *(["-s"] if defaults else []),
         "--server-url",
-        default=d(None),
-        help="Zenoh endpoint of the router, e.g. tcp/127.0.0.1:7447",
+        default=d(os.environ.get("ANK_SERVER_URL") or None),
+        help="the router: http(s)://host:port (Ankaios's form), host:port or tcp/host:port (env ANK_SERVER_URL)",
     )
+    for pem in ("ca_pem", "crt_pem", "key_pem"):
+        p.add_argument(f"--{pem}", default=d(None), help=f"mTLS: {pem} file (env ANK_{pem.upper()})")
+    if defaults:  # before the subcommand only: `run workload --config` is the runtimeConfig
+        p.add_argument(
+            "-x",
+            "--config",
+            dest="ank_config",
+            default=os.environ.get("ANK_CONFIG") or None,
+            help="Ankaios's ank configuration file (TOML; env ANK_CONFIG)",
+        )
     p.add_argument("--zenoh-config", default=d(None), help="Zenoh configuration file (default zenoh.json5)")
     p.add_argument("--response-timeout", type=float, default=d(5.0), help="seconds to wait for the planner")
     p.add_argument("-v", "--verbose", action="count", default=d(0))
@@ -162,6 +185,12 @@ def _global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.ank_config:
+        try:
+            _apply_config_file(args, argv if argv is not None else sys.argv[1:])
+        except (OSError, ValueError) as exc:
+            print(f"ank: cannot use config file {args.ank_config}: {exc}", file=sys.stderr)
+            return EXIT_ERROR
     from services.logsetup import setup_logging
 
     setup_logging("ank", args.verbose, quiet=not args.verbose)
@@ -177,11 +206,51 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _apply_config_file(args: argparse.Namespace, argv: list[str]) -> None:
+    """Ankaios's ank.conf: its values for what the command line leaves out
+    (response_timeout in ms, verbose, quiet, no_wait, and under [default]
+    server_url, insecure and the PEM files or their *_content)."""
+    import tomllib
+
+    with open(args.ank_config, "rb") as f:
+        conf = tomllib.load(f)
+    if conf.get("version", "v1") != "v1":
+        raise ValueError(f"unsupported version {conf.get('version')!r}")
+    given = set(argv)
+    if "response_timeout" in conf and "--response-timeout" not in given:
+        args.response_timeout = float(conf["response_timeout"]) / 1000
+    for key, flags in (("verbose", ("-v", "--verbose")), ("quiet", ("-q", "--quiet")), ("no_wait", ("--no-wait",))):
+        if key in conf and not given & set(flags):
+            value = bool(conf[key])
+            setattr(args, key, int(value) if key == "verbose" else value)
+    context = conf.get("default", {})
+    if not isinstance(context, dict):
+        raise ValueError("[default] must be a table")
+    if "server_url" in context and not given & {"-s", "--server-url"} and not os.environ.get("ANK_SERVER_URL"):
+        args.server_url = str(context["server_url"])
+    if context.get("insecure") and not args.insecure:
+        args.insecure = str(context["insecure"]).lower() in ("true", "1", "yes")
+    for pem in ("ca_pem", "crt_pem", "key_pem"):
+        if getattr(args, pem) or os.environ.get(f"ANK_{pem.upper()}"):
+            continue
+        if context.get(pem) and context.get(f"{pem}_content"):
+            raise ValueError(f"give {pem} or {pem}_content, not both")
+        if context.get(pem):
+            setattr(args, pem, str(context[pem]))
+        elif context.get(f"{pem}_content"):
+            import tempfile
+
+            fd, path = tempfile.mkstemp(prefix=f"ank-{pem}-", suffix=".pem")
+            with os.fdopen(fd, "w") as out:
+                out.write(str(context[f"{pem}_content"]))
+            setattr(args, pem, path)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "apply" and args.dry_run:
         from services.manifest import dry_run
 
-        return int(dry_run(args.manifest, args.agent, args.output, sys.stdout, sys.stderr))
+        return max(int(dry_run(m, args.agent, args.output, sys.stdout, sys.stderr)) for m in args.manifest)
     if args.command == "up":
         from services.cli.up import run_up
 
@@ -190,12 +259,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         from services.dashboard import shell as dashboard
 
         args.server = args.server_url
-        return dashboard.run(args)
+        return int(dashboard.run(args))
     if args.command == "sim":
         return sim.run(args)
-    with Bus("ank-cli", config=args.zenoh_config, server=args.server_url) as bus:
+    with _bus(args) as bus:
         client = Client(bus, args.response_timeout)
         return COMMANDS[(args.command, getattr(args, "object", None))](client, args)
+
+
+def _bus(args: argparse.Namespace) -> Bus:
+    """The CLI's session: Ankaios's server URL and PEM options mapped onto
+    the Zenoh configuration (-k: plain TCP even with PEM files)."""
+    from services.bus import ankaios_tls
+
+    pem = ankaios_tls.Pem() if args.insecure else ankaios_tls.pem_from(args.ca_pem, args.crt_pem, args.key_pem, "ANK_")
+    server = ankaios_tls.default_server(args.server_url, args.zenoh_config, pem)
+    if pem.given or (server and "://" in server):
+        return Bus("ank-cli", zenoh_config=ankaios_tls.client_config(server, pem, args.zenoh_config))
+    return Bus("ank-cli", config=args.zenoh_config, server=server)
 
 
 # -- apply / delete / set state / run ------------------------------------------
@@ -212,13 +293,44 @@ def _read_source(path: str) -> str:
 
 
 def cmd_apply(client: Client, args: argparse.Namespace) -> int:
-    try:
-        text = _read_source(args.manifest)
-    except OSError as exc:
-        print(f"ank: cannot read {args.manifest}: {exc.strerror or exc}", file=sys.stderr)
+    texts = []
+    for path in args.manifest:
+        try:
+            texts.append(_read_source(path))
+        except OSError as exc:
+            print(f"ank: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_ERROR
+    text = texts[0] if len(texts) == 1 else _merge_manifests(args.manifest, texts)
+    if text is None:
         return EXIT_ERROR
     request = ApplyRequest(manifest=text, agent=args.agent, delete=args.delete)
     return _apply_and_wait(client, args, request)
+
+
+def _merge_manifests(paths: list[str], texts: list[str]) -> str | None:
+    """Several manifests applied as one (as Ankaios's `ank apply A B`): their
+    workloads and configs together; a name in two files is an error."""
+    merged: dict[str, Any] = {}
+    for path, text in zip(paths, texts, strict=True):
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            print(f"ank: {path}: not YAML: {exc}", file=sys.stderr)
+            return None
+        if not isinstance(doc, dict):
+            print(f"ank: {path}: expected a mapping at the top", file=sys.stderr)
+            return None
+        for key, value in doc.items():
+            if key in ("workloads", "configs") and isinstance(value, dict):
+                into = merged.setdefault(key, {})
+                for name in value:
+                    if name in into:
+                        print(f"ank: {path}: {key}.{name} is also in an earlier manifest", file=sys.stderr)
+                        return None
+                into.update(value)
+            elif key not in merged:
+                merged[key] = value
+    return yaml.safe_dump(merged, sort_keys=False)
 
 
 def cmd_set_state(client: Client, args: argparse.Namespace) -> int:
@@ -291,12 +403,6 @@ def _report_and_wait(
         for e in result.errors:
             print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    if not args.quiet:
-        for label, names in (("added", result.added), ("updated", result.updated), ("deleted", result.deleted)):
-            for name in names:
-                print(f"{label}: {name}")
-        for name in result.unchanged:
-            print(f"unchanged: {name}")
     if args.no_wait:
         return EXIT_OK
     waiting = {n: False for n in result.added + result.updated} | {n: True for n in result.deleted}
@@ -305,34 +411,38 @@ def _report_and_wait(
     # The instance each workload must reach: the planner's plans after the change.
     planned = client.planned_instances()
     # States already current before our subscription saw them: read them once.
-    for st in client.state().workload_states:
+    cs = client.state()
+    for st in cs.workload_states:
         _append(lock, states, st)
+    progress = _Progress(cs, sorted(waiting), live=sys.stdout.isatty() and not args.quiet)
+    progress.quiet = args.quiet
+    progress.added = set(result.added)
     deadline = time.monotonic() + args.timeout
-    with lock:
-        while True:
-            latest = views.latest_states(
-                s for s in states if s.workload in result.deleted or _of_planned(s, planned.get(s.workload))
-            )
-            pending = [
-                n
-                for n, deleting in waiting.items()
-                if not views.settled(
-                    (latest[n].execution_state.state, latest[n].execution_state.substate) if n in latest else None,
-                    deleting=deleting,
+    try:
+        with lock:
+            while True:
+                latest = views.latest_states(
+                    s for s in states if s.workload in result.deleted or _of_planned(s, planned.get(s.workload))
                 )
-            ]
-            if not pending:
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                print(f"ank: timed out waiting for {', '.join(sorted(pending))} to settle", file=sys.stderr)
-                return EXIT_ERROR
-            lock.wait(remaining)
-    if not args.quiet:
-        for n in sorted(waiting):
-            final = latest.get(n)
-            where = f" ({final.agent})" if final and final.agent else ""
-            print(f"{n}: {final.execution_state if final else 'Removed'}{where}")
+                progress.show(latest)
+                pending = [
+                    n
+                    for n, deleting in waiting.items()
+                    if not views.settled(
+                        (latest[n].execution_state.state, latest[n].execution_state.substate) if n in latest else None,
+                        deleting=deleting,
+                    )
+                ]
+                if not pending:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    progress.close()
+                    print(f"ank: timed out waiting for {', '.join(sorted(pending))} to settle", file=sys.stderr)
+                    return EXIT_ERROR
+                lock.wait(remaining)
+    finally:
+        progress.close()
     return EXIT_OK
 
 
@@ -340,6 +450,70 @@ def _of_planned(state: WorkloadState, instance: str | None) -> bool:
     """Whether a state is about the planned instance (states the planner
     derives itself, e.g. for an unscheduled workload, name no instance)."""
     return not instance or not state.instance or state.instance == instance
+
+
+class _Progress:
+    """`ank apply`'s progress: the workloads table of what the apply touched,
+    redrawn in place on a terminal as their states change (Pending(Initial) ->
+    Pending(Starting) -> Running(Ok)); printed once, settled, otherwise."""
+
+    def __init__(self, cs: CompleteState, names: list[str], *, live: bool) -> None:
+        self.cs = cs
+        self.names = names
+        self.live = live
+        self._live: Any = None
+        self._last = ""
+        self.quiet = False
+        self.added: set[str] = set()
+        self._printed: dict[str, str] = {}
+
+    def table(self, latest: dict[str, WorkloadState]) -> str:
+        rows = [views.workload_row(n, self.cs.desired, latest.get(n)) for n in self.names]
+        return ankaios.workload_table(rows)
+
+    def show(self, latest: dict[str, WorkloadState]) -> None:
+        if not self.live:
+            self._lines(latest)
+            return
+        text = self.table(latest)
+        if text == self._last:
+            return
+        self._last = text
+        from rich.live import Live
+        from rich.text import Text
+
+        if self._live is None:
+            self._live = Live(Text(text), auto_refresh=False, transient=False)
+            self._live.start()
+        self._live.update(Text(text), refresh=True)
+
+    def _lines(self, latest: dict[str, WorkloadState]) -> None:
+        """Not a terminal: the header once, then each workload's row every
+        time its state changes — the frames Ankaios draws, one after another."""
+        if self.quiet:
+            return
+        rows = [views.workload_row(n, self.cs.desired, latest.get(n)) for n in self.names]
+        # Padded to the widest state any row may take, so columns stay put.
+        widest = {**rows[0], "state": "Stopping", "substate": "WaitingToStop", "additionalInfo": ""}
+        lines = ankaios.workload_table([*rows, widest]).splitlines()[:-1]
+        if not self._printed:
+            print(lines[0], flush=False)
+            # Ankaios's first frame: every added workload Pending(Initial).
+            initial = [{**row, "state": "Pending", "substate": "Initial", "additionalInfo": ""} for row in rows]
+            first = ankaios.workload_table([*initial, widest]).splitlines()[1:-1]
+            for row, line in zip(initial, first, strict=True):
+                if row["name"] in self.added:
+                    self._printed[row["name"]] = line
+                    print(line, flush=False)
+        for name, line in zip(self.names, lines[1:], strict=True):
+            if self._printed.get(name) != line:
+                self._printed[name] = line
+                print(line, flush=True)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
 
 # -- get -----------------------------------------------------------------------
@@ -361,9 +535,7 @@ def cmd_get_workloads(client: Client, args: argparse.Namespace) -> int:
     elif args.output == "yaml":
         print(yaml.safe_dump(rows, sort_keys=False), end="")
     else:
-        from services.cli.live import workloads_table
-
-        _console().print(workloads_table(rows))
+        print(ankaios.workload_table(rows))
     return EXIT_OK
 
 
@@ -385,15 +557,60 @@ def cmd_get_workload(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _statuses_if(client: Client, masks: list[str]) -> dict[str, AgentStatus]:
+    """Agent statuses, asked for only when the masks select `agents`."""
+    wanted = not masks or any(m == "agents" or m.startswith("agents.") or m.startswith("*") for m in masks)
+    return client.agent_statuses() if wanted else {}
+
+
 def cmd_get_state(client: Client, args: argparse.Namespace) -> int:
     cs = client.state()
-    doc = {
-        "desiredState": msgspec.to_builtins(cs.desired),
-        "workloadStates": [msgspec.to_builtins(s) for s in views.latest_states(cs.workload_states).values()],
-        "agents": cs.agents,
-    }
-    print(json.dumps(doc, indent=2) if args.output == "json" else yaml.safe_dump(doc, sort_keys=False), end="\n")
+    doc = ankaios.select(ankaios.state_document(cs, _statuses_if(client, args.masks)), args.masks)
+    print(_render(doc, args.output), end="")
     return EXIT_OK
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (runtimeConfig) as `|` blocks, as Ankaios prints them."""
+
+
+def _str_presenter(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    if "\n" in text:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text)
+
+
+_BlockDumper.add_representer(str, _str_presenter)
+
+
+def _yaml(doc: Any) -> str:
+    return yaml.dump(doc, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True)
+
+
+def _render(doc: Any, output: str) -> str:
+    if output == "json":
+        return json.dumps(doc, indent=2) + "\n"
+    return _yaml(doc)
+
+
+def cmd_get_configs(client: Client, args: argparse.Namespace) -> int:
+    print(ankaios.plain_table(ankaios.CONFIG_HEADERS, ([n] for n in ankaios.config_names(client.state()))))
+    return EXIT_OK
+
+
+def cmd_delete_configs(client: Client, args: argparse.Namespace) -> int:
+    known = set(client.state().desired.configs)
+    missing = [n for n in args.names if n not in known]
+    for n in missing:
+        print(f"ank: config {n!r} not found", file=sys.stderr)
+    present = [n for n in args.names if n in known]
+    if not present:
+        return EXIT_ERROR if missing else EXIT_OK
+    masks = [f"desiredState.configs.{n}" for n in present]
+    result = client.apply(ApplyRequest(manifest="desiredState:\n  apiVersion: v1\n", masks=masks))
+    for e in result.errors:
+        print(f"error: {e}", file=sys.stderr)
+    return EXIT_OK if result.ok and not missing else EXIT_ERROR
 
 
 def cmd_get_agents(client: Client, args: argparse.Namespace) -> int:
@@ -420,25 +637,12 @@ def cmd_get_agents(client: Client, args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(rows, indent=2))
         return EXIT_OK
-    from rich.table import Table
 
-    table = Table("AGENT", "ARCH", "CPU %", "FREE MEM", "ENERGY", "POSE", "RUNTIMES", "TAGS")
-    for r in rows:
-        table.add_row(
-            r["name"],
-            r["arch"],
-            f"{r['cpuPercent']:.0f}",
-            f"{r['freeMemoryBytes'] / 2**20:.0f} MiB",
-            "-" if r["energyWh"] is None else f"{r['energyWh']:.1f} Wh",
-            "-" if r["pose"] is None else f"({r['pose'][0]:.1f}, {r['pose'][1]:.1f})",
-            ",".join(r["runtimes"]),
-            ",".join(f"{k}={v}" for k, v in r["tags"].items()),
-        )
-    _console().print(table)
+    print(ankaios.agents_table(statuses, {r["name"]: r["workloads"] for r in rows}))
     return EXIT_OK
 
 
-def cmd_get_events(client: Client, args: argparse.Namespace) -> int:
+def cmd_get_eventlog(client: Client, args: argparse.Namespace) -> int:
     got: list[Event] = []
     done = threading.Event()
 
@@ -460,6 +664,63 @@ def cmd_get_events(client: Client, args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
     return EXIT_OK
+
+
+def cmd_get_events(client: Client, args: argparse.Namespace) -> int:
+    """Ankaios's event stream: one document per change of the selected parts
+    of the complete state (with the added/updated/removed field paths and an
+    RFC 3339 timestamp), until interrupted. A change is noticed from the bus
+    (workload states, plans, agent liveliness and statuses, the planner's
+    events) and the complete state is then read again and compared."""
+    changed = threading.Event()
+    statuses: dict[str, AgentStatus] = {}
+    lock = threading.Lock()
+    wants_agents = not args.masks or any(m == "agents" or m.startswith(("agents.", "*")) for m in args.masks)
+
+    def on_status(_key: str, st: AgentStatus) -> None:
+        with lock:
+            old = statuses.get(st.agent)
+            statuses[st.agent] = st
+        if wants_agents and (old is None or old.tags != st.tags):
+            changed.set()
+
+    client.bus.subscribe("ank/agents/*/status", AgentStatus, on_status)
+    client.bus.subscribe_raw("ank/state/**", lambda _k, _p: changed.set())
+    client.bus.subscribe_raw("ank/plan/*", lambda _k, _p: changed.set())
+    client.bus.subscribe_raw("ank/events/**", lambda _k, _p: changed.set())
+    client.bus.watch_liveliness("ank/agents/*", lambda _k, _up: changed.set(), history=False)
+    stop = threading.Event()
+
+    def on_term(*_: object) -> None:
+        stop.set()
+        changed.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    previous: dict[str, Any] | None = None
+    first = True
+    while not stop.is_set():
+        changed.clear()
+        with lock:
+            known = dict(statuses)
+        doc = ankaios.select(ankaios.state_document(client.state(), known), args.masks)
+        if first and not args.include_current_state:
+            previous = doc
+        else:
+            event = ankaios.event_document(previous, doc, time.time_ns() // 1_000_000)
+            if event is not None:
+                _print_state_event(event, args.output)
+            previous = doc
+        first = False
+        changed.wait()
+    return EXIT_OK
+
+
+def _print_state_event(event: dict[str, Any], output: str) -> None:
+    if output == "json":
+        print(json.dumps(event, separators=(",", ":")), flush=True)
+    else:
+        print("---", flush=False)
+        print(_yaml(event), end="", flush=True)
 
 
 def _print_event(ev: Event, output: str) -> None:
@@ -514,6 +775,11 @@ COMMANDS = {
     ("get", "agents"): cmd_get_agents,
     ("get", "nodes"): cmd_get_agents,
     ("get", "events"): cmd_get_events,
+    ("get", "eventlog"): cmd_get_eventlog,
+    ("get", "configs"): cmd_get_configs,
+    ("get", "config"): cmd_get_configs,
+    ("delete", "config"): cmd_delete_configs,
+    ("delete", "configs"): cmd_delete_configs,
     ("logs", None): cmd_logs,
     ("run", "workload"): cmd_run,
     ("set", "state"): cmd_set_state,

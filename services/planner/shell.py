@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"where the desired state is persisted (default {DEFAULT_STATE_DIR})",
     )
     parser.add_argument("--name", default="planner", help="sender name on the bus")
+    parser.add_argument("--startup-manifest", help="apply this manifest before answering anyone (ank-server -c)")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
     setup_logging("ank-planner", args.verbose)
@@ -372,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     loop = EventLoop()
     try:
         planner = Planner(bus, loop, args.state_dir, durable)
+        if args.startup_manifest and not _apply_startup(planner, args.startup_manifest):
+            return 2
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: loop.stop())
         planner.start()
@@ -381,6 +384,22 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         loop.stop()
         bus.close()
+
+
+def _apply_startup(planner: Planner, path: str) -> bool:
+    """The startup manifest, applied before the queryables exist: no client
+    ever sees the state without it (as Ankaios's server starts with it)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        print(f"ank-planner: cannot read startup manifest {path}: {exc.strerror}", file=sys.stderr)
+        return False
+    step, result = core.apply_manifest(planner.state, text, planner.now_ms())
+    if not result.ok:
+        errors = "; ".join(f"{e.path}: {e.message}" for e in result.errors)
+        print(f"ank-planner: startup manifest {path} rejected: {errors}", file=sys.stderr)
+        return False
+    return planner.commit(step) is None
 
 
 if __name__ == "__main__":

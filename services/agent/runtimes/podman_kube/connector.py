@@ -25,6 +25,7 @@ from services.agent.runtimes.podman.core import (
     run_labels,
     start_error,
 )
+from services.agent.runtimes.podman_kube import bookkeeping
 from services.agent.runtimes.podman_kube.core import decode_kube_config, down_command, play_command, prepare_manifest
 
 log = logging.getLogger("ank.agent.podman-kube")
@@ -58,6 +59,13 @@ class PodmanKubeRuntime(PodmanConnector):
             self._down(config.general_options, config.down_options, manifest_file)
             raise start_error("kube play", result.returncode, result.stderr)
         log.info("%s: podman kube play → pods %s", spec.workload, ", ".join(play.pods))
+        config_volume, pods_volume = bookkeeping.volume_names(spec.workload, spec.instance, spec.agent)
+        self._volume(
+            config.general_options,
+            config_volume,
+            bookkeeping.config_data(config.manifest, config.play_options, config.down_options),
+        )
+        self._volume(config.general_options, pods_volume, bookkeeping.pods_data(play.pods))
         return RunHandle(
             workload=spec.workload,
             instance=spec.instance,
@@ -83,6 +91,10 @@ class PodmanKubeRuntime(PodmanConnector):
         self._down(_options(handle, "general_options"), _options(handle, "down_options"), manifest_file)
         self.watcher.forget(run_id)
         manifest_file.unlink(missing_ok=True)
+        agent = handle.record.get("agent", "")
+        if agent:
+            names = list(bookkeeping.volume_names(handle.workload, handle.instance, agent))
+            self._run_quietly(bookkeeping.remove_command(_options(handle, "general_options"), names))
 
     def adopt(self, records: list[RunHandle], notify: Notify) -> list[RunHandle]:
         adopted: list[RunHandle] = []
@@ -132,6 +144,19 @@ class PodmanKubeRuntime(PodmanConnector):
         except (OSError, RuntimeError, subprocess.TimeoutExpired):
             return []
         return [str(row["Id"]) for row in rows if "Id" in row]
+
+    def _volume(self, general_options: list[str], name: str, data: str) -> None:
+        for command in bookkeeping.create_commands(general_options, name, data):
+            self._run_quietly(command)
+
+    def _run_quietly(self, command: list[str]) -> None:
+        """Bookkeeping only: a failure is logged, never fails the workload."""
+        try:
+            result = self.cli.run(command, timeout=60)
+            if result.returncode != 0:
+                log.warning("podman %s: %s", " ".join(command[:3]), result.stderr.strip())
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("podman %s failed: %s", " ".join(command[:3]), exc)
 
     def _down(self, general_options: list[str], down_options: list[str], manifest_file: Path) -> None:
         if not manifest_file.is_file():
