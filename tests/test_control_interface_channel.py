@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from schemas.manifest import AccessRule, ControlInterfaceAccess, Manifest, Workload
@@ -25,10 +26,11 @@ class RecordingBus:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def get_decoded(self, key: str, schema: type, **_kw: Any) -> list[Any]:
+    def get(self, key: str, payload: bytes | None = None, **_kw: Any) -> list[tuple[str, bytes]]:
+        """The planner's reply to ank/cmd/state: one part holding the whole state."""
         self.calls.append(key)
         workloads = {"x": Workload(runtime="process", agent="A"), "y": Workload(runtime="process", agent="A")}
-        return [CompleteState(desired=Manifest(api_version="v1", workloads=workloads))]
+        return [(key, msgspec.json.encode(CompleteState(desired=Manifest(api_version="v1", workloads=workloads))))]
 
 
 class Client:
