@@ -170,11 +170,18 @@ def access_control(agents: Iterable[str], revoked: Iterable[str] = ()) -> dict[s
         (agent_identity(a), _rules(agent_identity(a), grants_of(agent_identity(a), [a]))) for a in agent_names
     ]
     per_identity.append((WORKLOAD, _workload_rules()))
-    per_identity = [(identity, rules) for identity, rules in per_identity if identity not in gone]
+    return _deny_by_default(per_identity, gone)
+
+
+def _deny_by_default(per_identity: list[tuple[str, list[dict[str, Any]]]], gone: set[str]) -> dict[str, Any]:
+    """Zenoh's `access_control` section: each identity (certificate common
+    name) a subject with its own rules, those in `gone` none; deny otherwise."""
     rules: list[dict[str, Any]] = []
     subjects: list[dict[str, Any]] = []
     policies: list[dict[str, Any]] = []
     for identity, identity_rules in per_identity:
+        if identity in gone:
+            continue
         rules.extend(identity_rules)
         subjects.append({"id": identity, "cert_common_names": [identity]})
         policies.append({"id": identity, "rules": [r["id"] for r in identity_rules], "subjects": [identity]})
@@ -277,9 +284,6 @@ def edge_access_control(agents: Iterable[str], revoked: Iterable[str] = ()) -> d
     trusted on ank/** both ways. Nothing else: no service, no workload."""
     agent_names = check_agent_names(agents)
     gone = set(revoked)
-    rules: list[dict[str, Any]] = []
-    subjects: list[dict[str, Any]] = []
-    policies: list[dict[str, Any]] = []
     members = [(agent_identity(a), _rules(agent_identity(a), grants_of(agent_identity(a), [a]))) for a in agent_names]
     upstream = {
         "id": "upstream",
@@ -289,19 +293,7 @@ def edge_access_control(agents: Iterable[str], revoked: Iterable[str] = ()) -> d
         "key_exprs": [ORCHESTRATOR_KEYS],
     }
     members.append((ROUTER_IDENTITY, [upstream]))
-    for identity, identity_rules in members:
-        if identity in gone:
-            continue
-        rules.extend(identity_rules)
-        subjects.append({"id": identity, "cert_common_names": [identity]})
-        policies.append({"id": identity, "rules": [r["id"] for r in identity_rules], "subjects": [identity]})
-    return {
-        "enabled": True,
-        "default_permission": "deny",
-        "rules": rules,
-        "subjects": subjects,
-        "policies": policies,
-    }
+    return _deny_by_default(members, gone)
 
 
 def edge_router_settings(
