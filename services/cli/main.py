@@ -30,14 +30,13 @@ import time
 from typing import Any
 
 import msgspec
-import yaml
 
 from schemas.messages import AgentStatus, ApplyRequest, ApplyResult, CompleteState, Event, WorkloadState
 from services.bus import Bus, BusConfigError
 from services.cli import ankaios, views
 from services.cli.client import Client, NoPlanner
 from services.dashboard import options as dashboard_options
-from services.scheduler import sim
+from services.scheduler import sim_options
 
 # As Ankaios's ank: 1 for every failure, the server unreachable included (usage errors: 2).
 EXIT_OK, EXIT_ERROR, EXIT_NO_SERVER = 0, 1, 1
@@ -143,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     si = add(sub, "sim", help="simulations")
     si_sub = si.add_subparsers(dest="object", required=True)
     sf = add(si_sub, "fleet", help="the fleet energy study")
-    sim.add_arguments(sf)
+    sim_options.add_arguments(sf)
     return p
 
 
@@ -261,6 +260,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         args.server = args.server_url
         return int(dashboard.run(args))
     if args.command == "sim":
+        from services.scheduler import sim
+
         return sim.run(args)
     with _bus(args) as bus:
         client = Client(bus, args.response_timeout)
@@ -310,6 +311,8 @@ def cmd_apply(client: Client, args: argparse.Namespace) -> int:
 def _merge_manifests(paths: list[str], texts: list[str]) -> str | None:
     """Several manifests applied as one (as Ankaios's `ank apply A B`): their
     workloads and configs together; a name in two files is an error."""
+    import yaml
+
     merged: dict[str, Any] = {}
     for path, text in zip(paths, texts, strict=True):
         try:
@@ -533,6 +536,8 @@ def cmd_get_workloads(client: Client, args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(rows, indent=2))
     elif args.output == "yaml":
+        import yaml
+
         print(yaml.safe_dump(rows, sort_keys=False), end="")
     else:
         print(ankaios.workload_table(rows))
@@ -550,6 +555,8 @@ def cmd_get_workload(client: Client, args: argparse.Namespace) -> int:
         for k, v in lines:
             print(f"{k + ':':<{width + 1}} {v}")
     else:
+        import yaml
+
         row = views.workload_row(args.name, cs.desired, views.latest_states(cs.workload_states).get(args.name))
         wl = cs.desired.workloads.get(args.name)
         row["dependencies"] = {d: c for d, c in sorted(wl.dependencies.items())} if wl else {}
@@ -570,20 +577,20 @@ def cmd_get_state(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class _BlockDumper(yaml.SafeDumper):
-    """Multi-line strings (runtimeConfig) as `|` blocks, as Ankaios prints them."""
-
-
-def _str_presenter(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
-    if "\n" in text:
-        return dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|")
-    return dumper.represent_scalar("tag:yaml.org,2002:str", text)
-
-
-_BlockDumper.add_representer(str, _str_presenter)
-
-
 def _yaml(doc: Any) -> str:
+    """Multi-line strings (runtimeConfig) as `|` blocks, as Ankaios prints them
+    (yaml is imported here: `ank get workloads` does not need it)."""
+    import yaml
+
+    class _BlockDumper(yaml.SafeDumper):
+        pass
+
+    def _str_presenter(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+        if "\n" in text:
+            return dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|")
+        return dumper.represent_scalar("tag:yaml.org,2002:str", text)
+
+    _BlockDumper.add_representer(str, _str_presenter)
     return yaml.dump(doc, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True)
 
 

@@ -22,7 +22,6 @@ docs/manifest.md says so.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from schemas.manifest import (
     Workload,
 )
 from schemas.messages import ValidationIssue
+from services import digest
 from services.manifest.document import ManifestError, load_optional_document
 from services.manifest.templating import TemplateError, render_template
 from services.names import has_name_chars
@@ -760,7 +760,7 @@ def instance_id(w: Workload) -> str:
         if not _is_default(field, getattr(w, field.name))
     }
     encoded = msgspec.json.encode(canonical, order="sorted")
-    return hashlib.sha256(encoded).hexdigest()[:16]
+    return digest.sha256(encoded).hexdigest()[:16]
 
 
 def _is_default(field: msgspec.structs.FieldInfo, value: Any) -> bool:

@@ -43,7 +43,6 @@ loop in `schedule()` never changes.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from typing import Protocol
 import msgspec
 
 from schemas.messages import EnergyReport
+from services.digest import blake2b
 
 # Taint effects that keep a pod off a node unless tolerated (PreferNoSchedule
 # only prefers, so it never filters).
@@ -288,7 +288,7 @@ class SeededRandom:
     name = "Random"
 
     def score(self, request: PlacementRequest, node: NodeView, ctx: CycleContext) -> float:
-        digest = hashlib.blake2b(f"{ctx.seed}/{ctx.cursor}/{request.workload}/{node.name}".encode(), digest_size=8)
+        digest = blake2b(f"{ctx.seed}/{ctx.cursor}/{request.workload}/{node.name}".encode(), digest_size=8)
         return float(int.from_bytes(digest.digest(), "big"))
 
 

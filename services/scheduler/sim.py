@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.scheduler.core import CycleContext, NodeView, Placement, PlacementRequest, schedule
+from services.scheduler.sim_options import add_arguments
 
 POLICIES = ("MALE", "round-robin", "random")
 
@@ -266,17 +267,6 @@ def plot(spec: FleetSpec, summaries: list[Summary], runs: dict[str, RunResult], 
     fig.savefig(summary_png, dpi=90)
     plt.close(fig)
     return [energy_png, summary_png]
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """`ank sim fleet`'s options (shared by `ank` and `python -m services.scheduler.sim`)."""
-    p.add_argument("--robots", type=int, default=8)
-    p.add_argument("--seeds", type=int, default=5, help="number of seeds to average over")
-    p.add_argument("--seed", type=int, default=1, help="first seed")
-    p.add_argument("--hours", type=float, default=12.0)
-    p.add_argument("--arrivals-per-hour", type=float, default=60.0)
-    p.add_argument("--out", type=Path, default=Path("sim-out"), help="directory for the PNG plots")
-    p.add_argument("--no-plots", action="store_true")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

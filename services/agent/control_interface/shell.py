@@ -29,16 +29,18 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from schemas.manifest import ControlInterfaceAccess
 from schemas.messages import ApplyRequest, ApplyResult, CompleteState, WorkloadState
-from services.agent.control_interface import core
-from services.agent.control_interface.core import ank_base, control_api
 from services.bus import Bus, paging
 from services.manifest.core import instance_id, render_manifest
+
+if TYPE_CHECKING:
+    from services.agent.control_interface import core
+    from services.agent.control_interface.core import ank_base, control_api
 
 log = logging.getLogger("ank.agent.control_interface")
 
@@ -46,6 +48,15 @@ TARGET = "/run/ankaios/control_interface"  # where the SDKs look
 WRITE_TIMEOUT_S = 5.0  # a workload that does not read its input for this long loses the message
 LOG_POLL_S = 0.5
 QUERY_TIMEOUT_S = 5.0
+
+
+def _load_core() -> None:
+    """The protocol's modules (protobuf and the SDK's messages: ~10 MB), loaded
+    with the first Control Interface: an agent whose workloads have none
+    never loads them."""
+    global core, ank_base, control_api
+    from services.agent.control_interface import core
+    from services.agent.control_interface.core import ank_base, control_api
 
 
 class Channel:
@@ -60,6 +71,7 @@ class Channel:
         write_timeout_s: float = WRITE_TIMEOUT_S,
         on_applied: Callable[[], None] | None = None,
     ) -> None:
+        _load_core()
         self.bus = bus
         self.on_applied = on_applied  # an update went through: event subscriptions look again
         self._watchers: set[threading.Event] = set()
@@ -441,15 +453,18 @@ class ControlInterfaces:
     def provide(self, workload: str, instance: str, access: ControlInterfaceAccess | None) -> str:
         """The host folder of the instance's FIFOs ("" when it has no access:
         then it has none, and an earlier instance's are removed)."""
+        if access is not None:
+            _load_core()
+        wanted = access is not None and core.has_access(access)
         with self._lock:
             current = self._channels.get(workload)
-            if current is not None and current[0] == instance and core.has_access(access):
+            if current is not None and current[0] == instance and wanted:
                 return str(current[1].folder)
             if current is not None:
                 del self._channels[workload]
         if current is not None:
             current[1].close()
-        if not core.has_access(access):
+        if not wanted:
             return ""
         assert access is not None
         channel = Channel(self.bus, self.folder(workload, instance), workload, access, on_applied=self.poke_all)
