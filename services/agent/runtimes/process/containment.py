@@ -141,7 +141,9 @@ def sweep_all(base: Path | None) -> int:
     if base is None or not base.is_dir():
         return 0
     removed = 0
-    for path in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+    # os.walk skips directories that vanish during the walk (another agent's removal)
+    below = [Path(root) / name for root, dirs, _files in os.walk(base) for name in dirs]
+    for path in sorted(below, key=lambda p: len(p.parts), reverse=True):
         if not members(str(path)):
             try:
                 path.rmdir()
