@@ -946,20 +946,37 @@ def observe_states(state: PlannerState, items: list[tuple[str, WorkloadState]], 
         return Step(state, logs)
     if observed.dependents is None:
         observed = _with_index(observed)
-    if not any(_may_change_decisions(observed, ws) for ws in recorded):
-        return Step(observed, logs)  # nothing `_settle` decides depends on them
-    return _settle(state, observed, now_ms, logs)
+    if any(_may_change_decisions(observed, ws) for ws in recorded):
+        return _settle(state, observed, now_ms, logs)
+    gone = [state_key(ws.agent, ws.workload) for ws in recorded if ws.agent not in observed.alive]
+    if gone:
+        observed = _forget_departing(observed, gone)
+    return Step(observed, logs)  # nothing else `_settle` decides depends on them
+
+
+def _forget_departing(state: PlannerState, keys: list[str]) -> PlannerState:
+    """What a settling pass does with a state an agent that is gone just
+    reported (its lease expired, its session still delivers): kept, unless it
+    is about an instance no longer placed there, which is forgotten."""
+    drop = [k for k in keys if k in state.departing]
+    if not drop:
+        return state
+    states = dict(state.states)
+    for key in drop:
+        states.pop(key, None)
+    return msgspec.structs.replace(
+        state, states=states, owned=state.owned - set(drop), departing=state.departing - set(drop)
+    )
 
 
 def _may_change_decisions(state: PlannerState, ws: WorkloadState) -> bool:
     """Whether a newly recorded state can change what `_settle` decides:
-    the release of a dependent not released yet, a retiring instance it or
-    its blockers are about, or the bookkeeping of an agent that is gone.
-    Derived states and plans depend only on the durable state and the live
-    agents, which a workload state does not change."""
+    the release of a dependent not released yet, or a retiring instance it
+    or its blockers are about. Derived states and plans depend only on the
+    durable state and the live agents, which a workload state does not
+    change; the state of an agent that is gone needs only
+    `_forget_departing`."""
     durable = state.durable
-    if ws.agent not in state.alive:
-        return True
     name = ws.workload
     if any(name == r.planned.name or name in r.blockers for r in durable.retiring):
         return True
