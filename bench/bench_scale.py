@@ -186,6 +186,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                     raise RuntimeError("no complete state")
                 query_samples.append(time.perf_counter() - t_q)
             floor_spawn = _spawn_floor(first) * (total / first)
+            flaps = _agents_lost(state_dir / "logs" / "planner.log")
             per = total / 1000
             rows += [
                 {
@@ -216,6 +217,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                     "target": "flat from 1,000 to 10,000",
                     "at_1000": (cpu1 - cpu0) / (first / 1000),
                     "at_10000": (cpu2 - cpu0) / per,
+                    "agents_lost_during_run": flaps,
                 },
                 {
                     "id": "P12",
@@ -289,3 +291,13 @@ def _wait_agents(client: Client, agents: list[str], timeout: float) -> None:
             pass
         time.sleep(0.5)
     raise RuntimeError(f"not all {len(agents)} agents up within {timeout} s")
+
+
+def _agents_lost(planner_log: Path) -> int:
+    """How many times the planner took an agent for lost (a liveliness lease
+    expired: on an overloaded machine agents flap)."""
+    try:
+        text = planner_log.read_text(errors="replace")
+    except OSError:
+        return -1
+    return sum(1 for line in text.splitlines() if line.rstrip().endswith(" lost") and "agent " in line)

@@ -37,6 +37,7 @@ alongside.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal, NamedTuple
 
 import msgspec
@@ -137,6 +138,10 @@ class PlannerState(msgspec.Struct, frozen=True, kw_only=True):
     # workload name -> the desired workloads that depend on it (an index of
     # durable.rendered; None: not built yet, built on first use)
     dependents: dict[str, list[str]] | None = None
+    # agent ("" for none) -> the desired workloads placed on it (an index of
+    # durable.rendered and durable.bindings, built with `dependents`)
+    by_agent: dict[str, frozenset[str]] | None = None
+    departing: frozenset[str] = frozenset()  # state keys recorded for instances no longer placed there
 
 
 # -- actions ----------------------------------------------------------------
@@ -224,9 +229,17 @@ def _placed_keys(durable: Durable) -> set[str]:
 
 
 def _derived_states(durable: Durable, alive: frozenset[str]) -> dict[str, _Derived]:
+    return _derived_subset(durable, alive, durable.rendered.workloads, durable.retiring)
+
+
+def _derived_subset(
+    durable: Durable, alive: frozenset[str], names: Iterable[str], retiring: Iterable[Retiring]
+) -> dict[str, _Derived]:
+    """`_derived_states` for the desired workloads `names` and the entries
+    `retiring` only."""
     seen = set(durable.agents_seen)
     out: dict[str, _Derived] = {}
-    for entry in durable.retiring:
+    for entry in retiring:
         es = derived_state(entry.agent, entry.agent in seen, entry.agent in alive)
         if es is not None:
             key = state_key(entry.agent, entry.planned.name)
@@ -234,7 +247,9 @@ def _derived_states(durable: Durable, alive: frozenset[str]) -> dict[str, _Deriv
                 es, entry.agent, entry.planned.name, entry.planned.instance, entry.planned.workload.runtime
             )
     bindings = durable.bindings
-    for name, workload in durable.rendered.workloads.items():
+    rendered = durable.rendered.workloads
+    for name in names:
+        workload = rendered[name]
         # placed_agent(), inlined: this loop runs over every workload
         if workload.scheduling is not None and bindings.get(name):
             agent = bindings[name]
@@ -294,8 +309,18 @@ def _index_dependents(rendered: Manifest) -> dict[str, list[str]]:
     return out
 
 
+def _index_placement(durable: Durable) -> dict[str, frozenset[str]]:
+    """agent ("" for none) -> the desired workloads placed on it."""
+    out: dict[str, set[str]] = {}
+    for name in durable.rendered.workloads:
+        out.setdefault(placed_agent(durable, name), set()).add(name)
+    return {agent: frozenset(names) for agent, names in out.items()}
+
+
 def _with_index(state: PlannerState) -> PlannerState:
-    return msgspec.structs.replace(state, dependents=_index_dependents(state.durable.rendered))
+    return msgspec.structs.replace(
+        state, dependents=_index_dependents(state.durable.rendered), by_agent=_index_placement(state.durable)
+    )
 
 
 def _plan_entries(durable: Durable) -> dict[str, list[PlannedWorkload]]:
@@ -401,9 +426,11 @@ def _settle(before: PlannerState, state: PlannerState, now_ms: int, actions: lis
                 log.append(Log(f"{old.workload} on {old.agent or '(no agent)'} is Removed"))
     # Departing instances on agents that are gone: the agent reports Removed
     # itself when it returns.
-    for key in [k for k in states if k not in placed and k.split("/", 1)[0] not in state.alive]:
+    departing = {k for k in states if k not in placed}
+    for key in [k for k in departing if k.split("/", 1)[0] not in state.alive]:
         del states[key]
         owned.discard(key)
+        departing.discard(key)
 
     # 4. plans
     plans = dict(state.plans)
@@ -421,9 +448,169 @@ def _settle(before: PlannerState, state: PlannerState, now_ms: int, actions: lis
         log.append(Log(f"plan {generation} for {agent}: {listed}"))
     durable = msgspec.structs.replace(durable, generation=generation)
 
-    new_state = msgspec.structs.replace(state, durable=durable, states=states, owned=frozenset(owned), plans=plans)
+    new_state = msgspec.structs.replace(
+        state, durable=durable, states=states, owned=frozenset(owned), plans=plans, departing=frozenset(departing)
+    )
     out: list[Action] = [*actions, *log]
     if durable != before.durable:
+        out.append(Persist(durable))
+    out.extend(publications)
+    return Step(new_state, out)
+
+
+def _agent_entries(durable: Durable, agent: str, names: Iterable[str]) -> list[PlannedWorkload]:
+    """`_plan_entries` for one agent, given the desired workloads placed on it."""
+    per_agent: dict[str, PlannedWorkload] = {r.planned.name: r.planned for r in durable.retiring if r.agent == agent}
+    for name in names:
+        if name in per_agent:
+            continue  # its old instance retires first (delete-then-create)
+        instance = durable.instances[name]
+        hold: Hold = "" if durable.released.get(name) == instance else "WaitingToStart"
+        workload = durable.rendered.workloads[name]
+        per_agent[name] = PlannedWorkload(name, instance, msgspec.structs.replace(workload, agent=agent), hold)
+    return [per_agent[n] for n in sorted(per_agent)]
+
+
+def _settle_agent(before: PlannerState, state: PlannerState, agent: str, now_ms: int, actions: list[Action]) -> Step:
+    """`_settle` for one agent's liveliness change (`state` differs from
+    `before` only in whether `agent` is alive and seen). Its work is
+    proportional to that agent's workloads, their dependents and the
+    retiring entries, never to the whole desired state: only the states of
+    the agent's workloads change, so only their dependents can be released,
+    only retirements can end, and only the plans of the agents these touch
+    can change. After each settling pass no unreleased workload has its
+    dependencies met and no state of an instance no longer placed is kept
+    for an agent that is gone; this pass keeps both true."""
+    durable = state.durable
+    by_agent = state.by_agent if state.by_agent is not None else _index_placement(durable)
+    dependents = state.dependents if state.dependents is not None else _index_dependents(durable.rendered)
+    mine = sorted(by_agent.get(agent, frozenset()))
+    retiring_names = {r.planned.name for r in durable.retiring}
+    scope = sorted(set(mine) | (retiring_names & durable.rendered.workloads.keys()))
+    log: list[Action] = []
+    derived_before = _derived_subset(before.durable, before.alive, scope, before.durable.retiring)
+    derived_mid = _derived_subset(durable, state.alive, scope, durable.retiring)
+    observed = dict(state.states)
+    for key, derived in derived_mid.items():
+        if derived != derived_before.get(key):
+            observed[key] = _as_state(derived, now_ms)
+    view = msgspec.structs.replace(state, states=observed)
+
+    # 1. releases: only a dependent of the agent's workloads can be released now
+    released = durable.released
+    touched: set[str] = {agent}
+    candidates = sorted({d for n in mine for d in dependents.get(n, [])})
+    for name in candidates:
+        instance = durable.instances.get(name)
+        if instance is not None and released.get(name) != instance and dependencies_met(view, name):
+            released = {**released, name: instance} if released is durable.released else released
+            released[name] = instance
+            touched.add(placed_agent(durable, name))
+            log.append(Log(f"release {name} ({instance}): its dependencies are met"))
+
+    # 2. retirements (as in `_settle`; a blocker's states looked up on the agents that can hold them)
+    retiring: list[Retiring] = []
+    holders = sorted(state.plans.keys() | state.alive | {""})
+    for entry in durable.retiring:
+        name, on = entry.planned.name, entry.agent
+        desired_again = (
+            name in durable.rendered.workloads
+            and placed_agent(durable, name) == on
+            and durable.instances[name] == entry.planned.instance
+        )
+        if desired_again:
+            released = {**released} if released is durable.released else released
+            released[name] = entry.planned.instance
+            touched.add(on)
+            log.append(Log(f"keep {name} on {on}: desired again as it runs"))
+            continue
+        waiting_for = [
+            d
+            for d in entry.blockers
+            if any(
+                (ws.execution_state.state, ws.execution_state.substate) in KEEPS_DEPENDENCY_ALIVE
+                for ws in (view.states.get(state_key(a, d)) for a in holders)
+                if ws is not None
+            )
+        ]
+        if waiting_for:
+            retiring.append(entry)
+        else:
+            touched.add(on)
+            log.append(Log(f"stop {name} ({entry.planned.instance}) on {on}: no dependent needs it running"))
+    if len(retiring) != len(durable.retiring) or released is not durable.released:
+        durable = msgspec.structs.replace(durable, released=released, retiring=retiring)
+
+    # 3. derived states of the scope: publish what changed
+    states = dict(state.states)
+    owned = set(state.owned)
+    departing = set(state.departing)
+    derived_now = _derived_subset(durable, state.alive, scope, durable.retiring)
+    placed = {state_key(placed_agent(durable, n), n) for n in scope}
+    placed.update(state_key(r.agent, r.planned.name) for r in durable.retiring)
+    publications: list[Action] = []
+    for key in sorted(derived_before.keys() | derived_now.keys()):
+        new, old = derived_now.get(key), derived_before.get(key)
+        if new is not None:
+            if new != old:
+                states[key] = _as_state(new, now_ms)
+                owned.add(key)
+                publications.append(PublishState(f"ank/state/{key}", states[key]))
+                log.append(Log(f"{new.workload} on {new.agent or '(no agent)'} is {new.execution_state}"))
+        elif old is not None:
+            owned.discard(key)
+            if key not in placed:
+                states.pop(key, None)
+                removed = _as_state(old, now_ms, ExecutionState("Removed"))
+                publications.append(PublishState(f"ank/state/{key}", removed))
+                log.append(Log(f"{old.workload} on {old.agent or '(no agent)'} is Removed"))
+    # States of instances no longer placed: departing (tracked until Removed)
+    # while their agent lives, forgotten on an agent that is gone.
+    left = {state_key(r.agent, r.planned.name) for r in state.durable.retiring} - placed
+    if agent not in state.alive:
+        left.update(k for k in departing if k.split("/", 1)[0] == agent)
+    for key in sorted(left):
+        if key in placed or key not in states:
+            departing.discard(key)
+        elif key.split("/", 1)[0] in state.alive:
+            departing.add(key)
+        else:
+            del states[key]
+            owned.discard(key)
+            departing.discard(key)
+
+    # 4. plans of the agents touched
+    plans = dict(state.plans)
+    generation = durable.generation
+    for name in sorted(touched):
+        if not name:
+            continue
+        workloads = _agent_entries(durable, name, sorted(by_agent.get(name, frozenset())))
+        previous = plans.get(name)
+        if previous is not None and previous.workloads == workloads:
+            continue
+        if previous is None and not workloads and name not in state.alive:
+            continue
+        generation = _next_generation(generation, now_ms)
+        plans[name] = AgentPlan(agent=name, generation=generation, workloads=workloads, epoch=durable.epoch)
+        publications.append(PublishPlan(plans[name]))
+        listed = ", ".join(f"{w.name}[{w.hold}]" if w.hold else w.name for w in workloads) or "nothing"
+        log.append(Log(f"plan {generation} for {name}: {listed}"))
+    if generation != durable.generation:
+        durable = msgspec.structs.replace(durable, generation=generation)
+
+    new_state = msgspec.structs.replace(
+        state,
+        durable=durable,
+        states=states,
+        owned=frozenset(owned),
+        plans=plans,
+        departing=frozenset(departing),
+        by_agent=by_agent,
+        dependents=dependents,
+    )
+    out: list[Action] = [*actions, *log]
+    if durable is not before.durable:
         out.append(Persist(durable))
     out.extend(publications)
     return Step(new_state, out)
@@ -554,7 +741,7 @@ def _replace_desired(
         return Step(state, []), _apply_result_failure(too_large, warnings)
     bindings = {n: a for n, a in old.bindings.items() if n in instances}
     durable = msgspec.structs.replace(old, desired=desired, rendered=rendered, instances=instances, bindings=bindings)
-    state = msgspec.structs.replace(state, dependents=_index_dependents(rendered))
+    state = msgspec.structs.replace(state, dependents=_index_dependents(rendered), by_agent=_index_placement(durable))
     summary = f"added {added or '-'}, updated {updated or '-'}, deleted {deleted or '-'}, unchanged {unchanged or '-'}"
     step = _change_desired(state, durable, now_ms, [Log(f"desired state changed: {summary}")])
     result = ApplyResult(ok=True, added=added, updated=updated, deleted=deleted, unchanged=unchanged, warnings=warnings)
@@ -650,21 +837,30 @@ def binding(state: PlannerState, bound: Binding, now_ms: int) -> Step:
         bindings.pop(name, None)
     why = f" ({bound.policy}: {bound.reason})" if bound.policy or bound.reason else ""
     message = f"bind {name} to {bound.agent}{why}" if bound.agent else f"unbind {name}{why}"
-    return _change_desired(state, msgspec.structs.replace(durable, bindings=bindings), now_ms, [Log(message)])
+    new = msgspec.structs.replace(durable, bindings=bindings)
+    if state.by_agent is not None:
+        by_agent = dict(state.by_agent)
+        was, now = placed_agent(durable, name), placed_agent(new, name)
+        by_agent[was] = by_agent.get(was, frozenset()) - {name}
+        by_agent[now] = by_agent.get(now, frozenset()) | {name}
+        state = msgspec.structs.replace(state, by_agent=by_agent)
+    return _change_desired(state, new, now_ms, [Log(message)])
 
 
 def agent_liveliness(state: PlannerState, agent: str, alive: bool, now_ms: int) -> Step:
     """An agent's liveliness token appeared (`alive`) or vanished."""
     if alive == (agent in state.alive):
         return Step(state, [])
+    if state.dependents is None or state.by_agent is None:
+        state = _with_index(state)
     if not alive:
         lost = msgspec.structs.replace(state, alive=state.alive - {agent})
-        return _settle(state, lost, now_ms, [Log(f"agent {agent} lost", "warning")])
+        return _settle_agent(state, lost, agent, now_ms, [Log(f"agent {agent} lost", "warning")])
     durable = state.durable
     if agent not in durable.agents_seen:
         durable = msgspec.structs.replace(durable, agents_seen=sorted([*durable.agents_seen, agent]))
     back = msgspec.structs.replace(state, alive=state.alive | {agent}, durable=durable)
-    step = _settle(state, back, now_ms, [Log(f"agent {agent} connected")])
+    step = _settle_agent(state, back, agent, now_ms, [Log(f"agent {agent} connected")])
     # Level-triggered: hand the agent its plan again even if it did not change.
     if not any(isinstance(a, PublishPlan) and a.plan.agent == agent for a in step.actions):
         step.actions.append(PublishPlan(step.state.plans[agent]))
@@ -672,7 +868,12 @@ def agent_liveliness(state: PlannerState, agent: str, alive: bool, now_ms: int) 
 
 
 def _record_into(
-    durable: Durable, states: dict[str, WorkloadState], owned: set[str], key: str, ws: WorkloadState
+    durable: Durable,
+    states: dict[str, WorkloadState],
+    owned: set[str],
+    departing: set[str],
+    key: str,
+    ws: WorkloadState,
 ) -> bool:
     """Records an agent's WorkloadState into `states` (and takes its key out
     of `owned`); False (nothing changed) if it is stale, misplaced or about
@@ -693,12 +894,15 @@ def _record_into(
         if ws.instance and ws.instance not in expected and stored is not None and stored.instance in expected:
             return False  # an older instance's news; the current one's state stands
         states[skey] = ws
+        departing.discard(skey)
     elif stored is None:
         return False  # not (or no longer) desired there
     elif ws.execution_state.state == "Removed":
         del states[skey]  # a departed instance is gone
+        departing.discard(skey)
     else:
         states[skey] = ws  # a departing instance, tracked until Removed (it may keep a dependency alive)
+        departing.add(skey)
     owned.discard(skey)
     return True
 
@@ -710,10 +914,14 @@ def _record_all(
     per batch, not once per state), and the states that were recorded."""
     states = dict(state.states)
     owned = set(state.owned)
-    recorded = [ws for key, ws in items if _record_into(state.durable, states, owned, key, ws)]
+    departing = set(state.departing)
+    recorded = [ws for key, ws in items if _record_into(state.durable, states, owned, departing, key, ws)]
     if not recorded:
         return state, []
-    return msgspec.structs.replace(state, states=states, owned=frozenset(owned)), recorded
+    return (
+        msgspec.structs.replace(state, states=states, owned=frozenset(owned), departing=frozenset(departing)),
+        recorded,
+    )
 
 
 def observe_state(state: PlannerState, key: str, ws: WorkloadState, now_ms: int) -> Step:
@@ -738,20 +946,37 @@ def observe_states(state: PlannerState, items: list[tuple[str, WorkloadState]], 
         return Step(state, logs)
     if observed.dependents is None:
         observed = _with_index(observed)
-    if not any(_may_change_decisions(observed, ws) for ws in recorded):
-        return Step(observed, logs)  # nothing `_settle` decides depends on them
-    return _settle(state, observed, now_ms, logs)
+    if any(_may_change_decisions(observed, ws) for ws in recorded):
+        return _settle(state, observed, now_ms, logs)
+    gone = [state_key(ws.agent, ws.workload) for ws in recorded if ws.agent not in observed.alive]
+    if gone:
+        observed = _forget_departing(observed, gone)
+    return Step(observed, logs)  # nothing else `_settle` decides depends on them
+
+
+def _forget_departing(state: PlannerState, keys: list[str]) -> PlannerState:
+    """What a settling pass does with a state an agent that is gone just
+    reported (its lease expired, its session still delivers): kept, unless it
+    is about an instance no longer placed there, which is forgotten."""
+    drop = [k for k in keys if k in state.departing]
+    if not drop:
+        return state
+    states = dict(state.states)
+    for key in drop:
+        states.pop(key, None)
+    return msgspec.structs.replace(
+        state, states=states, owned=state.owned - set(drop), departing=state.departing - set(drop)
+    )
 
 
 def _may_change_decisions(state: PlannerState, ws: WorkloadState) -> bool:
     """Whether a newly recorded state can change what `_settle` decides:
-    the release of a dependent not released yet, a retiring instance it or
-    its blockers are about, or the bookkeeping of an agent that is gone.
-    Derived states and plans depend only on the durable state and the live
-    agents, which a workload state does not change."""
+    the release of a dependent not released yet, or a retiring instance it
+    or its blockers are about. Derived states and plans depend only on the
+    durable state and the live agents, which a workload state does not
+    change; the state of an agent that is gone needs only
+    `_forget_departing`."""
     durable = state.durable
-    if ws.agent not in state.alive:
-        return True
     name = ws.workload
     if any(name == r.planned.name or name in r.blockers for r in durable.retiring):
         return True
