@@ -17,8 +17,16 @@
 #   (`podman rm --all`, `podman volume rm --all`) cannot touch anyone else's
 #   containers. /tmp/ankaios (the suite's ANKAIOS_TMP_FOLDER, removed after
 #   each test) and /tmp/.certs (its CERTS_DIR) are redirected into the
-#   temporary directory as well (the two config files that name
-#   /tmp/.certs literally then find no certificates).
+#   temporary directory as well, in the variables and in the copied
+#   configuration files that name them.
+# - ANK_BIN_DIR is a directory of one-line wrappers that exec this checkout's
+#   bin/ programs; the only one that adds anything is ank-agent's: when TMPDIR
+#   is not set (the suite's normal case) it sets ANKAGENT_RUN_FOLDER to the
+#   redirected ANKAIOS_TMP_FOLDER (ank-zenoh's agents keep instance records
+#   in their run folder; Ankaios's keep nothing across runs, and the suite
+#   removes that folder after each test). With TMPDIR set (the TMPDIR test)
+#   the agent's own default, $TMPDIR/ankaios/<name>_io, is what runs.
+#   Robot itself runs without TMPDIR, as the suite assumes.
 # - Images: ANK_IMAGE_MAP maps ghcr.io/eclipse-ankaios/tests/ onto the local
 #   stand-ins localhost/ank-test/.
 # - Every ank-server starts from its startup manifest alone (ANKSERVER_FRESH_STATE).
@@ -40,6 +48,8 @@ cp -r "$src/." "$work/"
 chmod -R u+w "$work"
 rm -rf "$work/tests/stests/control_interface"
 find "$work/tests/stests" -name '*_containerd.robot' -delete
+{ grep -rlZ -e /tmp/.certs -e /tmp/ankaios "$work/tests/resources/configs" || true; } |
+  xargs -0 -r sed -i -e "s#/tmp/\.certs#$work/certs#g" -e "s#/tmp/ankaios#$work/tmp/ankaios#g"
 cat > "$work/tools/setup_robot_tests.sh" <<'SETUP'
 #!/usr/bin/env bash
 # ank-zenoh's stand-in for Ankaios's setup hook: the mTLS test certificates
@@ -66,18 +76,24 @@ CONF
 export CONTAINERS_STORAGE_CONF="$work/storage.conf"
 podman image exists localhost/ank-test/alpine:latest || { echo "test-ankaios: isolated storage cannot see the images" >&2; exit 2; }
 
-export PATH="$here/bin:$(dirname "$py"):$PATH"
-export ANK_BIN_DIR="$here/bin"
+mkdir -p "$work/bin"
+for prog in ank ank-server ank-agent; do
+  {
+    echo '#!/usr/bin/env bash'
+    [ "$prog" = ank-agent ] && echo "[ -n \"\${TMPDIR:-}\" ] || export ANKAGENT_RUN_FOLDER='$work/tmp/ankaios'"
+    echo "exec '$here/bin/$prog' \"\$@\""
+  } > "$work/bin/$prog"
+  chmod +x "$work/bin/$prog"
+done
+export PATH="$work/bin:$here/bin:$(dirname "$py"):$PATH"
+export ANK_BIN_DIR="$work/bin"
 export ANK_IMAGE_MAP="ghcr.io/eclipse-ankaios/tests/=localhost/ank-test/"
 export ANKSERVER_FRESH_STATE=1
-# Ankaios's agents keep nothing across runs; ank-zenoh's keep instance records
-# in their run folder: there, in the folder the suite removes after each test.
-export ANKAGENT_RUN_FOLDER="$work/tmp/ankaios"
 export ANK_STEST_CERTS="$work/certs"  # the suite's CERTS_DIR (/tmp/.certs), kept in the work directory
 export PYTHONPATH="$here"
 
 start=$(date +%s)
-(cd "$work" && "$py" -m robot --outputdir "$work/results" --variable "ANKAIOS_TMP_FOLDER:$work/tmp/ankaios" \
+(cd "$work" && env -u TMPDIR "$py" -m robot --outputdir "$work/results" --variable "ANKAIOS_TMP_FOLDER:$work/tmp/ankaios" \
   --variable "CERTS_DIR:$work/certs" --loglevel INFO --console dotted "$@" tests/stests) || true
 end=$(date +%s)
 "$py" - "$work/results/output.xml" "$work/results/results.tsv" "$((end - start))" <<'PY'

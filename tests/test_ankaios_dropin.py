@@ -314,3 +314,39 @@ def test_ank_server_url_in_ankaios_form_and_pem_options_are_checked(shell: Shell
     assert out.returncode == 1 and "ca_pem file not found: /nonexistent/ca.pem" in out.stderr
     out = shell.run("ank --ca_pem ca.pem get workloads", timeout=30)
     assert out.returncode == 1 and "missing: crt_pem, key_pem" in out.stderr
+
+
+def test_ank_asks_again_for_the_state_while_the_planner_is_still_starting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Just after `ank-server &` the router is up but no planner answers yet:
+    # ank asks again within its response timeout instead of failing at once.
+    from services.bus import paging
+    from services.cli import client as client_module
+
+    state: Any = object()
+    answers: list[list[Any]] = [[], [], [state]]
+    monkeypatch.setattr(paging, "get_complete_state", lambda _bus, _timeout: answers.pop(0))
+    assert client_module.Client(bus=None, timeout=30).state() is state  # type: ignore[arg-type]
+    assert answers == []
+    answers[:] = [[]] * 1000
+    with pytest.raises(client_module.NoPlanner, match="no planner answered"):
+        client_module.Client(bus=None, timeout=0.3).state()  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_ank_server_is_up_only_once_its_planner_answers(shell: Shell) -> None:
+    # Ankaios's tests run `ank` right after starting ank-server: when
+    # ank-server says it is up, the planner answers at once (it started
+    # first, before the scheduler and the health-watcher).
+    server = shell.start("ank-server &")
+    assert server.stdout is not None
+    lines: list[str] = []
+    for line in server.stdout:
+        lines.append(line)
+        if "ank-server up" in line:
+            break
+    assert "ank-server up" in lines[-1] and server.poll() is None, "".join(lines)
+    planner_up = next(i for i, line in enumerate(lines) if "planner up" in line)
+    assert not [line for line in lines[:planner_up] if "ank-scheduler" in line or "ank-health-watcher" in line]
+    out = shell.run("ank -k --response-timeout 0.5 get state", timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "desiredState" in out.stdout

@@ -61,7 +61,13 @@ class Client:
 
     def state(self) -> CompleteState:
         """The whole state, read in bounded parts (services.bus.paging)."""
-        replies = paging.get_complete_state(self.bus, self.timeout)
+        # As _query: ask again while no planner answers (still starting).
+        deadline = time.monotonic() + self.timeout
+        while not (replies := paging.get_complete_state(self.bus, self.timeout)):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(0.1, remaining))
         if not replies:
             raise NoPlanner(
                 f"no planner answered on {paging.STATE_QUERY} with a complete state within {self.timeout:g} s "

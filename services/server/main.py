@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # to without options) and Ankaios's default address.
 DEFAULT_ADDRESSES = ["127.0.0.1:7447", "127.0.0.1:25551"]
 EXIT_ERROR = 1
+# How long ank-server gives its planner to answer before starting the others anyway, s.
+PLANNER_START_TIMEOUT = 30.0
 
 
 def version() -> str:
@@ -173,6 +175,19 @@ def _wait_listening(host_port: str, proc: subprocess.Popen[bytes], timeout: floa
     raise BusConfigError(f"the router did not listen on {host_port} within {timeout:g} s")
 
 
+def _wait_planner(client_conf: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Until the planner answers `ank/cmd/state` (bounded; a planner that is
+    still not up then is left to come up while the others start)."""
+    deadline = time.monotonic() + timeout
+    with zenoh.open(zenoh.Config.from_file(str(client_conf))) as session:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise BusConfigError(f"the planner exited with {proc.returncode}")
+            if any(True for _ in session.get("ank/cmd/state", timeout=1.0)):
+                return
+            time.sleep(0.05)
+
+
 class Server:
     def __init__(self, settings: Settings, args: argparse.Namespace, run_dir: Path) -> None:
         self.settings = settings
@@ -224,6 +239,10 @@ class Server:
             self.children.append((name, proc))
             if name == "router":
                 _wait_listening(self.settings.addresses[0], proc)
+            elif name == "planner":
+                # The planner first, alone on the (shared) cores: clients
+                # started right after ank-server ask it, not the others.
+                _wait_planner(client_conf, proc, PLANNER_START_TIMEOUT)
         return client_conf
 
     def _startup(self) -> list[str]:
