@@ -37,7 +37,9 @@
 # Extra arguments go to robot (e.g. --test "Test Ankaios CLI lists connected agents").
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+# Beside the checkout (as CI lays it out), else the workplace's shared folder.
 src=${ANK_STESTS:-$here/../shared/ankaios-stests}
+[ -d "$src/tests/stests" ] || [ -n "${ANK_STESTS:-}" ] || src=/work/shared/ankaios-stests
 py=${PYTHON:-$here/.venv/bin/python}
 [ -d "$src/tests/stests" ] || { echo "test-ankaios: no suite at $src (set ANK_STESTS)" >&2; exit 2; }
 "$py" -c "import robot" 2>/dev/null || { echo "test-ankaios: robotframework missing (make venv)" >&2; exit 2; }
