@@ -37,7 +37,7 @@ alongside.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Literal, NamedTuple
 
 import msgspec
@@ -343,6 +343,37 @@ def _plan_entries(durable: Durable) -> dict[str, list[PlannedWorkload]]:
 # -- the settling pass --------------------------------------------------------
 
 
+def _publish_derived(
+    before: Mapping[str, _Derived],
+    now: Mapping[str, _Derived],
+    placed: set[str],
+    states: dict[str, WorkloadState],
+    owned: set[str],
+    now_ms: int,
+    log: list[Action],
+) -> list[Action]:
+    """The states no live agent owns that changed from `before` to `now`:
+    recorded into `states`/`owned` and returned as publications; a key left
+    while no agent owned it (not `placed`) is published Removed and forgotten."""
+    publications: list[Action] = []
+    for key in sorted(before.keys() | now.keys()):
+        new, old = now.get(key), before.get(key)
+        if new is not None:
+            if new != old:
+                states[key] = _as_state(new, now_ms)
+                owned.add(key)
+                publications.append(PublishState(f"ank/state/{key}", states[key]))
+                log.append(Log(f"{new.workload} on {new.agent or '(no agent)'} is {new.execution_state}"))
+        elif old is not None:
+            owned.discard(key)
+            if key not in placed:
+                states.pop(key, None)
+                removed = _as_state(old, now_ms, ExecutionState("Removed"))
+                publications.append(PublishState(f"ank/state/{key}", removed))
+                log.append(Log(f"{old.workload} on {old.agent or '(no agent)'} is Removed"))
+    return publications
+
+
 def _as_state(derived: _Derived, now_ms: int, execution_state: ExecutionState | None = None) -> WorkloadState:
     return WorkloadState(
         workload=derived.workload,
@@ -408,22 +439,7 @@ def _settle(before: PlannerState, state: PlannerState, now_ms: int, actions: lis
     owned = set(state.owned)
     derived_now = _derived_states(durable, state.alive) if retired_some else derived_mid
     placed = _placed_keys(durable)
-    publications: list[Action] = []
-    for key in sorted(derived_before.keys() | derived_now.keys()):
-        new, old = derived_now.get(key), derived_before.get(key)
-        if new is not None:
-            if new != old:
-                states[key] = _as_state(new, now_ms)
-                owned.add(key)
-                publications.append(PublishState(f"ank/state/{key}", states[key]))
-                log.append(Log(f"{new.workload} on {new.agent or '(no agent)'} is {new.execution_state}"))
-        elif old is not None:
-            owned.discard(key)
-            if key not in placed:  # it left this key while no agent owned it
-                states.pop(key, None)
-                removed = _as_state(old, now_ms, ExecutionState("Removed"))
-                publications.append(PublishState(f"ank/state/{key}", removed))
-                log.append(Log(f"{old.workload} on {old.agent or '(no agent)'} is Removed"))
+    publications = _publish_derived(derived_before, derived_now, placed, states, owned, now_ms, log)
     # Departing instances on agents that are gone: the agent reports Removed
     # itself when it returns.
     departing = {k for k in states if k not in placed}
@@ -548,22 +564,7 @@ def _settle_agent(before: PlannerState, state: PlannerState, agent: str, now_ms:
     derived_now = _derived_subset(durable, state.alive, scope, durable.retiring)
     placed = {state_key(placed_agent(durable, n), n) for n in scope}
     placed.update(state_key(r.agent, r.planned.name) for r in durable.retiring)
-    publications: list[Action] = []
-    for key in sorted(derived_before.keys() | derived_now.keys()):
-        new, old = derived_now.get(key), derived_before.get(key)
-        if new is not None:
-            if new != old:
-                states[key] = _as_state(new, now_ms)
-                owned.add(key)
-                publications.append(PublishState(f"ank/state/{key}", states[key]))
-                log.append(Log(f"{new.workload} on {new.agent or '(no agent)'} is {new.execution_state}"))
-        elif old is not None:
-            owned.discard(key)
-            if key not in placed:
-                states.pop(key, None)
-                removed = _as_state(old, now_ms, ExecutionState("Removed"))
-                publications.append(PublishState(f"ank/state/{key}", removed))
-                log.append(Log(f"{old.workload} on {old.agent or '(no agent)'} is Removed"))
+    publications = _publish_derived(derived_before, derived_now, placed, states, owned, now_ms, log)
     # States of instances no longer placed: departing (tracked until Removed)
     # while their agent lives, forgotten on an agent that is gone.
     left = {state_key(r.agent, r.planned.name) for r in state.durable.retiring} - placed
