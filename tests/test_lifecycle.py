@@ -51,6 +51,13 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def _ppid(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+    except (OSError, IndexError):
+        return "?"
+
+
 def wait_none_left(mark: str, timeout: float, logs: Path | None = None) -> None:
     def none() -> bool:
         return not marked_pids(mark)
@@ -58,7 +65,7 @@ def wait_none_left(mark: str, timeout: float, logs: Path | None = None) -> None:
     try:
         wait_for(none, timeout, "no process left")
     except AssertionError:
-        left = {p: cmdline(p) for p in marked_pids(mark)}
+        left = {p: f"{cmdline(p)} [ppid {_ppid(p)}]" for p in marked_pids(mark)}
         for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -247,6 +247,18 @@ def test_usage_reports_memory_of_running_containers(runtime: PodmanRuntime, podm
     assert usage["measured"].memory_bytes and usage["measured"].memory_bytes > 0
 
 
+def test_usage_still_reports_the_others_when_one_container_is_gone(runtime: PodmanRuntime, podman_agent: str) -> None:
+    # `podman stats` of a container removed meanwhile fails the whole call
+    events = Events()
+    alive = runtime.create(spec(podman_agent, "alive", f"image: {SLEEPY}\n"), events)
+    gone = runtime.create(spec(podman_agent, "gone", f"image: {SLEEPY}\n"), events)
+    events.wait("running")
+    podman("rm", "-f", "-t", "0", gone.id)
+    usage = runtime.usage([gone, alive])
+    assert set(usage) == {"alive"}
+    assert usage["alive"].memory_bytes and usage["alive"].memory_bytes > 0
+
+
 def test_available_on_this_machine(runtime: PodmanRuntime, podman_agent: str) -> None:
     assert runtime.available() is True
 

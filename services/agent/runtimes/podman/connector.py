@@ -394,14 +394,31 @@ class PodmanConnector:
             args.append("--names")
         return self.cli.lines([*args, *containers])
 
-    def _stats(self) -> dict[str, tuple[float | None, int | None]]:
-        """One `podman stats` for every running container: by name and short id."""
-        try:
-            result = self.cli.run(["stats", "--no-stream", "--format", "json"], timeout=30)
-            return parse_stats(json.loads(result.stdout or "[]")) if result.returncode == 0 else {}
-        except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
-            log.warning("podman stats failed: %s", exc)
+    def _stats(self, ids: list[str]) -> dict[str, tuple[float | None, int | None]]:
+        """One `podman stats` for these containers: by name and short id. A
+        container that ends meanwhile fails the whole call, so then each is
+        asked alone (the ended one is just missing)."""
+        if not ids:
             return {}
+        found = self._stats_of(ids)
+        if found is None and len(ids) > 1:
+            return {k: v for one in ids for k, v in (self._stats_of([one]) or {}).items()}
+        return found or {}
+
+    def _stats_of(self, ids: list[str]) -> dict[str, tuple[float | None, int | None]] | None:
+        try:
+            result = self.cli.run(["stats", "--no-stream", "--format", "json", *ids], timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("podman stats failed: %s", exc)
+            return None
+        if result.returncode != 0:
+            log.info("podman stats %s: %s", " ".join(i[:12] for i in ids), (result.stderr or "").strip()[:200])
+            return None
+        try:
+            return parse_stats(json.loads(result.stdout or "[]"))
+        except json.JSONDecodeError as exc:
+            log.warning("podman stats: not JSON: %s", exc)
+            return None
 
 
 class PodmanRuntime(PodmanConnector):
@@ -633,7 +650,7 @@ class PodmanRuntime(PodmanConnector):
         return self._logs([handle.id], follow=follow, tail=tail)
 
     def usage(self, handles: list[RunHandle]) -> dict[str, WorkloadUsage]:
-        stats = self._stats() if handles else {}
+        stats = self._stats([h.id for h in handles if h.id])
         usage: dict[str, WorkloadUsage] = {}
         for handle in handles:
             found = stats.get(handle.id[:12]) or stats.get(handle.record.get("name", ""))

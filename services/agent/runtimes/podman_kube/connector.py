@@ -127,10 +127,11 @@ class PodmanKubeRuntime(PodmanConnector):
         return self._logs(self._container_ids(handle), follow=follow, tail=tail)
 
     def usage(self, handles: list[RunHandle]) -> dict[str, WorkloadUsage]:
-        stats = self._stats() if handles else {}
+        runs = {handle.workload: self.watcher.get(handle.record.get("run", "")) for handle in handles}
+        stats = self._stats([cid for run in runs.values() if run for cid in run.phases])
         usage: dict[str, WorkloadUsage] = {}
         for handle in handles:
-            run = self.watcher.get(handle.record.get("run", ""))
+            run = runs[handle.workload]
             found = [stats[cid[:12]] for cid in (run.phases if run else {}) if cid[:12] in stats]
             if found:
                 cpu = sum(c for c, _ in found if c is not None)
