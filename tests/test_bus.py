@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -11,7 +12,7 @@ import msgspec
 
 from schemas import Event, ExecutionState, WorkloadState
 from services.bus import Bus
-from tests.helpers import ROOT, Collector, child_env
+from tests.helpers import ROOT, Collector, child_env, free_port, wait_port
 
 
 def _state(name: str) -> WorkloadState:
@@ -127,3 +128,26 @@ def test_liveliness_token_vanishes_when_its_process_is_killed(router: str, make_
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_router_exits_on_sigterm_even_when_its_close_hangs_holding_the_interpreter() -> None:
+    # A close that blocks in native code without releasing the interpreter lock
+    # (libc pause() through ctypes.PyDLL) would also hold a Python watchdog
+    # thread: the bound on the router's exit must be the kernel's.
+    port = free_port()
+    code = textwrap.dedent(f"""\
+        import ctypes, zenoh
+        import services.bus.router as router
+        router.CLOSE_TIMEOUT_S = 1.0
+        zenoh.Session.close = lambda self: ctypes.PyDLL(None).pause()
+        router.main(["--listen", "tcp/127.0.0.1:{port}"])
+        """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=child_env(f"tcp/127.0.0.1:{port}"))
+    try:
+        wait_port(port)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == -signal.SIGALRM  # ended by the bound, not hung
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -216,3 +216,39 @@ def _wait_group_gone(pgid: int, timeout: float = 5.0) -> None:
         os.killpg(pgid, 0)
         time.sleep(0.01)
     raise AssertionError(f"process group {pgid} still alive")
+
+
+def test_a_restart_started_from_the_exit_notice_keeps_its_own_cgroup(runtime: ProcessRuntime, tmp_path: Path) -> None:
+    # The agent restarts an instance (same instance id) as soon as it is told of
+    # the exit, while the ended start's cleanup (removing its emptied cgroup)
+    # still runs after the notice: that cleanup must not take the new start's cgroup.
+    if runtime.containment.base is None:
+        pytest.skip("no cgroup v2 hierarchy the agent can write here")
+    restarted: list[RunHandle] = []
+    events = Events()
+
+    def notify(event: RuntimeEvent) -> None:
+        events(event)
+        if event.kind == "exited" and not restarted:
+            runtime.remove(first)
+            restarted.append(runtime.create(spec(tmp_path, "w", "command: sleep\nargs: ['30']\n"), events))
+
+    first = runtime.create(spec(tmp_path, "w", py("import time; time.sleep(0.2)")), notify)
+    events.wait_exit("w")
+    deadline = time.monotonic() + 10
+    while not restarted:
+        assert time.monotonic() < deadline, "never restarted"
+        time.sleep(0.01)
+    (second,) = restarted
+    pid, new_cgroup = int(second.id), second.record["cgroup"]
+    assert new_cgroup != first.record["cgroup"]  # each start its own
+    while True:  # until the trampoline has joined the cgroup and exec'd the program
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep":
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"the restarted program never ran: {events.items}"
+        time.sleep(0.01)
+    assert str(pid) in Path(new_cgroup, "cgroup.procs").read_text().split()
+    assert [e.kind for e in events.items].count("exited") == 1, events.items

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import threading
@@ -42,12 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stop.wait()
     finally:
+        log.info("router stopping")
         # Bounded: a close that hangs (every peer going at once, e.g. when
-        # `ank up` dies) must not keep the router, and its port, alive.
-        watchdog = threading.Timer(CLOSE_TIMEOUT_S, lambda: os._exit(0))
-        watchdog.daemon = True
-        watchdog.start()
+        # `ank up` dies) must not keep the router, and its port, alive. The
+        # bound is the kernel's (SIGALRM's default action ends the process),
+        # not a Python thread's: a close that hangs holding the interpreter
+        # lock would hold such a watchdog thread too.
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(int(CLOSE_TIMEOUT_S))
         session.close()
+        signal.alarm(0)
     log.info("router stopped")
     return 0
 

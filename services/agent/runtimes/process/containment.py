@@ -65,16 +65,25 @@ class Containment:
 
     # -- per instance -----------------------------------------------------------------
     def make(self, agent: str, workload: str, instance: str) -> str:
-        """A fresh cgroup for one instance ("" when using process groups)."""
+        """A fresh cgroup for one start of an instance ("" when using process
+        groups). Each start gets its own (a random suffix): a restart keeps the
+        instance id, and the ended start's cleanup, which may run after the
+        restart began, must never remove the cgroup the new start joins."""
         if self.base is None:
             return ""
-        path = self.base / agent / f"{workload}.{instance[:16] or 'x'}"
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            log.warning("%s: cannot make cgroup %s (%s): process group only", workload, path, exc)
-            return ""
-        return str(path)
+        parent = self.base / agent
+        for _ in range(8):
+            path = parent / f"{workload}.{instance[:16] or 'x'}.{os.urandom(4).hex()}"
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+                path.mkdir()
+                return str(path)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                log.warning("%s: cannot make cgroup %s (%s): process group only", workload, path, exc)
+                return ""
+        return ""
 
     def sweep(self, agent: str, *, remove_agent: bool = False) -> None:
         """Removes the agent's empty cgroups left by instances that ended
