@@ -214,3 +214,7 @@ class CompleteState(Message, frozen=True, kw_only=True):
     part: int = 0
     parts: int = 1
     snapshot: int = 0
+    # Asked with `?since=<ms>` (`ank get events`): the desired state as it was
+    # then, when it changed since (the last few seconds only; a state in one
+    # part only), so that the stream starts when the asker started.
+    desired_since: Manifest | None = None

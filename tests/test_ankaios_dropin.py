@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,51 @@ def test_seed_guide_command_sequence_works_as_written(shell: Shell) -> None:
     out = server.stdout.read() if server.stdout else ""
     assert "ank-server up" in out
     stop_process(agent)  # type: ignore[arg-type]
+
+
+def _workload_yaml(name: str) -> str:
+    return (
+        f"apiVersion: v1\nworkloads:\n  {name}:\n    runtime: process\n    agent: elsewhere\n"
+        '    runtimeConfig: |\n      command: sleep\n      args: ["600"]\n'
+    )
+
+
+@pytest.mark.slow
+def test_get_events_reports_an_apply_made_while_it_was_starting(shell: Shell) -> None:
+    # Ankaios's suite starts `ank get events` in the background and applies at
+    # once: the apply may land before the stream is subscribed. The stream
+    # starts when the command started (here: told it started before `new`).
+    (shell.cwd / "old.yaml").write_text(_workload_yaml("old"))
+    (shell.cwd / "new.yaml").write_text(_workload_yaml("new"))
+    server = shell.start("ank-server &")
+    wait_for(lambda: shell.run("ank -k get workloads").returncode == 0 or server.poll() is not None, 60, "server up")
+    assert shell.run("ank -k apply --no-wait old.yaml").returncode == 0
+    started = time.time_ns() // 1_000_000
+    assert shell.run("ank -k apply --no-wait new.yaml").returncode == 0
+    code = (
+        "import sys, services.cli.main as m\n"
+        f"m.process_start_ms = lambda: {started}\n"
+        "raise SystemExit(m.main(sys.argv[1:]))\n"
+    )
+    events = subprocess.Popen(
+        [sys.executable, "-c", code, "-k", "get", "events", "-o", "json", "desiredState.workloads"],
+        cwd=ROOT,
+        env=shell.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(events.stdout.readline() if events.stdout else ""))
+    reader.start()
+    try:
+        reader.join(30)
+        assert lines and lines[0], "no event within 30 s"
+        event = json.loads(lines[0])
+        assert event["addedFields"] == ["desiredState.workloads.new"], event
+        assert sorted(event["completeState"]["desiredState"]["workloads"]) == ["new", "old"]
+    finally:
+        events.send_signal(signal.SIGTERM)
+        assert events.wait(10) == 0
 
 
 def test_ank_server_refuses_an_invalid_startup_manifest_before_starting_anything(shell: Shell) -> None:

@@ -562,3 +562,18 @@ def test_set_state_with_masks_replaces_only_the_masked_workloads() -> None:
     assert step.state.durable.desired.workloads["db"] == state.durable.desired.workloads["db"]
     step, result = core.apply_manifest(step.state, "", NOW, masks=["desiredState.workloads.db"])
     assert result.ok and result.deleted == ["db"]
+
+
+def test_desired_at_gives_the_desired_state_of_a_recent_instant_and_no_further_back() -> None:
+    state = apply(fresh("a1"), NOW, a=wl()).state
+    state = apply(state, NOW + 1000, b=wl()).state
+    state = apply(state, NOW + 2000, b=wl()).state  # unchanged: not a change
+    assert core.desired_at(state, NOW + 500, NOW + 2000) is not None
+    assert sorted(core.desired_at(state, NOW + 500, NOW + 2000).workloads) == ["a"]  # type: ignore[union-attr]
+    assert core.desired_at(state, NOW + 1500, NOW + 2000) is None  # nothing changed since
+    # a clock far behind reaches back HISTORY_MS at most: `a`'s apply is older
+    assert core.desired_at(state, NOW - 60_000, NOW + 1000 + core.HISTORY_MS + 1) is None
+    # bounded: only the newest HISTORY_LEN changes are kept
+    for i in range(core.HISTORY_LEN + 5):
+        state = apply(state, NOW + 3000 + i, b=wl(arg=str(i))).state
+    assert len(state.history) == core.HISTORY_LEN

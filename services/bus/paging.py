@@ -233,10 +233,10 @@ def decode_part(key: str, payload: bytes, schema: type[S], drop: Callable[[str, 
     return msg
 
 
-def get_complete_state(bus: Bus, timeout: float = 2.0) -> list[CompleteState]:
+def get_complete_state(bus: Bus, timeout: float = 2.0, since_ms: int | None = None) -> list[CompleteState]:
     """Asks `ank/cmd/state` and merges the parts of the reply: [the state],
     or [] when no planner answered with a complete one in time."""
-    replies = bus.get(STATE_QUERY, timeout=timeout)
+    replies = bus.get(STATE_QUERY if since_ms is None else f"{STATE_QUERY}?since={since_ms}", timeout=timeout)
     parts = [p for p in (decode_part(k, data, CompleteState) for k, data in replies) if p is not None]
     merged = merge_complete_state(parts)
     if merged is None:

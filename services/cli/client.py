@@ -59,11 +59,12 @@ class Client:
         assert isinstance(result, ApplyResult)
         return result
 
-    def state(self) -> CompleteState:
-        """The whole state, read in bounded parts (services.bus.paging)."""
+    def state(self, since_ms: int | None = None) -> CompleteState:
+        """The whole state, read in bounded parts (services.bus.paging); with
+        `since_ms`, also the desired state as it was then (`desired_since`)."""
         # As _query: ask again while no planner answers (still starting).
         deadline = time.monotonic() + self.timeout
-        while not (replies := paging.get_complete_state(self.bus, self.timeout)):
+        while not (replies := paging.get_complete_state(self.bus, self.timeout, since_ms)):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

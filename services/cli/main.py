@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -709,8 +710,18 @@ def cmd_get_events(client: Client, args: argparse.Namespace) -> int:
         changed.clear()
         with lock:
             known = dict(statuses)
-        doc = ankaios.select(ankaios.state_document(client.state(), known), args.masks)
+        # The stream starts when this command started, not once it is
+        # subscribed: the first read asks for the desired state as it was then.
+        since = process_start_ms() if first and not args.include_current_state else None
+        cs = client.state(since_ms=since)
+        doc = ankaios.select(ankaios.state_document(cs, known), args.masks)
         if first and not args.include_current_state:
+            if cs.desired_since is not None:  # changed while this command was starting
+                then = msgspec.structs.replace(cs, desired=cs.desired_since)
+                before = ankaios.select(ankaios.state_document(then, known), args.masks)
+                event = ankaios.event_document(before, doc, time.time_ns() // 1_000_000)
+                if event is not None:
+                    _print_state_event(event, args.output)
             previous = doc
         else:
             event = ankaios.event_document(previous, doc, time.time_ns() // 1_000_000)
@@ -720,6 +731,18 @@ def cmd_get_events(client: Client, args: argparse.Namespace) -> int:
         first = False
         changed.wait()
     return EXIT_OK
+
+
+def process_start_ms() -> int | None:
+    """When this process started, on the wall clock in ms (from the kernel's
+    start time in clock ticks since boot and the uptime, to ~10 ms)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    age = max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    return int((time.time() - age) * 1000)
 
 
 def _print_state_event(event: dict[str, Any], output: str) -> None:

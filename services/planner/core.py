@@ -66,6 +66,10 @@ from services.manifest.core import agent_name_problem
 
 Hold = Literal["", "WaitingToStart", "WaitingToStop"]
 UNSCHEDULED = "~"  # the agent segment of state keys of workloads without an agent
+# How far back `ank/cmd/state?since=` can see the desired state (covers an
+# `ank get events` start-up under load), and how many changes it keeps.
+HISTORY_MS = 3000
+HISTORY_LEN = 16
 
 # Which (state, substate) of a dependency fulfils each add condition (Ankaios).
 ADD_CONDITION_MET_BY: dict[DependencyCondition, tuple[str, str]] = {
@@ -142,6 +146,10 @@ class PlannerState(msgspec.Struct, frozen=True, kw_only=True):
     # durable.rendered and durable.bindings, built with `dependents`)
     by_agent: dict[str, frozenset[str]] | None = None
     departing: frozenset[str] = frozenset()  # state keys recorded for instances no longer placed there
+    # (when it was replaced, the desired state it replaced), for the last
+    # HISTORY_MS: `ank get events` starts its stream at its own start, not at
+    # the end of its start-up (desired_at)
+    history: tuple[tuple[int, Manifest], ...] = ()
 
 
 # -- actions ----------------------------------------------------------------
@@ -742,7 +750,10 @@ def _replace_desired(
         return Step(state, []), _apply_result_failure(too_large, warnings)
     bindings = {n: a for n, a in old.bindings.items() if n in instances}
     durable = msgspec.structs.replace(old, desired=desired, rendered=rendered, instances=instances, bindings=bindings)
-    state = msgspec.structs.replace(state, dependents=_index_dependents(rendered), by_agent=_index_placement(durable))
+    history = _remember(state.history, now_ms, old.desired) if desired != old.desired else state.history
+    state = msgspec.structs.replace(
+        state, dependents=_index_dependents(rendered), by_agent=_index_placement(durable), history=history
+    )
     summary = f"added {added or '-'}, updated {updated or '-'}, deleted {deleted or '-'}, unchanged {unchanged or '-'}"
     step = _change_desired(state, durable, now_ms, [Log(f"desired state changed: {summary}")])
     result = ApplyResult(ok=True, added=added, updated=updated, deleted=deleted, unchanged=unchanged, warnings=warnings)
@@ -995,6 +1006,21 @@ def with_observed_states(state: PlannerState, states: list[tuple[str, WorkloadSt
 
 
 # -- queries ----------------------------------------------------------------
+
+
+def _remember(
+    history: tuple[tuple[int, Manifest], ...], now_ms: int, replaced: Manifest
+) -> tuple[tuple[int, Manifest], ...]:
+    kept = [(t, m) for t, m in history if t >= now_ms - HISTORY_MS]
+    return (*kept[-(HISTORY_LEN - 1) :], (now_ms, replaced))
+
+
+def desired_at(state: PlannerState, since_ms: int, now_ms: int) -> Manifest | None:
+    """The desired state as it was at `since_ms` (the asker's clock, taken no
+    further back than HISTORY_MS, so that a clock running behind cannot reach
+    further), or None if it has not changed since then."""
+    since = max(since_ms, now_ms - HISTORY_MS)
+    return next((replaced for t, replaced in state.history if t > since), None)
 
 
 def complete_state(state: PlannerState) -> CompleteState:

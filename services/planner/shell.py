@@ -25,12 +25,15 @@ from typing import TypeVar
 import msgspec
 import zenoh
 
+from schemas.limits import PART_BUDGET_BYTES, size_of
+from schemas.manifest import Manifest
 from schemas.messages import (
     AgentPlan,
     AgentStatus,
     ApplyRequest,
     ApplyResult,
     Binding,
+    CompleteState,
     DeleteRequest,
     ValidationIssue,
     WorkloadState,
@@ -304,9 +307,18 @@ class Planner:
             result = ApplyResult(ok=False, errors=[ValidationIssue(path="", message=f"planner error: {exc}")])
         return [(key, self.bus.encode(result))]
 
-    def _answer_state(self, key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
-        complete = self._on_loop(lambda: core.complete_state(self.state))
+    def _answer_state(self, key: str, _payload: bytes | None, params: str) -> list[tuple[str, bytes]]:
+        since = _since_param(params)
+        now_ms = self.now_ms()
+
+        def read() -> tuple[CompleteState, Manifest | None]:
+            before = core.desired_at(self.state, since, now_ms) if since is not None else None
+            return core.complete_state(self.state), before
+
+        complete, before = self._on_loop(read)
         parts = paging.split_complete_state(complete, paging.now_snapshot())
+        if before is not None and len(parts) == 1 and size_of(before) <= PART_BUDGET_BYTES:
+            parts = [msgspec.structs.replace(parts[0], desired_since=before)]
         return [(key, self.bus.encode(part)) for part in parts]
 
     def _answer_plan(self, key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
@@ -404,3 +416,12 @@ def _apply_startup(planner: Planner, path: str) -> bool:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _since_param(params: str) -> int | None:
+    """`since=<ms>` of a state query (anything else: None)."""
+    for item in params.split(";"):
+        name, _, value = item.partition("=")
+        if name == "since" and value.isdigit() and len(value) <= 16:
+            return int(value)
+    return None
