@@ -19,6 +19,7 @@ import fcntl
 import os
 import signal
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -169,6 +170,15 @@ def _comm(pid: int) -> str:
 def _prctl(option: int, value: int) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     return int(libc.prctl(option, value, 0, 0, 0))
+
+
+def wait_for_stop(stop: threading.Event, slice_s: float = 0.5) -> None:
+    """Waits for `stop` in slices, on the main thread. A signal may be
+    delivered to any thread of the process (most often one of Zenoh's): its
+    Python handler runs only when the main thread runs again, which an
+    endless wait never does."""
+    while not stop.wait(slice_s):
+        pass
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:

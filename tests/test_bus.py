@@ -151,3 +151,36 @@ def test_router_exits_on_sigterm_even_when_its_close_hangs_holding_the_interpret
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_router_stops_on_a_sigterm_the_kernel_gave_to_another_of_its_threads() -> None:
+    port = free_port()
+    code = textwrap.dedent(f"""\
+        import signal, socket, threading, time
+        import services.bus.router as router
+
+        def term_from_another_thread():
+            for _ in range(500):  # until the router listens (bounded)
+                try:
+                    socket.create_connection(("127.0.0.1", {port}), 0.1).close()
+                    break
+                except OSError:
+                    time.sleep(0.01)
+            main = threading.main_thread().native_id
+            for _ in range(500):  # until the main thread sleeps in its wait (bounded)
+                with open(f"/proc/self/task/{{main}}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "S":
+                        break
+                time.sleep(0.01)
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+        threading.Thread(target=term_from_another_thread, daemon=True).start()
+        raise SystemExit(router.main(["--listen", "tcp/127.0.0.1:{port}"]))
+        """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=child_env(f"tcp/127.0.0.1:{port}"))
+    try:
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -4,8 +4,11 @@ and never ahead of one posted earlier."""
 
 from __future__ import annotations
 
+import signal
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +72,33 @@ def test_a_busy_loop_queues_it_after_what_was_posted_earlier(loop: EventLoop) ->
     wait_for(lambda: len(order) == 3, 10, "all three ran")
     assert order == ["slow", "posted", "inline"]
     assert overlap == [1, 0, 0]
+
+
+def test_a_signal_delivered_to_another_thread_stops_an_idle_loop() -> None:
+    # The kernel gives a process-directed signal to any thread, most often one
+    # of Zenoh's: Python's handler then runs only once the main thread runs
+    # again, so the loop must not block forever when it has nothing to do.
+    ev = EventLoop()
+    previous = signal.signal(signal.SIGUSR1, lambda *_: ev.stop())
+    guard = threading.Timer(10, lambda: ev.post(lambda: None))  # a hung loop fails instead of hanging
+    try:
+        main = threading.main_thread().native_id
+
+        def send() -> None:  # once the main thread sleeps in the loop's wait
+            wait_for(lambda: _thread_state(main) == "S", 10, "the loop waiting")
+            signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+
+        sender = threading.Thread(target=send)
+        ev.post(sender.start)  # once the loop runs
+        guard.start()
+        started = time.monotonic()
+        ev.run()  # on the main thread, as in every service
+        assert time.monotonic() - started < 5
+    finally:
+        guard.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def _thread_state(tid: int | None) -> str:
+    stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0]

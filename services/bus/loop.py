@@ -15,6 +15,13 @@ from typing import Any
 
 log = logging.getLogger("ank.loop")
 
+# The longest the loop thread blocks at once. A signal (SIGTERM from
+# `ank up`'s death, systemd's stop) may be delivered to any thread of the
+# process, most often one of Zenoh's: Python's handler then only raises a flag
+# that the main thread acts on when it next runs, and an endless wait would
+# never see it.
+MAX_WAIT_S = 0.5
+
 
 class EventLoop:
     def __init__(self) -> None:
@@ -82,7 +89,7 @@ class EventLoop:
                 while self._timers and self._timers[0][0] <= now:
                     _, _, fn, args = heapq.heappop(self._timers)
                     due.append((fn, args))
-                timeout = self._timers[0][0] - now if self._timers else None
+                timeout = min(self._timers[0][0] - now, MAX_WAIT_S) if self._timers else MAX_WAIT_S
             for fn, args in due:
                 with self._run_lock:
                     self._call(fn, args)

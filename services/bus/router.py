@@ -12,6 +12,7 @@ from pathlib import Path
 
 import zenoh
 
+from services.lifecycle import wait_for_stop
 from services.logsetup import setup_logging
 
 _CHECKOUT = Path(__file__).resolve().parents[2] / "router.json5"
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     log.info("router up (zid %s)", session.info.zid())
     try:
-        stop.wait()
+        wait_for_stop(stop)
     finally:
         log.info("router stopping")
         # Bounded: a close that hangs (every peer going at once, e.g. when

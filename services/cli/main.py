@@ -668,7 +668,7 @@ def cmd_get_eventlog(client: Client, args: argparse.Namespace) -> int:
     if args.watch:
         signal.signal(signal.SIGTERM, lambda *_: done.set())
         try:
-            done.wait()
+            _wait_set(done)
         except KeyboardInterrupt:
             pass
     return EXIT_OK
@@ -729,8 +729,16 @@ def cmd_get_events(client: Client, args: argparse.Namespace) -> int:
                 _print_state_event(event, args.output)
             previous = doc
         first = False
-        changed.wait()
+        _wait_set(changed)
     return EXIT_OK
+
+
+def _wait_set(event: threading.Event) -> None:
+    """As services.lifecycle.wait_for_stop (not imported: the CLI stays
+    lean): in slices, so that a SIGTERM the kernel gave to one of Zenoh's
+    threads is acted upon."""
+    while not event.wait(0.5):
+        pass
 
 
 def process_start_ms() -> int | None:
