@@ -186,6 +186,53 @@ def test_usage_reports_memory_of_a_running_process(runtime: ProcessRuntime, tmp_
     assert usage["w"].memory_bytes and usage["w"].memory_bytes > 0
 
 
+# A program whose child (it waits on) holds ~40 MB: the workload's usage counts it.
+_BIG_CHILD = """\
+import subprocess, sys, time
+if sys.argv[1:] == ["child"]:
+    block = bytearray(40 << 20)
+    block[::4096] = b"x" * len(block[::4096])
+    print("ready", flush=True)
+    time.sleep(60)
+else:
+    subprocess.run([sys.executable, __file__, "child"])
+"""
+
+
+@pytest.mark.parametrize("cgroups", [True, False], ids=["cgroup", "process-group"])
+def test_usage_counts_the_workloads_descendants_and_scans_proc_at_most_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cgroups: bool
+) -> None:
+    import services.agent.runtimes.process as process_runtime
+
+    if not cgroups:
+        monkeypatch.setenv("ANK_CGROUP_ROOT", "off")
+    rt = ProcessRuntime(tmp_path)
+    if cgroups and rt.containment.base is None:
+        pytest.skip("no cgroup v2 hierarchy the agent can write here")
+    scans: list[int] = []
+    real_scan = process_runtime._children_by_parent
+    monkeypatch.setattr(process_runtime, "_children_by_parent", lambda: scans.append(1) or real_scan())
+    handles = []
+    try:
+        program = tmp_path / "big_child.py"
+        program.write_text(_BIG_CHILD)
+        config = f"command: {sys.executable}\nargs: ['{program}']\n"
+        handles = [rt.create(spec(tmp_path, f"w{i}", config), Events()) for i in range(3)]
+        for i in range(3):
+            _wait_log(tmp_path, f"w{i}", "ready")
+        usage = rt.usage(handles)
+        assert sorted(usage) == ["w0", "w1", "w2"]
+        assert all((u.memory_bytes or 0) > 40 << 20 for u in usage.values()), usage
+        assert len(scans) == (0 if cgroups else 1)
+    finally:
+        for handle in handles:
+            rt.stop(handle, 0.1)
+        for handle in handles:
+            rt.remove(handle)
+        rt.close()
+
+
 def test_files_are_written_and_their_folder_given_to_the_process(runtime: ProcessRuntime, tmp_path: Path) -> None:
     events = Events()
     s = StartSpec(

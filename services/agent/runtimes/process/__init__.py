@@ -277,12 +277,20 @@ class ProcessRuntime:
         # follow: not offered; the log file can be followed with `tail -f`
 
     def usage(self, handles: list[RunHandle]) -> dict[str, WorkloadUsage]:
+        """Each workload's processes: its cgroup's members, else its
+        descendants from one scan of /proc for the whole call (a scan per
+        workload made a status period quadratic in the workloads held)."""
         out = {}
+        tree: dict[int, list[int]] | None = None
         for handle in handles:
             watched = self._find(handle)
             if watched is None or watched.exited:
                 continue
-            out[handle.workload] = _measure(watched)
+            pids = containment.members(watched.cgroup) if watched.cgroup else []
+            if not pids:
+                tree = _children_by_parent() if tree is None else tree
+                pids = _descendants(watched.pid, tree)
+            out[handle.workload] = _measure(watched, pids)
         self._reap()
         return out
 
@@ -350,27 +358,50 @@ class ProcessRuntime:
         return root
 
 
-def _measure(watched: _Watched) -> WorkloadUsage:
-    """cpu % (since the previous call) and resident memory of the process and
-    its descendants."""
-    try:
-        leader = watched.usage_probes.get(watched.pid) or psutil.Process(watched.pid)
-        members = [leader, *leader.children(recursive=True)]
-    except psutil.Error:
-        return WorkloadUsage()
+def _measure(watched: _Watched, pids: list[int]) -> WorkloadUsage:
+    """cpu % (since the previous call) and resident memory of these processes
+    (a probe kept per pid: cpu % is measured between two calls)."""
     cpu = 0.0
     memory = 0
     probes: dict[int, psutil.Process] = {}
-    for member in members:
-        probe = watched.usage_probes.get(member.pid, member)
+    for pid in pids:
         try:
+            probe = watched.usage_probes.get(pid) or psutil.Process(pid)
             cpu += probe.cpu_percent(None)
             memory += probe.memory_info().rss
         except psutil.Error:
             continue
-        probes[member.pid] = probe
+        probes[pid] = probe
     watched.usage_probes = probes
     return WorkloadUsage(cpu_percent=round(cpu, 1), memory_bytes=memory)
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    """parent pid → child pids, from one pass over /proc."""
+    tree: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def _descendants(pid: int, tree: dict[int, list[int]]) -> list[int]:
+    """pid and every descendant of it in `tree` (bounded by the tree)."""
+    found, todo, seen = [], [pid], {pid}
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for child in tree.get(current, ()):
+            if child not in seen:
+                seen.add(child)
+                todo.append(child)
+    return found
 
 
 def _close(fd: int) -> None:
