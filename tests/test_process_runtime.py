@@ -212,7 +212,11 @@ def test_usage_counts_the_workloads_descendants_and_scans_proc_at_most_once(
         pytest.skip("no cgroup v2 hierarchy the agent can write here")
     scans: list[int] = []
     real_scan = process_runtime._children_by_parent
-    monkeypatch.setattr(process_runtime, "_children_by_parent", lambda: scans.append(1) or real_scan())
+    def counted_scan() -> dict[int, list[int]]:
+        scans.append(1)
+        return real_scan()
+
+    monkeypatch.setattr(process_runtime, "_children_by_parent", counted_scan)
     handles = []
     try:
         program = tmp_path / "big_child.py"
