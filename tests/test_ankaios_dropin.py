@@ -370,7 +370,7 @@ def test_ank_asks_again_for_the_state_while_the_planner_is_still_starting(monkey
 
     state: Any = object()
     answers: list[list[Any]] = [[], [], [state]]
-    monkeypatch.setattr(paging, "get_complete_state", lambda _bus, _timeout: answers.pop(0))
+    monkeypatch.setattr(paging, "get_complete_state", lambda _bus, _timeout, _since=None: answers.pop(0))
     assert client_module.Client(bus=None, timeout=30).state() is state  # type: ignore[arg-type]
     assert answers == []
     answers[:] = [[]] * 1000
