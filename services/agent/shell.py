@@ -21,7 +21,6 @@ import base64
 import logging
 import os
 import platform
-import queue
 import signal
 import sys
 import threading
@@ -52,6 +51,7 @@ from services.agent.runtimes.base import Notify, RunHandle, Runtime, RuntimeEven
 from services.bus import Bus, BusConfigError, paging
 from services.bus.loop import EventLoop
 from services.clock import SYSTEM_CLOCK, Clock
+from services.jobs import JobQueue
 from services.lifecycle import Busy, DirLock, default_run_dir
 from services.logsetup import setup_logging
 from services.names import agent_name_error
@@ -94,26 +94,14 @@ class RuntimeWorker:
         self.records_dir = records_dir
         self.report = report  # feeds an event back to the core (posts it onto the loop)
         self.handles: dict[str, RunHandle] = {}
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=f"runtime-{runtime.name}", daemon=True)
-        self._thread.start()
+        self._jobs = JobQueue(f"runtime-{runtime.name}", f"runtime {runtime.name}: job failed", log)
 
     def submit(self, job: Callable[[], None]) -> None:
-        self._jobs.put(job)
+        self._jobs.submit(job)
 
     def close(self, timeout: float = 5.0) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            try:
-                job()
-            except Exception:
-                log.exception("runtime %s: job failed", self.runtime.name)
+        self._jobs.close()
+        self._jobs.join(timeout)
 
     # -- jobs (worker thread) ----------------------------------------------------------
     def create(self, action: core.Create, spec: StartSpec, notify: Notify) -> None:

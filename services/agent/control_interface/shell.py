@@ -21,7 +21,6 @@ import errno
 import json
 import logging
 import os
-import queue
 import select
 import shutil
 import stat
@@ -36,6 +35,7 @@ import msgspec
 from schemas.manifest import ControlInterfaceAccess
 from schemas.messages import ApplyRequest, ApplyResult, CompleteState, WorkloadState
 from services.bus import Bus, paging
+from services.jobs import JobQueue
 from services.manifest.core import instance_id, render_manifest
 
 if TYPE_CHECKING:
@@ -82,7 +82,6 @@ class Channel:
         self._closing = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         self._write_lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._streams: dict[str, threading.Event] = {}  # request id → its stop flag (logs, events)
         self._streams_lock = threading.Lock()
         folder.mkdir(parents=True, exist_ok=True)
@@ -95,23 +94,22 @@ class Channel:
         # read-write: never blocks, never fails for lack of a reader; a workload opening it for reading finds it ready
         self._input = os.open(folder / "input", os.O_RDWR | os.O_NONBLOCK)
         self._reader = threading.Thread(target=self._read_loop, name=f"ci-{workload}", daemon=True)
-        self._worker = threading.Thread(target=self._work, name=f"ci-{workload}-req", daemon=True)
+        self._jobs = JobQueue(f"ci-{workload}-req", f"{workload}: control interface request failed", log)
         self._reader.start()
-        self._worker.start()
 
     def close(self, remove: bool = True) -> None:
         """Stops serving at once; the threads end in the background (a
         request may be waiting on the bus), then the descriptors close."""
         self._closing.set()
         os.write(self._wake_w, b"x")
-        self._jobs.put(None)
+        self._jobs.close()
         self._stop_streams()
         if remove:
             shutil.rmtree(self.folder, ignore_errors=True)
 
         def finish() -> None:
             self._reader.join(30)
-            self._worker.join(30)
+            self._jobs.join(30)
             with self._write_lock:
                 for fd in (self._input, self._wake_r, self._wake_w):
                     try:
@@ -200,7 +198,7 @@ class Channel:
                     self.send(core.closed(core.HELLO_MISSING))
                     dead = True
                     continue
-                self._jobs.put(_job(self._serve, message.request))
+                self._jobs.submit(_job(self._serve, message.request))
 
     # -- writing (any thread) ---------------------------------------------------------
     def _drain_input(self) -> None:
@@ -236,16 +234,6 @@ class Channel:
         return True
 
     # -- requests (worker thread) ------------------------------------------------------
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            try:
-                job()
-            except Exception:
-                log.exception("%s: control interface request failed", self.workload)
-
     def _serve(self, request: ank_base.Request) -> None:
         rid = request.requestId
         kind = request.WhichOneof("RequestContent")
