@@ -29,26 +29,32 @@ which agents were ever seen, and the latest WorkloadState of every workload
    generation, higher than any before, also across restarts (persisted, and
    never below the wall clock in microseconds).
 
-Every event function takes the state, the event and the wall clock `now_ms`,
-and returns a `Step`: the new state and the actions for the shell to run in
-order (Persist first, then publications). Replies to queries are returned
-alongside.
+The shell feeds every input as an event to `step(state, event, now_ms)`
+(`now_ms`: the wall clock) — Started, ApplyRequest, DeleteRequest,
+DesiredPut, StatesObserved, AgentLiveliness, Binding — and gets a `Step`: the
+new state and the actions to run in order (Persist first, then publications,
+then the Reply to a query, as data like the rest). What the shell only reads
+(complete_state, plan_for, owned_states, desired_at) are queries: functions
+of the state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, assert_never
 
 import msgspec
 
 from schemas.limits import MAX_ENTRY_BYTES, MAX_MESSAGE_BYTES, size_of
+from schemas.liveliness import AgentLiveliness
 from schemas.manifest import DependencyCondition, Manifest
 from schemas.messages import (
     AgentPlan,
+    ApplyRequest,
     ApplyResult,
     Binding,
     CompleteState,
+    DeleteRequest,
     PlannedWorkload,
     ValidationIssue,
     WorkloadState,
@@ -180,12 +186,53 @@ class Log(msgspec.Struct, frozen=True):
     level: Literal["info", "warning"] = "info"
 
 
-Action = Persist | PublishPlan | PublishState | PublishEvent | Log
+class Reply(msgspec.Struct, frozen=True):
+    """The answer to the query that brought the event (ApplyRequest,
+    DeleteRequest): always the last action, so that the shell hands it back
+    only once the change is persisted and published."""
+
+    result: ApplyResult
+
+
+Action = Persist | PublishPlan | PublishState | PublishEvent | Log | Reply
 
 
 class Step(NamedTuple):
     state: PlannerState
     actions: list[Action]
+
+
+# -- events -------------------------------------------------------------------
+#
+# The bus messages the planner acts on are events as they are: an
+# ApplyRequest (`ank/cmd/apply`, also the startup manifest), a DeleteRequest
+# (`ank/cmd/delete`), a Binding (`ank/bind/<workload>`), an AgentLiveliness
+# (`ank/agents/<agent>`, built by the shell from the token).
+
+
+class Started(msgspec.Struct, frozen=True):
+    """The shell started: the agents alive and the states agents reported
+    before it answers anyone (late joiner). Publishes every plan (with new
+    generations) and every state the planner owns."""
+
+    agents: list[str] = []
+    states: list[tuple[str, WorkloadState]] = []
+
+
+class DesiredPut(msgspec.Struct, frozen=True):
+    """A manifest put on `ank/desired` (its raw payload: not even UTF-8 yet)."""
+
+    payload: bytes
+
+
+class StatesObserved(msgspec.Struct, frozen=True):
+    """WorkloadStates from `ank/state/**` as (bus key, state), in the order
+    they arrived (the shell batches what arrived while the loop was busy)."""
+
+    items: list[tuple[str, WorkloadState]]
+
+
+PlannerEvent = Started | ApplyRequest | DeleteRequest | DesiredPut | StatesObserved | AgentLiveliness | Binding
 
 
 # -- small helpers ----------------------------------------------------------
@@ -660,10 +707,39 @@ def _change_desired(state: PlannerState, durable: Durable, now_ms: int, actions:
     return _settle(state, msgspec.structs.replace(state, durable=durable), now_ms, actions)
 
 
+# -- the step -----------------------------------------------------------------
+
+
+def step(state: PlannerState, event: PlannerEvent, now_ms: int) -> Step:
+    """The planner's reaction to one event: its new state and the actions,
+    in order (Persist first, then publications, then the Reply if any)."""
+    if isinstance(event, StatesObserved):
+        return _observe_states(state, event.items, now_ms)
+    if isinstance(event, AgentLiveliness):
+        return _agent_liveliness(state, event.agent, event.alive, now_ms)
+    if isinstance(event, Binding):
+        return _binding(state, event, now_ms)
+    if isinstance(event, DesiredPut):
+        return _desired_put(state, event.payload, now_ms)
+    if isinstance(event, ApplyRequest):
+        return _replied(
+            *apply_manifest(state, event.manifest, now_ms, agent=event.agent, delete=event.delete, masks=event.masks)
+        )
+    if isinstance(event, DeleteRequest):
+        return _replied(*_delete_workloads(state, event.workloads, now_ms))
+    if isinstance(event, Started):
+        return _start(_with_observed_states(_with_live_agents(state, event.agents), event.states), now_ms)
+    assert_never(event)
+
+
+def _replied(step: Step, result: ApplyResult) -> Step:
+    return Step(step.state, [*step.actions, Reply(result)])
+
+
 # -- events -----------------------------------------------------------------
 
 
-def start(state: PlannerState, now_ms: int) -> Step:
+def _start(state: PlannerState, now_ms: int) -> Step:
     """After a (re)start: publish every plan (with new generations) and every
     state the planner owns. `state` holds the loaded durable state and what
     was observed so far (live agents, states)."""
@@ -795,7 +871,7 @@ def _size_problems(
     return problems
 
 
-def desired_put(state: PlannerState, payload: bytes, now_ms: int) -> Step:
+def _desired_put(state: PlannerState, payload: bytes, now_ms: int) -> Step:
     """A manifest put on `ank/desired`: applied, or rejected with an event
     naming every error (and nothing changes)."""
     try:
@@ -816,7 +892,7 @@ def desired_put(state: PlannerState, payload: bytes, now_ms: int) -> Step:
     )
 
 
-def delete_workloads(state: PlannerState, names: list[str], now_ms: int) -> tuple[Step, ApplyResult]:
+def _delete_workloads(state: PlannerState, names: list[str], now_ms: int) -> tuple[Step, ApplyResult]:
     """`ank delete workload NAME...`; unknown names are warnings."""
     current = state.durable.desired
     unknown = [n for n in names if n not in current.workloads]
@@ -828,7 +904,7 @@ def delete_workloads(state: PlannerState, names: list[str], now_ms: int) -> tupl
     return _replace_desired(state, desired, now_ms, mentioned=set(), warnings=warnings)
 
 
-def binding(state: PlannerState, bound: Binding, now_ms: int) -> Step:
+def _binding(state: PlannerState, bound: Binding, now_ms: int) -> Step:
     """The scheduler placed (or, with agent "", unplaced) a workload."""
     durable = state.durable
     name = bound.workload
@@ -859,7 +935,7 @@ def binding(state: PlannerState, bound: Binding, now_ms: int) -> Step:
     return _change_desired(state, new, now_ms, [Log(message)])
 
 
-def agent_liveliness(state: PlannerState, agent: str, alive: bool, now_ms: int) -> Step:
+def _agent_liveliness(state: PlannerState, agent: str, alive: bool, now_ms: int) -> Step:
     """An agent's liveliness token appeared (`alive`) or vanished."""
     if alive == (agent in state.alive):
         return Step(state, [])
@@ -936,12 +1012,7 @@ def _record_all(
     )
 
 
-def observe_state(state: PlannerState, key: str, ws: WorkloadState, now_ms: int) -> Step:
-    """A WorkloadState from an agent (`ank/state/<agent>/<workload>`)."""
-    return observe_states(state, [(key, ws)], now_ms)
-
-
-def observe_states(state: PlannerState, items: list[tuple[str, WorkloadState]], now_ms: int) -> Step:
+def _observe_states(state: PlannerState, items: list[tuple[str, WorkloadState]], now_ms: int) -> Step:
     """WorkloadStates from agents, in the order they arrived. The work is
     proportional to the batch unless a state can change a decision (a
     dependency, a retiring instance, an agent gone): then one settling pass
@@ -999,10 +1070,10 @@ def _may_change_decisions(state: PlannerState, ws: WorkloadState) -> bool:
     return False
 
 
-def with_observed_states(state: PlannerState, states: list[tuple[str, WorkloadState]]) -> PlannerState:
-    """The state at start, knowing the states agents report (before `start`,
+def _with_observed_states(state: PlannerState, states: list[tuple[str, WorkloadState]]) -> PlannerState:
+    """The state at start, knowing the states agents report (before `_start`,
     so that nothing is decided on missing knowledge)."""
-    return _record_all(state, states)[0]
+    return _record_all(state, states)[0] if states else state
 
 
 # -- queries ----------------------------------------------------------------
@@ -1044,9 +1115,11 @@ def owned_states(state: PlannerState) -> list[tuple[str, WorkloadState]]:
     return [(f"ank/state/{k}", state.states[k]) for k in sorted(state.owned) if k in state.states]
 
 
-def with_live_agents(state: PlannerState, agents: list[str]) -> PlannerState:
-    """The state at start, knowing which agents are alive (before `start`)."""
+def _with_live_agents(state: PlannerState, agents: list[str]) -> PlannerState:
+    """The state at start, knowing which agents are alive (before `_start`)."""
+    if not agents:
+        return state
     seen = sorted(set(state.durable.agents_seen) | set(agents))
     return msgspec.structs.replace(
-        state, alive=frozenset(agents), durable=msgspec.structs.replace(state.durable, agents_seen=seen)
+        state, alive=state.alive | frozenset(agents), durable=msgspec.structs.replace(state.durable, agents_seen=seen)
     )
