@@ -467,14 +467,7 @@ def _settle(before: PlannerState, state: PlannerState, now_ms: int, actions: lis
     changed = ((agent, entries.get(agent, [])) for agent in sorted(entries.keys() | state.plans.keys() | state.alive))
     plans, generation = _new_plans(state, durable, changed, now_ms, settled.publications, log)
     durable = msgspec.structs.replace(durable, generation=generation)
-    new_state = msgspec.structs.replace(
-        state,
-        durable=durable,
-        states=settled.states,
-        owned=frozenset(settled.owned),
-        plans=plans,
-        departing=frozenset(settled.departing),
-    )
+    new_state = _with_settled(state, durable, settled, plans)
     persist = durable if durable != before.durable else None
     return Step(new_state, _in_order(actions, log, persist, settled.publications))
 
@@ -585,6 +578,28 @@ def _new_plans(
     return plans, generation
 
 
+def _with_settled(
+    state: PlannerState,
+    durable: Durable,
+    settled: _Settled,
+    plans: dict[str, AgentPlan],
+    *,
+    by_agent: dict[str, frozenset[str]] | None = None,
+    dependents: dict[str, list[str]] | None = None,
+) -> PlannerState:
+    """The state after a settling pass (with the indexes it built, if any)."""
+    return msgspec.structs.replace(
+        state,
+        durable=durable,
+        states=settled.states,
+        owned=frozenset(settled.owned),
+        plans=plans,
+        departing=frozenset(settled.departing),
+        by_agent=state.by_agent if by_agent is None else by_agent,
+        dependents=state.dependents if dependents is None else dependents,
+    )
+
+
 def _in_order(
     actions: list[Action], log: list[Action], persist: Durable | None, publications: list[Action]
 ) -> list[Action]:
@@ -644,16 +659,7 @@ def _settle_agent(before: PlannerState, state: PlannerState, agent: str, now_ms:
     )
     if generation != durable.generation:
         durable = msgspec.structs.replace(durable, generation=generation)
-    new_state = msgspec.structs.replace(
-        state,
-        durable=durable,
-        states=settled.states,
-        owned=frozenset(settled.owned),
-        plans=plans,
-        departing=frozenset(settled.departing),
-        by_agent=by_agent,
-        dependents=dependents,
-    )
+    new_state = _with_settled(state, durable, settled, plans, by_agent=by_agent, dependents=dependents)
     persist = durable if durable is not before.durable else None
     return Step(new_state, _in_order(actions, log, persist, settled.publications))
 
