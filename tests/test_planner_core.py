@@ -11,7 +11,9 @@ import msgspec
 import pytest
 
 from schemas import Binding, ExecutionState, Manifest, Workload, WorkloadState
+from schemas.liveliness import AgentLiveliness
 from services.planner import core, store
+from tests.planner_steps import delete_workloads
 
 NOW = 1_700_000_000_000
 _seq = itertools.count(1)
@@ -34,8 +36,7 @@ def text(**workloads: Workload) -> str:
 
 
 def fresh(*alive: str) -> core.PlannerState:
-    state = core.with_live_agents(core.PlannerState(), list(alive))
-    return core.start(state, NOW).state
+    return core.step(core.PlannerState(), core.Started(agents=list(alive)), NOW).state
 
 
 def apply(state: core.PlannerState, now: int = NOW, **workloads: Workload) -> core.Step:
@@ -55,7 +56,7 @@ def report(
         sender=f"agent-{agent}",
         seq=next(_seq),
     )
-    return core.observe_state(state, f"ank/state/{agent}/{name}", ws, NOW)
+    return core.step(state, core.StatesObserved([(f"ank/state/{agent}/{name}", ws)]), NOW)
 
 
 def holds(state: core.PlannerState, agent: str = "a1") -> dict[str, str]:
@@ -127,7 +128,7 @@ def test_invalid_manifest_is_rejected_whole_and_changes_nothing() -> None:
 def test_garbage_on_ank_desired_publishes_a_rejected_event_naming_the_error() -> None:
     state = apply(fresh("a1"), web=wl()).state
     for payload in (b"\xff\xfe", b"apiVersion: [", b"42", b'{"apiVersion": "v1", "workloads": {"x": {"runtime": 3}}}'):
-        step = core.desired_put(state, payload, NOW)
+        step = core.step(state, core.DesiredPut(payload), NOW)
         assert step.state is state
         events = [a for a in step.actions if isinstance(a, core.PublishEvent)]
         assert len(events) == 1 and events[0].kind == "rejected" and events[0].severity == "error"
@@ -148,7 +149,7 @@ def test_delete_mode_removes_the_manifests_workloads_only() -> None:
 
 def test_delete_command_removes_named_workloads_and_warns_on_unknown_ones() -> None:
     state = apply(fresh("a1"), web=wl(), db=wl()).state
-    step, result = core.delete_workloads(state, ["web", "nope"], NOW)
+    step, result = delete_workloads(state, ["web", "nope"], NOW)
     assert result.ok and result.deleted == ["web"]
     assert [w.path for w in result.warnings] == ["workloads.nope"]
     assert holds(step.state) == {"db": ""}
@@ -228,7 +229,7 @@ def _dep_and_app(condition: str = "ADD_COND_RUNNING") -> core.PlannerState:
 
 def test_deleting_a_needed_dependency_waits_until_its_dependent_stops() -> None:
     state = _dep_and_app()
-    step, result = core.delete_workloads(state, ["dep"], NOW)
+    step, result = delete_workloads(state, ["dep"], NOW)
     assert result.deleted == ["dep"]
     assert holds(step.state) == {"app": "", "dep": "WaitingToStop"}
     state = report(step.state, "app", STOPPING).state  # user stops it: Stopping is neither Running nor Pending
@@ -250,19 +251,19 @@ def test_deleting_a_needed_dependency_waits_until_its_dependent_stops() -> None:
 )
 def test_delete_waits_only_for_running_or_pending_dependents(dependent_state: ExecutionState, blocks: bool) -> None:
     state = report(_dep_and_app(), "app", dependent_state).state
-    step, _ = core.delete_workloads(state, ["dep"], NOW)
+    step, _ = delete_workloads(state, ["dep"], NOW)
     assert ("dep" in holds(step.state)) is blocks
 
 
 @pytest.mark.parametrize("condition", ["ADD_COND_SUCCEEDED", "ADD_COND_FAILED"])
 def test_dependencies_other_than_running_do_not_delay_a_delete(condition: str) -> None:
-    step, _ = core.delete_workloads(_dep_and_app(condition), ["dep"], NOW)
+    step, _ = delete_workloads(_dep_and_app(condition), ["dep"], NOW)
     assert "dep" not in holds(step.state)
 
 
 def test_deleting_dependency_and_dependent_together_stops_the_dependent_first() -> None:
     state = _dep_and_app()
-    step, result = core.delete_workloads(state, ["dep", "app"], NOW)
+    step, result = delete_workloads(state, ["dep", "app"], NOW)
     assert sorted(result.deleted) == ["app", "dep"]
     assert holds(step.state) == {"dep": "WaitingToStop"}
     state = report(step.state, "app", STOPPING).state
@@ -302,9 +303,9 @@ def test_delete_unblocks_when_the_dependents_agent_is_lost() -> None:
     state = apply(fresh("a1", "a2"), dep=wl("a1"), app=wl("a2", deps={"dep": "ADD_COND_RUNNING"})).state
     state = report(state, "dep", RUNNING).state
     state = report(state, "app", RUNNING, agent="a2").state
-    state = core.delete_workloads(state, ["dep"], NOW)[0].state
+    state = delete_workloads(state, ["dep"], NOW)[0].state
     assert holds(state) == {"dep": "WaitingToStop"}
-    state = core.agent_liveliness(state, "a2", False, NOW).state
+    state = core.step(state, AgentLiveliness("a2", False), NOW).state
     assert holds(state) == {}
 
 
@@ -315,7 +316,7 @@ def test_workload_without_agent_is_not_scheduled_until_bound() -> None:
     step = apply(fresh("a1"), roam=wl(agent=""))
     assert published_states(step) == {"ank/state/~/roam": "NotScheduled"}
     assert holds(step.state) == {}
-    step = core.binding(step.state, Binding(workload="roam", agent="a1", policy="MALE"), NOW)
+    step = core.step(step.state, Binding(workload="roam", agent="a1", policy="MALE"), NOW)
     assert holds(step.state) == {"roam": ""}
     assert published_states(step) == {"ank/state/~/roam": "Removed"}
     assert step.state.durable.bindings == {"roam": "a1"}
@@ -324,8 +325,8 @@ def test_workload_without_agent_is_not_scheduled_until_bound() -> None:
 
 def test_empty_binding_unbinds_back_to_not_scheduled() -> None:
     state = apply(fresh("a1"), roam=wl(agent="")).state
-    state = core.binding(state, Binding(workload="roam", agent="a1"), NOW).state
-    step = core.binding(state, Binding(workload="roam", agent=""), NOW)
+    state = core.step(state, Binding(workload="roam", agent="a1"), NOW).state
+    step = core.step(state, Binding(workload="roam", agent=""), NOW)
     assert holds(step.state) == {}
     assert published_states(step) == {"ank/state/~/roam": "NotScheduled"}
     assert published_plans(step)["a1"].workloads == []
@@ -333,7 +334,7 @@ def test_empty_binding_unbinds_back_to_not_scheduled() -> None:
 
 def test_binding_is_ignored_for_a_workload_whose_manifest_names_an_agent() -> None:
     state = apply(fresh("a1", "a2"), web=wl("a1")).state
-    step = core.binding(state, Binding(workload="web", agent="a2"), NOW)
+    step = core.step(state, Binding(workload="web", agent="a2"), NOW)
     assert step.state is state
 
 
@@ -343,30 +344,30 @@ def test_binding_moves_a_workload_with_the_scheduling_extension_off_its_named_ag
     roaming = msgspec.structs.replace(wl("a1"), scheduling=Scheduling(selector={"arch": "arm64"}))
     state = apply(fresh("a1", "a2"), nav=roaming).state
     assert holds(state, "a1") == {"nav": ""}
-    step = core.binding(state, Binding(workload="nav", agent="a2", policy="MALE"), NOW)
+    step = core.step(state, Binding(workload="nav", agent="a2", policy="MALE"), NOW)
     assert holds(step.state, "a1") == {} and holds(step.state, "a2") == {"nav": ""}
 
 
 def test_binding_to_an_invalid_agent_name_is_ignored() -> None:
     state = apply(fresh("a1"), roam=wl(agent="")).state
-    assert core.binding(state, Binding(workload="roam", agent="a/**"), NOW).state is state
+    assert core.step(state, Binding(workload="roam", agent="a/**"), NOW).state is state
 
 
 def test_binding_of_an_unknown_workload_is_ignored() -> None:
     state = fresh("a1")
-    assert core.binding(state, Binding(workload="ghost", agent="a1"), NOW).state is state
+    assert core.step(state, Binding(workload="ghost", agent="a1"), NOW).state is state
 
 
 def test_deleting_an_unscheduled_workload_publishes_removed() -> None:
     state = apply(fresh(), roam=wl(agent="")).state
-    step, _ = core.delete_workloads(state, ["roam"], NOW)
+    step, _ = delete_workloads(state, ["roam"], NOW)
     assert published_states(step) == {"ank/state/~/roam": "Removed"}
 
 
 def test_bindings_of_deleted_workloads_are_forgotten() -> None:
     state = apply(fresh("a1"), roam=wl(agent="")).state
-    state = core.binding(state, Binding(workload="roam", agent="a1"), NOW).state
-    state = core.delete_workloads(state, ["roam"], NOW)[0].state
+    state = core.step(state, Binding(workload="roam", agent="a1"), NOW).state
+    state = delete_workloads(state, ["roam"], NOW)[0].state
     assert state.durable.bindings == {}
 
 
@@ -382,7 +383,7 @@ def test_workloads_of_a_never_seen_agent_are_pending_initial() -> None:
 def test_lost_agent_makes_all_its_workloads_agent_disconnected_at_once() -> None:
     state = apply(fresh("a1", "a2"), web=wl("a1"), db=wl("a1"), other=wl("a2")).state
     state = report(state, "web", RUNNING).state
-    step = core.agent_liveliness(state, "a1", False, NOW)
+    step = core.step(state, AgentLiveliness("a1", False), NOW)
     assert published_states(step) == {"ank/state/a1/db": "AgentDisconnected", "ank/state/a1/web": "AgentDisconnected"}
     assert sorted(k for k, _ in core.owned_states(step.state)) == ["ank/state/a1/db", "ank/state/a1/web"]
     assert core.complete_state(step.state).agents == ["a2"]
@@ -390,8 +391,8 @@ def test_lost_agent_makes_all_its_workloads_agent_disconnected_at_once() -> None
 
 def test_returning_agent_gets_its_plan_again_and_owns_its_states() -> None:
     state = apply(fresh("a1"), web=wl("a1")).state
-    state = core.agent_liveliness(state, "a1", False, NOW).state
-    step = core.agent_liveliness(state, "a1", True, NOW)
+    state = core.step(state, AgentLiveliness("a1", False), NOW).state
+    step = core.step(state, AgentLiveliness("a1", True), NOW)
     assert published_plans(step)["a1"] == core.plan_for(state, "a1"), "same plan, same generation"
     assert core.owned_states(step.state) == []
     assert published_states(step) == {}
@@ -399,14 +400,14 @@ def test_returning_agent_gets_its_plan_again_and_owns_its_states() -> None:
 
 def test_deleting_a_workload_of_a_lost_agent_publishes_removed() -> None:
     state = apply(fresh("a1"), web=wl("a1")).state
-    state = core.agent_liveliness(state, "a1", False, NOW).state
-    step, _ = core.delete_workloads(state, ["web"], NOW)
+    state = core.step(state, AgentLiveliness("a1", False), NOW).state
+    step, _ = delete_workloads(state, ["web"], NOW)
     assert published_states(step) == {"ank/state/a1/web": "Removed"}
     assert core.owned_states(step.state) == []
 
 
 def test_new_agent_gets_an_empty_plan_and_is_remembered() -> None:
-    step = core.agent_liveliness(fresh(), "a9", True, NOW)
+    step = core.step(fresh(), AgentLiveliness("a9", True), NOW)
     assert published_plans(step)["a9"].workloads == []
     assert step.state.durable.agents_seen == ["a9"]
     assert any(isinstance(a, core.Persist) for a in step.actions)
@@ -420,9 +421,9 @@ def test_stale_state_is_dropped_by_seq() -> None:
     fresh_ws = WorkloadState(
         workload="web", agent="a1", execution_state=RUNNING, instance=state.durable.instances["web"], sender="x", seq=10
     )
-    state = core.observe_state(state, "ank/state/a1/web", fresh_ws, NOW).state
+    state = core.step(state, core.StatesObserved([("ank/state/a1/web", fresh_ws)]), NOW).state
     stale = msgspec.structs.replace(fresh_ws, execution_state=STARTING, seq=9)
-    assert core.observe_state(state, "ank/state/a1/web", stale, NOW).state is state
+    assert core.step(state, core.StatesObserved([("ank/state/a1/web", stale)]), NOW).state is state
 
 
 def test_states_of_workloads_not_desired_are_ignored() -> None:
@@ -433,7 +434,7 @@ def test_states_of_workloads_not_desired_are_ignored() -> None:
 def test_state_on_a_key_that_does_not_match_its_content_is_ignored() -> None:
     state = apply(fresh("a1"), web=wl()).state
     ws = WorkloadState(workload="web", agent="a1", execution_state=RUNNING, sender="x", seq=1)
-    assert core.observe_state(state, "ank/state/a2/web", ws, NOW).state is state
+    assert core.step(state, core.StatesObserved([("ank/state/a2/web", ws)]), NOW).state is state
 
 
 def test_complete_state_has_desired_states_and_live_agents() -> None:
@@ -462,14 +463,14 @@ def test_generation_grows_with_every_plan_change() -> None:
 def test_restart_from_persisted_state_republishes_the_same_plans_with_higher_generations(tmp_path: Path) -> None:
     state = apply(fresh("a1"), dep=wl(), app=wl(deps={"dep": "ADD_COND_RUNNING"}), roam=wl(agent="")).state
     state = report(state, "dep", RUNNING).state
-    state = core.binding(state, Binding(workload="roam", agent="a1"), NOW).state
+    state = core.step(state, Binding(workload="roam", agent="a1"), NOW).state
     before = core.plan_for(state, "a1")
     store.save(tmp_path, state.durable)
 
     loaded = store.load(tmp_path)
     assert loaded == state.durable
     # The wall clock went backwards: generations must still grow.
-    restarted = core.start(core.with_live_agents(core.PlannerState(durable=loaded), ["a1"]), NOW - 60_000)
+    restarted = core.step(core.PlannerState(durable=loaded), core.Started(agents=["a1"]), NOW - 60_000)
     after = published_plans(restarted)["a1"]
     assert after.workloads == before.workloads
     assert after.generation > before.generation
@@ -477,19 +478,18 @@ def test_restart_from_persisted_state_republishes_the_same_plans_with_higher_gen
 
 
 def test_restart_keeps_a_workload_waiting_to_stop(tmp_path: Path) -> None:
-    state = core.delete_workloads(_dep_and_app(), ["dep"], NOW)[0].state
+    state = delete_workloads(_dep_and_app(), ["dep"], NOW)[0].state
     store.save(tmp_path, state.durable)
     loaded = store.load(tmp_path)
     assert loaded is not None
     known = [(f"ank/state/a1/{k.split('/')[1]}", ws) for k, ws in state.states.items()]
-    restarting = core.with_observed_states(core.with_live_agents(core.PlannerState(durable=loaded), ["a1"]), known)
-    restarted = core.start(restarting, NOW)
+    restarted = core.step(core.PlannerState(durable=loaded), core.Started(agents=["a1"], states=known), NOW)
     assert holds(restarted.state) == {"app": "", "dep": "WaitingToStop"}
 
 
 def test_start_publishes_states_for_agents_that_are_not_alive() -> None:
     state = apply(fresh("a1"), web=wl("a1"), db=wl("never")).state
-    restarted = core.start(core.PlannerState(durable=state.durable), NOW)
+    restarted = core.step(core.PlannerState(durable=state.durable), core.Started(), NOW)
     assert published_states(restarted) == {
         "ank/state/a1/web": "AgentDisconnected",
         "ank/state/never/db": "Pending(Initial)",

@@ -11,7 +11,9 @@ import msgspec
 import pytest
 
 from schemas import ExecutionState, Manifest, Workload, WorkloadState
+from schemas.liveliness import AgentLiveliness
 from services.planner import core
+from tests.planner_steps import delete_workloads
 
 NOW = 1_700_000_000_000
 _seq = itertools.count(1)
@@ -46,12 +48,14 @@ def _state(state: core.PlannerState, name: str, agent: str, es: ExecutionState) 
 
 
 def reported(state: core.PlannerState, name: str, agent: str, es: ExecutionState = RUNNING) -> core.PlannerState:
-    return core.observe_state(state, f"ank/state/{agent}/{name}", _state(state, name, agent, es), NOW).state
+    return core.step(
+        state, core.StatesObserved([(f"ank/state/{agent}/{name}", _state(state, name, agent, es))]), NOW
+    ).state
 
 
 def fleet(agents: int, per_agent: int) -> core.PlannerState:
     names = [f"a{i}" for i in range(agents)]
-    state = core.start(core.with_live_agents(core.PlannerState(), names), NOW).state
+    state = core.step(core.PlannerState(), core.Started(agents=names), NOW).state
     workloads = {f"w{a}-{j}": wl(f"a{a}") for a in range(agents) for j in range(per_agent)}
     state = applied(state, workloads)
     for name, w in workloads.items():
@@ -71,8 +75,8 @@ def test_an_agent_flap_touches_only_that_agents_workloads_and_sends_only_its_pla
         return placed(durable, name)
 
     monkeypatch.setattr(core, "placed_agent", counting)
-    lost = core.agent_liveliness(state, "a3", False, NOW + 1)
-    back = core.agent_liveliness(lost.state, "a3", True, NOW + 2)
+    lost = core.step(state, AgentLiveliness("a3", False), NOW + 1)
+    back = core.step(lost.state, AgentLiveliness("a3", True), NOW + 2)
     # Old code: every flap placed every workload (derived states, plan entries, placed keys), > 2,000 each.
     assert calls["placed"] <= 4 * 50, calls
     assert [a.plan.agent for a in lost.actions if isinstance(a, core.PublishPlan)] == []
@@ -115,7 +119,7 @@ def test_a_flap_decides_what_the_full_settling_pass_decides(seed: int) -> None:
     for their dependents and departing states, compared with the full pass."""
     rng = random.Random(seed)
     agents = ["a1", "a2", "a3", "a4"]
-    state = core.start(core.with_live_agents(core.PlannerState(), agents[:3]), NOW).state
+    state = core.step(core.PlannerState(), core.Started(agents=agents[:3]), NOW).state
     conditions = ["ADD_COND_RUNNING", "ADD_COND_SUCCEEDED", "ADD_COND_FAILED"]
     workloads: dict[str, Workload] = {}
     for i in range(14):
@@ -129,7 +133,7 @@ def test_a_flap_decides_what_the_full_settling_pass_decides(seed: int) -> None:
         if roll < 0.45:
             agent = rng.choice(agents)
             full = _full(state, agent, agent not in state.alive, now)
-            step = core.agent_liveliness(state, agent, agent not in state.alive, now)
+            step = core.step(state, AgentLiveliness(agent, agent not in state.alive), now)
             assert _comparable(step) == _comparable(full)
             state = step.state
         elif roll < 0.8:
@@ -141,14 +145,14 @@ def test_a_flap_decides_what_the_full_settling_pass_decides(seed: int) -> None:
                 state = reported(state, name, agent, es)
             else:  # an agent taken for lost whose session still delivers
                 item = (f"ank/state/{agent}/{name}", _state(state, name, agent, es))
-                step = core.observe_states(state, [item], now)
+                step = core.step(state, core.StatesObserved([item]), now)
                 recorded = core._record_all(state, [item])[0]
                 if recorded is not state:
                     assert _comparable(step) == _comparable(core._settle(state, recorded, now, []))
                 state = step.state
         elif roll < 0.9:  # delete one (its dependents may keep it running: a retiring entry)
             name = rng.choice(sorted(state.durable.rendered.workloads))
-            step, result = core.delete_workloads(state, [name], now)
+            step, result = delete_workloads(state, [name], now)
             if result.ok:
                 state = step.state
         else:  # move one to another agent (an update: delete-then-create)

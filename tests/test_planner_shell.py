@@ -32,6 +32,7 @@ from services.bus.loop import EventLoop
 from services.planner import core
 from services.planner.shell import Planner
 from tests.helpers import ROOT, Collector, child_env, stop_process, wait_for
+from tests.planner_steps import without_reply
 
 MakeBus = Callable[[str], Bus]
 
@@ -302,9 +303,9 @@ def test_a_change_that_cannot_be_persisted_is_neither_acknowledged_nor_applied(
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     planner = Planner(make_bus("planner-in-test"), EventLoop(), not_a_dir / "state", None)
-    step, result = core.apply_manifest(planner.state, manifest(web=wl()), 1_700_000_000_000)
-    assert result.ok
-    answer = planner.acknowledge(step, result)
+    step = core.step(planner.state, ApplyRequest(manifest=manifest(web=wl())), 1_700_000_000_000)
+    assert without_reply(step)[1].ok
+    answer = planner.acknowledge(step)
     assert not answer.ok and "cannot write" in answer.errors[0].message
     assert planner.state.durable.desired.workloads == {}
 

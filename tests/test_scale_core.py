@@ -29,6 +29,7 @@ from services.bus import Bus, paging
 from services.bus.loop import EventLoop
 from services.planner import core, store
 from services.planner import shell as planner_shell
+from tests.planner_steps import delete_workloads
 
 NOW_MS = 1_800_000_000_000
 
@@ -91,7 +92,7 @@ def test_an_apply_that_cannot_be_delivered_is_refused_naming_the_workload_and_th
         '    files:\n      - mountPoint: /one\n        data: "{{big}}{{big}}{{big}}"\n'
         f'configs:\n  bigcfg: "{big}"\n'
     )
-    state = core.start(core.PlannerState(), NOW_MS).state
+    state = core.step(core.PlannerState(), core.Started(), NOW_MS).state
     step, result = core.apply_manifest(state, text, NOW_MS)
     assert not result.ok
     [error] = result.errors
@@ -120,8 +121,7 @@ def test_a_state_nobody_depends_on_is_recorded_without_settling_everything(monke
         lines += [f"  w{i}:", "    runtime: process", "    agent: a1", "    runtimeConfig: 'command: sleep'"]
     lines += ["  dep:", "    runtime: process", "    agent: a1", "    runtimeConfig: 'command: sleep'"]
     lines += ["    dependencies: {w0: ADD_COND_RUNNING}"]
-    state = core.with_live_agents(core.PlannerState(), ["a1"])
-    state = core.start(state, NOW_MS).state
+    state = core.step(core.PlannerState(), core.Started(agents=["a1"]), NOW_MS).state
     (step, result) = core.apply_manifest(state, "\n".join(lines) + "\n", NOW_MS)
     assert result.ok
     state = step.state
@@ -134,19 +134,18 @@ def test_a_state_nobody_depends_on_is_recorded_without_settling_everything(monke
 
     monkeypatch.setattr(core, "_settle", counting_settle)
     for i in range(1, 50):
-        state = core.observe_state(state, *_running(state, f"w{i}"), NOW_MS).state
+        state = core.step(state, core.StatesObserved([_running(state, f"w{i}")]), NOW_MS).state
     assert settled == []  # 49 states, none settled the whole desired state
     assert state.states["a1/w7"].execution_state.state == "Running"
     # the dependency's state still releases its dependent
-    step = core.observe_state(state, *_running(state, "w0"), NOW_MS)
+    step = core.step(state, core.StatesObserved([_running(state, "w0")]), NOW_MS)
     assert settled == [1]
     assert step.state.durable.released["dep"] == step.state.durable.instances["dep"]
 
 
 def test_each_planner_start_has_a_new_higher_epoch_carried_by_its_plans() -> None:
-    state = core.with_live_agents(core.PlannerState(), ["a1"])
-    first = core.start(state, NOW_MS).state
-    again = core.start(first, NOW_MS - 60_000).state  # a clock that went back a minute
+    first = core.step(core.PlannerState(), core.Started(agents=["a1"]), NOW_MS).state
+    again = core.step(first, core.Started(), NOW_MS - 60_000).state  # a clock that went back a minute
     assert again.durable.epoch > first.durable.epoch >= NOW_MS * 1000
     assert again.plans["a1"].epoch == again.durable.epoch
     assert core.plan_for(again, "nobody").epoch == again.durable.epoch
@@ -208,7 +207,7 @@ def _apply_sleepers(state: core.PlannerState, names: list[str], pad: int = 0) ->
 
 
 def test_a_small_change_to_a_large_state_appends_a_small_record_and_reloads_exactly(tmp_path: Path) -> None:
-    state = core.start(core.with_live_agents(core.PlannerState(), ["a1"]), NOW_MS).state
+    state = core.step(core.PlannerState(), core.Started(agents=["a1"]), NOW_MS).state
     state = _apply_sleepers(state, [f"w{i}" for i in range(200)], pad=5000)  # ~2 MB
     saver = store.Store(tmp_path)
     saver.save(state.durable)
@@ -219,7 +218,7 @@ def test_a_small_change_to_a_large_state_appends_a_small_record_and_reloads_exac
     journal = store.journal_path(tmp_path).stat().st_size
     assert journal < 5_000, f"a one-workload apply wrote {journal} bytes"
     assert store.state_path(tmp_path).stat().st_size == snapshot  # the snapshot was not rewritten
-    state = core.delete_workloads(state, ["w3", "w4"], NOW_MS)[0].state
+    state = delete_workloads(state, ["w3", "w4"], NOW_MS)[0].state
     saver.save(state.durable)
     loaded = store.load(tmp_path)
     assert loaded is not None
@@ -227,7 +226,7 @@ def test_a_small_change_to_a_large_state_appends_a_small_record_and_reloads_exac
 
 
 def test_the_journal_is_compacted_and_a_torn_last_record_is_ignored_then_cut(tmp_path: Path) -> None:
-    state = core.start(core.PlannerState(), NOW_MS).state
+    state = core.step(core.PlannerState(), core.Started(), NOW_MS).state
     saver = store.Store(tmp_path, compact_bytes=3_000)
     for i in range(30):
         state = _apply_sleepers(state, [f"w{i}"])
@@ -247,7 +246,7 @@ def test_the_journal_is_compacted_and_a_torn_last_record_is_ignored_then_cut(tmp
 
 
 def test_records_a_new_snapshot_already_holds_are_skipped(tmp_path: Path) -> None:
-    state = core.start(core.PlannerState(), NOW_MS).state
+    state = core.step(core.PlannerState(), core.Started(), NOW_MS).state
     saver = store.Store(tmp_path)
     for i in range(3):
         state = _apply_sleepers(state, [f"w{i}"])
@@ -255,7 +254,7 @@ def test_records_a_new_snapshot_already_holds_are_skipped(tmp_path: Path) -> Non
     old_journal = store.journal_path(tmp_path).read_bytes()
     saver.compact_bytes = 0
     saver.journal_bytes = 10**9  # force the next save to compact
-    state = core.delete_workloads(state, ["w0"], NOW_MS)[0].state
+    state = delete_workloads(state, ["w0"], NOW_MS)[0].state
     saver.save(state.durable)
     # a crash after the snapshot's rename, before the journal's removal
     store.journal_path(tmp_path).write_bytes(old_journal)

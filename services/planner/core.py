@@ -29,26 +29,32 @@ which agents were ever seen, and the latest WorkloadState of every workload
    generation, higher than any before, also across restarts (persisted, and
    never below the wall clock in microseconds).
 
-Every event function takes the state, the event and the wall clock `now_ms`,
-and returns a `Step`: the new state and the actions for the shell to run in
-order (Persist first, then publications). Replies to queries are returned
-alongside.
+The shell feeds every input as an event to `step(state, event, now_ms)`
+(`now_ms`: the wall clock) — Started, ApplyRequest, DeleteRequest,
+DesiredPut, StatesObserved, AgentLiveliness, Binding — and gets a `Step`: the
+new state and the actions to run in order (Persist first, then publications,
+then the Reply to a query, as data like the rest). What the shell only reads
+(complete_state, plan_for, owned_states, desired_at) are queries: functions
+of the state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Literal, NamedTuple
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Literal, NamedTuple, assert_never
 
 import msgspec
 
 from schemas.limits import MAX_ENTRY_BYTES, MAX_MESSAGE_BYTES, size_of
+from schemas.liveliness import AgentLiveliness
 from schemas.manifest import DependencyCondition, Manifest
 from schemas.messages import (
     AgentPlan,
+    ApplyRequest,
     ApplyResult,
     Binding,
     CompleteState,
+    DeleteRequest,
     PlannedWorkload,
     ValidationIssue,
     WorkloadState,
@@ -180,12 +186,53 @@ class Log(msgspec.Struct, frozen=True):
     level: Literal["info", "warning"] = "info"
 
 
-Action = Persist | PublishPlan | PublishState | PublishEvent | Log
+class Reply(msgspec.Struct, frozen=True):
+    """The answer to the query that brought the event (ApplyRequest,
+    DeleteRequest): always the last action, so that the shell hands it back
+    only once the change is persisted and published."""
+
+    result: ApplyResult
+
+
+Action = Persist | PublishPlan | PublishState | PublishEvent | Log | Reply
 
 
 class Step(NamedTuple):
     state: PlannerState
     actions: list[Action]
+
+
+# -- events -------------------------------------------------------------------
+#
+# The bus messages the planner acts on are events as they are: an
+# ApplyRequest (`ank/cmd/apply`, also the startup manifest), a DeleteRequest
+# (`ank/cmd/delete`), a Binding (`ank/bind/<workload>`), an AgentLiveliness
+# (`ank/agents/<agent>`, built by the shell from the token).
+
+
+class Started(msgspec.Struct, frozen=True):
+    """The shell started: the agents alive and the states agents reported
+    before it answers anyone (late joiner). Publishes every plan (with new
+    generations) and every state the planner owns."""
+
+    agents: list[str] = []
+    states: list[tuple[str, WorkloadState]] = []
+
+
+class DesiredPut(msgspec.Struct, frozen=True):
+    """A manifest put on `ank/desired` (its raw payload: not even UTF-8 yet)."""
+
+    payload: bytes
+
+
+class StatesObserved(msgspec.Struct, frozen=True):
+    """WorkloadStates from `ank/state/**` as (bus key, state), in the order
+    they arrived (the shell batches what arrived while the loop was busy)."""
+
+    items: list[tuple[str, WorkloadState]]
+
+
+PlannerEvent = Started | ApplyRequest | DeleteRequest | DesiredPut | StatesObserved | AgentLiveliness | Binding
 
 
 # -- small helpers ----------------------------------------------------------
@@ -393,75 +440,133 @@ def _as_state(derived: _Derived, now_ms: int, execution_state: ExecutionState | 
     )
 
 
+class _Settled(NamedTuple):
+    """What a settling pass decides about the states it publishes."""
+
+    states: dict[str, WorkloadState]
+    owned: set[str]
+    departing: set[str]
+    publications: list[Action]
+
+
 def _settle(before: PlannerState, state: PlannerState, now_ms: int, actions: list[Action]) -> Step:
     """Brings releases, retirements, derived states and plans in line with
     the desired and observed state; `before` is the state the last
     publications were made from."""
-    durable = state.durable
     log: list[Action] = []
     derived_before = _derived_states(before.durable, before.alive)
+    derived_mid = _derived_states(state.durable, state.alive)
+    view = _with_derived_observed(state, derived_before, derived_mid, now_ms)
+    released = _releases(state.durable, view, log)
+    retiring = _retirements(before.durable, state.durable, view, released, log)
+    durable = msgspec.structs.replace(state.durable, released=released, retiring=retiring)
+    retired_some = len(retiring) != len(state.durable.retiring)
+    derived_now = _derived_states(durable, state.alive) if retired_some else derived_mid
+    settled = _settle_states(state, durable, derived_before, derived_now, now_ms, log)
+    entries = _plan_entries(durable)
+    changed = ((agent, entries.get(agent, [])) for agent in sorted(entries.keys() | state.plans.keys() | state.alive))
+    plans, generation = _new_plans(state, durable, changed, now_ms, settled.publications, log)
+    durable = msgspec.structs.replace(durable, generation=generation)
+    new_state = _with_settled(state, durable, settled, plans)
+    persist = durable if durable != before.durable else None
+    return Step(new_state, _in_order(actions, log, persist, settled.publications))
 
-    # The states the planner derives now count as observed (an agent just
-    # lost no longer keeps a dependency alive).
-    derived_mid = _derived_states(durable, state.alive)
+
+def _with_derived_observed(
+    state: PlannerState, derived_before: Mapping[str, _Derived], derived_now: Mapping[str, _Derived], now_ms: int
+) -> PlannerState:
+    """The state with the derived states that changed counted as observed
+    (an agent just lost no longer keeps a dependency alive): the view the
+    releases and retirements are decided on."""
     observed = dict(state.states)
-    for key, derived in derived_mid.items():
+    for key, derived in derived_now.items():
         if derived != derived_before.get(key):
             observed[key] = _as_state(derived, now_ms)
-    view = msgspec.structs.replace(state, states=observed)
+    return msgspec.structs.replace(state, states=observed)
 
-    # 1. releases
+
+def _still_placed(durable: Durable, name: str, agent: str, instance: str) -> bool:
+    """Whether `instance` is still the desired instance of `name` on `agent`."""
+    return (
+        name in durable.rendered.workloads
+        and placed_agent(durable, name) == agent
+        and durable.instances[name] == instance
+    )
+
+
+def _releases(durable: Durable, view: PlannerState, log: list[Action]) -> dict[str, str]:
+    """The released instances (of instances still desired), with every
+    desired workload whose dependencies are now met added."""
     released = {n: i for n, i in durable.released.items() if durable.instances.get(n) == i}
     for name in sorted(durable.rendered.workloads):
         instance = durable.instances[name]
         if released.get(name) != instance and dependencies_met(view, name):
             released[name] = instance
             log.append(Log(f"release {name} ({instance}): its dependencies are met"))
+    return released
 
-    # 2. retirements
+
+def _retirements(
+    before: Durable, durable: Durable, view: PlannerState, released: dict[str, str], log: list[Action]
+) -> list[Retiring]:
+    """The retiring entries still kept for a dependent that is Running or
+    Pending. An entry desired again as it runs leaves the list and its
+    instance is recorded into `released` (it keeps running)."""
     retiring: list[Retiring] = []
     by_workload = _states_by_workload(view) if durable.retiring else {}
     for entry in durable.retiring:
         name, agent = entry.planned.name, entry.agent
-        desired_again = (
-            name in durable.rendered.workloads
-            and placed_agent(durable, name) == agent
-            and durable.instances[name] == entry.planned.instance
-        )
-        if desired_again:
+        if _still_placed(durable, name, agent, entry.planned.instance):
             released[name] = entry.planned.instance  # re-applied as it runs: keep it running
             log.append(Log(f"keep {name} on {agent}: desired again as it runs"))
             continue
         waiting_for = [d for d in entry.blockers if _keeps_dependency_alive(by_workload, d)]
         if waiting_for:
             retiring.append(entry)
-            if not any(r == entry for r in before.durable.retiring):
+            if not any(r == entry for r in before.retiring):
                 log.append(Log(f"keep {name} ({entry.planned.instance}) on {agent} until {waiting_for} stop"))
         else:
             log.append(Log(f"stop {name} ({entry.planned.instance}) on {agent}: no dependent needs it running"))
-    retired_some = len(retiring) != len(durable.retiring)
-    durable = msgspec.structs.replace(durable, released=released, retiring=retiring)
+    return retiring
 
-    # 3. states no live agent owns: publish what changed
+
+def _settle_states(
+    state: PlannerState,
+    durable: Durable,
+    derived_before: Mapping[str, _Derived],
+    derived_now: Mapping[str, _Derived],
+    now_ms: int,
+    log: list[Action],
+) -> _Settled:
+    """The states no live agent owns that changed, published; the states of
+    instances no longer placed kept as departing, except on agents that are
+    gone (the agent reports Removed itself when it returns)."""
     states = dict(state.states)
     owned = set(state.owned)
-    derived_now = _derived_states(durable, state.alive) if retired_some else derived_mid
     placed = _placed_keys(durable)
     publications = _publish_derived(derived_before, derived_now, placed, states, owned, now_ms, log)
-    # Departing instances on agents that are gone: the agent reports Removed
-    # itself when it returns.
     departing = {k for k in states if k not in placed}
     for key in [k for k in departing if k.split("/", 1)[0] not in state.alive]:
         del states[key]
         owned.discard(key)
         departing.discard(key)
+    return _Settled(states, owned, departing, publications)
 
-    # 4. plans
+
+def _new_plans(
+    state: PlannerState,
+    durable: Durable,
+    candidates: Iterable[tuple[str, list[PlannedWorkload]]],
+    now_ms: int,
+    publications: list[Action],
+    log: list[Action],
+) -> tuple[dict[str, AgentPlan], int]:
+    """The plans, with a new one (and a new generation) for every candidate
+    agent whose workloads differ from its last plan's; each new plan is
+    appended to `publications`. Returns the plans and the last generation."""
     plans = dict(state.plans)
     generation = durable.generation
-    entries = _plan_entries(durable)
-    for agent in sorted(entries.keys() | plans.keys() | state.alive):
-        workloads = entries.get(agent, [])
+    for agent, workloads in candidates:
         previous = plans.get(agent)
         if previous is not None and previous.workloads == workloads:
             continue
@@ -470,16 +575,42 @@ def _settle(before: PlannerState, state: PlannerState, now_ms: int, actions: lis
         publications.append(PublishPlan(plans[agent]))
         listed = ", ".join(f"{w.name}[{w.hold}]" if w.hold else w.name for w in workloads) or "nothing"
         log.append(Log(f"plan {generation} for {agent}: {listed}"))
-    durable = msgspec.structs.replace(durable, generation=generation)
+    return plans, generation
 
-    new_state = msgspec.structs.replace(
-        state, durable=durable, states=states, owned=frozenset(owned), plans=plans, departing=frozenset(departing)
+
+def _with_settled(
+    state: PlannerState,
+    durable: Durable,
+    settled: _Settled,
+    plans: dict[str, AgentPlan],
+    *,
+    by_agent: dict[str, frozenset[str]] | None = None,
+    dependents: dict[str, list[str]] | None = None,
+) -> PlannerState:
+    """The state after a settling pass (with the indexes it built, if any)."""
+    return msgspec.structs.replace(
+        state,
+        durable=durable,
+        states=settled.states,
+        owned=frozenset(settled.owned),
+        plans=plans,
+        departing=frozenset(settled.departing),
+        by_agent=state.by_agent if by_agent is None else by_agent,
+        dependents=state.dependents if dependents is None else dependents,
     )
+
+
+def _in_order(
+    actions: list[Action], log: list[Action], persist: Durable | None, publications: list[Action]
+) -> list[Action]:
+    """A settling pass's actions as the shell runs them: the event's own and
+    the decisions (logs), Persist if the durable state changed, then the
+    publications."""
     out: list[Action] = [*actions, *log]
-    if durable != before.durable:
-        out.append(Persist(durable))
+    if persist is not None:
+        out.append(Persist(persist))
     out.extend(publications)
-    return Step(new_state, out)
+    return out
 
 
 def _agent_entries(durable: Durable, agent: str, names: Iterable[str]) -> list[PlannedWorkload]:
@@ -514,35 +645,55 @@ def _settle_agent(before: PlannerState, state: PlannerState, agent: str, now_ms:
     log: list[Action] = []
     derived_before = _derived_subset(before.durable, before.alive, scope, before.durable.retiring)
     derived_mid = _derived_subset(durable, state.alive, scope, durable.retiring)
-    observed = dict(state.states)
-    for key, derived in derived_mid.items():
-        if derived != derived_before.get(key):
-            observed[key] = _as_state(derived, now_ms)
-    view = msgspec.structs.replace(state, states=observed)
-
-    # 1. releases: only a dependent of the agent's workloads can be released now
-    released = durable.released
-    touched: set[str] = {agent}
+    view = _with_derived_observed(state, derived_before, derived_mid, now_ms)
+    touched: set[str] = {agent}  # the agents whose plans may change
     candidates = sorted({d for n in mine for d in dependents.get(n, [])})
+    released = _agent_releases(durable, view, candidates, touched, log)
+    released, retiring = _agent_retirements(durable, view, released, touched, log)
+    if len(retiring) != len(durable.retiring) or released is not durable.released:
+        durable = msgspec.structs.replace(durable, released=released, retiring=retiring)
+    derived_now = _derived_subset(durable, state.alive, scope, durable.retiring)
+    settled = _settle_agent_states(state, durable, agent, scope, derived_before, derived_now, now_ms, log)
+    plans, generation = _new_plans(
+        state, durable, _touched_plans(state, durable, by_agent, touched), now_ms, settled.publications, log
+    )
+    if generation != durable.generation:
+        durable = msgspec.structs.replace(durable, generation=generation)
+    new_state = _with_settled(state, durable, settled, plans, by_agent=by_agent, dependents=dependents)
+    persist = durable if durable is not before.durable else None
+    return Step(new_state, _in_order(actions, log, persist, settled.publications))
+
+
+def _agent_releases(
+    durable: Durable, view: PlannerState, candidates: list[str], touched: set[str], log: list[Action]
+) -> dict[str, str]:
+    """`_releases` for the `candidates` only (the dependents of the agent's
+    workloads: only they can be released now). Returns `durable.released`
+    itself when nothing is released; adds the agents of released workloads
+    to `touched`."""
+    released = durable.released
     for name in candidates:
         instance = durable.instances.get(name)
         if instance is not None and released.get(name) != instance and dependencies_met(view, name):
-            released = {**released, name: instance} if released is durable.released else released
+            released = {**released} if released is durable.released else released
             released[name] = instance
             touched.add(placed_agent(durable, name))
             log.append(Log(f"release {name} ({instance}): its dependencies are met"))
+    return released
 
-    # 2. retirements (as in `_settle`; a blocker's states looked up on the agents that can hold them)
+
+def _agent_retirements(
+    durable: Durable, view: PlannerState, released: dict[str, str], touched: set[str], log: list[Action]
+) -> tuple[dict[str, str], list[Retiring]]:
+    """`_retirements`, a blocker's states looked up on the agents that can
+    hold them (not over every state). Returns the released instances (a new
+    dict only if one is added) and the entries still kept; adds the agents
+    of entries that end to `touched`."""
     retiring: list[Retiring] = []
-    holders = sorted(state.plans.keys() | state.alive | {""})
+    holders = sorted(view.plans.keys() | view.alive | {""})
     for entry in durable.retiring:
         name, on = entry.planned.name, entry.agent
-        desired_again = (
-            name in durable.rendered.workloads
-            and placed_agent(durable, name) == on
-            and durable.instances[name] == entry.planned.instance
-        )
-        if desired_again:
+        if _still_placed(durable, name, on, entry.planned.instance):
             released = {**released} if released is durable.released else released
             released[name] = entry.planned.instance
             touched.add(on)
@@ -562,19 +713,28 @@ def _settle_agent(before: PlannerState, state: PlannerState, agent: str, now_ms:
         else:
             touched.add(on)
             log.append(Log(f"stop {name} ({entry.planned.instance}) on {on}: no dependent needs it running"))
-    if len(retiring) != len(durable.retiring) or released is not durable.released:
-        durable = msgspec.structs.replace(durable, released=released, retiring=retiring)
+    return released, retiring
 
-    # 3. derived states of the scope: publish what changed
+
+def _settle_agent_states(
+    state: PlannerState,
+    durable: Durable,
+    agent: str,
+    scope: list[str],
+    derived_before: Mapping[str, _Derived],
+    derived_now: Mapping[str, _Derived],
+    now_ms: int,
+    log: list[Action],
+) -> _Settled:
+    """`_settle_states` for the derived states of `scope`. States of
+    instances no longer placed: departing (tracked until Removed) while
+    their agent lives, forgotten on an agent that is gone."""
     states = dict(state.states)
     owned = set(state.owned)
     departing = set(state.departing)
-    derived_now = _derived_subset(durable, state.alive, scope, durable.retiring)
     placed = {state_key(placed_agent(durable, n), n) for n in scope}
     placed.update(state_key(r.agent, r.planned.name) for r in durable.retiring)
     publications = _publish_derived(derived_before, derived_now, placed, states, owned, now_ms, log)
-    # States of instances no longer placed: departing (tracked until Removed)
-    # while their agent lives, forgotten on an agent that is gone.
     left = {state_key(r.agent, r.planned.name) for r in state.durable.retiring} - placed
     if agent not in state.alive:
         left.update(k for k in departing if k.split("/", 1)[0] == agent)
@@ -587,42 +747,21 @@ def _settle_agent(before: PlannerState, state: PlannerState, agent: str, now_ms:
             del states[key]
             owned.discard(key)
             departing.discard(key)
+    return _Settled(states, owned, departing, publications)
 
-    # 4. plans of the agents touched
-    plans = dict(state.plans)
-    generation = durable.generation
+
+def _touched_plans(
+    state: PlannerState, durable: Durable, by_agent: Mapping[str, frozenset[str]], touched: set[str]
+) -> Iterator[tuple[str, list[PlannedWorkload]]]:
+    """(agent, its plan's workloads) for every touched agent, except one
+    that never had a plan, has nothing to run and is not alive."""
     for name in sorted(touched):
         if not name:
             continue
         workloads = _agent_entries(durable, name, sorted(by_agent.get(name, frozenset())))
-        previous = plans.get(name)
-        if previous is not None and previous.workloads == workloads:
+        if name not in state.plans and not workloads and name not in state.alive:
             continue
-        if previous is None and not workloads and name not in state.alive:
-            continue
-        generation = _next_generation(generation, now_ms)
-        plans[name] = AgentPlan(agent=name, generation=generation, workloads=workloads, epoch=durable.epoch)
-        publications.append(PublishPlan(plans[name]))
-        listed = ", ".join(f"{w.name}[{w.hold}]" if w.hold else w.name for w in workloads) or "nothing"
-        log.append(Log(f"plan {generation} for {name}: {listed}"))
-    if generation != durable.generation:
-        durable = msgspec.structs.replace(durable, generation=generation)
-
-    new_state = msgspec.structs.replace(
-        state,
-        durable=durable,
-        states=states,
-        owned=frozenset(owned),
-        plans=plans,
-        departing=frozenset(departing),
-        by_agent=by_agent,
-        dependents=dependents,
-    )
-    out: list[Action] = [*actions, *log]
-    if durable is not before.durable:
-        out.append(Persist(durable))
-    out.extend(publications)
-    return Step(new_state, out)
+        yield name, workloads
 
 
 def _retire_leavers(state: PlannerState, durable: Durable) -> Durable:
@@ -637,12 +776,7 @@ def _retire_leavers(state: PlannerState, durable: Durable) -> Durable:
             if planned.hold != "" or (agent, planned.name) in held:
                 continue
             name = planned.name
-            still = (
-                name in durable.rendered.workloads
-                and placed_agent(durable, name) == agent
-                and durable.instances[name] == planned.instance
-            )
-            if still:
+            if _still_placed(durable, name, agent, planned.instance):
                 continue
             blockers = sorted(
                 d
@@ -660,10 +794,39 @@ def _change_desired(state: PlannerState, durable: Durable, now_ms: int, actions:
     return _settle(state, msgspec.structs.replace(state, durable=durable), now_ms, actions)
 
 
+# -- the step -----------------------------------------------------------------
+
+
+def step(state: PlannerState, event: PlannerEvent, now_ms: int) -> Step:
+    """The planner's reaction to one event: its new state and the actions,
+    in order (Persist first, then publications, then the Reply if any)."""
+    if isinstance(event, StatesObserved):
+        return _observe_states(state, event.items, now_ms)
+    if isinstance(event, AgentLiveliness):
+        return _agent_liveliness(state, event.agent, event.alive, now_ms)
+    if isinstance(event, Binding):
+        return _binding(state, event, now_ms)
+    if isinstance(event, DesiredPut):
+        return _desired_put(state, event.payload, now_ms)
+    if isinstance(event, ApplyRequest):
+        return _replied(
+            *apply_manifest(state, event.manifest, now_ms, agent=event.agent, delete=event.delete, masks=event.masks)
+        )
+    if isinstance(event, DeleteRequest):
+        return _replied(*_delete_workloads(state, event.workloads, now_ms))
+    if isinstance(event, Started):
+        return _start(_with_observed_states(_with_live_agents(state, event.agents), event.states), now_ms)
+    assert_never(event)
+
+
+def _replied(step: Step, result: ApplyResult) -> Step:
+    return Step(step.state, [*step.actions, Reply(result)])
+
+
 # -- events -----------------------------------------------------------------
 
 
-def start(state: PlannerState, now_ms: int) -> Step:
+def _start(state: PlannerState, now_ms: int) -> Step:
     """After a (re)start: publish every plan (with new generations) and every
     state the planner owns. `state` holds the loaded durable state and what
     was observed so far (live agents, states)."""
@@ -795,7 +958,7 @@ def _size_problems(
     return problems
 
 
-def desired_put(state: PlannerState, payload: bytes, now_ms: int) -> Step:
+def _desired_put(state: PlannerState, payload: bytes, now_ms: int) -> Step:
     """A manifest put on `ank/desired`: applied, or rejected with an event
     naming every error (and nothing changes)."""
     try:
@@ -816,7 +979,7 @@ def desired_put(state: PlannerState, payload: bytes, now_ms: int) -> Step:
     )
 
 
-def delete_workloads(state: PlannerState, names: list[str], now_ms: int) -> tuple[Step, ApplyResult]:
+def _delete_workloads(state: PlannerState, names: list[str], now_ms: int) -> tuple[Step, ApplyResult]:
     """`ank delete workload NAME...`; unknown names are warnings."""
     current = state.durable.desired
     unknown = [n for n in names if n not in current.workloads]
@@ -828,7 +991,7 @@ def delete_workloads(state: PlannerState, names: list[str], now_ms: int) -> tupl
     return _replace_desired(state, desired, now_ms, mentioned=set(), warnings=warnings)
 
 
-def binding(state: PlannerState, bound: Binding, now_ms: int) -> Step:
+def _binding(state: PlannerState, bound: Binding, now_ms: int) -> Step:
     """The scheduler placed (or, with agent "", unplaced) a workload."""
     durable = state.durable
     name = bound.workload
@@ -859,7 +1022,7 @@ def binding(state: PlannerState, bound: Binding, now_ms: int) -> Step:
     return _change_desired(state, new, now_ms, [Log(message)])
 
 
-def agent_liveliness(state: PlannerState, agent: str, alive: bool, now_ms: int) -> Step:
+def _agent_liveliness(state: PlannerState, agent: str, alive: bool, now_ms: int) -> Step:
     """An agent's liveliness token appeared (`alive`) or vanished."""
     if alive == (agent in state.alive):
         return Step(state, [])
@@ -936,12 +1099,7 @@ def _record_all(
     )
 
 
-def observe_state(state: PlannerState, key: str, ws: WorkloadState, now_ms: int) -> Step:
-    """A WorkloadState from an agent (`ank/state/<agent>/<workload>`)."""
-    return observe_states(state, [(key, ws)], now_ms)
-
-
-def observe_states(state: PlannerState, items: list[tuple[str, WorkloadState]], now_ms: int) -> Step:
+def _observe_states(state: PlannerState, items: list[tuple[str, WorkloadState]], now_ms: int) -> Step:
     """WorkloadStates from agents, in the order they arrived. The work is
     proportional to the batch unless a state can change a decision (a
     dependency, a retiring instance, an agent gone): then one settling pass
@@ -999,10 +1157,10 @@ def _may_change_decisions(state: PlannerState, ws: WorkloadState) -> bool:
     return False
 
 
-def with_observed_states(state: PlannerState, states: list[tuple[str, WorkloadState]]) -> PlannerState:
-    """The state at start, knowing the states agents report (before `start`,
+def _with_observed_states(state: PlannerState, states: list[tuple[str, WorkloadState]]) -> PlannerState:
+    """The state at start, knowing the states agents report (before `_start`,
     so that nothing is decided on missing knowledge)."""
-    return _record_all(state, states)[0]
+    return _record_all(state, states)[0] if states else state
 
 
 # -- queries ----------------------------------------------------------------
@@ -1044,9 +1202,11 @@ def owned_states(state: PlannerState) -> list[tuple[str, WorkloadState]]:
     return [(f"ank/state/{k}", state.states[k]) for k in sorted(state.owned) if k in state.states]
 
 
-def with_live_agents(state: PlannerState, agents: list[str]) -> PlannerState:
-    """The state at start, knowing which agents are alive (before `start`)."""
+def _with_live_agents(state: PlannerState, agents: list[str]) -> PlannerState:
+    """The state at start, knowing which agents are alive (before `_start`)."""
+    if not agents:
+        return state
     seen = sorted(set(state.durable.agents_seen) | set(agents))
     return msgspec.structs.replace(
-        state, alive=frozenset(agents), durable=msgspec.structs.replace(state.durable, agents_seen=seen)
+        state, alive=state.alive | frozenset(agents), durable=msgspec.structs.replace(state.durable, agents_seen=seen)
     )

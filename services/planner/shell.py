@@ -26,6 +26,7 @@ import msgspec
 import zenoh
 
 from schemas.limits import PART_BUDGET_BYTES, size_of
+from schemas.liveliness import AgentLiveliness
 from schemas.manifest import Manifest
 from schemas.messages import (
     AgentPlan,
@@ -125,6 +126,7 @@ class Planner:
             self.bus.put(action.key, action.state)
         elif isinstance(action, core.PublishEvent):
             self.bus.event(action.kind, action.message, subject=action.subject, severity=action.severity)
+        # core.Persist ran first (commit); core.Reply is the query's answer (acknowledge)
 
     def now_ms(self) -> int:
         return self.clock.wall_ms()
@@ -142,15 +144,14 @@ class Planner:
         # subscriber's history then reports whatever appeared meanwhile.
         agents = [_agent_of(key) for key in self.bus.alive("ank/agents/*")]
         self.bus.watch_liveliness("ank/agents/*", lambda key, up: self.loop.post(self.on_liveliness, key, up))
-        self.state = core.with_live_agents(self.state, [a for a in agents if a])
         reported = []
         for key, payload in self.bus.get("ank/state/**", timeout=LATE_JOIN_TIMEOUT_S):
             ws = self.bus.decode(key, payload, WorkloadState)
             if ws is not None and ws.sender != self.bus.name:
                 reported.append((key, ws))
-        self.state = core.with_observed_states(self.state, reported)
-        log.info("%d agents alive, %d workload states reported", len(self.state.alive), len(reported))
-        self.commit(core.start(self.state, self.now_ms()))
+        live = [a for a in agents if a]
+        log.info("%d agents alive, %d workload states reported", len(set(live)), len(reported))
+        self.commit(core.step(self.state, core.Started(agents=live, states=reported), self.now_ms()))
         self.bus.queryable("ank/cmd/apply", self._answer_apply, exact=True)
         self.bus.queryable("ank/cmd/delete", self._answer_delete, exact=True)
         self.bus.queryable("ank/cmd/state", self._answer_state, exact=True)
@@ -162,7 +163,7 @@ class Planner:
 
     # -- events (loop thread) ------------------------------------------------
     def on_desired(self, payload: bytes) -> None:
-        self.commit(core.desired_put(self.state, payload, self.now_ms()))
+        self.commit(core.step(self.state, core.DesiredPut(payload), self.now_ms()))
 
     def on_state(self, key: str, ws: WorkloadState) -> None:
         """A state (any thread): queued; the loop records the queued states
@@ -181,10 +182,10 @@ class Planner:
             batch, self._pending_states = self._pending_states, []
             self._drain_posted = False
         if batch:
-            self.commit(core.observe_states(self.state, batch, self.now_ms()))
+            self.commit(core.step(self.state, core.StatesObserved(batch), self.now_ms()))
 
     def on_binding(self, bound: Binding) -> None:
-        self.commit(core.binding(self.state, bound, self.now_ms()))
+        self.commit(core.step(self.state, bound, self.now_ms()))
 
     def on_liveliness(self, key: str, alive: bool) -> None:
         agent = _agent_of(key)
@@ -192,7 +193,7 @@ class Planner:
             self.twins.forget(agent)
         if agent:
             was_alive = agent in self.state.alive
-            self.commit(core.agent_liveliness(self.state, agent, alive, self.now_ms()))
+            self.commit(core.step(self.state, AgentLiveliness(agent, alive), self.now_ms()))
             if alive and not was_alive:
                 self._reread_states(agent)
 
@@ -252,28 +253,21 @@ class Planner:
 
     def _answer_apply(self, key: str, payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
         def run(request: ApplyRequest) -> ApplyResult:
-            step, result = core.apply_manifest(
-                self.state,
-                request.manifest,
-                self.now_ms(),
-                agent=request.agent,
-                delete=request.delete,
-                masks=request.masks,
-            )
-            return self.acknowledge(step, result)
+            return self.acknowledge(core.step(self.state, request, self.now_ms()))
 
         return self._answer_command(key, payload, ApplyRequest, run)
 
     def _answer_delete(self, key: str, payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
         def run(request: DeleteRequest) -> ApplyResult:
-            step, result = core.delete_workloads(self.state, request.workloads, self.now_ms())
-            return self.acknowledge(step, result)
+            return self.acknowledge(core.step(self.state, request, self.now_ms()))
 
         return self._answer_command(key, payload, DeleteRequest, run)
 
-    def acknowledge(self, step: core.Step, result: ApplyResult) -> ApplyResult:
-        """The reply to a command: its result once its change is persisted
-        and published, or the persistence error (and nothing changed)."""
+    def acknowledge(self, step: core.Step) -> ApplyResult:
+        """The reply to a command (the step's Reply): its result once its
+        change is persisted and published, or the persistence error (and
+        nothing changed)."""
+        result = _reply_of(step)
         if not result.ok:
             log.warning("rejected: %s", "; ".join(str(e) for e in result.errors))
             return result
@@ -342,6 +336,14 @@ class Planner:
         return [(k, self.bus.encode(ws)) for k, ws in owned if selector.intersects(zenoh.KeyExpr(k))]
 
 
+def _reply_of(step: core.Step) -> ApplyResult:
+    """The result a step answers its query with (its Reply action)."""
+    for action in step.actions:
+        if isinstance(action, core.Reply):
+            return action.result
+    raise RuntimeError("the planner's step gave no reply to the query")
+
+
 class PlannerBusy(Exception):
     """A query waited too long for the planner's loop; it was not acted on."""
 
@@ -406,7 +408,8 @@ def _apply_startup(planner: Planner, path: str) -> bool:
     except OSError as exc:
         print(f"ank-planner: cannot read startup manifest {path}: {exc.strerror}", file=sys.stderr)
         return False
-    step, result = core.apply_manifest(planner.state, text, planner.now_ms())
+    step = core.step(planner.state, ApplyRequest(manifest=text), planner.now_ms())
+    result = _reply_of(step)
     if not result.ok:
         errors = "; ".join(f"{e.path}: {e.message}" for e in result.errors)
         print(f"ank-planner: startup manifest {path} rejected: {errors}", file=sys.stderr)
