@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import tomllib
 from pathlib import Path
-from typing import Any
 
 from services.bus import Bus, BusConfigError, ankaios_tls
+from services.bus.ankaios_config import PEMS, LayeredConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,37 +25,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Fills name/server/run_dir/pem from the environment and the config file."""
-    conf: dict[str, Any] = {}
     path = args.agent_config or os.environ.get("ANKAGENT_AGENT_CONFIG")
-    if path:
-        try:
-            conf = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            parser.error(f"cannot read agent config {path}: {exc}")
-
-    def pick(value: Any, key: str) -> Any:
-        if value is not None:
-            return value
-        env = os.environ.get(f"ANKAGENT_{key.upper()}")
-        return env if env else conf.get(key)
-
-    args.name = pick(args.name, "name")
+    try:
+        conf = LayeredConfig("ANKAGENT", "agent config", path, dict(os.environ))
+    except ValueError as exc:
+        parser.error(str(exc))
+    args.name = conf.pick(args.name, "name")
     if not args.name:
         parser.error("the agent needs a name: --name NAME (or name in the agent config, env ANKAGENT_NAME)")
-    args.server = pick(args.server, "server_url")
-    run_folder = pick(args.run_folder, "run_folder")
+    args.server = conf.pick(args.server, "server_url")
+    run_folder = conf.pick(args.run_folder, "run_folder")
     if run_folder and not args.run_dir:
         args.run_dir = str(Path(run_folder) / f"{args.name}_io")
-    insecure = pick(args.insecure, "insecure")
-    args.insecure = str(insecure).lower() in ("1", "true", "yes") if insecure is not None else False
-    pem = {p: pick(getattr(args, p), p) for p in ("ca_pem", "crt_pem", "key_pem")}
-    for p in pem:
-        content = conf.get(f"{p}_content")
-        if content and pem[p]:
-            parser.error(f"agent config: give {p} or {p}_content, not both")
-        if content:
-            pem[p] = _content_file(str(content), p)
-    args.pem = ankaios_tls.Pem() if args.insecure else ankaios_tls.Pem(pem["ca_pem"], pem["crt_pem"], pem["key_pem"])
+    args.insecure = conf.flag(args.insecure, "insecure")
+    try:
+        args.pem = conf.pem({p: getattr(args, p) for p in PEMS}, args.insecure, _content_file)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def _content_file(content: str, name: str) -> str:

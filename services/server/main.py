@@ -27,14 +27,13 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import zenoh
 
 from services.bus import BusConfigError, ankaios_tls
+from services.bus.ankaios_config import PEMS, LayeredConfig
 from services.bus.router import DEFAULT_CONFIG as ROUTER_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,47 +88,30 @@ class Settings:
     """The effective options after command line, environment and file."""
 
     def __init__(self, args: argparse.Namespace, run_dir: Path) -> None:
-        conf: dict[str, Any] = {}
         path = args.server_config or os.environ.get("ANKSERVER_SERVER_CONFIG")
-        if path:
-            try:
-                conf = tomllib.loads(Path(path).read_text())
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise BusConfigError(f"cannot read server config {path}: {exc}") from exc
-            if conf.get("version", "v1") != "v1":
-                raise BusConfigError(f"server config {path}: unsupported version {conf.get('version')!r}")
-
-        def pick(option: Any, env: str, key: str) -> Any:
-            if option is not None:
-                return option
-            if os.environ.get(env):
-                return os.environ[env]
-            return conf.get(key)
-
-        self.startup_manifest: str | None = pick(
-            args.startup_manifest, "ANKSERVER_STARTUP_MANIFEST", "startup_manifest"
-        )
+        try:
+            conf = LayeredConfig("ANKSERVER", "server config", path, dict(os.environ))
+        except ValueError as exc:
+            raise BusConfigError(str(exc)) from exc
+        if conf.conf.get("version", "v1") != "v1":
+            raise BusConfigError(f"server config {path}: unsupported version {conf.conf.get('version')!r}")
+        self.startup_manifest: str | None = conf.pick(args.startup_manifest, "startup_manifest")
         address = args.address or ([os.environ["ANKSERVER_ADDRESS"]] if os.environ.get("ANKSERVER_ADDRESS") else None)
-        if address is None and conf.get("address"):
-            address = [str(conf["address"])]
+        if address is None and conf.conf.get("address"):
+            address = [str(conf.conf["address"])]
         self.addresses: list[str] = address or list(DEFAULT_ADDRESSES)
-        insecure = pick(args.insecure, "ANKSERVER_INSECURE", "insecure")
-        self.insecure = str(insecure).lower() in ("1", "true", "yes") if insecure is not None else False
-        pems: dict[str, str | None] = {}
-        for name in ("ca_pem", "crt_pem", "key_pem"):
-            value = pick(getattr(args, name), f"ANKSERVER_{name.upper()}", name)
-            content = conf.get(f"{name}_content")
-            if value and content:
-                raise BusConfigError(f"server config: give {name} or {name}_content, not both")
-            if content:
-                file = run_dir / f"{name}.pem"
-                file.write_text(str(content))
-                file.chmod(0o600)
-                value = str(file)
-            pems[name] = value
-        self.pem = (
-            ankaios_tls.Pem() if self.insecure else ankaios_tls.Pem(pems["ca_pem"], pems["crt_pem"], pems["key_pem"])
-        )
+        self.insecure = conf.flag(args.insecure, "insecure")
+
+        def write(content: str, name: str) -> str:
+            file = run_dir / f"{name}.pem"
+            file.write_text(content)
+            file.chmod(0o600)
+            return str(file)
+
+        try:
+            self.pem = conf.pem({p: getattr(args, p) for p in PEMS}, self.insecure, write)
+        except ValueError as exc:
+            raise BusConfigError(str(exc)) from exc
 
 
 def _parent_death_signal() -> None:
