@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import msgspec
 
@@ -21,6 +22,8 @@ from schemas.messages import (
 )
 from services.bus import Bus, paging
 
+T = TypeVar("T")
+
 
 class NoPlanner(Exception):
     """No planner answered within the response timeout."""
@@ -32,22 +35,25 @@ class Client:
         self.timeout = timeout
 
     def _query(self, key: str, payload: bytes | None, schema: type[msgspec.Struct]) -> msgspec.Struct:
-        # A query no queryable matches ends at once: while the planner is
-        # still starting (just after `ank-server &`), ask again until the
-        # response timeout is used up.
-        deadline = time.monotonic() + self.timeout
-        while True:
-            replies = self.bus.get_decoded(key, schema, payload=payload, timeout=self.timeout)
-            remaining = deadline - time.monotonic()
-            if replies or remaining <= 0:
-                break
-            time.sleep(min(0.1, remaining))
-        if not replies:
-            raise NoPlanner(
-                f"no planner answered on {key} within {self.timeout:g} s "
-                "(is `ank-planner` running and connected to the same Zenoh router?)"
-            )
+        replies = self._asking_again(
+            lambda: self.bus.get_decoded(key, schema, payload=payload, timeout=self.timeout), f"on {key}"
+        )
         return replies[0]
+
+    def _asking_again(self, ask: Callable[[], list[T]], what: str) -> list[T]:
+        """ask() until it has an answer or the response timeout is used up: a
+        query no queryable matches ends at once, and just after `ank-server &`
+        the planner may still be starting."""
+        deadline = time.monotonic() + self.timeout
+        while not (replies := ask()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NoPlanner(
+                    f"no planner answered {what} within {self.timeout:g} s "
+                    "(is `ank-planner` running and connected to the same Zenoh router?)"
+                )
+            time.sleep(min(0.1, remaining))
+        return replies
 
     def apply(self, request: ApplyRequest) -> ApplyResult:
         result = self._query("ank/cmd/apply", self.bus.encode(request), ApplyResult)
@@ -62,18 +68,10 @@ class Client:
     def state(self, since_ms: int | None = None) -> CompleteState:
         """The whole state, read in bounded parts (services.bus.paging); with
         `since_ms`, also the desired state as it was then (`desired_since`)."""
-        # As _query: ask again while no planner answers (still starting).
-        deadline = time.monotonic() + self.timeout
-        while not (replies := paging.get_complete_state(self.bus, self.timeout, since_ms)):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            time.sleep(min(0.1, remaining))
-        if not replies:
-            raise NoPlanner(
-                f"no planner answered on {paging.STATE_QUERY} with a complete state within {self.timeout:g} s "
-                "(is `ank-planner` running and connected to the same Zenoh router?)"
-            )
+        replies = self._asking_again(
+            lambda: paging.get_complete_state(self.bus, self.timeout, since_ms),
+            f"on {paging.STATE_QUERY} with a complete state",
+        )
         return replies[0]
 
     def planned_instances(self) -> dict[str, str]:
