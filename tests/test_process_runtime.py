@@ -212,6 +212,7 @@ def test_usage_counts_the_workloads_descendants_and_scans_proc_at_most_once(
         pytest.skip("no cgroup v2 hierarchy the agent can write here")
     scans: list[int] = []
     real_scan = process_runtime._children_by_parent
+
     def counted_scan() -> dict[int, list[int]]:
         scans.append(1)
         return real_scan()
