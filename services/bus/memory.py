@@ -227,6 +227,10 @@ class MemoryHub:
         """The keys of the liveliness tokens declared now."""
         return [str(e.key_expr) for e in self._entities_of("token")]
 
+    def subscriptions(self) -> list[str]:
+        """The key expressions subscribed now (a test waits on a shell's wiring)."""
+        return [str(e.key_expr) for e in self._entities_of("subscriber")]
+
     # -- entities ------------------------------------------------------------
     def _entities_of(self, kind: str) -> list[_Entity]:
         with self._lock:
