@@ -135,3 +135,18 @@ def test_the_event_loop_counts_timers_on_its_clock() -> None:
         assert not fired.is_set()
         clock.advance(3600, loop)  # wakes it: it recomputes what is due
         assert fired.wait(5)
+
+
+def test_an_oversized_payload_is_dropped_and_a_failing_callback_stays_with_its_receiver(hub: MemoryHub) -> None:
+    sender, receiver = MemoryBus(hub, "sender"), MemoryBus(hub, "receiver")
+    got = Collector()
+    receiver.subscribe("ank/health/**", HealthReport, got)
+    sender.session.declare_subscriber("ank/**", _fail)  # a raw callback that raises: logged, not raised
+    sender.put("ank/health/a1/web", b"{" + b" " * 5_000_000 + b"}")  # 5 MB
+    assert got.items == [] and receiver.dropped["ank/health/a1/web"] == 1
+    sender.put("ank/health/a1/web", _report())
+    assert len(got.items) == 1
+
+
+def _fail(sample: object) -> None:
+    raise RuntimeError("a broken callback")

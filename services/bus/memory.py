@@ -29,6 +29,7 @@ handler that waits on its shell's loop cannot block the caller forever.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,16 @@ from typing import Any, cast
 import zenoh
 
 from services.bus import Bus
+
+log = logging.getLogger("ank.bus.memory")
+
+
+def _deliver(callback: Callable[[Any], None], sample: _Sample) -> None:
+    """As Zenoh does: a callback's failure is logged, never raised into the putter."""
+    try:
+        callback(sample)
+    except Exception:
+        log.exception("error in a callback on %s", sample.key_expr)
 
 
 class MemoryBus(Bus):
@@ -159,7 +170,7 @@ class MemorySession:
         sample = _Sample(zenoh.KeyExpr(key), _Payload(bytes(payload)), zenoh.SampleKind.PUT)
         for entity in self.hub._entities_of("subscriber"):
             if entity.key_expr.intersects(sample.key_expr) and entity.callback is not None:
-                entity.callback(sample)
+                _deliver(entity.callback, sample)
 
     def declare_subscriber(self, key_expr: str, callback: Callable[[Any], None]) -> _Entity:
         return self._declare("subscriber", key_expr, callback)
@@ -245,7 +256,7 @@ class MemoryHub:
         elif entity.kind == "watcher" and history and entity.callback is not None:
             for token in tokens:
                 if entity.key_expr.intersects(token.key_expr):
-                    entity.callback(_Sample(token.key_expr, _Payload(b""), zenoh.SampleKind.PUT))
+                    _deliver(entity.callback, _Sample(token.key_expr, _Payload(b""), zenoh.SampleKind.PUT))
         return entity
 
     def _undeclare(self, entity: _Entity) -> None:
@@ -268,4 +279,4 @@ class MemoryHub:
         sample = _Sample(key, _Payload(b""), kind)
         for watcher in self._entities_of("watcher"):
             if watcher.key_expr.intersects(key) and watcher.callback is not None:
-                watcher.callback(sample)
+                _deliver(watcher.callback, sample)
