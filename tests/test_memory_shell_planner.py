@@ -108,3 +108,16 @@ def test_a_malformed_apply_is_refused_with_its_reason(stack: Stack) -> None:
     (result,) = stack.cli.get_decoded("ank/cmd/apply", ApplyResult, payload=b"{", timeout=5)
     assert not result.ok and "invalid ApplyRequest" in result.errors[0].message
     assert stack.complete_state().desired.workloads == {}
+
+
+def test_a_wildcard_command_query_is_not_acted_on(stack: Stack) -> None:
+    text = msgspec.json.encode(Manifest(api_version="v1", workloads={"web": sleeper()})).decode()
+    assert stack.cli.get("ank/cmd/*", payload=stack.cli.encode(ApplyRequest(manifest=text)), timeout=5) == []
+    assert stack.complete_state().desired.workloads == {}
+    assert stack.planner.bus.dropped["ank/cmd/*"] == 3  # apply, delete and state each refused it
+
+
+def test_a_late_joining_agent_asks_for_its_plan(stack: Stack) -> None:
+    stack.apply(web=sleeper())
+    replies = stack.cli.get("ank/plan/*", timeout=5)
+    assert [key for key, _ in replies] == ["ank/plan/robot"]

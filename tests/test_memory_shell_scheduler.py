@@ -103,3 +103,12 @@ def test_energy_measured_long_ago_on_the_schedulers_clock_is_not_used(stack: Sta
     stack.agent("fresh", 10.0)
     stack.planner.add("job", movable())
     assert stack.binding_of("job").agent == "fresh"
+
+
+def test_an_energy_report_naming_another_node_than_its_key_is_ignored(stack: Stack) -> None:
+    stack.agent("low", 5.0)
+    stack.agent("high", 10.0)
+    # on high's key, a report claiming low is full: taken, it would make low the best
+    stack.agents.put("ank/energy/high", EnergyReport(node="low", energy_wh=99.0, time_ms=stack.clock.wall_ms()))
+    stack.planner.add("job", movable())
+    assert stack.binding_of("job").agent == "high"
