@@ -48,8 +48,9 @@ from services.agent.control_interface.shell import ControlInterfaces
 from services.agent.energy import SimulatedBattery, read_power_supply
 from services.agent.runtimes import load_runtimes
 from services.agent.runtimes.base import Notify, RunHandle, Runtime, RuntimeEvent, StartError, StartSpec
-from services.bus import Bus, BusConfigError, paging
+from services.bus import BusConfigError, paging
 from services.bus.loop import EventLoop
+from services.bus.protocol import BusLike
 from services.clock import SYSTEM_CLOCK, Clock
 from services.jobs import JobQueue
 from services.lifecycle import Busy, DirLock, default_run_dir
@@ -175,7 +176,7 @@ class AgentShell:
     def __init__(
         self,
         options: AgentOptions,
-        bus: Bus,
+        bus: BusLike,
         loop: EventLoop,
         runtimes: dict[str, Runtime],
         clock: Clock = SYSTEM_CLOCK,

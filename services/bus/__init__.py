@@ -140,13 +140,19 @@ class Bus:
         config: str | Path | None = None,
         server: str | None = None,
         zenoh_config: zenoh.Config | None = None,
+        session: zenoh.Session | None = None,
     ) -> None:
+        """`session`: an already open session to use instead of opening one
+        (services.bus.memory passes its in-memory stand-in)."""
         self.name = name
-        conf = zenoh_config if zenoh_config is not None else load_config(config, server)
-        try:
-            self.session = zenoh.open(conf)
-        except Exception as exc:
-            raise BusConfigError(f"cannot open Zenoh session (is the router up?): {exc}") from exc
+        if session is not None:
+            self.session = session
+        else:
+            conf = zenoh_config if zenoh_config is not None else load_config(config, server)
+            try:
+                self.session = zenoh.open(conf)
+            except Exception as exc:
+                raise BusConfigError(f"cannot open Zenoh session (is the router up?): {exc}") from exc
         self._seq = _SeqStamp()
         self._entities: list[Any] = []
         self._publishers: dict[str, zenoh.Publisher] = {}

@@ -13,7 +13,7 @@ import threading
 import msgspec
 
 from schemas.messages import Event
-from services.bus import Bus
+from services.bus.protocol import BusLike
 
 DEFAULT_MAX_BYTES = 1024 * 1024
 
@@ -23,7 +23,7 @@ def _size(entry: tuple[str, bytes]) -> int:
 
 
 class RecentEvents:
-    def __init__(self, bus: Bus, capacity: int = 1000, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, bus: BusLike, capacity: int = 1000, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._events: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=capacity)
         self._max_bytes = max_bytes
         self._bytes = 0

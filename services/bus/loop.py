@@ -9,9 +9,10 @@ import itertools
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
+
+from services.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger("ank.loop")
 
@@ -24,7 +25,13 @@ MAX_WAIT_S = 0.5
 
 
 class EventLoop:
-    def __init__(self) -> None:
+    """`clock`: what timers (call_later) count in; a test may pass its own
+    (after moving it on, post anything to wake the loop: it recomputes which
+    timers are due). Whatever the clock, the loop waits at most MAX_WAIT_S
+    of real time at once."""
+
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock
         self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.SimpleQueue()
         self._timers: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._counter = itertools.count()
@@ -63,7 +70,7 @@ class EventLoop:
     def call_later(self, delay: float, fn: Callable[..., None], *args: Any) -> None:
         """Runs fn(*args) on the loop thread after `delay` seconds."""
         with self._timer_lock:
-            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._counter), fn, args))
+            heapq.heappush(self._timers, (self._clock.monotonic() + delay, next(self._counter), fn, args))
         self.post(_noop)  # wake the loop so it recomputes its timeout
 
     def stop(self) -> None:
@@ -85,7 +92,7 @@ class EventLoop:
         while not self._stop.is_set():
             due: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
             with self._timer_lock:
-                now = time.monotonic()
+                now = self._clock.monotonic()
                 while self._timers and self._timers[0][0] <= now:
                     _, _, fn, args = heapq.heappop(self._timers)
                     due.append((fn, args))

@@ -25,7 +25,7 @@ from schemas.manifest import Manifest
 from schemas.messages import AgentPlan, CompleteState, PlannedWorkload, PlanRef
 
 if TYPE_CHECKING:
-    from services.bus import Bus
+    from services.bus.protocol import BusLike
 
 T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)
@@ -233,7 +233,7 @@ def decode_part(key: str, payload: bytes, schema: type[S], drop: Callable[[str, 
     return msg
 
 
-def get_complete_state(bus: Bus, timeout: float = 2.0, since_ms: int | None = None) -> list[CompleteState]:
+def get_complete_state(bus: BusLike, timeout: float = 2.0, since_ms: int | None = None) -> list[CompleteState]:
     """Asks `ank/cmd/state` and merges the parts of the reply: [the state],
     or [] when no planner answered with a complete one in time."""
     replies = bus.get(STATE_QUERY if since_ms is None else f"{STATE_QUERY}?since={since_ms}", timeout=timeout)

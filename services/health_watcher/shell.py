@@ -25,6 +25,7 @@ import zenoh
 from schemas.messages import CompleteState, HealthReport, WorkloadState
 from services.bus import Bus, BusConfigError, paging
 from services.bus.loop import EventLoop
+from services.bus.protocol import BusLike
 from services.clock import SYSTEM_CLOCK, Clock
 from services.health_watcher import core
 from services.health_watcher.probes import ProbeContext, run_probe
@@ -43,7 +44,7 @@ class HealthWatcher:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: BusLike,
         loop: EventLoop,
         *,
         agent: str | None = None,

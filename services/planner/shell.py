@@ -42,6 +42,7 @@ from schemas.messages import (
 from services.bus import Bus, BusConfigError, paging
 from services.bus.eventlog import RecentEvents
 from services.bus.loop import EventLoop
+from services.bus.protocol import BusLike
 from services.clock import SYSTEM_CLOCK, Clock
 from services.lifecycle import Busy, DirLock, TwinDetector, default_state_dir
 from services.logsetup import setup_logging
@@ -61,7 +62,7 @@ class Planner:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: BusLike,
         loop: EventLoop,
         state_dir: str | Path,
         durable: core.Durable | None,

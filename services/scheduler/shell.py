@@ -35,6 +35,7 @@ from schemas.liveliness import AgentLiveliness
 from schemas.messages import AgentStatus, Binding, EnergyReport, WorkloadState
 from services.bus import Bus, BusConfigError, paging
 from services.bus.loop import EventLoop
+from services.bus.protocol import BusLike
 from services.clock import SYSTEM_CLOCK, Clock
 from services.logsetup import setup_logging
 from services.scheduler.core import EnergyReported, Tick
@@ -119,7 +120,7 @@ class NativeShell:
     """Connects the native scheduler's core to the bus. Core calls happen on the loop thread only."""
 
     def __init__(
-        self, bus: Bus, loop: EventLoop, core: NativeState, *, clock: Clock = SYSTEM_CLOCK, resync_s: float = 10.0
+        self, bus: BusLike, loop: EventLoop, core: NativeState, *, clock: Clock = SYSTEM_CLOCK, resync_s: float = 10.0
     ) -> None:
         self.bus, self.loop, self.core, self.clock = bus, loop, core, clock
         self.resync_s = resync_s

@@ -34,7 +34,8 @@ import msgspec
 
 from schemas.manifest import ControlInterfaceAccess
 from schemas.messages import ApplyRequest, ApplyResult, CompleteState, WorkloadState
-from services.bus import Bus, paging
+from services.bus import paging
+from services.bus.protocol import BusLike
 from services.jobs import JobQueue
 from services.manifest.core import instance_id, render_manifest
 
@@ -64,7 +65,7 @@ class Channel:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: BusLike,
         folder: Path,
         workload: str,
         access: ControlInterfaceAccess,
@@ -429,7 +430,7 @@ def _job(serve: Callable[[ank_base.Request], None], request: ank_base.Request) -
 class ControlInterfaces:
     """The agent's channels, by workload; one instance per workload at a time."""
 
-    def __init__(self, bus: Bus, run_dir: Path) -> None:
+    def __init__(self, bus: BusLike, run_dir: Path) -> None:
         self.bus = bus
         self.base = run_dir / "control_interface"
         self._channels: dict[str, tuple[str, Channel]] = {}
