@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import msgspec
 import zenoh
 
+from schemas import keys
 from schemas.messages import Event, Message
 from services.bus import checks
 
@@ -215,7 +216,7 @@ class Bus:
             time_ms=time.time_ns() // 1_000_000,
         )
         try:
-            self.put(f"ank/events/{kind}", ev, reliable=False)
+            self.put(keys.event_key(kind), ev, reliable=False)
         except Exception as exc:
             log.warning("could not publish event %s: %s", kind, exc)
 

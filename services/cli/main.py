@@ -32,6 +32,7 @@ from typing import Any
 
 import msgspec
 
+from schemas import keys
 from schemas.messages import AgentStatus, ApplyRequest, ApplyResult, CompleteState, Event, WorkloadState
 from services.bus import Bus, BusConfigError
 from services.cli import ankaios, views
@@ -662,7 +663,7 @@ def cmd_get_eventlog(client: Client, args: argparse.Namespace) -> int:
 
     client.watch_events(on_event)
     # Recent events are kept by the planner; the live ones come from the stream.
-    replies = client.bus.get_decoded("ank/events/**", Event, timeout=client.timeout)
+    replies = client.bus.get_decoded(keys.EVENTS, Event, timeout=client.timeout)
     for ev in sorted(replies, key=lambda e: e.time_ms):
         _print_event(ev, args.output)
     if args.watch:
@@ -692,11 +693,11 @@ def cmd_get_events(client: Client, args: argparse.Namespace) -> int:
         if wants_agents and (old is None or old.tags != st.tags):
             changed.set()
 
-    client.bus.subscribe("ank/agents/*/status", AgentStatus, on_status)
-    client.bus.subscribe_raw("ank/state/**", lambda _k, _p: changed.set())
-    client.bus.subscribe_raw("ank/plan/*", lambda _k, _p: changed.set())
-    client.bus.subscribe_raw("ank/events/**", lambda _k, _p: changed.set())
-    client.bus.watch_liveliness("ank/agents/*", lambda _k, _up: changed.set(), history=False)
+    client.bus.subscribe(keys.AGENT_STATUSES, AgentStatus, on_status)
+    client.bus.subscribe_raw(keys.STATES, lambda _k, _p: changed.set())
+    client.bus.subscribe_raw(keys.PLANS, lambda _k, _p: changed.set())
+    client.bus.subscribe_raw(keys.EVENTS, lambda _k, _p: changed.set())
+    client.bus.watch_liveliness(keys.AGENT_TOKENS, lambda _k, _up: changed.set(), history=False)
     stop = threading.Event()
 
     def on_term(*_: object) -> None:
@@ -778,7 +779,7 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
         print(f"ank: workload {args.name!r} has no agent running it", file=sys.stderr)
         return EXIT_ERROR
     offset = 0
-    key = f"ank/logs/{st.agent}/{args.name}"
+    key = keys.logs_key(st.agent, args.name)
     tail = f"tail={args.tail}" if args.tail is not None else ""
     first = True
     while True:

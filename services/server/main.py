@@ -34,6 +34,7 @@ from typing import Any
 
 import zenoh
 
+from schemas import keys
 from services.bus import BusConfigError, ankaios_tls
 from services.bus.router import DEFAULT_CONFIG as ROUTER_CONFIG
 
@@ -183,7 +184,7 @@ def _wait_planner(client_conf: Path, proc: subprocess.Popen[bytes], timeout: flo
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise BusConfigError(f"the planner exited with {proc.returncode}")
-            if any(True for _ in session.get("ank/cmd/state", timeout=1.0)):
+            if any(True for _ in session.get(keys.CMD_STATE, timeout=1.0)):
                 return
             time.sleep(0.05)
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from schemas import keys
 from schemas.manifest import ControlInterfaceAccess
 from schemas.messages import ApplyRequest, ApplyResult, CompleteState, WorkloadState
 from services.bus import Bus, paging
@@ -282,7 +283,7 @@ class Channel:
         def on_state(_key: str, _ws: WorkloadState) -> None:
             changed.set()
 
-        subscriber = self.bus.subscribe("ank/state/**", WorkloadState, on_state)
+        subscriber = self.bus.subscribe(keys.STATES, WorkloadState, on_state)
         self._watchers.add(changed)
         try:
             last = core.state_tree(self._state())
@@ -328,7 +329,7 @@ class Channel:
         document = core.desired_document(request.newState)
         apply = ApplyRequest(manifest=json.dumps(document), masks=list(request.updateMask))
         replies = self.bus.get_decoded(
-            "ank/cmd/apply", ApplyResult, payload=self.bus.encode(apply), timeout=QUERY_TIMEOUT_S
+            keys.CMD_APPLY, ApplyResult, payload=self.bus.encode(apply), timeout=QUERY_TIMEOUT_S
         )
         if not replies:
             self.send(core.error(rid, "no planner answered on ank/cmd/apply"))
@@ -373,7 +374,7 @@ class Channel:
     def _stream_logs(
         self, rid: str, name: ank_base.WorkloadInstanceName, follow: bool, tail: int, stop: threading.Event
     ) -> None:
-        key = f"ank/logs/{name.agentName}/{name.workloadName}"
+        key = keys.logs_key(name.agentName, name.workloadName)
         params = f"tail={tail}" if tail >= 0 else ""
         while not stop.is_set() and not self._closing.is_set():
             try:
