@@ -39,6 +39,7 @@ from schemas.messages import (
     AgentStatus,
     EnergyReport,
     HealthReport,
+    LogsReply,
     PlannedWorkload,
     WorkloadState,
     WorkloadUsage,
@@ -46,6 +47,7 @@ from schemas.messages import (
 from services.agent import ankaios_options, core
 from services.agent.control_interface.shell import ControlInterfaces
 from services.agent.energy import SimulatedBattery, read_power_supply
+from services.agent.logs import LogsServer
 from services.agent.runtimes import load_runtimes
 from services.agent.runtimes.base import Notify, RunHandle, Runtime, RuntimeEvent, StartError, StartSpec
 from services.bus import Bus, BusConfigError, paging
@@ -205,6 +207,7 @@ class AgentShell:
         self._plan_entries: dict[str, PlannedWorkload] = {}  # the last applied plan's entries (loop thread)
         self._plan_query = threading.Lock()  # one whole-plan query at a time
         self._parts_timers: set[tuple[int, int]] = set()  # plans whose missing parts are timed (loop thread)
+        self.logs: LogsServer | None = None  # `ank logs`: its own thread (started by start)
 
     # -- start-up ------------------------------------------------------------------
     def start(self) -> None:
@@ -217,7 +220,8 @@ class AgentShell:
         # query's reply.
         self.bus.subscribe_raw(keys.plan_key(self.name), self._on_plan)
         self.bus.queryable(keys.agent_states(self.name), self._answer_state_query)
-        self.bus.queryable(keys.logs_key(self.name, "*"), self._answer_logs_query)
+        self.logs = LogsServer(self.name, self._log_lines, self._push_logs, self.clock.monotonic)
+        self.bus.queryable(keys.logs_key(self.name, "*"), self._answer_logs_query, defer=self.logs.defer)
         # the latest status at once, for `ank get state`/`get agents` (the period is seconds)
         self.bus.queryable(keys.agent_status_key(self.name), self._answer_status_query)
         # the token last: a planner that sees it re-sends the plan, which the subscriber above receives
@@ -487,24 +491,22 @@ class AgentShell:
         return replies
 
     def _answer_logs_query(self, key: str, _payload: bytes | None, params: str) -> list[tuple[str, bytes]]:
-        """`ank logs`: `ank/logs/<agent>/<workload>?tail=N` gives the last N
-        lines, `?offset=N` the lines after the first N (the CLI follows with
-        it); the reply carries the new offset."""
-        parsed = keys.parse_logs_key(key)
-        if parsed is None:
-            raise LookupError(f"{key!r} names no one workload (ank/logs/<agent>/<workload>)")
-        workload = parsed.workload
-        args = dict(p.split("=", 1) for p in params.split(";") if "=" in p)
+        """`ank logs` (services.agent.logs): on the logs thread, never in a
+        Zenoh callback (the queryable defers it there)."""
+        assert self.logs is not None
+        return [(reply_key, self.bus.encode(reply)) for reply_key, reply in self.logs.answer(key, params)]
+
+    def _log_lines(self, workload: str) -> list[str] | None:
+        """A workload's log lines (None: no such workload here); may block."""
         for worker in self.workers.values():
             handle = worker.handles.get(workload)
-            if handle is None:
-                continue
-            lines = list(worker.runtime.logs(handle))
-            tail, offset = int(args.get("tail", 0) or 0), int(args.get("offset", 0) or 0)
-            shown = lines[offset:] if "offset" in args else lines[-tail:] if tail > 0 else lines
-            text = "".join(line if line.endswith("\n") else line + "\n" for line in shown)
-            return [(key, msgspec.json.encode({"workload": workload, "text": text, "offset": len(lines)}))]
-        raise LookupError(f"no workload {workload!r} on agent {self.name}")
+            if handle is not None:
+                return list(worker.runtime.logs(handle))
+        return None
+
+    def _push_logs(self, key: str, chunk: LogsReply) -> None:
+        # dropped under congestion rather than blocking: the follower's next renewal fills the gap
+        self.bus.put(key, chunk, reliable=False)
 
     # -- status and energy ------------------------------------------------------------
     def _answer_status_query(self, key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
@@ -603,10 +605,14 @@ class AgentShell:
             (self.records_dir / f"{handle.workload}.json").unlink(missing_ok=True)
         log.info("stopped %d workloads at exit", len(pending))
         self.control_interfaces.close()
+        if self.logs is not None:
+            self.logs.close()
 
     def close(self) -> None:
         """Stops watching; leaves the workloads running for the next agent."""
         self._closing.set()
+        if self.logs is not None:
+            self.logs.close()
         self.control_interfaces.close()
         for worker in self.workers.values():
             worker.close()

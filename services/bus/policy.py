@@ -114,7 +114,7 @@ POLICY: dict[str, Grants] = {
     ),
     # One agent: only its own keys, so it cannot speak for another agent.
     AGENT_TEMPLATE: _grants(
-        _put(K.EVENTS, K.agent_states(_A), K.agent_keys(_A), K.energy_key(_A)),
+        _put(K.EVENTS, K.agent_states(_A), K.agent_keys(_A), K.energy_key(_A), K.logs_stream_key(_A, "*")),
         _READ,
         {
             TOKEN: (K.agent_token_key(_A),),

@@ -28,13 +28,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import msgspec
+from typing import TYPE_CHECKING
 
 from schemas import keys
 from schemas.manifest import ControlInterfaceAccess
-from schemas.messages import ApplyRequest, ApplyResult, CompleteState, WorkloadState
+from schemas.messages import ApplyRequest, ApplyResult, CompleteState, LogsReply, WorkloadState
 from services.bus import Bus, paging
 from services.jobs import JobQueue
 from services.manifest.core import instance_id, render_manifest
@@ -379,17 +377,17 @@ class Channel:
         while not stop.is_set() and not self._closing.is_set():
             try:
                 replies = self.bus.get(f"{key}?{params}" if params else key, timeout=QUERY_TIMEOUT_S)
-                chunk: dict[str, Any] = msgspec.json.decode(replies[0][1]) if replies else {}
+                chunk = self.bus.decode(replies[0][0], replies[0][1], LogsReply) if replies else None
             except Exception as exc:
                 log.debug("%s: logs of %s: %s", self.workload, name.workloadName, exc)
-                chunk = {}
-            if "offset" not in chunk:
+                chunk = None
+            if chunk is None:
                 break  # the workload is gone (or its agent does not answer)
-            lines = [line for line in str(chunk.get("text", "")).splitlines() if not line.startswith("--- ank: ")]
+            lines = [line for line in chunk.text.splitlines() if not line.startswith("--- ank: ")]
             if lines:
                 entries = [ank_base.LogEntry(workloadName=name, message=line) for line in lines]
                 self.send(core.response(rid, logEntriesResponse=ank_base.LogEntriesResponse(logEntries=entries)))
-            params = f"offset={int(chunk['offset'])}"
+            params = f"offset={chunk.offset}"
             if not follow or stop.wait(LOG_POLL_S):
                 break
         if not stop.is_set():
