@@ -80,6 +80,37 @@ def test_a_log_that_shrank_is_pushed_from_its_start() -> None:
     assert logs.next_chunk("w", ["new"], 5) == LogsReply(workload="w", text="new\n", start=0, offset=1)
 
 
+def test_the_logs_server_pushes_a_followed_workloads_new_lines_from_its_own_thread() -> None:
+    lines = ["a"]
+    pushed = Collector()
+    threads: set[str] = set()
+
+    def read(workload: str) -> list[str] | None:
+        threads.add(threading.current_thread().name)
+        return list(lines) if workload == "w" else None
+
+    server = logs.LogsServer("car1", read, lambda key, chunk: pushed(key, chunk))
+    try:
+        answered: list[list[tuple[str, LogsReply]]] = []
+        assert server.defer(lambda: answered.append(server.answer(keys.logs_key("car1", "w"), "follow=1")))
+        wait_for(lambda: answered, 5, "the answer")
+        assert answered[0][0][1] == LogsReply(workload="w", text="a\n", start=0, offset=1)
+        lines.extend(["b", "c"])
+        pushed.wait(lambda items: items, 5, "a pushed chunk")
+        assert pushed.items[0] == (
+            keys.logs_stream_key("car1", "w"),
+            LogsReply(workload="w", text="b\nc\n", start=1, offset=3),
+        )
+        assert threads == {"agent-car1-logs"}
+        with pytest.raises(LookupError, match="names no one workload"):
+            server.answer("ank/logs/car1/*", "")
+        with pytest.raises(LookupError, match="no workload 'x' on agent car1"):
+            server.answer(keys.logs_key("car1", "x"), "")
+    finally:
+        server.close()
+        server.join(5)
+
+
 # -- the deferred queryable (real Zenoh) -----------------------------------------------
 
 

@@ -42,8 +42,8 @@ SIZE_CAPS: dict[type[msgspec.Struct], int] = {
 # events always fit their cap (a character takes at most 6 bytes in JSON).
 EVENT_MESSAGE_CHARS = 4000
 EVENT_SUBJECT_CHARS = 256
-# The agent segment of the state key of a workload without an agent (services.planner.core.UNSCHEDULED).
-UNSCHEDULED = "~"
+# The agent segment of the state key of a workload without an agent.
+UNSCHEDULED = keys.UNSCHEDULED
 
 
 def max_size(schema: type[msgspec.Struct]) -> int:

@@ -824,7 +824,10 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
         if time.monotonic() >= renew_at:
             renew_at = time.monotonic() + FOLLOW_RENEW_S
             again = _ask_logs(client, key, f"offset={shown};follow=1")
-            if again is not None and again.offset > shown:
+            if again is None:  # the workload is gone, or its agent
+                print(f"ank: agent {st.agent} did not answer for {args.name}'s logs", file=sys.stderr)
+                return EXIT_ERROR
+            if again.offset > shown:
                 _write_lines(again, shown)
                 shown = again.offset
     return EXIT_OK

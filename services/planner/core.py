@@ -72,7 +72,7 @@ from services.manifest import (
 from services.manifest.core import agent_name_problem
 
 Hold = Literal["", "WaitingToStart", "WaitingToStop"]
-UNSCHEDULED = "~"  # the agent segment of state keys of workloads without an agent
+UNSCHEDULED = keys.UNSCHEDULED  # the agent segment of state keys of workloads without an agent
 # How far back `ank/cmd/state?since=` can see the desired state (covers an
 # `ank get events` start-up under load), and how many changes it keeps.
 HISTORY_MS = 3000
