@@ -181,6 +181,46 @@ def _ticks(lines: list[str]) -> list[int]:
     return [int(m.group(1)) for line in lines if (m := re.fullmatch(r"tick (\d+)", line.strip()))]
 
 
+class _Follower:
+    """`ank logs -f` as a process, its output read on a thread."""
+
+    def __init__(self, system: System, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", "logs", "-f", *args],
+            cwd=ROOT,
+            env=system.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.seen: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.seen.append(line)
+
+    def ticks(self) -> list[int]:
+        return _ticks(list(self.seen))
+
+    def last(self) -> int | None:
+        ticks = self.ticks()
+        return ticks[-1] if ticks else None
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(10)
+        self._reader.join(10)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
 @pytest.mark.slow
 def test_logs_follow_prints_the_backlog_then_the_pushed_lines_until_sigterm(
     system: System, make_bus: Callable[[str], Bus]
@@ -191,46 +231,30 @@ def test_logs_follow_prints_the_backlog_then_the_pushed_lines_until_sigterm(
     pushed = Collector()
     watcher.subscribe(keys.logs_stream_key("car1", "ticker"), LogsReply, pushed)
 
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "logs", "-f", "ticker"],
-        cwd=ROOT,
-        env=system.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    seen: list[str] = []
-    lock = threading.Lock()
-
-    def read() -> None:
-        assert follower.stdout is not None
-        for line in follower.stdout:
-            with lock:
-                seen.append(line)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    first = _Follower(system, "ticker")
+    second: _Follower | None = None
     try:
-
-        def last() -> int | None:
-            ticks = _ticks(list(seen))
-            return ticks[-1] if ticks else None
-
-        started = wait_for(last, 30, "the backlog")
+        started = wait_for(first.last, 30, "the backlog")
+        # a second follower, joining later with a tail, shares the agent's pushes
+        wait_for(lambda: (first.last() or 0) >= started + 10, 30, "lines appended after the follower started")
+        second = _Follower(system, "ticker", "-t", "3")
+        joined = wait_for(second.last, 30, "the second follower's backlog")
         # lines written after `ank logs -f` started arrive, pushed by the agent
-        wait_for(lambda: (last() or 0) >= started + 30, 30, "lines appended after the follower started")
+        wait_for(lambda: (second.last() or 0) >= joined + 20, 30, "lines appended after the second follower started")
         pushed.wait(lambda items: len(items) >= 5, 10, "chunks pushed on the stream key")
-        follower.send_signal(signal.SIGTERM)
-        assert follower.wait(10) == 0
+        assert first.terminate() == 0
+        assert second.terminate() == 0
     finally:
-        if follower.poll() is None:
-            follower.kill()
-            follower.wait(10)
-    reader.join(10)
-    ticks = _ticks(seen)
+        first.kill()
+        if second is not None:
+            second.kill()
     # every line once, in order, from the backlog through the stream
-    assert ticks == list(range(ticks[0], ticks[-1] + 1)), ticks
+    ticks = first.ticks()
     assert ticks[0] == 1
+    assert ticks == list(range(1, ticks[-1] + 1)), ticks
+    assert len(second.ticks()) >= 20
+    assert second.ticks() == list(range(second.ticks()[0], second.ticks()[-1] + 1)), second.ticks()
+    assert second.ticks()[0] >= started + 8  # the tail: the last three lines when it asked
 
 
 @pytest.mark.slow
