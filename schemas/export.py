@@ -30,6 +30,7 @@ EXPORTED: tuple[type[msgspec.Struct], ...] = (
     schemas.DeleteRequest,
     schemas.ApplyResult,
     schemas.CompleteState,
+    schemas.LogsReply,
     schemas.PodmanConfig,
     schemas.PodmanKubeConfig,
     schemas.ProcessConfig,

@@ -202,6 +202,20 @@ class ApplyResult(Message, frozen=True, kw_only=True):
     warnings: list[ValidationIssue] = []
 
 
+class LogsReply(Message, frozen=True, kw_only=True):
+    """Reply to `ank/logs/<agent>/<workload>` (`ank logs`), and a chunk the
+    agent pushes on `ank/logs/<agent>/<workload>/stream` while the workload
+    is followed (`ank logs -f`): the log's lines from line `start` on (each
+    ending in a newline) and `offset`, the number of lines the log had, where
+    a follower continues (`?offset=N`). A reply longer than the agent's
+    budget holds only the last lines: `start` says where they begin."""
+
+    workload: str
+    text: str = ""
+    start: int = 0
+    offset: int = 0
+
+
 class CompleteState(Message, frozen=True, kw_only=True):
     """Reply to `ank/cmd/state`: the desired state and the known states."""
 

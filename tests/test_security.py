@@ -255,6 +255,21 @@ def test_an_agent_cannot_publish_another_agents_state(open_as: Callable[[str], B
     assert set(keys(seen)) == {"ank/state/car2/x", "ank/state/car2/y"}
 
 
+def test_an_agent_pushes_its_own_workloads_logs_but_not_another_agents(open_as: Callable[[str], Bus]) -> None:
+    cli = open_as("cli")
+    seen = Collector()
+    cli.subscribe_raw("ank/logs/**", seen)
+    car2 = open_as("agent-car2")
+
+    put_until_seen(car2, "ank/logs/car2/x/stream", b"own", seen)
+    car2.put("ank/logs/car1/x/stream", b"spoofed")
+    car2.put("ank/logs/car2/x", b"not a stream key")
+    car2.put("ank/logs/car2/y/stream", b"own, after the spoofed ones")
+    seen.wait(lambda items: "ank/logs/car2/y/stream" in keys(seen), timeout=5, what="agent-car2's later chunk")
+
+    assert set(keys(seen)) == {"ank/logs/car2/x/stream", "ank/logs/car2/y/stream"}
+
+
 def test_an_agent_cannot_answer_for_another_agents_states(open_as: Callable[[str], Bus]) -> None:
     car2 = open_as("agent-car2")
     car2.queryable(

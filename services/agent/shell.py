@@ -32,13 +32,14 @@ import msgspec
 import psutil
 import zenoh
 
-from schemas import prepare
+from schemas import keys, prepare
 from schemas.manifest import FileItem
 from schemas.messages import (
     AgentPlan,
     AgentStatus,
     EnergyReport,
     HealthReport,
+    LogsReply,
     PlannedWorkload,
     WorkloadState,
     WorkloadUsage,
@@ -46,6 +47,7 @@ from schemas.messages import (
 from services.agent import ankaios_options, core
 from services.agent.control_interface.shell import ControlInterfaces
 from services.agent.energy import SimulatedBattery, read_power_supply
+from services.agent.logs import LogsServer
 from services.agent.runtimes import load_runtimes
 from services.agent.runtimes.base import Notify, RunHandle, Runtime, RuntimeEvent, StartError, StartSpec
 from services.bus import BusConfigError, paging
@@ -206,23 +208,25 @@ class AgentShell:
         self._plan_entries: dict[str, PlannedWorkload] = {}  # the last applied plan's entries (loop thread)
         self._plan_query = threading.Lock()  # one whole-plan query at a time
         self._parts_timers: set[tuple[int, int]] = set()  # plans whose missing parts are timed (loop thread)
+        self.logs: LogsServer | None = None  # `ank logs`: its own thread (started by start)
 
     # -- start-up ------------------------------------------------------------------
     def start(self) -> None:
         """Adopts what still runs, then listens; call before loop.run()."""
         self._adopt()
-        self.bus.subscribe(f"ank/health/{self.name}/**", HealthReport, self._on_health)
+        self.bus.subscribe(keys.agent_health(self.name), HealthReport, self._on_health)
         # Plans are decoded without the bus's per-sender sequence check: the
         # core orders them by epoch and generation (a spoofed sequence number
         # must not mute the real planner), and parts may interleave with a
         # query's reply.
-        self.bus.subscribe_raw(f"ank/plan/{self.name}", self._on_plan)
-        self.bus.queryable(f"ank/state/{self.name}/**", self._answer_state_query)
-        self.bus.queryable(f"ank/logs/{self.name}/*", self._answer_logs_query)
+        self.bus.subscribe_raw(keys.plan_key(self.name), self._on_plan)
+        self.bus.queryable(keys.agent_states(self.name), self._answer_state_query)
+        self.logs = LogsServer(self.name, self._log_lines, self._push_logs, self.clock.monotonic)
+        self.bus.queryable(keys.logs_key(self.name, "*"), self._answer_logs_query, defer=self.logs.defer)
         # the latest status at once, for `ank get state`/`get agents` (the period is seconds)
-        self.bus.queryable(f"ank/agents/{self.name}/status", self._answer_status_query)
+        self.bus.queryable(keys.agent_status_key(self.name), self._answer_status_query)
         # the token last: a planner that sees it re-sends the plan, which the subscriber above receives
-        self.bus.liveliness_token(f"ank/agents/{self.name}")
+        self.bus.liveliness_token(keys.agent_token_key(self.name))
         threading.Thread(target=self._query_plan, name="plan-query", daemon=True).start()
         threading.Thread(target=self._status_thread, name="status", daemon=True).start()
         log.info("agent %s up: runtimes %s, run dir %s", self.name, sorted(self.runtimes), self.run_dir)
@@ -290,7 +294,7 @@ class AgentShell:
 
     def _query_plan(self) -> None:
         try:
-            for key, payload in self.bus.get(f"ank/plan/{self.name}", timeout=PLAN_QUERY_TIMEOUT_S):
+            for key, payload in self.bus.get(keys.plan_key(self.name), timeout=PLAN_QUERY_TIMEOUT_S):
                 plan = paging.decode_part(key, payload, AgentPlan, self.bus.drop)
                 if plan is not None:
                     self.loop.post(self._plan_part, plan)
@@ -352,7 +356,7 @@ class AgentShell:
             threading.Thread(target=query, name="plan-query", daemon=True).start()
 
     def _on_health(self, key: str, report: HealthReport) -> None:
-        if key != f"ank/health/{report.agent}/{report.workload}":
+        if key != keys.health_key(report.agent, report.workload):
             self.bus.drop(key, f"health report names {report.agent}/{report.workload}, not its key")
             return
         self.loop.post(self.feed, core.HealthChanged(report))
@@ -409,13 +413,13 @@ class AgentShell:
         elif isinstance(action, core.Remove):
             self._remove(action)
         elif isinstance(action, core.Alert):
-            self.bus.event(action.kind, action.message, subject=f"ank/plan/{self.name}", severity="warning")
+            self.bus.event(action.kind, action.message, subject=keys.plan_key(self.name), severity="warning")
         elif isinstance(action, core.WakeAt):
             delay = max(0.0, action.at_mono - self.clock.monotonic())
             self.loop.call_later(delay, self.feed, core.Wake(action.workload, action.token))
 
     def _publish(self, state: WorkloadState) -> None:
-        key = f"ank/state/{self.name}/{state.workload}"
+        key = keys.state_key(self.name, state.workload)
         with self._published_lock:
             if state.execution_state.state == "Removed":
                 self._published.pop(state.workload, None)
@@ -481,28 +485,29 @@ class AgentShell:
             published = dict(self._published)
         replies = []
         for workload, state in published.items():
-            reply_key = f"ank/state/{self.name}/{workload}"
+            reply_key = keys.state_key(self.name, workload)
             if asked.intersects(zenoh.KeyExpr(reply_key)):
                 # stamped anew: a receiver that saw the put drops a repeated seq as stale
                 replies.append((reply_key, self.bus.encode(state)))
         return replies
 
     def _answer_logs_query(self, key: str, _payload: bytes | None, params: str) -> list[tuple[str, bytes]]:
-        """`ank logs`: `ank/logs/<agent>/<workload>?tail=N` gives the last N
-        lines, `?offset=N` the lines after the first N (the CLI follows with
-        it); the reply carries the new offset."""
-        workload = key.rsplit("/", 1)[-1]
-        args = dict(p.split("=", 1) for p in params.split(";") if "=" in p)
+        """`ank logs` (services.agent.logs): on the logs thread, never in a
+        Zenoh callback (the queryable defers it there)."""
+        assert self.logs is not None
+        return [(reply_key, self.bus.encode(reply)) for reply_key, reply in self.logs.answer(key, params)]
+
+    def _log_lines(self, workload: str) -> list[str] | None:
+        """A workload's log lines (None: no such workload here); may block."""
         for worker in self.workers.values():
             handle = worker.handles.get(workload)
-            if handle is None:
-                continue
-            lines = list(worker.runtime.logs(handle))
-            tail, offset = int(args.get("tail", 0) or 0), int(args.get("offset", 0) or 0)
-            shown = lines[offset:] if "offset" in args else lines[-tail:] if tail > 0 else lines
-            text = "".join(line if line.endswith("\n") else line + "\n" for line in shown)
-            return [(key, msgspec.json.encode({"workload": workload, "text": text, "offset": len(lines)}))]
-        raise LookupError(f"no workload {workload!r} on agent {self.name}")
+            if handle is not None:
+                return list(worker.runtime.logs(handle))
+        return None
+
+    def _push_logs(self, key: str, chunk: LogsReply) -> None:
+        # dropped under congestion rather than blocking: the follower's next renewal fills the gap
+        self.bus.put(key, chunk, reliable=False)
 
     # -- status and energy ------------------------------------------------------------
     def _answer_status_query(self, key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
@@ -517,10 +522,10 @@ class AgentShell:
         while not self._closing.is_set():
             try:
                 self._last_status = self.status()
-                self.bus.put(f"ank/agents/{self.name}/status", self._last_status, reliable=False)
+                self.bus.put(keys.agent_status_key(self.name), self._last_status, reliable=False)
                 energy = self.energy()
                 if energy is not None:
-                    self.bus.put(f"ank/energy/{self.name}", energy, reliable=False)
+                    self.bus.put(keys.energy_key(self.name), energy, reliable=False)
             except Exception as exc:
                 if self._closing.is_set():
                     return
@@ -601,10 +606,14 @@ class AgentShell:
             (self.records_dir / f"{handle.workload}.json").unlink(missing_ok=True)
         log.info("stopped %d workloads at exit", len(pending))
         self.control_interfaces.close()
+        if self.logs is not None:
+            self.logs.close()
 
     def close(self) -> None:
         """Stops watching; leaves the workloads running for the next agent."""
         self._closing.set()
+        if self.logs is not None:
+            self.logs.close()
         self.control_interfaces.close()
         for worker in self.workers.values():
             worker.close()
@@ -743,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # One agent per name: a second one would run every workload twice.
     try:
-        twins = bus.alive(f"ank/agents/{args.name}")
+        twins = bus.alive(keys.agent_token_key(args.name))
     except Exception:
         twins = []
     if twins:

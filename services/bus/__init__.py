@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import msgspec
 import zenoh
 
+from schemas import keys
 from schemas.messages import Event, Message
 from services.bus import checks
 
@@ -221,7 +222,7 @@ class Bus:
             time_ms=time.time_ns() // 1_000_000,
         )
         try:
-            self.put(f"ank/events/{kind}", ev, reliable=False)
+            self.put(keys.event_key(kind), ev, reliable=False)
         except Exception as exc:
             log.warning("could not publish event %s: %s", kind, exc)
 
@@ -322,23 +323,22 @@ class Bus:
         handler: Callable[[str, bytes | None, str], list[tuple[str, bytes]]],
         *,
         exact: bool = False,
+        defer: Callable[[Callable[[], None]], bool] | None = None,
     ) -> None:
         """Answers queries on key_expr: handler(key, payload, parameters)
         returns (key, payload) replies. A failing handler answers with an
         error reply naming the problem instead of leaving the caller with none.
         `exact`: only a query on key_expr itself is answered (a command);
         a wildcard query that merely matches it (`ank/cmd/*`, `**`) gets an
-        error reply, is counted as dropped, and the handler never runs."""
+        error reply, is counted as dropped, and the handler never runs.
+        `defer`: the handler may block (it reads files, runs programs), so
+        it does not run in Zenoh's callback: defer(answer) hands `answer` to
+        the caller's thread, which replies when it runs it; defer returns
+        False when it cannot take more, and the query gets a `busy` error."""
 
-        def on_query(query: zenoh.Query) -> None:
-            key = str(query.key_expr)
+        def answer(query: zenoh.Query, key: str, payload: bytes | None, params: str) -> None:
             try:
-                if exact and key != key_expr:
-                    self._drop(key, f"a query on {key!r} is not one on {key_expr!r}: not answered")
-                    query.reply_err(f"{key_expr} answers only a query on exactly {key_expr}, not {key}")
-                    return
-                payload = query.payload.to_bytes() if query.payload is not None else None
-                for reply_key, reply in handler(key, payload, str(query.parameters)):
+                for reply_key, reply in handler(key, payload, params):
                     query.reply(reply_key, reply, encoding=JSON)
             except Exception as exc:
                 log.exception("error answering a query on %s", key)
@@ -348,6 +348,33 @@ class Bus:
                     pass
             finally:
                 query.drop()
+
+        def on_query(query: zenoh.Query) -> None:
+            key = str(query.key_expr)
+            handed_off = False  # `answer` replies and drops the query
+            try:
+                if exact and key != key_expr:
+                    self._drop(key, f"a query on {key!r} is not one on {key_expr!r}: not answered")
+                    query.reply_err(f"{key_expr} answers only a query on exactly {key_expr}, not {key}")
+                    return
+                payload = query.payload.to_bytes() if query.payload is not None else None
+                params = str(query.parameters)
+                if defer is None:
+                    handed_off = True
+                    answer(query, key, payload, params)
+                    return
+                handed_off = defer(lambda: answer(query, key, payload, params))
+                if not handed_off:
+                    query.reply_err(f"busy: too many queries waiting on {key_expr}; ask again")
+            except Exception as exc:
+                log.exception("error answering a query on %s", key)
+                try:
+                    query.reply_err(f"{type(exc).__name__}: {exc}")
+                except Exception:
+                    pass
+            finally:
+                if not handed_off:
+                    query.drop()
 
         self._entities.append(self.session.declare_queryable(key_expr, on_query))
 

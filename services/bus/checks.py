@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import msgspec
 
+from schemas import keys
 from schemas.messages import (
     AgentPlan,
     AgentStatus,
@@ -41,8 +42,8 @@ SIZE_CAPS: dict[type[msgspec.Struct], int] = {
 # events always fit their cap (a character takes at most 6 bytes in JSON).
 EVENT_MESSAGE_CHARS = 4000
 EVENT_SUBJECT_CHARS = 256
-# The agent segment of the state key of a workload without an agent (services.planner.core.UNSCHEDULED).
-UNSCHEDULED = "~"
+# The agent segment of the state key of a workload without an agent.
+UNSCHEDULED = keys.UNSCHEDULED
 
 
 def max_size(schema: type[msgspec.Struct]) -> int:
@@ -52,17 +53,17 @@ def max_size(schema: type[msgspec.Struct]) -> int:
 def expected_key(msg: msgspec.Struct) -> str | None:
     """The key a message must be published on, or None if any key will do."""
     if isinstance(msg, WorkloadState):
-        return f"ank/state/{msg.agent or UNSCHEDULED}/{msg.workload}"
+        return keys.state_key(msg.agent, msg.workload)
     if isinstance(msg, HealthReport):
-        return f"ank/health/{msg.agent}/{msg.workload}"
+        return keys.health_key(msg.agent, msg.workload)
     if isinstance(msg, AgentStatus):
-        return f"ank/agents/{msg.agent}/status"
+        return keys.agent_status_key(msg.agent)
     if isinstance(msg, AgentPlan):
-        return f"ank/plan/{msg.agent}"
+        return keys.plan_key(msg.agent)
     if isinstance(msg, EnergyReport):
-        return f"ank/energy/{msg.node}"
+        return keys.energy_key(msg.node)
     if isinstance(msg, Binding):
-        return f"ank/bind/{msg.workload}"
+        return keys.bind_key(msg.workload)
     return None
 
 

@@ -12,6 +12,7 @@ import threading
 
 import msgspec
 
+from schemas import keys
 from schemas.messages import Event
 from services.bus.protocol import BusLike
 
@@ -29,8 +30,8 @@ class RecentEvents:
         self._bytes = 0
         self._lock = threading.Lock()
         self._bus = bus
-        bus.subscribe("ank/events/**", Event, self._on_event)
-        bus.queryable("ank/events/**", self._answer)
+        bus.subscribe(keys.EVENTS, Event, self._on_event)
+        bus.queryable(keys.EVENTS, self._answer)
 
     def _on_event(self, key: str, event: Event) -> None:
         entry = (key, msgspec.json.encode(event))

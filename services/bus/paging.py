@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
+from schemas import keys
 from schemas.limits import MAX_MESSAGE_BYTES, MAX_PARTS, PART_BUDGET_BYTES, size_of
 from schemas.manifest import Manifest
 from schemas.messages import AgentPlan, CompleteState, PlannedWorkload, PlanRef
@@ -31,7 +32,7 @@ T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)
 log = logging.getLogger("ank.bus.paging")
 
-STATE_QUERY = "ank/cmd/state"
+STATE_QUERY = keys.CMD_STATE
 
 
 def chunks(items: Sequence[T], sizes: Sequence[int], budget: int = PART_BUDGET_BYTES) -> list[list[T]]:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 
+from schemas import keys as K
+
 # Operations (the ACL's message names).
 PUT = "put"
 DELETE = "delete"
@@ -38,8 +40,10 @@ LIVELINESS_QUERY = "liveliness_query"
 OPERATIONS = (PUT, DELETE, SUBSCRIBE, QUERY, QUERYABLE, REPLY, TOKEN, LIVELINESS_SUBSCRIBE, LIVELINESS_QUERY)
 
 # The orchestrator's key space: only the identities below get anything in it.
-ORCHESTRATOR_KEYS = "ank/**"
+ORCHESTRATOR_KEYS = K.ALL
 AGENT_TEMPLATE = "agent-{agent}"
+# The agent placeholder in the agent row's key expressions.
+_A = "{agent}"
 # The identity of the workloads themselves (middleware programs): every
 # operation outside ank/**, nothing inside it.
 WORKLOAD = "workload"
@@ -49,8 +53,8 @@ EDGE = "edge"
 
 Grants = Mapping[str, tuple[str, ...]]
 
-_READ = {SUBSCRIBE: ("ank/state/**", "ank/events/**"), QUERY: ("ank/state/**", "ank/events/**")}
-_LIVELINESS = {LIVELINESS_SUBSCRIBE: ("ank/agents/**",), LIVELINESS_QUERY: ("ank/agents/**",)}
+_READ = {SUBSCRIBE: (K.STATES, K.EVENTS), QUERY: (K.STATES, K.EVENTS)}
+_LIVELINESS = {LIVELINESS_SUBSCRIBE: (K.ALL_AGENTS,), LIVELINESS_QUERY: (K.ALL_AGENTS,)}
 
 
 def _grants(*parts: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
@@ -71,56 +75,56 @@ def _put(*keys: str) -> dict[str, tuple[str, ...]]:
 POLICY: dict[str, Grants] = {
     # Users, the dashboard: the only ones who change the desired state and
     # send commands (ank/cmd/apply, ank/cmd/delete are queries).
-    "cli": _grants(_put("ank/events/**", "ank/desired"), {SUBSCRIBE: ("ank/**",), QUERY: ("ank/**",)}, _LIVELINESS),
+    "cli": _grants(_put(K.EVENTS, K.DESIRED), {SUBSCRIBE: (K.ALL,), QUERY: (K.ALL,)}, _LIVELINESS),
     # Answers the commands, owns the plans and the states no live agent owns.
     "planner": _grants(
-        _put("ank/events/**", "ank/plan/**", "ank/state/**"),
+        _put(K.EVENTS, K.ALL_PLANS, K.STATES),
         _READ,
         {
-            SUBSCRIBE: ("ank/desired", "ank/bind/**", "ank/agents/*/status"),
-            QUERY: ("ank/bind/**",),
-            QUERYABLE: ("ank/cmd/**", "ank/plan/**", "ank/state/**", "ank/events/**"),
-            REPLY: ("ank/cmd/**", "ank/plan/**", "ank/state/**", "ank/events/**"),
+            SUBSCRIBE: (K.DESIRED, K.ALL_BINDINGS, K.AGENT_STATUSES),
+            QUERY: (K.ALL_BINDINGS,),
+            QUERYABLE: (K.CMDS, K.ALL_PLANS, K.STATES, K.EVENTS),
+            REPLY: (K.CMDS, K.ALL_PLANS, K.STATES, K.EVENTS),
         },
         _LIVELINESS,
     ),
     # Reads the desired state through ank/cmd/state (read-only command).
     "health-watcher": _grants(
-        _put("ank/events/**", "ank/health/**"),
+        _put(K.EVENTS, K.HEALTH),
         _READ,
         {
-            SUBSCRIBE: ("ank/desired", "ank/health/**"),
-            QUERY: ("ank/cmd/state", "ank/health/**"),
-            QUERYABLE: ("ank/health/**",),
-            REPLY: ("ank/health/**",),
+            SUBSCRIBE: (K.DESIRED, K.HEALTH),
+            QUERY: (K.CMD_STATE, K.HEALTH),
+            QUERYABLE: (K.HEALTH,),
+            REPLY: (K.HEALTH,),
         },
         _LIVELINESS,
     ),
     # Publishes energy for nodes it reads from InfluxDB, hence ank/energy/**.
     "scheduler": _grants(
-        _put("ank/events/**", "ank/bind/**", "ank/energy/**"),
+        _put(K.EVENTS, K.ALL_BINDINGS, K.ALL_ENERGY),
         _READ,
         {
-            SUBSCRIBE: ("ank/desired", "ank/agents/**", "ank/energy/**", "ank/bind/**"),
-            QUERY: ("ank/cmd/state", "ank/bind/**"),
-            QUERYABLE: ("ank/bind/**",),
-            REPLY: ("ank/bind/**",),
+            SUBSCRIBE: (K.DESIRED, K.ALL_AGENTS, K.ALL_ENERGY, K.ALL_BINDINGS),
+            QUERY: (K.CMD_STATE, K.ALL_BINDINGS),
+            QUERYABLE: (K.ALL_BINDINGS,),
+            REPLY: (K.ALL_BINDINGS,),
         },
         _LIVELINESS,
     ),
     # One agent: only its own keys, so it cannot speak for another agent.
     AGENT_TEMPLATE: _grants(
-        _put("ank/events/**", "ank/state/{agent}/**", "ank/agents/{agent}/**", "ank/energy/{agent}"),
+        _put(K.EVENTS, K.agent_states(_A), K.agent_keys(_A), K.energy_key(_A), K.logs_stream_key(_A, "*")),
         _READ,
         {
-            TOKEN: ("ank/agents/{agent}",),
-            SUBSCRIBE: ("ank/plan/{agent}", "ank/health/{agent}/**"),
+            TOKEN: (K.agent_token_key(_A),),
+            SUBSCRIBE: (K.plan_key(_A), K.agent_health(_A)),
             # The Control Interface: the agent forwards its workloads' requests
             # (after checking each against the workload's own rules, as
             # Ankaios's agent does) as the commands and log reads a user sends.
-            QUERY: ("ank/plan/{agent}", "ank/cmd/state", "ank/cmd/apply", "ank/logs/**"),
-            QUERYABLE: ("ank/state/{agent}/**", "ank/logs/{agent}/**"),
-            REPLY: ("ank/state/{agent}/**", "ank/logs/{agent}/**"),
+            QUERY: (K.plan_key(_A), K.CMD_STATE, K.CMD_APPLY, K.LOGS),
+            QUERYABLE: (K.agent_states(_A), K.agent_logs(_A)),
+            REPLY: (K.agent_states(_A), K.agent_logs(_A)),
         },
     ),
     OBSERVER: _grants(_READ, _LIVELINESS),

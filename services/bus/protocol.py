@@ -51,6 +51,7 @@ class BusLike(Protocol):
         handler: Callable[[str, bytes | None, str], list[tuple[str, bytes]]],
         *,
         exact: bool = False,
+        defer: Callable[[Callable[[], None]], bool] | None = None,
     ) -> None: ...
     def get(self, selector: str, payload: bytes | None = None, timeout: float = 2.0) -> list[tuple[str, bytes]]: ...
     def get_decoded(

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import msgspec
 
+from schemas import keys
 from schemas.messages import (
     AgentPlan,
     AgentStatus,
@@ -56,12 +57,12 @@ class Client:
         return replies
 
     def apply(self, request: ApplyRequest) -> ApplyResult:
-        result = self._query("ank/cmd/apply", self.bus.encode(request), ApplyResult)
+        result = self._query(keys.CMD_APPLY, self.bus.encode(request), ApplyResult)
         assert isinstance(result, ApplyResult)
         return result
 
     def delete(self, names: list[str]) -> ApplyResult:
-        result = self._query("ank/cmd/delete", self.bus.encode(DeleteRequest(workloads=names)), ApplyResult)
+        result = self._query(keys.CMD_DELETE, self.bus.encode(DeleteRequest(workloads=names)), ApplyResult)
         assert isinstance(result, ApplyResult)
         return result
 
@@ -77,12 +78,13 @@ class Client:
     def planned_instances(self) -> dict[str, str]:
         """workload → the instance the planner's current plans name for it."""
         # Whole plans (a query's answer), maybe in parts: each part names some workloads.
-        parts = (paging.decode_part(k, data, AgentPlan) for k, data in self.bus.get("ank/plan/*", timeout=self.timeout))
+        parts = (paging.decode_part(k, data, AgentPlan) for k, data in self.bus.get(keys.PLANS, timeout=self.timeout))
         return {pw.name: pw.instance for plan in parts if plan is not None for pw in plan.workloads}
 
     def agent_statuses(self) -> dict[str, AgentStatus]:
         """The latest status of every live agent (waits one status period)."""
-        alive = {k.rsplit("/", 1)[-1] for k in self.bus.alive("ank/agents/*", timeout=self.timeout)}
+        tokens = (keys.parse_agent_token_key(k) for k in self.bus.alive(keys.AGENT_TOKENS, timeout=self.timeout))
+        alive = {agent for agent in tokens if agent}
         statuses: dict[str, AgentStatus] = {}
         done = threading.Event()
 
@@ -91,9 +93,9 @@ class Client:
             if alive <= set(statuses):
                 done.set()
 
-        self.bus.subscribe("ank/agents/*/status", AgentStatus, on_status)
+        self.bus.subscribe(keys.AGENT_STATUSES, AgentStatus, on_status)
         # Agents answer with their latest status at once; older ones only publish it.
-        for st in self.bus.get_decoded("ank/agents/*/status", AgentStatus, timeout=min(self.timeout, 2.0)):
+        for st in self.bus.get_decoded(keys.AGENT_STATUSES, AgentStatus, timeout=min(self.timeout, 2.0)):
             on_status("", st)
         if alive and not alive <= set(statuses):
             done.wait(min(self.timeout, 2.5))
@@ -103,12 +105,12 @@ class Client:
 
     def energy(self, wait: float = 0.5) -> dict[str, EnergyReport]:
         reports: dict[str, EnergyReport] = {}
-        self.bus.subscribe("ank/energy/*", EnergyReport, lambda k, r: reports.__setitem__(r.node, r))
+        self.bus.subscribe(keys.ENERGY, EnergyReport, lambda k, r: reports.__setitem__(r.node, r))
         time.sleep(wait)  # energy reports are periodic puts: sample one period
         return reports
 
     def watch_states(self, callback: Callable[[WorkloadState], None]) -> None:
-        self.bus.subscribe("ank/state/**", WorkloadState, lambda _k, st: callback(st))
+        self.bus.subscribe(keys.STATES, WorkloadState, lambda _k, st: callback(st))
 
     def watch_events(self, callback: Callable[[Event], None]) -> None:
-        self.bus.subscribe("ank/events/**", Event, lambda _k, ev: callback(ev))
+        self.bus.subscribe(keys.EVENTS, Event, lambda _k, ev: callback(ev))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import signal
 import sys
 import threading
@@ -32,7 +33,16 @@ from typing import Any
 
 import msgspec
 
-from schemas.messages import AgentStatus, ApplyRequest, ApplyResult, CompleteState, Event, WorkloadState
+from schemas import keys
+from schemas.messages import (
+    AgentStatus,
+    ApplyRequest,
+    ApplyResult,
+    CompleteState,
+    Event,
+    LogsReply,
+    WorkloadState,
+)
 from services.bus import Bus, BusConfigError
 from services.cli import ankaios, views
 from services.cli.client import Client, NoPlanner
@@ -662,7 +672,7 @@ def cmd_get_eventlog(client: Client, args: argparse.Namespace) -> int:
 
     client.watch_events(on_event)
     # Recent events are kept by the planner; the live ones come from the stream.
-    replies = client.bus.get_decoded("ank/events/**", Event, timeout=client.timeout)
+    replies = client.bus.get_decoded(keys.EVENTS, Event, timeout=client.timeout)
     for ev in sorted(replies, key=lambda e: e.time_ms):
         _print_event(ev, args.output)
     if args.watch:
@@ -692,11 +702,11 @@ def cmd_get_events(client: Client, args: argparse.Namespace) -> int:
         if wants_agents and (old is None or old.tags != st.tags):
             changed.set()
 
-    client.bus.subscribe("ank/agents/*/status", AgentStatus, on_status)
-    client.bus.subscribe_raw("ank/state/**", lambda _k, _p: changed.set())
-    client.bus.subscribe_raw("ank/plan/*", lambda _k, _p: changed.set())
-    client.bus.subscribe_raw("ank/events/**", lambda _k, _p: changed.set())
-    client.bus.watch_liveliness("ank/agents/*", lambda _k, _up: changed.set(), history=False)
+    client.bus.subscribe(keys.AGENT_STATUSES, AgentStatus, on_status)
+    client.bus.subscribe_raw(keys.STATES, lambda _k, _p: changed.set())
+    client.bus.subscribe_raw(keys.PLANS, lambda _k, _p: changed.set())
+    client.bus.subscribe_raw(keys.EVENTS, lambda _k, _p: changed.set())
+    client.bus.watch_liveliness(keys.AGENT_TOKENS, lambda _k, _up: changed.set(), history=False)
     stop = threading.Event()
 
     def on_term(*_: object) -> None:
@@ -772,29 +782,75 @@ def _print_event(ev: Event, output: str) -> None:
 
 
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    """The workload's log from its agent; `-f`: then what it writes, pushed
+    by the agent on `ank/logs/<agent>/<wl>/stream` while this command renews
+    its `follow=1` lease (services.agent.logs), until Ctrl-C or SIGTERM."""
     cs = client.state()
     st = views.latest_states(cs.workload_states).get(args.name)
     if st is None or not st.agent:
         print(f"ank: workload {args.name!r} has no agent running it", file=sys.stderr)
         return EXIT_ERROR
-    offset = 0
-    key = f"ank/logs/{st.agent}/{args.name}"
+    key = keys.logs_key(st.agent, args.name)
     tail = f"tail={args.tail}" if args.tail is not None else ""
-    first = True
-    while True:
-        params = tail if first else f"offset={offset}"
-        replies = client.bus.get(f"{key}?{params}" if params else key, timeout=client.timeout)
-        if not replies:
+    if not args.follow:
+        reply = _ask_logs(client, key, tail)
+        if reply is None:
             print(f"ank: agent {st.agent} did not answer for {args.name}'s logs", file=sys.stderr)
             return EXIT_ERROR
-        chunk = msgspec.json.decode(replies[0][1])
-        sys.stdout.write(chunk.get("text", ""))
-        sys.stdout.flush()
-        offset = int(chunk.get("offset", offset))
-        first = False
-        if not args.follow:
-            return EXIT_OK
-        time.sleep(0.5)  # follow: ask the agent for what was written since
+        _write_lines(reply, reply.start)
+        return EXIT_OK
+    chunks: queue.SimpleQueue[LogsReply] = queue.SimpleQueue()
+    # subscribed before asking: no chunk pushed after the answer is missed
+    client.bus.subscribe(keys.logs_stream_key(st.agent, args.name), LogsReply, lambda _k, c: chunks.put(c))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    reply = _ask_logs(client, key, ";".join(filter(None, [tail, "follow=1"])))
+    if reply is None:
+        print(f"ank: agent {st.agent} did not answer for {args.name}'s logs", file=sys.stderr)
+        return EXIT_ERROR
+    _write_lines(reply, reply.start)
+    shown = reply.offset  # the lines of the log shown so far
+    renew_at = time.monotonic() + FOLLOW_RENEW_S
+    while not stop.is_set():
+        # in slices on the main thread, so that Ctrl-C and SIGTERM are acted upon (see _wait_set)
+        try:
+            chunk: LogsReply | None = chunks.get(timeout=0.5)
+        except queue.Empty:
+            chunk = None
+        if chunk is not None and chunk.start <= shown < chunk.offset:
+            _write_lines(chunk, shown)
+            shown = chunk.offset
+        # a chunk after a gap (one was lost) waits for the renewal, which answers from `shown`
+        if time.monotonic() >= renew_at:
+            renew_at = time.monotonic() + FOLLOW_RENEW_S
+            again = _ask_logs(client, key, f"offset={shown};follow=1")
+            if again is None:  # the workload is gone, or its agent
+                print(f"ank: agent {st.agent} did not answer for {args.name}'s logs", file=sys.stderr)
+                return EXIT_ERROR
+            if again.offset > shown:
+                _write_lines(again, shown)
+                shown = again.offset
+    return EXIT_OK
+
+
+FOLLOW_RENEW_S = 2.0  # services.agent.logs.FOLLOW_RENEW_S (not imported: the CLI stays lean)
+
+
+def _ask_logs(client: Client, key: str, params: str) -> LogsReply | None:
+    for reply_key, payload in client.bus.get(f"{key}?{params}" if params else key, timeout=client.timeout):
+        reply = client.bus.decode(reply_key, payload, LogsReply)
+        if reply is not None:
+            return reply
+    return None
+
+
+def _write_lines(reply: LogsReply, shown: int) -> None:
+    """Writes the reply's lines from line `shown` of the log on."""
+    # each line of the reply ends in "\n" (only: a line may hold a "\r")
+    *lines, last = reply.text.split("\n")
+    lines = [line + "\n" for line in lines] + ([last] if last else [])
+    sys.stdout.write("".join(lines[max(0, shown - reply.start) :]))
+    sys.stdout.flush()
 
 
 def _console() -> Any:

@@ -42,7 +42,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from schemas import AgentStatus, EnergyReport, Event, WorkloadState
+from schemas import AgentStatus, EnergyReport, Event, WorkloadState, keys
 from schemas.liveliness import AgentLiveliness
 from services.bus import Bus, BusConfigError, load_config, paging, uses_tls
 from services.clock import SYSTEM_CLOCK
@@ -54,7 +54,7 @@ from services.logsetup import setup_logging
 
 log = logging.getLogger("ank.dashboard")
 DEFAULT_PORT = options.DEFAULT_PORT
-STATE_QUERY = "ank/cmd/state"
+STATE_QUERY = keys.CMD_STATE
 
 
 class DashboardShell:
@@ -72,14 +72,19 @@ class DashboardShell:
 
     def subscribe(self) -> None:
         post = self.fanout.post
-        self.bus.subscribe("ank/state/**", WorkloadState, lambda _k, msg: post(self.apply, msg))
-        self.bus.subscribe("ank/agents/*/status", AgentStatus, lambda _k, msg: post(self.apply, msg))
-        self.bus.subscribe("ank/energy/**", EnergyReport, lambda _k, msg: post(self.apply, msg))
-        self.bus.subscribe("ank/events/**", Event, lambda _k, msg: post(self.apply, msg))
+        self.bus.subscribe(keys.STATES, WorkloadState, lambda _k, msg: post(self.apply, msg))
+        self.bus.subscribe(keys.AGENT_STATUSES, AgentStatus, lambda _k, msg: post(self.apply, msg))
+        self.bus.subscribe(keys.ALL_ENERGY, EnergyReport, lambda _k, msg: post(self.apply, msg))
+        self.bus.subscribe(keys.EVENTS, Event, lambda _k, msg: post(self.apply, msg))
         self.bus.watch_liveliness(
-            "ank/agents/*",
-            lambda key, alive: post(self.apply, AgentLiveliness(key.rsplit("/", 1)[-1], alive)),
+            keys.AGENT_TOKENS,
+            lambda key, alive: self._on_token(key, alive),
         )
+
+    def _on_token(self, key: str, alive: bool) -> None:
+        agent = keys.parse_agent_token_key(key)
+        if agent is not None:
+            self.fanout.post(self.apply, AgentLiveliness(agent, alive))
 
     async def resync_forever(self, every_s: float) -> None:
         """Asks `ank/cmd/state` now and every `every_s` seconds (0: only now)."""

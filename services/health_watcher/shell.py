@@ -22,6 +22,7 @@ from collections.abc import Callable
 import msgspec
 import zenoh
 
+from schemas import keys
 from schemas.messages import CompleteState, HealthReport, WorkloadState
 from services.bus import Bus, BusConfigError, paging
 from services.bus.loop import EventLoop
@@ -75,10 +76,10 @@ class HealthWatcher:
 
     # -- wiring -----------------------------------------------------------------------------------------------------
     def start(self) -> None:
-        states = f"ank/state/{self.agent}/*" if self.agent else "ank/state/**"
+        states = keys.state_key(self.agent, "*") if self.agent else keys.STATES
         self.bus.subscribe(states, WorkloadState, lambda _key, ws: self.loop.post(self._on_state, ws))
-        self.bus.subscribe_raw("ank/desired", lambda _key, _payload: self.loop.post(self._on_desired_put))
-        health = f"ank/health/{self.agent}/**" if self.agent else "ank/health/**"
+        self.bus.subscribe_raw(keys.DESIRED, lambda _key, _payload: self.loop.post(self._on_desired_put))
+        health = keys.agent_health(self.agent) if self.agent else keys.HEALTH
         self.bus.queryable(health, self._answer_health_query)
         self.loop.post(self._refresh, True)
         self.loop.call_later(self.refresh_s, self._periodic_refresh)
@@ -149,7 +150,7 @@ class HealthWatcher:
             replies = paging.get_complete_state(self.bus, timeout=QUERY_TIMEOUT_S)
             complete = max(replies, key=lambda c: c.seq, default=None)
             if with_states:
-                selector = f"ank/state/{self.agent}/*" if self.agent else "ank/state/**"
+                selector = keys.state_key(self.agent, "*") if self.agent else keys.STATES
                 states = self.bus.get_decoded(selector, WorkloadState, timeout=QUERY_TIMEOUT_S)
         except Exception as exc:  # a closing session, a Zenoh error: the next refresh tries again
             log.warning("querying the desired state: %s", exc)
@@ -209,7 +210,7 @@ class HealthWatcher:
 
     # -- reports ----------------------------------------------------------------------------------------------------
     def _publish(self, report: HealthReport) -> None:
-        key = f"ank/health/{report.agent}/{report.workload}"
+        key = keys.health_key(report.agent, report.workload)
         try:
             payload = self.bus.encode(msgspec.structs.replace(report, time_ms=self.clock.wall_ms()))
             self.bus.put(key, payload)
@@ -219,7 +220,7 @@ class HealthWatcher:
         self._published = {**self._published, key: payload}
 
     def _forget_ended_reports(self) -> None:
-        live = {f"ank/health/{s.agent}/{s.workload}" for s in self.state.series.values() if not s.inert}
+        live = {keys.health_key(s.agent, s.workload) for s in self.state.series.values() if not s.inert}
         if set(self._published) - live:
             self._published = {k: v for k, v in self._published.items() if k in live}
 

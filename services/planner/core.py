@@ -45,6 +45,7 @@ from typing import Literal, NamedTuple, assert_never
 
 import msgspec
 
+from schemas import keys
 from schemas.limits import MAX_ENTRY_BYTES, MAX_MESSAGE_BYTES, size_of
 from schemas.liveliness import AgentLiveliness
 from schemas.manifest import DependencyCondition, Manifest
@@ -71,7 +72,7 @@ from services.manifest import (
 from services.manifest.core import agent_name_problem
 
 Hold = Literal["", "WaitingToStart", "WaitingToStop"]
-UNSCHEDULED = "~"  # the agent segment of state keys of workloads without an agent
+UNSCHEDULED = keys.UNSCHEDULED  # the agent segment of state keys of workloads without an agent
 # How far back `ank/cmd/state?since=` can see the desired state (covers an
 # `ank get events` start-up under load), and how many changes it keeps.
 HISTORY_MS = 3000
@@ -243,7 +244,13 @@ def state_key(agent: str, workload: str) -> str:
 
 
 def bus_state_key(agent: str, workload: str) -> str:
-    return f"ank/state/{state_key(agent, workload)}"
+    return keys.state_key(agent, workload)
+
+
+def _bus_key(key: str) -> str:
+    """The bus key of a state key (`<agent or ~>/<wl>`)."""
+    agent, _, workload = key.partition("/")
+    return keys.state_key(agent, workload)
 
 
 def placed_agent(durable: Durable, name: str) -> str:
@@ -417,14 +424,14 @@ def _publish_derived(
             if new != old:
                 states[key] = _as_state(new, now_ms)
                 owned.add(key)
-                publications.append(PublishState(f"ank/state/{key}", states[key]))
+                publications.append(PublishState(_bus_key(key), states[key]))
                 log.append(Log(f"{new.workload} on {new.agent or '(no agent)'} is {new.execution_state}"))
         elif old is not None:
             owned.discard(key)
             if key not in placed:
                 states.pop(key, None)
                 removed = _as_state(old, now_ms, ExecutionState("Removed"))
-                publications.append(PublishState(f"ank/state/{key}", removed))
+                publications.append(PublishState(_bus_key(key), removed))
                 log.append(Log(f"{old.workload} on {old.agent or '(no agent)'} is Removed"))
     return publications
 
@@ -974,7 +981,7 @@ def _desired_put(state: PlannerState, payload: bytes, now_ms: int) -> Step:
         state,
         [
             Log(f"rejected a manifest on ank/desired: {reasons}", "warning"),
-            PublishEvent("rejected", f"manifest on ank/desired rejected: {reasons}", "ank/desired", "error"),
+            PublishEvent("rejected", f"manifest on ank/desired rejected: {reasons}", keys.DESIRED, "error"),
         ],
     )
 
@@ -1199,7 +1206,7 @@ def plan_for(state: PlannerState, agent: str) -> AgentPlan:
 
 def owned_states(state: PlannerState) -> list[tuple[str, WorkloadState]]:
     """(bus key, state) of every state the planner currently publishes itself."""
-    return [(f"ank/state/{k}", state.states[k]) for k in sorted(state.owned) if k in state.states]
+    return [(_bus_key(k), state.states[k]) for k in sorted(state.owned) if k in state.states]
 
 
 def _with_live_agents(state: PlannerState, agents: list[str]) -> PlannerState:

@@ -25,6 +25,7 @@ from typing import TypeVar
 import msgspec
 import zenoh
 
+from schemas import keys
 from schemas.limits import PART_BUDGET_BYTES, size_of
 from schemas.liveliness import AgentLiveliness
 from schemas.manifest import Manifest
@@ -122,7 +123,7 @@ class Planner:
             update = paging.plan_update(self._sent_plans.get(plan.agent), plan)
             self._sent_plans[plan.agent] = plan
             for part in paging.split_plan(update):
-                self.bus.put(f"ank/plan/{plan.agent}", part)
+                self.bus.put(keys.plan_key(plan.agent), part)
         elif isinstance(action, core.PublishState):
             self.bus.put(action.key, action.state)
         elif isinstance(action, core.PublishEvent):
@@ -136,28 +137,28 @@ class Planner:
     def start(self) -> None:
         """Subscribes, learns who is alive, publishes every plan and owned
         state, catches up on states (late joiner), then answers queries."""
-        self.bus.subscribe_raw("ank/desired", lambda _key, payload: self.loop.post(self.on_desired, payload))
-        self.bus.subscribe("ank/state/**", WorkloadState, self.on_state)
-        self.bus.subscribe("ank/bind/*", Binding, lambda _key, b: self.loop.post(self.on_binding, b))
-        self.bus.subscribe("ank/agents/*/status", AgentStatus, lambda _key, st: self.loop.post(self.on_status, st))
+        self.bus.subscribe_raw(keys.DESIRED, lambda _key, payload: self.loop.post(self.on_desired, payload))
+        self.bus.subscribe(keys.STATES, WorkloadState, self.on_state)
+        self.bus.subscribe(keys.BINDINGS, Binding, lambda _key, b: self.loop.post(self.on_binding, b))
+        self.bus.subscribe(keys.AGENT_STATUSES, AgentStatus, lambda _key, st: self.loop.post(self.on_status, st))
         # Asked before the liveliness subscriber exists: with one declared in
         # the same session, Zenoh 1.x answers this query with nothing. The
         # subscriber's history then reports whatever appeared meanwhile.
-        agents = [_agent_of(key) for key in self.bus.alive("ank/agents/*")]
-        self.bus.watch_liveliness("ank/agents/*", lambda key, up: self.loop.post(self.on_liveliness, key, up))
+        agents = [_agent_of(key) for key in self.bus.alive(keys.AGENT_TOKENS)]
+        self.bus.watch_liveliness(keys.AGENT_TOKENS, lambda key, up: self.loop.post(self.on_liveliness, key, up))
         reported = []
-        for key, payload in self.bus.get("ank/state/**", timeout=LATE_JOIN_TIMEOUT_S):
+        for key, payload in self.bus.get(keys.STATES, timeout=LATE_JOIN_TIMEOUT_S):
             ws = self.bus.decode(key, payload, WorkloadState)
             if ws is not None and ws.sender != self.bus.name:
                 reported.append((key, ws))
         live = [a for a in agents if a]
         log.info("%d agents alive, %d workload states reported", len(set(live)), len(reported))
         self.commit(core.step(self.state, core.Started(agents=live, states=reported), self.now_ms()))
-        self.bus.queryable("ank/cmd/apply", self._answer_apply, exact=True)
-        self.bus.queryable("ank/cmd/delete", self._answer_delete, exact=True)
-        self.bus.queryable("ank/cmd/state", self._answer_state, exact=True)
-        self.bus.queryable("ank/plan/*", self._answer_plan)
-        self.bus.queryable("ank/state/**", self._answer_states)
+        self.bus.queryable(keys.CMD_APPLY, self._answer_apply, exact=True)
+        self.bus.queryable(keys.CMD_DELETE, self._answer_delete, exact=True)
+        self.bus.queryable(keys.CMD_STATE, self._answer_state, exact=True)
+        self.bus.queryable(keys.PLANS, self._answer_plan)
+        self.bus.queryable(keys.STATES, self._answer_states)
         # Keeps recent events so that `ank get events` shows what came before.
         self.recent_events = RecentEvents(self.bus)
         log.info("planner up: agents alive %s", sorted(self.state.alive) or "none")
@@ -214,14 +215,14 @@ class Planner:
             self.bus.event("duplicate-agent", message, subject=status.agent, severity="warning")
         if status.agent not in self.state.alive:
             log.warning("agent %s sends status while its token is gone: alive again", status.agent)
-            self.on_liveliness(f"ank/agents/{status.agent}", True)
+            self.on_liveliness(keys.agent_token_key(status.agent), True)
 
     def _reread_states(self, agent: str) -> None:
         """An agent (re)connected: its states may have changed while it was
         away; ask its late-joiner queryable, off the loop thread."""
 
         def query() -> None:
-            for key, payload in self.bus.get(f"ank/state/{agent}/**", timeout=LATE_JOIN_TIMEOUT_S):
+            for key, payload in self.bus.get(keys.agent_states(agent), timeout=LATE_JOIN_TIMEOUT_S):
                 ws = self.bus.decode(key, payload, WorkloadState)
                 if ws is not None:
                     self.on_state(key, ws)
@@ -318,15 +319,15 @@ class Planner:
 
     def _answer_plan(self, key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
         def plans() -> list[AgentPlan]:
-            agent = key.rsplit("/", 1)[-1]
-            if _is_wild(agent):
+            agent = keys.parse_plan_key(key)
+            if agent is None:
                 return [core.plan_for(self.state, a) for a in sorted(self.state.plans)]
             return [core.plan_for(self.state, agent)]
 
         selector = zenoh.KeyExpr(key)
         replies: list[tuple[str, bytes]] = []
         for plan in self._on_loop(plans):
-            reply_key = f"ank/plan/{plan.agent}"
+            reply_key = keys.plan_key(plan.agent)
             if selector.intersects(zenoh.KeyExpr(reply_key)):
                 replies.extend((reply_key, self.bus.encode(part)) for part in paging.split_plan(plan))
         return replies
@@ -351,12 +352,7 @@ class PlannerBusy(Exception):
 
 def _agent_of(liveliness_key: str) -> str:
     """`ank/agents/<agent>` -> agent ("" if the key is not an agent token)."""
-    parts = liveliness_key.split("/")
-    return parts[2] if len(parts) == 3 and parts[:2] == ["ank", "agents"] else ""
-
-
-def _is_wild(chunk: str) -> bool:
-    return "*" in chunk or "$" in chunk
+    return keys.parse_agent_token_key(liveliness_key) or ""
 
 
 def main(argv: list[str] | None = None) -> int:

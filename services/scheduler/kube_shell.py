@@ -44,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
+from schemas import keys
 from schemas.messages import EnergyReport
 from services.bus import Bus, BusConfigError
 from services.bus.loop import EventLoop
@@ -687,7 +688,7 @@ def run_kubernetes(args: argparse.Namespace) -> int:
         )
     try:
         if bus is not None:
-            bus.subscribe("ank/energy/**", EnergyReport, lambda key, report: shell.on_energy([report]))
+            bus.subscribe(keys.ALL_ENERGY, EnergyReport, lambda key, report: shell.on_energy([report]))
         if influx is not None:
             threading.Thread(
                 target=poll_until_stopped,

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+from schemas import keys
 from schemas.liveliness import AgentLiveliness
 from schemas.messages import AgentStatus, Binding, EnergyReport, WorkloadState
 from services.bus import Bus, BusConfigError, paging
@@ -134,12 +135,12 @@ class NativeShell:
     # -- wiring ------------------------------------------------------------
     def start(self) -> None:
         b = self.bus
-        b.queryable("ank/bind/*", self._answer_bindings)
-        b.subscribe("ank/state/**", WorkloadState, lambda k, m: self._post(WorkloadStateSeen, m))
-        b.subscribe("ank/agents/*/status", AgentStatus, lambda k, m: self._post(AgentStatusSeen, m))
-        b.subscribe("ank/energy/**", EnergyReport, self._on_energy)
-        b.watch_liveliness("ank/agents/*", self._on_liveliness)
-        b.subscribe_raw("ank/desired", lambda k, p: self.requery("ank/desired changed", delay_s=0.3))
+        b.queryable(keys.BINDINGS, self._answer_bindings)
+        b.subscribe(keys.STATES, WorkloadState, lambda k, m: self._post(WorkloadStateSeen, m))
+        b.subscribe(keys.AGENT_STATUSES, AgentStatus, lambda k, m: self._post(AgentStatusSeen, m))
+        b.subscribe(keys.ALL_ENERGY, EnergyReport, self._on_energy)
+        b.watch_liveliness(keys.AGENT_TOKENS, self._on_liveliness)
+        b.subscribe_raw(keys.DESIRED, lambda k, p: self.requery(f"{keys.DESIRED} changed", delay_s=0.3))
         self._spawn("requery", self._requery_worker)
         self.requery("start")
 
@@ -159,17 +160,17 @@ class NativeShell:
         self.loop.post(self._call, event, msg)
 
     def _on_energy(self, key: str, report: EnergyReport) -> None:
-        node = key.rsplit("/", 1)[-1]
+        node = keys.parse_energy_key(key)
         if report.node != node:
             log.warning("energy report on %s names node %r; ignored", key, report.node)
             return
         self._post(EnergyReported, report)
 
     def _on_liveliness(self, key: str, alive: bool) -> None:
-        parts = key.split("/")
-        if len(parts) != 3 or not parts[2]:
+        agent = keys.parse_agent_token_key(key)
+        if agent is None:
             return
-        self.loop.post(self._call_agent, parts[2], alive)
+        self.loop.post(self._call_agent, agent, alive)
 
     def _answer_bindings(self, key: str, payload: bytes | None, params: str) -> list[tuple[str, bytes]]:
         # Runs on a Zenoh thread: the core belongs to the loop thread, so ask it there (bounded wait).
@@ -183,7 +184,7 @@ class NativeShell:
         self.loop.post(read)
         if not done.wait(timeout=1.0):
             raise TimeoutError("the scheduler's loop did not answer within 1 s")
-        return [(f"ank/bind/{b.workload}", self.bus.encode(b)) for b in snapshot]
+        return [(keys.bind_key(b.workload), self.bus.encode(b)) for b in snapshot]
 
     # -- loop thread -------------------------------------------------------
     def _call(self, event: Callable[[Any], NativeEvent], msg: Any) -> None:
@@ -208,7 +209,7 @@ class NativeShell:
                 if isinstance(action, PublishBinding):
                     b = action.binding
                     log.info("bind %s -> %s (%s, score %.1f): %s", b.workload, b.agent, b.policy, b.score, b.reason)
-                    self.bus.put(f"ank/bind/{b.workload}", b)
+                    self.bus.put(keys.bind_key(b.workload), b)
                 elif isinstance(action, PublishEvent):
                     log.info("%s %s: %s", action.kind, action.subject, action.message)
                     self.bus.event(action.kind, action.message, subject=action.subject, severity=action.severity)
@@ -265,7 +266,7 @@ class NativeShell:
     def start_influx(self, source: InfluxEnergySource, interval_s: float) -> None:
         def publish(reports: list[EnergyReport]) -> None:
             for report in reports:
-                self.bus.put(f"ank/energy/{report.node}", report, reliable=False)
+                self.bus.put(keys.energy_key(report.node), report, reliable=False)
 
         self._spawn(
             "influx", lambda: poll_until_stopped(source, publish, self._stopping, interval_s, self.clock.wall_ms)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import zenoh
 
+from schemas import keys
 from services.bus import BusConfigError, ankaios_tls
 from services.bus.ankaios_config import PEMS, LayeredConfig
 from services.bus.router import DEFAULT_CONFIG as ROUTER_CONFIG
@@ -165,7 +166,7 @@ def _wait_planner(client_conf: Path, proc: subprocess.Popen[bytes], timeout: flo
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise BusConfigError(f"the planner exited with {proc.returncode}")
-            if any(True for _ in session.get("ank/cmd/state", timeout=1.0)):
+            if any(True for _ in session.get(keys.CMD_STATE, timeout=1.0)):
                 return
             time.sleep(0.05)
 

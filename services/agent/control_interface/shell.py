@@ -28,12 +28,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import msgspec
-
+from schemas import keys
 from schemas.manifest import ControlInterfaceAccess
-from schemas.messages import ApplyRequest, ApplyResult, CompleteState, WorkloadState
+from schemas.messages import ApplyRequest, ApplyResult, CompleteState, LogsReply, WorkloadState
 from services.bus import paging
 from services.bus.protocol import BusLike
 from services.jobs import JobQueue
@@ -283,7 +282,7 @@ class Channel:
         def on_state(_key: str, _ws: WorkloadState) -> None:
             changed.set()
 
-        subscriber = self.bus.subscribe("ank/state/**", WorkloadState, on_state)
+        subscriber = self.bus.subscribe(keys.STATES, WorkloadState, on_state)
         self._watchers.add(changed)
         try:
             last = core.state_tree(self._state())
@@ -329,7 +328,7 @@ class Channel:
         document = core.desired_document(request.newState)
         apply = ApplyRequest(manifest=json.dumps(document), masks=list(request.updateMask))
         replies = self.bus.get_decoded(
-            "ank/cmd/apply", ApplyResult, payload=self.bus.encode(apply), timeout=QUERY_TIMEOUT_S
+            keys.CMD_APPLY, ApplyResult, payload=self.bus.encode(apply), timeout=QUERY_TIMEOUT_S
         )
         if not replies:
             self.send(core.error(rid, "no planner answered on ank/cmd/apply"))
@@ -374,22 +373,22 @@ class Channel:
     def _stream_logs(
         self, rid: str, name: ank_base.WorkloadInstanceName, follow: bool, tail: int, stop: threading.Event
     ) -> None:
-        key = f"ank/logs/{name.agentName}/{name.workloadName}"
+        key = keys.logs_key(name.agentName, name.workloadName)
         params = f"tail={tail}" if tail >= 0 else ""
         while not stop.is_set() and not self._closing.is_set():
             try:
                 replies = self.bus.get(f"{key}?{params}" if params else key, timeout=QUERY_TIMEOUT_S)
-                chunk: dict[str, Any] = msgspec.json.decode(replies[0][1]) if replies else {}
+                chunk = self.bus.decode(replies[0][0], replies[0][1], LogsReply) if replies else None
             except Exception as exc:
                 log.debug("%s: logs of %s: %s", self.workload, name.workloadName, exc)
-                chunk = {}
-            if "offset" not in chunk:
+                chunk = None
+            if chunk is None:
                 break  # the workload is gone (or its agent does not answer)
-            lines = [line for line in str(chunk.get("text", "")).splitlines() if not line.startswith("--- ank: ")]
+            lines = [line for line in chunk.text.splitlines() if not line.startswith("--- ank: ")]
             if lines:
                 entries = [ank_base.LogEntry(workloadName=name, message=line) for line in lines]
                 self.send(core.response(rid, logEntriesResponse=ank_base.LogEntriesResponse(logEntries=entries)))
-            params = f"offset={int(chunk['offset'])}"
+            params = f"offset={chunk.offset}"
             if not follow or stop.wait(LOG_POLL_S):
                 break
         if not stop.is_set():
