@@ -50,6 +50,7 @@ from services.agent.energy import SimulatedBattery, read_power_supply
 from services.agent.logs import LogsServer
 from services.agent.runtimes import load_runtimes
 from services.agent.runtimes.base import Notify, RunHandle, Runtime, RuntimeEvent, StartError, StartSpec
+from services.agent.usage import UsageSampler
 from services.bus import BusConfigError, paging
 from services.bus.loop import EventLoop
 from services.bus.protocol import BusLike
@@ -198,6 +199,7 @@ class AgentShell:
         }
         self._closing = threading.Event()
         self.boot = uuid.uuid4().hex[:16]  # this process, in every status (duplicate names show)
+        self._usage = UsageSampler()  # the status thread's: which workloads each status measures
         self._exited: set[tuple[str, str]] = set()  # (workload, instance) seen exiting, for stop_all
         self._exit_cond = threading.Condition()
         # the latest published state per workload, for the late-joiner queryable (read on Zenoh threads)
@@ -534,14 +536,19 @@ class AgentShell:
 
     def status(self) -> AgentStatus:
         memory = psutil.virtual_memory()
-        usage: dict[str, WorkloadUsage] = {}
-        for name, runtime in self.runtimes.items():
-            handles = list(self.workers[name].handles.values())
-            if handles:
-                try:
-                    usage.update(runtime.usage(handles))
-                except Exception as exc:
-                    log.debug("usage of %s: %s", name, exc)
+        held = {h.workload: (name, h) for name in self.runtimes for h in list(self.workers[name].handles.values())}
+        picked = self._usage.pick(sorted(held))
+        by_runtime: dict[str, list[RunHandle]] = {}
+        for workload in picked:
+            runtime_name, handle = held[workload]
+            by_runtime.setdefault(runtime_name, []).append(handle)
+        measured: dict[str, WorkloadUsage] = {}
+        for runtime_name, handles in by_runtime.items():
+            try:
+                measured.update(self.runtimes[runtime_name].usage(handles))
+            except Exception as exc:
+                log.debug("usage of %s: %s", runtime_name, exc)
+        usage = self._usage.update(sorted(held), picked, measured)
         return AgentStatus(
             agent=self.name,
             arch=platform.machine(),
