@@ -207,6 +207,7 @@ def test_usage_counts_the_workloads_descendants_and_scans_proc_at_most_once(
 
     if not cgroups:
         monkeypatch.setenv("ANK_CGROUP_ROOT", "off")
+    monkeypatch.setattr(process_runtime, "MEMBERS_TTL_S", 0.0)  # read the members at every measurement
     rt = ProcessRuntime(tmp_path)
     if cgroups and rt.containment.base is None:
         pytest.skip("no cgroup v2 hierarchy the agent can write here")
@@ -235,6 +236,41 @@ def test_usage_counts_the_workloads_descendants_and_scans_proc_at_most_once(
             rt.stop(handle, 0.1)
         for handle in handles:
             rt.remove(handle)
+        rt.close()
+
+
+def test_usage_reads_a_workloads_members_at_most_once_per_ttl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # cgroup.procs contends with every cgroup migration (each start): not read at every status
+    import services.agent.runtimes.process as process_runtime
+    from services.agent.runtimes.process import containment
+
+    reads: list[str] = []
+    real_members = containment.members
+
+    def counted(cgroup: str) -> list[int]:
+        reads.append(cgroup)
+        return real_members(cgroup)
+
+    monkeypatch.setattr(containment, "members", counted)
+    monkeypatch.setattr(process_runtime, "_children_by_parent", lambda: reads.append("scan") or {})  # type: ignore[func-returns-value]
+    rt = ProcessRuntime(tmp_path)
+    handle = rt.create(spec(tmp_path, "w", "command: sleep\nargs: ['60']\n"), Events())
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{handle.id}/comm").read_text().strip() != "sleep":  # in its cgroup, exec'd
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for _ in range(5):
+            usage = rt.usage([handle])
+            assert (usage["w"].memory_bytes or 0) > 0  # the program itself is always measured
+        assert reads == []  # within the TTL of its start
+        monkeypatch.setattr(process_runtime, "MEMBERS_TTL_S", 0.0)
+        rt.usage([handle])
+        rt.usage([handle])
+        assert len(reads) == 2
+    finally:
+        rt.stop(handle, 0.1)
+        rt.remove(handle)
         rt.close()
 
 
