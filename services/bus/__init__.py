@@ -341,11 +341,7 @@ class Bus:
                 for reply_key, reply in handler(key, payload, params):
                     query.reply(reply_key, reply, encoding=JSON)
             except Exception as exc:
-                log.exception("error answering a query on %s", key)
-                try:
-                    query.reply_err(f"{type(exc).__name__}: {exc}")
-                except Exception:
-                    pass
+                _reply_failure(query, key, exc)
             finally:
                 query.drop()
 
@@ -367,11 +363,7 @@ class Bus:
                 if not handed_off:
                     query.reply_err(f"busy: too many queries waiting on {key_expr}; ask again")
             except Exception as exc:
-                log.exception("error answering a query on %s", key)
-                try:
-                    query.reply_err(f"{type(exc).__name__}: {exc}")
-                except Exception:
-                    pass
+                _reply_failure(query, key, exc)
             finally:
                 if not handed_off:
                     query.drop()
@@ -422,3 +414,12 @@ class Bus:
     def alive(self, key_expr: str, timeout: float = 1.0) -> list[str]:
         """The keys of the liveliness tokens alive now."""
         return [str(r.ok.key_expr) for r in self.session.liveliness().get(key_expr, timeout=timeout) if r.ok]
+
+
+def _reply_failure(query: zenoh.Query, key: str, exc: Exception) -> None:
+    """A handler failed: the asker gets an error reply naming it, not silence."""
+    log.exception("error answering a query on %s", key)
+    try:
+        query.reply_err(f"{type(exc).__name__}: {exc}")
+    except Exception:
+        pass
