@@ -62,6 +62,8 @@ def test_kube_pod_runs_and_stops_and_down_removes_the_pod(runtime: PodmanKubeRun
     handle = runtime.create(spec(podman_agent, "simple-kube", kube_config(pod, ("c", "sleep 30"))), events)
     events.wait("running")
     assert handle.id == pod
+    assert runtime.transport == "api"  # played through podman's API service
+    assert handle.record["transport"] == "api"
     # Ankaios's bookkeeping volumes name the instance and hold the manifest and the pods.
     base = f"simple-kube.k1.{podman_agent}"
     pods = podman("volume", "inspect", "--format", "{{.Labels.data}}", f"{base}.pods")
@@ -127,3 +129,54 @@ def test_kube_adopt_returns_a_running_pod(tmp_path: Path, podman_agent: str) -> 
         after.remove(handle)
     finally:
         after.close()
+
+
+def test_kube_forced_cli_fallback_runs_reports_and_stops(tmp_path: Path, podman_agent: str) -> None:
+    runtime = PodmanKubeRuntime(tmp_path, image_map=IMAGE_RULES, transport="cli")
+    events = Events()
+    pod = f"viacli-{podman_agent}"
+    base = f"viacli.k1.{podman_agent}"
+    try:
+        assert runtime.transport == "cli"
+        assert runtime.service.child is None  # no service started at all
+        assert runtime.available() is True
+        handle = runtime.create(spec(podman_agent, "viacli", kube_config(pod, ("c", "sleep 30"))), events)
+        events.wait("running")
+        assert handle.record["transport"] == "cli"
+        assert podman("volume", "exists", f"{base}.pods").returncode == 0
+        runtime.stop(handle, 1.0)
+        events.wait("exited")
+        runtime.remove(handle)
+        assert podman("pod", "exists", pod).returncode == 1
+        assert podman("volume", "exists", f"{base}.pods").returncode == 1
+        assert containers_of(podman_agent) == []
+        assert events.kinds() == ["running", "exited"]
+    finally:
+        runtime.close()
+
+
+def test_kube_play_option_reaches_the_pod_through_the_api(runtime: PodmanKubeRuntime, podman_agent: str) -> None:
+    events = Events()
+    config = kube_config(f"nonet-{podman_agent}", ("c", "ls /sys/class/net")) + "playOptions: [--network=none]\n"
+    handle = runtime.create(spec(podman_agent, "nonet", config), events)
+    assert events.wait("exited")[1].exit_code == 0
+    assert (runtime.transport, handle.record["transport"]) == ("api", "api")
+    assert list(runtime.logs(handle)) == ["lo"]  # no network but loopback: --network none was applied
+    runtime.remove(handle)
+    assert podman("pod", "exists", f"nonet-{podman_agent}").returncode == 1
+
+
+def test_kube_general_options_play_through_the_cli_beside_the_api(
+    runtime: PodmanKubeRuntime, podman_agent: str
+) -> None:
+    events = Events()
+    pod = f"general-{podman_agent}"
+    config = kube_config(pod, ("c", "sleep 30")) + "generalOptions: [--log-level, error]\n"
+    handle = runtime.create(spec(podman_agent, "general", config), events)
+    events.wait("running")
+    assert handle.record["transport"] == "cli"  # podman's own options: only its CLI takes them
+    runtime.stop(handle, 1.0)
+    events.wait("exited")
+    runtime.remove(handle)
+    assert podman("pod", "exists", pod).returncode == 1
+    assert containers_of(podman_agent) == []
