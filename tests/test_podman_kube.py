@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.agent.runtimes.base import StartError, StartSpec
+from services.agent.runtimes.podman import PodmanRuntime
 from services.agent.runtimes.podman_kube import PodmanKubeRuntime
 from tests.test_podman_helpers import IMAGE_RULES, Events, containers_of, kube_unusable, podman, podman_agent
 
@@ -180,3 +181,21 @@ def test_kube_general_options_play_through_the_cli_beside_the_api(
     runtime.remove(handle)
     assert podman("pod", "exists", pod).returncode == 1
     assert containers_of(podman_agent) == []
+
+
+def test_kube_shares_the_podman_connectors_api_service_until_both_close(tmp_path: Path) -> None:
+    containers = PodmanRuntime(tmp_path, image_map=IMAGE_RULES)
+    kube = PodmanKubeRuntime(tmp_path, image_map=IMAGE_RULES)
+    try:
+        assert kube.service is containers.service
+        assert kube.service.api() is not None  # decided once, for both
+        assert (kube.transport, containers.transport) == ("api", "api")
+        child = kube.service.child
+        kube.close()
+        kube.close()  # twice: still one user less
+        assert containers.service.api() is not None and containers.available() is True
+        assert child is None or child.poll() is None  # still serving the podman connector
+    finally:
+        kube.close()
+        containers.close()
+    assert child is None or child.poll() is not None  # gone with the last of them

@@ -27,7 +27,7 @@ from schemas.messages import WorkloadUsage
 from schemas.runtime_configs import PodmanKubeConfig
 from services.agent.control_interface import kube as ci_kube
 from services.agent.runtimes.base import Notify, RunHandle, Runtime, StartError, StartSpec
-from services.agent.runtimes.podman.api import ApiFailure, PodmanApi, PodmanService
+from services.agent.runtimes.podman.api import ApiFailure, PodmanApi
 from services.agent.runtimes.podman.cli import PodmanCli
 from services.agent.runtimes.podman.connector import (
     AVAILABLE_TTL_S,
@@ -45,6 +45,7 @@ from services.agent.runtimes.podman.core import (
     run_labels,
     start_error,
 )
+from services.agent.runtimes.podman.shared import acquire_service, release_service
 from services.agent.runtimes.podman_kube import api as kube_api
 from services.agent.runtimes.podman_kube import bookkeeping
 from services.agent.runtimes.podman_kube.core import (
@@ -73,7 +74,7 @@ class PodmanKubeRuntime(PodmanConnector):
         """`transport`: "cli" forces the CLI path; None: ANK_PODMAN_API, else
         the API service where one can run (podman/api.py)."""
         super().__init__(run_dir, cli=cli, image_map=image_map)
-        self.service = PodmanService(self.cli, self.run_dir, transport=transport)
+        self.service = acquire_service(self, self.cli, self.run_dir, transport=transport)  # the podman connector's too
         self._available: tuple[bool, float] | None = None
 
     @property
@@ -95,7 +96,7 @@ class PodmanKubeRuntime(PodmanConnector):
 
     def close(self) -> None:
         super().close()
-        self.service.close()
+        release_service(self, self.service)
 
     def create(self, spec: StartSpec, notify: Notify) -> RunHandle:
         config = decode_kube_config(spec.runtime_config)
