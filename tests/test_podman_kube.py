@@ -199,3 +199,32 @@ def test_kube_shares_the_podman_connectors_api_service_until_both_close(tmp_path
         kube.close()
         containers.close()
     assert child is None or child.poll() is not None  # gone with the last of them
+
+
+def test_kube_leftover_pod_of_the_same_name_gives_way(runtime: PodmanKubeRuntime, podman_agent: str) -> None:
+    pod = f"leftover-{podman_agent}"
+    made = podman("pod", "create", "--name", pod)
+    assert made.returncode == 0, made.stderr
+    events = Events()
+    handle = runtime.create(spec(podman_agent, "leftover", kube_config(pod, ("c", "exit 3"))), events)
+    assert events.wait("exited")[1].exit_code == 3  # played over it (replace=true)
+    assert handle.record["transport"] == "api"
+    runtime.remove(handle)
+    assert podman("pod", "exists", pod).returncode == 1
+
+
+@pytest.mark.parametrize("transport", ["api", "cli"])
+def test_kube_container_that_cannot_start_is_a_start_error_and_leaves_no_pod(
+    tmp_path: Path, podman_agent: str, transport: str
+) -> None:
+    runtime = PodmanKubeRuntime(tmp_path, image_map=IMAGE_RULES, transport=transport)
+    pod = f"nocmd-{podman_agent}"
+    config = kube_config(pod, ("c", "true")).replace('["/bin/sh", "-c", "true"]', '["/no/such/program"]')
+    try:
+        with pytest.raises(StartError, match="no/such/program"):
+            runtime.create(spec(podman_agent, "nocmd", config), Events())
+        assert runtime.transport == transport
+        assert podman("pod", "exists", pod).returncode == 1
+        assert containers_of(podman_agent) == []
+    finally:
+        runtime.close()

@@ -6,6 +6,7 @@ bookkeeping volumes. Each raises ApiFailure as PodmanApi's calls do."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from services.agent.runtimes.podman.api import ApiFailure, PodmanApi
 
@@ -17,16 +18,29 @@ DOWN_TIMEOUT_S = 120
 
 def play(api: PodmanApi, manifest: str, params: dict[str, object]) -> list[str]:
     """`POST /libpod/play/kube`: the ids of the pods it made (started unless
-    params say start=false). A pod whose containers failed is an ApiFailure."""
-    response = api._call(
-        "post",
-        "/play/kube",
-        ok=(200,),
-        data=manifest.encode(),
-        headers=YAML_HEADERS,
-        params=params,
-        timeout=PLAY_TIMEOUT_S,
-    )
+    params say start=false). A pod whose containers failed is an ApiFailure.
+    With replace: a pod of the same name gives way (Podman 4.3's service
+    does not act on `replace` itself: its CLI tears down first; here the
+    YAML's pods are torn down, then played again, only when a name is in use)."""
+
+    def post() -> Any:
+        return api._call(
+            "post",
+            "/play/kube",
+            ok=(200,),
+            data=manifest.encode(),
+            headers=YAML_HEADERS,
+            params=params,
+            timeout=PLAY_TIMEOUT_S,
+        )
+
+    try:
+        response = post()
+    except ApiFailure as exc:
+        if not (params.get("replace") and "already exists" in str(exc)):
+            raise
+        down(api, manifest)
+        response = post()
     report = response.json()
     pods = report.get("Pods") if isinstance(report, dict) else None
     ids: list[str] = []
