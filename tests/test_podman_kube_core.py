@@ -20,7 +20,7 @@ def test_no_options_replace_and_start() -> None:
 
 def test_play_options_become_query_parameters_in_both_spellings() -> None:
     got = params(
-        "playOptions: [--network, none, --log-driver=k8s-file, --userns, auto, --no-hosts, --ip=10.88.0.9,"
+        "playOptions: [--network, none, --log-driver=k8s-file, --no-hosts, --ip=10.88.0.9,"
         " --ip, 10.88.0.10, --mac-address, 'aa:bb:cc:dd:ee:ff', --tls-verify=false, --start=false, -q]\n"
     )
     assert got == {
@@ -28,7 +28,6 @@ def test_play_options_become_query_parameters_in_both_spellings() -> None:
         "start": False,
         "network": ["none"],
         "logDriver": "k8s-file",
-        "userns": "auto",
         "noHosts": True,
         "staticIPs": ["10.88.0.9", "10.88.0.10"],
         "staticMACs": ["aa:bb:cc:dd:ee:ff"],
@@ -45,6 +44,7 @@ def test_an_explicit_replace_is_kept_once() -> None:
     [
         ("playOptions: [--configmap, /etc/cm.yaml]\n", "--configmap"),
         ("playOptions: [--build]\n", "--build"),
+        ("playOptions: [--userns, auto]\n", "--userns"),
         ("playOptions: [--network]\n", "--network without a value"),
         ("playOptions: [--start=maybe]\n", "--start=maybe"),
         ("generalOptions: [--log-level, debug]\n", "generalOptions --log-level debug"),

@@ -126,13 +126,14 @@ class NotThroughApi(Exception):
 
 
 # `podman kube play` options and the query parameter of `POST /libpod/play/kube`
-# (Podman 4.3) each sets: a flag (no value) or an option with a value.
+# (Podman 4.3) each sets: a flag (no value) or an option with a value. Each
+# checked against podman 4.3.1's service, which ignores a parameter it does
+# not know (`userns` is one: --userns stays on the CLI).
 PLAY_FLAGS: dict[str, str] = {"--replace": "replace", "--no-hosts": "noHosts", "--start": "start"}
 PLAY_VALUES: dict[str, str] = {
     "--network": "network",
     "--net": "network",
     "--log-driver": "logDriver",
-    "--userns": "userns",
     "--ip": "staticIPs",
     "--mac-address": "staticMACs",
     "--tls-verify": "tlsVerify",
