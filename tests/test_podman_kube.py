@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -228,3 +229,19 @@ def test_kube_container_that_cannot_start_is_a_start_error_and_leaves_no_pod(
         assert containers_of(podman_agent) == []
     finally:
         runtime.close()
+
+
+def test_kube_stop_through_the_api_pays_the_grace_once_for_all_containers(
+    runtime: PodmanKubeRuntime, podman_agent: str
+) -> None:
+    events = Events()
+    # `sleep` as PID 1 ignores SIGTERM: each container waits out the whole grace
+    config = kube_config(f"graces-{podman_agent}", ("a", "sleep 60"), ("b", "sleep 60"))
+    handle = runtime.create(spec(podman_agent, "graces", config), events)
+    events.wait("running")
+    asked = time.monotonic()
+    runtime.stop(handle, grace_s=4)
+    assert events.wait("exited")[1].exit_code == 137  # SIGKILL after the grace
+    # one after the other would take two graces (8 s); together one, plus podman's own time
+    assert time.monotonic() - asked < 7.5
+    runtime.remove(handle)
