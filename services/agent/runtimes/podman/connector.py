@@ -63,6 +63,7 @@ from services.agent.runtimes.podman.core import (
     run_labels,
     start_error,
 )
+from services.agent.runtimes.podman.shared import acquire_service, release_service
 from services.agent.runtimes.podman.spec import ApiRun, Untranslatable, api_run
 
 log = logging.getLogger("ank.agent.podman")
@@ -435,7 +436,7 @@ class PodmanRuntime(PodmanConnector):
         """`transport`: "cli" forces the CLI path; None: ANK_PODMAN_API, else
         the API service where one can run (podman/api.py)."""
         super().__init__(run_dir, cli=cli, image_map=image_map)
-        self.service = PodmanService(self.cli, self.run_dir, transport=transport)
+        self.service = acquire_service(self, self.cli, self.run_dir, transport=transport)
         self.removals = DeferredRemovals(self.cli, self.service)
         self._commands: dict[str, tuple[str, ...]] = {}  # container id → its command line (no run label)
         self._ended: dict[str, Ended] = {}  # container name → the ended container of that name
@@ -661,7 +662,7 @@ class PodmanRuntime(PodmanConnector):
     def close(self) -> None:
         self.removals.close()
         super().close()
-        self.service.close()
+        release_service(self, self.service)
 
 
 def _without_run_label(argv: list[str], run_id: str) -> tuple[str, ...]:

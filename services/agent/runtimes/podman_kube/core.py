@@ -118,3 +118,72 @@ def _dig(value: Any, *keys: str) -> Any:
             return None
         value = value.get(key)
     return value
+
+
+class NotThroughApi(Exception):
+    """A runtimeConfig option the podman API's play kube has no parameter for
+    (Podman 4.3): the workload is played through the CLI."""
+
+
+# `podman kube play` options and the query parameter of `POST /libpod/play/kube`
+# (Podman 4.3) each sets: a flag (no value) or an option with a value. Each
+# checked against podman 4.3.1's service, which ignores a parameter it does
+# not know (`userns` is one: --userns stays on the CLI).
+PLAY_FLAGS: dict[str, str] = {"--replace": "replace", "--no-hosts": "noHosts", "--start": "start"}
+PLAY_VALUES: dict[str, str] = {
+    "--network": "network",
+    "--net": "network",
+    "--log-driver": "logDriver",
+    "--ip": "staticIPs",
+    "--mac-address": "staticMACs",
+    "--tls-verify": "tlsVerify",
+    "--start": "start",
+    "--replace": "replace",
+    "--no-hosts": "noHosts",
+}
+PLAY_LISTS = ("network", "staticIPs", "staticMACs")
+PLAY_IGNORED = ("--quiet", "-q")  # what the CLI prints only
+
+
+def play_params(config: PodmanKubeConfig) -> dict[str, object]:
+    """The query parameters of `POST /libpod/play/kube` for this config (with
+    `replace`, as play_command adds --replace; `start` true unless the options
+    say otherwise). Raises NotThroughApi naming the first option that has no
+    parameter, and for any generalOptions or downOptions (they configure
+    podman itself or its `kube down`, which the API service cannot take per
+    request)."""
+    if config.general_options:
+        raise NotThroughApi(f"generalOptions {' '.join(config.general_options)}")
+    if config.down_options:
+        raise NotThroughApi(f"downOptions {' '.join(config.down_options)}")
+    params: dict[str, object] = {"replace": True, "start": True}
+    lists: dict[str, list[str]] = {}
+    options = list(config.play_options)
+    index = 0
+    while index < len(options):
+        option = options[index]
+        index += 1
+        if option in PLAY_IGNORED:
+            continue
+        name, has_value, value = option.partition("=")
+        if not has_value and name in PLAY_FLAGS:
+            params[PLAY_FLAGS[name]] = True
+            continue
+        if name not in PLAY_VALUES:
+            raise NotThroughApi(option)
+        if not has_value:
+            if index >= len(options):
+                raise NotThroughApi(f"{option} without a value")
+            value = options[index]
+            index += 1
+        key = PLAY_VALUES[name]
+        if key in PLAY_LISTS:
+            lists.setdefault(key, []).append(value)
+        elif key in ("start", "replace", "noHosts", "tlsVerify"):
+            if value.lower() not in ("true", "false"):
+                raise NotThroughApi(f"{option} (not true/false)")
+            params[key] = value.lower() == "true"
+        else:
+            params[key] = value
+    params.update(lists)
+    return params
