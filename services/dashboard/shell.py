@@ -45,6 +45,7 @@ from starlette.websockets import WebSocket
 from schemas import AgentStatus, EnergyReport, Event, WorkloadState, keys
 from schemas.liveliness import AgentLiveliness
 from services.bus import Bus, BusConfigError, load_config, paging, uses_tls
+from services.bus.protocol import BusLike
 from services.clock import SYSTEM_CLOCK
 from services.dashboard import model, options
 from services.dashboard import token as dashboard_token
@@ -60,7 +61,7 @@ STATE_QUERY = keys.CMD_STATE
 class DashboardShell:
     """Holds the view; every change goes through the model on the web loop."""
 
-    def __init__(self, bus: Bus, fanout: Fanout) -> None:
+    def __init__(self, bus: BusLike, fanout: Fanout) -> None:
         self.bus = bus
         self.fanout = fanout
         self.view = model.DashboardView()
@@ -168,7 +169,7 @@ def _forbidden(reason: str) -> JSONResponse:
 
 
 def build_app(
-    bus: Bus, token: str | None = None, resync_s: float = 10.0, *, host: str = "127.0.0.1", port: int | None = None
+    bus: BusLike, token: str | None = None, resync_s: float = 10.0, *, host: str = "127.0.0.1", port: int | None = None
 ) -> Starlette:
     fanout = Fanout()
     shell = DashboardShell(bus, fanout)
@@ -247,7 +248,7 @@ def build_app(
     )
 
 
-def serve(bus: Bus, host: str, port: int, token: str | None, *, resync_s: float = 10.0) -> int:
+def serve(bus: BusLike, host: str, port: int, token: str | None, *, resync_s: float = 10.0) -> int:
     """Serves the dashboard until SIGTERM/SIGINT; 0 after a clean stop, 2 if
     it cannot listen. The caller owns (and closes) the bus."""
     if not token and host not in ("127.0.0.1", "localhost", "::1"):

@@ -230,10 +230,8 @@ class NativeShell:
     # -- the desired state -------------------------------------------------
     def requery(self, reason: str, delay_s: float = 0.0) -> None:
         """Re-read ank/cmd/state soon (coalesced; on the requery thread)."""
-        if delay_s > 0:
-            timer = threading.Timer(delay_s, self.requery, args=(reason,))
-            timer.daemon = True
-            timer.start()
+        if delay_s > 0:  # the loop's timers (on the injected clock), as every other delay
+            self.loop.call_later(delay_s, self.requery, reason)
             return
         with self._requery_lock:
             self._requery_reasons.append(reason)
