@@ -150,3 +150,12 @@ def test_an_oversized_payload_is_dropped_and_a_failing_callback_stays_with_its_r
 
 def _fail(sample: object) -> None:
     raise RuntimeError("a broken callback")
+
+
+def test_events_are_dated_by_the_buss_clock(hub: MemoryHub) -> None:
+    clock = ManualClock(wall_ms=1_234_567_890_000)
+    seen: list[Event] = []
+    listener = MemoryBus(hub, "listener")
+    listener.subscribe("ank/events/**", Event, lambda _k, ev: seen.append(ev))
+    MemoryBus(hub, "dated", clock=clock).event("note", "hello")
+    assert [ev.time_ms for ev in seen] == [1_234_567_890_000]

@@ -31,6 +31,7 @@ import zenoh
 from schemas import keys
 from schemas.messages import Event, Message
 from services.bus import checks
+from services.clock import SYSTEM_CLOCK, Clock
 
 T = TypeVar("T", bound=msgspec.Struct)
 E = TypeVar("E")
@@ -142,10 +143,13 @@ class Bus:
         server: str | None = None,
         zenoh_config: zenoh.Config | None = None,
         session: zenoh.Session | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         """`session`: an already open session to use instead of opening one
-        (services.bus.memory passes its in-memory stand-in)."""
+        (services.bus.memory passes its in-memory stand-in); `clock`: what
+        events are dated by and drop reports are windowed on."""
         self.name = name
+        self.clock = clock
         if session is not None:
             self.session = session
         else:
@@ -219,7 +223,7 @@ class Bus:
             subject=subject[: checks.EVENT_SUBJECT_CHARS],
             message=message,
             severity=severity,  # type: ignore[arg-type]
-            time_ms=time.time_ns() // 1_000_000,
+            time_ms=self.clock.wall_ms(),
         )
         try:
             self.put(keys.event_key(kind), ev, reliable=False)
@@ -271,7 +275,7 @@ class Bus:
         if not report:
             log.info("dropped message on %s: %s", key, reason)
             return
-        now = time.monotonic()
+        now = self.clock.monotonic()
         with self._lock:
             if DROP_REPORT_WINDOW_S <= 0 or now - self._drop_window >= DROP_REPORT_WINDOW_S:
                 self._drop_window = now

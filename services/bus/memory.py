@@ -39,6 +39,7 @@ from typing import Any, cast
 import zenoh
 
 from services.bus import Bus
+from services.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger("ank.bus.memory")
 
@@ -54,9 +55,9 @@ def _deliver(callback: Callable[[Any], None], sample: _Sample) -> None:
 class MemoryBus(Bus):
     """A Bus on a MemoryHub (no router, no network)."""
 
-    def __init__(self, hub: MemoryHub, name: str) -> None:
+    def __init__(self, hub: MemoryHub, name: str, clock: Clock = SYSTEM_CLOCK) -> None:
         # The hub's session stands in for zenoh.Session: it offers the calls Bus makes.
-        super().__init__(name, session=cast(zenoh.Session, hub.open_session(name)))
+        super().__init__(name, session=cast(zenoh.Session, hub.open_session(name)), clock=clock)
 
 
 class _Payload:
