@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -239,24 +240,57 @@ def test_files_are_mounted_read_only_at_their_mount_point(runtime: PodmanRuntime
     assert next(iter(runtime.logs(handle))) == "Hello, World!"
 
 
-def test_usage_reports_memory_of_running_containers(runtime: PodmanRuntime, podman_agent: str) -> None:
+@pytest.fixture(params=["api", "cli"])
+def either(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PodmanRuntime]:
+    """The connector on each transport; on "api" every CLI command it runs is
+    recorded (runtime.cli.commands) to show what did not go through the CLI."""
+    cli = RecordingCli()
+    rt = PodmanRuntime(tmp_path, cli=cli, image_map=IMAGE_RULES, transport=None if request.param == "api" else "cli")
+    yield rt
+    rt.close()
+
+
+class RecordingCli(PodmanCli):
+    def __init__(self) -> None:
+        super().__init__()
+        self.commands: list[list[str]] = []
+
+    def run(self, args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        self.commands.append(list(args))
+        return super().run(args, **kw)
+
+    def lines(self, args: list[str]) -> Iterator[str]:
+        self.commands.append(list(args))
+        return super().lines(args)
+
+
+def _through(runtime: PodmanRuntime, command: str) -> str:
+    """Which transport served `command` (stats, logs): the CLI if it ran."""
+    cli = runtime.cli
+    assert isinstance(cli, RecordingCli)
+    return "cli" if any(args[:1] == [command] for args in cli.commands) else "api"
+
+
+def test_usage_reports_memory_of_running_containers(either: PodmanRuntime, podman_agent: str) -> None:
     events = Events()
-    handle = runtime.create(spec(podman_agent, "measured", f"image: {SLEEPY}\n"), events)
+    handle = either.create(spec(podman_agent, "measured", f"image: {SLEEPY}\n"), events)
     events.wait("running")
-    usage = runtime.usage([handle])
+    usage = either.usage([handle])
     assert usage["measured"].memory_bytes and usage["measured"].memory_bytes > 0
+    assert _through(either, "stats") == either.transport
 
 
-def test_usage_still_reports_the_others_when_one_container_is_gone(runtime: PodmanRuntime, podman_agent: str) -> None:
-    # `podman stats` of a container removed meanwhile fails the whole call
+def test_usage_still_reports_the_others_when_one_container_is_gone(either: PodmanRuntime, podman_agent: str) -> None:
+    # `podman stats` of a container removed meanwhile fails the whole call (the API's too)
     events = Events()
-    alive = runtime.create(spec(podman_agent, "alive", f"image: {SLEEPY}\n"), events)
-    gone = runtime.create(spec(podman_agent, "gone", f"image: {SLEEPY}\n"), events)
+    alive = either.create(spec(podman_agent, "alive", f"image: {SLEEPY}\n"), events)
+    gone = either.create(spec(podman_agent, "gone", f"image: {SLEEPY}\n"), events)
     events.wait("running")
     podman("rm", "-f", "-t", "0", gone.id)
-    usage = runtime.usage([gone, alive])
+    usage = either.usage([gone, alive])
     assert set(usage) == {"alive"}
     assert usage["alive"].memory_bytes and usage["alive"].memory_bytes > 0
+    assert _through(either, "stats") == either.transport
 
 
 def test_available_on_this_machine(runtime: PodmanRuntime, podman_agent: str) -> None:

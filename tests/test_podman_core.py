@@ -15,6 +15,7 @@ from services.agent.runtimes.podman.core import (
     on_container_event,
     on_started,
     on_stop_asked,
+    parse_api_stats,
     parse_event,
     parse_image_map,
     parse_size,
@@ -225,6 +226,20 @@ def test_stats_are_read_by_name_and_short_id() -> None:
     assert parse_stats("garbage") == {}
     assert parse_size("1.5MiB") == 1572864
     assert parse_size("lots") is None
+
+
+def test_api_stats_rows_give_the_same_shape_as_the_cli_ones() -> None:
+    rows = [
+        {"Name": "w.i.a", "ContainerID": "63862bdf5801" + "0" * 52, "CPU": 12.5, "MemUsage": 876500},
+        {"Name": "odd", "ContainerID": "abc", "CPU": "12%", "MemUsage": True},  # wrong types: unknown, not wrong
+        {"ContainerID": "nameless"},
+        "junk",
+    ]
+    stats = parse_api_stats(rows)
+    assert stats["w.i.a"] == stats["63862bdf5801"] == (12.5, 876500)
+    assert stats["odd"] == (None, None)
+    assert "nameless" not in stats
+    assert parse_api_stats(None) == {}
 
 
 # -- podman-kube -------------------------------------------------------------------

@@ -57,6 +57,7 @@ from services.agent.runtimes.podman.core import (
     on_container_event,
     on_started,
     on_stop_asked,
+    parse_api_stats,
     parse_image_map,
     parse_stats,
     run_command,
@@ -357,6 +358,10 @@ class PodmanConnector:
     def _api(self) -> PodmanApi | None:
         return None  # the podman-kube connector: the CLI only
 
+    def _read_api(self) -> PodmanApi | None:
+        """The API client for stats and logs (both connectors); None: the CLI."""
+        return None
+
     def _stop_in_background(self, handle: RunHandle, args: list[str], grace_s: float) -> None:
         """`podman stop -t <grace> …` (SIGTERM, SIGKILL after the grace) without
         blocking the agent; the exit arrives through the events."""
@@ -407,6 +412,13 @@ class PodmanConnector:
         return found or {}
 
     def _stats_of(self, ids: list[str]) -> dict[str, tuple[float | None, int | None]] | None:
+        api = self._read_api()
+        if api is not None:
+            try:
+                return parse_api_stats(api.stats(ids))
+            except ApiFailure as exc:
+                log.info("podman API stats %s: %s", " ".join(i[:12] for i in ids), str(exc)[:200])
+                return None
         try:
             result = self.cli.run(["stats", "--no-stream", "--format", "json", *ids], timeout=30)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -450,6 +462,9 @@ class PodmanRuntime(PodmanConnector):
         return self.service.transport
 
     def _api(self) -> PodmanApi | None:
+        return self.service.api()
+
+    def _read_api(self) -> PodmanApi | None:
         return self.service.api()
 
     def available(self) -> bool:

@@ -360,3 +360,22 @@ def parse_stats(rows: Any) -> dict[str, tuple[float | None, int | None]]:
         usage[row["name"]] = value
         usage[str(row.get("id", ""))[:12]] = value
     return usage
+
+
+def parse_api_stats(rows: Any) -> dict[str, tuple[float | None, int | None]]:
+    """libpod's `GET /containers/stats` rows → the same as parse_stats: (cpu %,
+    memory bytes) by container name and by short id."""
+    usage: dict[str, tuple[float | None, int | None]] = {}
+    if not isinstance(rows, list):
+        return usage
+    for row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("Name"), str):
+            continue
+        cpu, memory = row.get("CPU"), row.get("MemUsage")
+        value = (
+            float(cpu) if isinstance(cpu, (int, float)) and not isinstance(cpu, bool) else None,
+            memory if isinstance(memory, int) and not isinstance(memory, bool) and memory >= 0 else None,
+        )
+        usage[row["Name"]] = value
+        usage[str(row.get("ContainerID", ""))[:12]] = value
+    return usage
