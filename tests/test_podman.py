@@ -211,24 +211,39 @@ def test_adopt_returns_the_running_container_of_an_unchanged_instance(tmp_path: 
         after.close()
 
 
-def test_logs_returns_the_output_lines_and_tail(runtime: PodmanRuntime, podman_agent: str) -> None:
+def test_logs_returns_the_output_lines_and_tail(either: PodmanRuntime, podman_agent: str) -> None:
     events = Events()
     config = f"image: {ALPINE}\ncommandOptions: [--entrypoint, /bin/sh]\ncommandArgs: [-c, \"echo -e '1\\n2\\n3'\"]\n"
-    handle = runtime.create(spec(podman_agent, "count", config), events)
+    handle = either.create(spec(podman_agent, "count", config), events)
     events.wait("exited")
-    assert list(runtime.logs(handle)) == ["1", "2", "3"]
-    assert list(runtime.logs(handle, tail=1)) == ["3"]
+    assert list(either.logs(handle)) == ["1", "2", "3"]
+    assert list(either.logs(handle, tail=1)) == ["3"]
+    assert list(either.logs(handle, tail=0)) == []
+    assert _through(either, "logs") == either.transport
 
 
-def test_logs_follow_yields_lines_while_they_come(runtime: PodmanRuntime, podman_agent: str) -> None:
+def test_logs_carry_stderr_long_lines_and_an_unfinished_last_line(either: PodmanRuntime, podman_agent: str) -> None:
+    # through the API: stdout and stderr come as frames of a multiplexed stream
+    events = Events()
+    script = "echo out; echo err >&2; head -c 100000 /dev/zero | tr '\\\\0' x; echo; printf 'no newline'"
+    handle = either.create(spec(podman_agent, "mixed", f'image: {ALPINE}\ncommandArgs: [sh, -c, "{script}"]\n'), events)
+    events.wait("exited")
+    lines = list(either.logs(handle))
+    # conmon reads the two pipes apart: the order across them is podman's
+    assert sorted(lines) == sorted(["out", "err", "x" * 100000, "no newline"])
+    assert _through(either, "logs") == either.transport
+
+
+def test_logs_follow_yields_lines_while_they_come(either: PodmanRuntime, podman_agent: str) -> None:
     events = Events()
     config = f"image: {ALPINE}\ncommandArgs: [sh, -c, 'echo a; sleep 1; echo b; sleep 60']\n"
-    handle = runtime.create(spec(podman_agent, "talker", config), events)
+    handle = either.create(spec(podman_agent, "talker", config), events)
     events.wait("running")
-    lines = runtime.logs(handle, follow=True)
+    lines = either.logs(handle, follow=True)
     assert next(lines) == "a"
     assert next(lines) == "b"
     lines.close()  # type: ignore[attr-defined]
+    assert _through(either, "logs") == either.transport
 
 
 def test_files_are_mounted_read_only_at_their_mount_point(runtime: PodmanRuntime, podman_agent: str) -> None:

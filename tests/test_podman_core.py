@@ -9,6 +9,7 @@ from schemas.runtime_configs import PodmanConfig
 from services.agent.runtimes.base import StartError
 from services.agent.runtimes.podman.core import (
     ContainerEvent,
+    LogLines,
     Run,
     decode_podman_config,
     map_image,
@@ -322,3 +323,23 @@ def test_kube_config_accepts_ankaios_control_interface_target_and_adds_replace()
     assert play_command(config, "/f.yaml") == ["kube", "play", "--replace", "/f.yaml"]
     with pytest.raises(StartError, match="unknown"):
         decode_kube_config("manifest: x\nbogus: 1")
+
+
+def _frame(stream: int, payload: bytes) -> bytes:
+    return bytes([stream, 0, 0, 0]) + len(payload).to_bytes(4, "big") + payload
+
+
+def test_log_lines_from_a_multiplexed_body_fed_in_any_pieces() -> None:
+    body = _frame(1, b"one\ntw") + _frame(2, b"err\n") + _frame(1, b"o\n") + _frame(1, b"\xff last")
+    for cut in range(len(body) + 1):  # every split of the body into two pieces: headers cut too
+        lines = LogLines()
+        got = lines.feed(body[:cut]) + lines.feed(body[cut:]) + lines.end()
+        assert got == ["one", "err", "two", "\ufffd last"], cut
+
+
+def test_log_lines_of_a_tty_container_are_its_raw_output() -> None:
+    lines = LogLines()
+    assert lines.feed(b"hel") == []
+    assert lines.feed(b"lo\r\nworld\n") == ["hello\r", "world"]
+    assert lines.end() == []
+    assert LogLines().end() == []

@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,6 +144,27 @@ class PodmanApi:
         if not isinstance(rows, list) or body.get("Error"):
             raise ApiFailure(f"podman API stats: {body.get('Error') if isinstance(body, dict) else body!r}")
         return [row for row in rows if isinstance(row, dict)]
+
+    def logs(self, container: str, *, follow: bool, tail: int | None) -> Generator[bytes, None, None]:
+        """The body of `GET /containers/{id}/logs` (stdout and stderr; see
+        core.LogLines) in pieces as they come. Following, it waits for output
+        without a read timeout, as `podman logs --follow` does; the response
+        is closed when the caller stops iterating. Raises ApiFailure before
+        the first piece when the service refuses."""
+        params: dict[str, Any] = {"stdout": "true", "stderr": "true", "follow": "true" if follow else "false"}
+        if tail is not None:
+            params["tail"] = str(tail)
+        timeout: Any = (30, None) if follow else 300
+        path = f"/containers/{container}/logs"
+        response = self._call("get", path, ok=(200,), params=params, stream=True, timeout=timeout)
+        try:
+            for piece in response.iter_content(chunk_size=None):
+                if piece:
+                    yield bytes(piece)
+        except Exception as exc:  # the connection broke (the service ended)
+            log.info("podman API logs %s: %s", container[:12], exc)
+        finally:
+            response.close()
 
     def close(self) -> None:
         try:

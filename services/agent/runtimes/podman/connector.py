@@ -49,6 +49,7 @@ from services.agent.runtimes.podman.core import (
     LABEL_WORKLOAD,
     ContainerEvent,
     ImageMap,
+    LogLines,
     Run,
     container_name,
     decode_podman_config,
@@ -388,9 +389,39 @@ class PodmanConnector:
         threading.Thread(target=stop, name=f"podman-stop-{handle.workload}", daemon=True).start()
 
     def _logs(self, containers: list[str], *, follow: bool, tail: int | None) -> Iterator[str]:
-        """`podman logs` of these containers (named per line when several)."""
+        """`podman logs` of these containers (named per line when several):
+        one container's through the API service when it runs, several (their
+        lines interleaved in time and named) through the CLI."""
         if not containers:
             return iter(())
+        api = self._read_api() if len(containers) == 1 else None
+        if api is not None:
+            return self._api_logs(api, containers[0], follow=follow, tail=tail)
+        return self._cli_logs(containers, follow=follow, tail=tail)
+
+    def _api_logs(self, api: PodmanApi, container: str, *, follow: bool, tail: int | None) -> Iterator[str]:
+        """The lines of `podman logs` through the API; where the service
+        refuses (e.g. a container it does not know), the CLI's lines, its
+        error message included, as without the service."""
+        tail = None if tail is None else max(0, tail)
+        try:
+            body = api.logs(container, follow=follow, tail=tail)
+            first = next(body, None)
+        except ApiFailure as exc:
+            log.info("podman API logs %s: %s (trying the CLI)", container[:12], exc)
+            yield from self._cli_logs([container], follow=follow, tail=tail)
+            return
+        lines = LogLines()
+        try:
+            if first is not None:
+                yield from lines.feed(first)
+                for piece in body:
+                    yield from lines.feed(piece)
+            yield from lines.end()
+        finally:
+            body.close()
+
+    def _cli_logs(self, containers: list[str], *, follow: bool, tail: int | None) -> Iterator[str]:
         args = ["logs"]
         if follow:
             args.append("--follow")

@@ -379,3 +379,54 @@ def parse_api_stats(rows: Any) -> dict[str, tuple[float | None, int | None]]:
         usage[row["Name"]] = value
         usage[str(row.get("ContainerID", ""))[:12]] = value
     return usage
+
+
+_FRAME_HEADER = 8  # stream (0 stdin, 1 stdout, 2 stderr), 3 zero bytes, payload size (big-endian uint32)
+
+
+class LogLines:
+    """libpod's `GET /containers/{id}/logs` body → the lines `podman logs`
+    prints (stdout and stderr together, each line without its newline).
+    Without a TTY the body is multiplexed: frames of an 8-byte header and a
+    payload; with one (`-t`) it is the raw output, told by its first bytes
+    not being a header. Fed the body in pieces as they come; pure."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._raw: bool | None = None
+        self._partial: dict[int, bytes] = {}
+
+    def feed(self, data: bytes) -> list[str]:
+        self._pending += data
+        if self._raw is None:
+            if len(self._pending) < 4:
+                return []
+            head = self._pending[:4]
+            self._raw = not (head[0] in (0, 1, 2) and head[1:4] == b"\0\0\0")
+        if self._raw:
+            text, self._pending = self._pending, b""
+            return self._lines(1, text)
+        out: list[str] = []
+        while len(self._pending) >= _FRAME_HEADER:
+            size = int.from_bytes(self._pending[4:8], "big")
+            if len(self._pending) < _FRAME_HEADER + size:
+                break
+            stream = self._pending[0]
+            payload = self._pending[_FRAME_HEADER : _FRAME_HEADER + size]
+            self._pending = self._pending[_FRAME_HEADER + size :]
+            out += self._lines(stream, payload)
+        return out
+
+    def end(self) -> list[str]:
+        """The unfinished lines at the end (a truncated frame is dropped)."""
+        rest = [self._partial.pop(stream) for stream in sorted(self._partial)]
+        if self._pending and self._raw is not False:
+            rest.append(self._pending)
+        self._pending = b""
+        return [part.decode(errors="replace") for part in rest if part]
+
+    def _lines(self, stream: int, data: bytes) -> list[str]:
+        *whole, last = (self._partial.pop(stream, b"") + data).split(b"\n")
+        if last:
+            self._partial[stream] = last
+        return [line.decode(errors="replace") for line in whole]
