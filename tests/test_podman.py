@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -316,38 +317,76 @@ def _main_pid(container_id: str) -> int:
     return int(podman("inspect", "--format", "{{.State.Pid}}", container_id).stdout.strip())
 
 
+class SilentEvents:
+    """An API event stream that never says anything (until shut down)."""
+
+    def __init__(self) -> None:
+        self._ended = threading.Event()
+
+    def lines(self) -> Iterator[bytes]:
+        self._ended.wait(60)
+        return iter(())
+
+    def shutdown(self) -> None:
+        self._ended.set()
+
+    def close(self) -> None:
+        self._ended.set()
+
+
+@pytest.mark.parametrize("transport", ["api", "cli"])
 def test_exit_file_reports_a_crash_while_the_event_stream_is_silent(
-    tmp_path: Path, podman_agent: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, podman_agent: str, monkeypatch: pytest.MonkeyPatch, transport: str
 ) -> None:
-    # a `podman events` that never says anything: only conmon's exit file can tell
+    # an event stream (`podman events`, or the API's) that never says anything: only conmon's exit file can tell
     def silent(self: EventStream) -> subprocess.Popen[bytes]:
         return subprocess.Popen(["sleep", "60"], stdout=subprocess.PIPE)
 
     monkeypatch.setattr(EventStream, "_spawn", silent)
-    runtime = PodmanRuntime(tmp_path, image_map=IMAGE_RULES)
+    monkeypatch.setattr(EventStream, "_connect", lambda self, api: SilentEvents())
+    runtime = PodmanRuntime(tmp_path, image_map=IMAGE_RULES, transport=None if transport == "api" else "cli")
     events = Events()
     try:
         handle = runtime.create(spec(podman_agent, "crasher", f"image: {SLEEPY}\n"), events)
         events.wait("running")
+        assert runtime.transport == transport
         os.kill(_main_pid(handle.id), signal.SIGKILL)
         assert events.wait("exited", timeout=10)[1].exit_code == 137
     finally:
         runtime.close()
 
 
-def test_event_stream_that_dies_is_restarted_without_losing_an_exit(tmp_path: Path, podman_agent: str) -> None:
-    runtime = PodmanRuntime(tmp_path, cli=PodmanCli(exits_dir=tmp_path / "no-exit-files"), image_map=IMAGE_RULES)
+@pytest.mark.parametrize("transport", ["api", "cli"])
+def test_event_stream_that_dies_is_restarted_without_losing_an_exit(
+    tmp_path: Path, podman_agent: str, transport: str
+) -> None:
+    runtime = PodmanRuntime(
+        tmp_path,
+        cli=PodmanCli(exits_dir=tmp_path / "no-exit-files"),
+        image_map=IMAGE_RULES,
+        transport=None if transport == "api" else "cli",
+    )
     events = Events()
     try:
         handle = runtime.create(spec(podman_agent, "survivor", f"image: {SLEEPY}\n"), events)
         events.wait("running")
+        assert runtime.transport == transport
         stream = runtime.watcher._streams[podman_agent]
-        old = stream._proc
-        assert old is not None
-        old.kill()
+        if transport == "api":
+            assert stream._proc is None  # no `podman events` process at all
+            conn = stream._conn
+            assert conn is not None
+            conn.shutdown()  # the connection ends (the service restarted, say)
+        else:
+            old = stream._proc
+            assert old is not None
+            old.kill()
         podman("kill", handle.id)  # while no stream runs
         assert events.wait("exited", timeout=15)[1].exit_code == 137
-        assert stream._proc is not old
+        if transport == "api":
+            assert stream._conn is not conn
+        else:
+            assert stream._proc is not old
     finally:
         runtime.close()
 

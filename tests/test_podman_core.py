@@ -16,6 +16,7 @@ from services.agent.runtimes.podman.core import (
     on_container_event,
     on_started,
     on_stop_asked,
+    parse_api_event,
     parse_api_stats,
     parse_event,
     parse_image_map,
@@ -343,3 +344,33 @@ def test_log_lines_of_a_tty_container_are_its_raw_output() -> None:
     assert lines.feed(b"lo\r\nworld\n") == ["hello\r", "world"]
     assert lines.end() == []
     assert LogLines().end() == []
+
+
+# A `died` line of Podman 4.3's `GET /libpod/events` (its Docker-shaped events), as the service sent it.
+API_DIED = (
+    '{"status":"died","id":"1ab3","from":"localhost/ank-test/alpine:latest","Type":"container","Action":"died",'
+    '"Actor":{"ID":"1ab3","Attributes":{"ank.agent":"a1","ank.run":"r1","containerExitCode":"137",'
+    '"image":"localhost/ank-test/alpine:latest","name":"w.i1.a1","podId":""}},'
+    '"scope":"local","time":1796023935,"timeNano":1796023935104441297}'
+)
+
+
+def test_api_events_read_as_the_cli_lines() -> None:
+    event = parse_api_event(API_DIED)
+    assert event == ContainerEvent(
+        ID="1ab3",
+        Name="w.i1.a1",
+        Status="died",
+        Type="container",
+        Time="1796023935.104441297",
+        ContainerExitCode=137,
+        Attributes={"ank.agent": "a1", "ank.run": "r1"},
+    )
+    zero = parse_api_event(API_DIED.replace('"137"', '"0"'))
+    assert zero is not None and zero.ContainerExitCode is None  # as the CLI omits a 0
+    assert parse_api_event(API_DIED.replace('"Type":"container"', '"Type":"image"')) is None
+    assert parse_api_event("") is None
+    assert parse_api_event("{not json") is None
+    assert parse_api_event('{"Actor": 5}') is None
+    odd = parse_api_event(API_DIED.replace('"137"', '"x"'))
+    assert odd is not None and odd.ContainerExitCode is None

@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 import msgspec
@@ -99,8 +99,9 @@ class PodmanWatcher:
     """What the two podman connectors share: the registered runs, the agent's
     event stream, notify. Runs are keyed by their `ank.run` label."""
 
-    def __init__(self, cli: PodmanCli) -> None:
+    def __init__(self, cli: PodmanCli, api: Callable[[], PodmanApi | None] | None = None) -> None:
         self.cli = cli
+        self.api = api  # the connector's service: the event stream reads through it where it runs
         self._lock = threading.RLock()
         self._runs: dict[str, Run] = {}
         self._notify: dict[str, Notify] = {}
@@ -112,7 +113,7 @@ class PodmanWatcher:
         """Starts the agent's event stream (before any of its containers is touched)."""
         with self._lock:
             if agent not in self._streams:
-                self._streams[agent] = acquire_stream(self.cli, agent, self._on_event)
+                self._streams[agent] = acquire_stream(self.cli, agent, self._on_event, self.api)
             if self._exit_files is None and self.cli.exits_dir is not None:
                 self._exit_files = acquire_exit_files(self._on_exit_file, self.cli.exits_dir)
 
@@ -348,7 +349,7 @@ class PodmanConnector:
         self.run_dir = Path(run_dir)
         self.cli = cli or PodmanCli()
         self.image_map = image_map_from_env() if image_map is None else image_map
-        self.watcher = PodmanWatcher(self.cli)
+        self.watcher = PodmanWatcher(self.cli, self._read_api)
 
     def available(self) -> bool:
         return self.cli.available()

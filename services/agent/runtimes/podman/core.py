@@ -224,6 +224,58 @@ def parse_event(line: bytes | str) -> ContainerEvent | None:
     return event
 
 
+class _Actor(msgspec.Struct, frozen=True):
+    ID: str = ""
+    Attributes: dict[str, str] = {}
+
+
+class _ApiEvent(msgspec.Struct, frozen=True):
+    """One line of libpod's `GET /events` (Podman 4.3: Docker's event shape)."""
+
+    status: str = ""
+    id: str = ""
+    Type: str = ""
+    Action: str = ""
+    Actor: _Actor = _Actor()
+    timeNano: int = 0
+
+
+_api_event_decoder = msgspec.json.Decoder(_ApiEvent)
+# Attributes the API's Actor carries besides the labels (the CLI's line has them as fields).
+_NOT_LABELS = frozenset({"name", "image", "containerExitCode", "podId"})
+
+
+def parse_api_event(line: bytes | str) -> ContainerEvent | None:
+    """A line of the API's event stream as the CLI's line gives it (parse_event):
+    Status, ID, Name, the exit code (absent when 0, as the CLI omits it),
+    the labels as Attributes, and Time as `<seconds>.<nanoseconds>` (what
+    `since` takes to restart the stream there). None for anything else."""
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        event = _api_event_decoder.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if event.Type and event.Type != "container":
+        return None
+    attributes = event.Actor.Attributes
+    try:
+        code = int(attributes.get("containerExitCode", "0") or "0")
+    except ValueError:
+        code = 0
+    seconds, nanos = divmod(max(0, event.timeNano), 1_000_000_000)
+    return ContainerEvent(
+        ID=event.Actor.ID or event.id,
+        Name=attributes.get("name", ""),
+        Status=event.status or event.Action,
+        Type=event.Type,
+        Time=f"{seconds}.{nanos:09d}" if event.timeNano > 0 else "",
+        ContainerExitCode=code or None,
+        Attributes={k: v for k, v in attributes.items() if k not in _NOT_LABELS},
+    )
+
+
 ContainerPhase = Literal["running", "exited", "gone"]
 Summary = Literal["", "running", "exited", "lost"]
 
