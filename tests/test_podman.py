@@ -391,6 +391,28 @@ def test_event_stream_that_dies_is_restarted_without_losing_an_exit(
         runtime.close()
 
 
+def test_an_exit_is_reported_when_the_api_service_is_killed(tmp_path: Path, podman_agent: str) -> None:
+    # the API event stream's connection ends with the service; the restarted
+    # stream finds no service answering and reads `podman events` from where it was
+    runtime = PodmanRuntime(tmp_path, cli=PodmanCli(exits_dir=tmp_path / "no-exit-files"), image_map=IMAGE_RULES)
+    events = Events()
+    try:
+        handle = runtime.create(spec(podman_agent, "orphan", f"image: {SLEEPY}\n"), events)
+        events.wait("running")
+        service = runtime.service.child
+        if service is None:
+            pytest.skip("a system podman socket is used: not ours to kill")
+        stream = runtime.watcher._streams[podman_agent]
+        assert stream._conn is not None and stream._proc is None
+        service.kill()
+        service.wait(10)
+        podman("kill", handle.id)
+        assert events.wait("exited", timeout=20)[1].exit_code == 137
+        assert stream._proc is not None  # through the CLI now
+    finally:
+        runtime.close()
+
+
 def test_containers_go_through_the_api_service_by_default(runtime: PodmanRuntime, podman_agent: str) -> None:
     events = Events()
     runtime.create(spec(podman_agent, "viaapi", f"image: {SLEEPY}\n"), events)
