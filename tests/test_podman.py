@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -210,24 +212,39 @@ def test_adopt_returns_the_running_container_of_an_unchanged_instance(tmp_path: 
         after.close()
 
 
-def test_logs_returns_the_output_lines_and_tail(runtime: PodmanRuntime, podman_agent: str) -> None:
+def test_logs_returns_the_output_lines_and_tail(either: PodmanRuntime, podman_agent: str) -> None:
     events = Events()
     config = f"image: {ALPINE}\ncommandOptions: [--entrypoint, /bin/sh]\ncommandArgs: [-c, \"echo -e '1\\n2\\n3'\"]\n"
-    handle = runtime.create(spec(podman_agent, "count", config), events)
+    handle = either.create(spec(podman_agent, "count", config), events)
     events.wait("exited")
-    assert list(runtime.logs(handle)) == ["1", "2", "3"]
-    assert list(runtime.logs(handle, tail=1)) == ["3"]
+    assert list(either.logs(handle)) == ["1", "2", "3"]
+    assert list(either.logs(handle, tail=1)) == ["3"]
+    assert list(either.logs(handle, tail=0)) == []
+    assert _through(either, "logs") == either.transport
 
 
-def test_logs_follow_yields_lines_while_they_come(runtime: PodmanRuntime, podman_agent: str) -> None:
+def test_logs_carry_stderr_long_lines_and_an_unfinished_last_line(either: PodmanRuntime, podman_agent: str) -> None:
+    # through the API: stdout and stderr come as frames of a multiplexed stream
+    events = Events()
+    script = "echo out; echo err >&2; head -c 100000 /dev/zero | tr '\\\\0' x; echo; printf 'no newline'"
+    handle = either.create(spec(podman_agent, "mixed", f'image: {ALPINE}\ncommandArgs: [sh, -c, "{script}"]\n'), events)
+    events.wait("exited")
+    lines = list(either.logs(handle))
+    # conmon reads the two pipes apart: the order across them is podman's
+    assert sorted(lines) == sorted(["out", "err", "x" * 100000, "no newline"])
+    assert _through(either, "logs") == either.transport
+
+
+def test_logs_follow_yields_lines_while_they_come(either: PodmanRuntime, podman_agent: str) -> None:
     events = Events()
     config = f"image: {ALPINE}\ncommandArgs: [sh, -c, 'echo a; sleep 1; echo b; sleep 60']\n"
-    handle = runtime.create(spec(podman_agent, "talker", config), events)
+    handle = either.create(spec(podman_agent, "talker", config), events)
     events.wait("running")
-    lines = runtime.logs(handle, follow=True)
+    lines = either.logs(handle, follow=True)
     assert next(lines) == "a"
     assert next(lines) == "b"
     lines.close()  # type: ignore[attr-defined]
+    assert _through(either, "logs") == either.transport
 
 
 def test_files_are_mounted_read_only_at_their_mount_point(runtime: PodmanRuntime, podman_agent: str) -> None:
@@ -239,24 +256,58 @@ def test_files_are_mounted_read_only_at_their_mount_point(runtime: PodmanRuntime
     assert next(iter(runtime.logs(handle))) == "Hello, World!"
 
 
-def test_usage_reports_memory_of_running_containers(runtime: PodmanRuntime, podman_agent: str) -> None:
+@pytest.fixture(params=["api", "cli"])
+def either(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PodmanRuntime]:
+    """The connector on each transport; on "api" every CLI command it runs is
+    recorded (runtime.cli.commands) to show what did not go through the CLI."""
+    cli = RecordingCli()
+    rt = PodmanRuntime(tmp_path, cli=cli, image_map=IMAGE_RULES, transport=None if request.param == "api" else "cli")
+    yield rt
+    rt.close()
+
+
+class RecordingCli(PodmanCli):
+    def __init__(self) -> None:
+        super().__init__()
+        self.commands: list[list[str]] = []
+
+    def run(self, args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        self.commands.append(list(args))
+        return super().run(args, **kw)
+
+    def lines(self, args: list[str]) -> Iterator[str]:
+        self.commands.append(list(args))
+        return super().lines(args)
+
+
+def _through(runtime: PodmanRuntime, command: str) -> str:
+    """Which transport served `command` (stats, logs): the CLI if it ran."""
+    cli = runtime.cli
+    assert isinstance(cli, RecordingCli)
+    return "cli" if any(args[:1] == [command] for args in cli.commands) else "api"
+
+
+def test_usage_reports_memory_of_running_containers(either: PodmanRuntime, podman_agent: str) -> None:
     events = Events()
-    handle = runtime.create(spec(podman_agent, "measured", f"image: {SLEEPY}\n"), events)
+    handle = either.create(spec(podman_agent, "measured", f"image: {SLEEPY}\n"), events)
     events.wait("running")
-    usage = runtime.usage([handle])
+    usage = either.usage([handle])
     assert usage["measured"].memory_bytes and usage["measured"].memory_bytes > 0
+    assert _through(either, "stats") == either.transport
 
 
-def test_usage_still_reports_the_others_when_one_container_is_gone(runtime: PodmanRuntime, podman_agent: str) -> None:
-    # `podman stats` of a container removed meanwhile fails the whole call
+def test_usage_still_reports_the_others_when_one_container_is_gone(either: PodmanRuntime, podman_agent: str) -> None:
+    # `podman stats` of a container removed meanwhile fails the whole call (the API's too)
     events = Events()
-    alive = runtime.create(spec(podman_agent, "alive", f"image: {SLEEPY}\n"), events)
-    gone = runtime.create(spec(podman_agent, "gone", f"image: {SLEEPY}\n"), events)
-    events.wait("running")
+    alive = either.create(spec(podman_agent, "alive", f"image: {SLEEPY}\n"), events)
+    gone = either.create(spec(podman_agent, "gone", f"image: {SLEEPY}\n"), events)
+    wait_for(lambda: events.kinds().count("running") == 2, 30, "both running")
+    assert set(either.usage([gone, alive])) == {"gone", "alive"}  # one call for both
     podman("rm", "-f", "-t", "0", gone.id)
-    usage = runtime.usage([gone, alive])
+    usage = either.usage([gone, alive])
     assert set(usage) == {"alive"}
     assert usage["alive"].memory_bytes and usage["alive"].memory_bytes > 0
+    assert _through(either, "stats") == either.transport
 
 
 def test_available_on_this_machine(runtime: PodmanRuntime, podman_agent: str) -> None:
@@ -267,38 +318,98 @@ def _main_pid(container_id: str) -> int:
     return int(podman("inspect", "--format", "{{.State.Pid}}", container_id).stdout.strip())
 
 
+class SilentEvents:
+    """An API event stream that never says anything (until shut down)."""
+
+    def __init__(self) -> None:
+        self._ended = threading.Event()
+
+    def lines(self) -> Iterator[bytes]:
+        self._ended.wait(60)
+        return iter(())
+
+    def shutdown(self) -> None:
+        self._ended.set()
+
+    def close(self) -> None:
+        self._ended.set()
+
+
+@pytest.mark.parametrize("transport", ["api", "cli"])
 def test_exit_file_reports_a_crash_while_the_event_stream_is_silent(
-    tmp_path: Path, podman_agent: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, podman_agent: str, monkeypatch: pytest.MonkeyPatch, transport: str
 ) -> None:
-    # a `podman events` that never says anything: only conmon's exit file can tell
+    # an event stream (`podman events`, or the API's) that never says anything: only conmon's exit file can tell
     def silent(self: EventStream) -> subprocess.Popen[bytes]:
         return subprocess.Popen(["sleep", "60"], stdout=subprocess.PIPE)
 
     monkeypatch.setattr(EventStream, "_spawn", silent)
-    runtime = PodmanRuntime(tmp_path, image_map=IMAGE_RULES)
+    monkeypatch.setattr(EventStream, "_connect", lambda self, api: SilentEvents())
+    runtime = PodmanRuntime(tmp_path, image_map=IMAGE_RULES, transport=None if transport == "api" else "cli")
     events = Events()
     try:
         handle = runtime.create(spec(podman_agent, "crasher", f"image: {SLEEPY}\n"), events)
         events.wait("running")
+        assert runtime.transport == transport
         os.kill(_main_pid(handle.id), signal.SIGKILL)
         assert events.wait("exited", timeout=10)[1].exit_code == 137
     finally:
         runtime.close()
 
 
-def test_event_stream_that_dies_is_restarted_without_losing_an_exit(tmp_path: Path, podman_agent: str) -> None:
-    runtime = PodmanRuntime(tmp_path, cli=PodmanCli(exits_dir=tmp_path / "no-exit-files"), image_map=IMAGE_RULES)
+@pytest.mark.parametrize("transport", ["api", "cli"])
+def test_event_stream_that_dies_is_restarted_without_losing_an_exit(
+    tmp_path: Path, podman_agent: str, transport: str
+) -> None:
+    runtime = PodmanRuntime(
+        tmp_path,
+        cli=PodmanCli(exits_dir=tmp_path / "no-exit-files"),
+        image_map=IMAGE_RULES,
+        transport=None if transport == "api" else "cli",
+    )
     events = Events()
     try:
         handle = runtime.create(spec(podman_agent, "survivor", f"image: {SLEEPY}\n"), events)
         events.wait("running")
+        assert runtime.transport == transport
         stream = runtime.watcher._streams[podman_agent]
-        old = stream._proc
-        assert old is not None
-        old.kill()
+        if transport == "api":
+            assert stream._proc is None  # no `podman events` process at all
+            conn = stream._conn
+            assert conn is not None
+            conn.shutdown()  # the connection ends (the service restarted, say)
+        else:
+            old = stream._proc
+            assert old is not None
+            old.kill()
         podman("kill", handle.id)  # while no stream runs
         assert events.wait("exited", timeout=15)[1].exit_code == 137
-        assert stream._proc is not old
+        if transport == "api":
+            assert stream._conn is not conn
+        else:
+            assert stream._proc is not old
+    finally:
+        runtime.close()
+
+
+def test_an_exit_is_reported_when_the_api_service_is_killed(tmp_path: Path, podman_agent: str) -> None:
+    # the API event stream's connection ends with the service; the restarted
+    # stream finds no service answering and reads `podman events` from where it was
+    runtime = PodmanRuntime(tmp_path, cli=PodmanCli(exits_dir=tmp_path / "no-exit-files"), image_map=IMAGE_RULES)
+    events = Events()
+    try:
+        handle = runtime.create(spec(podman_agent, "orphan", f"image: {SLEEPY}\n"), events)
+        events.wait("running")
+        service = runtime.service.child
+        if service is None:
+            pytest.skip("a system podman socket is used: not ours to kill")
+        stream = runtime.watcher._streams[podman_agent]
+        assert stream._conn is not None and stream._proc is None
+        service.kill()
+        service.wait(10)
+        podman("kill", handle.id)
+        assert events.wait("exited", timeout=20)[1].exit_code == 137
+        assert stream._proc is not None  # through the CLI now
     finally:
         runtime.close()
 

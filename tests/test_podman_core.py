@@ -9,12 +9,15 @@ from schemas.runtime_configs import PodmanConfig
 from services.agent.runtimes.base import StartError
 from services.agent.runtimes.podman.core import (
     ContainerEvent,
+    LogLines,
     Run,
     decode_podman_config,
     map_image,
     on_container_event,
     on_started,
     on_stop_asked,
+    parse_api_event,
+    parse_api_stats,
     parse_event,
     parse_image_map,
     parse_size,
@@ -227,6 +230,20 @@ def test_stats_are_read_by_name_and_short_id() -> None:
     assert parse_size("lots") is None
 
 
+def test_api_stats_rows_give_the_same_shape_as_the_cli_ones() -> None:
+    rows = [
+        {"Name": "w.i.a", "ContainerID": "63862bdf5801" + "0" * 52, "CPU": 12.5, "MemUsage": 876500},
+        {"Name": "odd", "ContainerID": "abc", "CPU": "12%", "MemUsage": True},  # wrong types: unknown, not wrong
+        {"ContainerID": "nameless"},
+        "junk",
+    ]
+    stats = parse_api_stats(rows)
+    assert stats["w.i.a"] == stats["63862bdf5801"] == (12.5, 876500)
+    assert stats["odd"] == (None, None)
+    assert "nameless" not in stats
+    assert parse_api_stats(None) == {}
+
+
 # -- podman-kube -------------------------------------------------------------------
 
 POD = """
@@ -307,3 +324,53 @@ def test_kube_config_accepts_ankaios_control_interface_target_and_adds_replace()
     assert play_command(config, "/f.yaml") == ["kube", "play", "--replace", "/f.yaml"]
     with pytest.raises(StartError, match="unknown"):
         decode_kube_config("manifest: x\nbogus: 1")
+
+
+def _frame(stream: int, payload: bytes) -> bytes:
+    return bytes([stream, 0, 0, 0]) + len(payload).to_bytes(4, "big") + payload
+
+
+def test_log_lines_from_a_multiplexed_body_fed_in_any_pieces() -> None:
+    body = _frame(1, b"one\ntw") + _frame(2, b"err\n") + _frame(1, b"o\n") + _frame(1, b"\xff last")
+    for cut in range(len(body) + 1):  # every split of the body into two pieces: headers cut too
+        lines = LogLines()
+        got = lines.feed(body[:cut]) + lines.feed(body[cut:]) + lines.end()
+        assert got == ["one", "err", "two", "\ufffd last"], cut
+
+
+def test_log_lines_of_a_tty_container_are_its_raw_output() -> None:
+    lines = LogLines()
+    assert lines.feed(b"hel") == []
+    assert lines.feed(b"lo\r\nworld\n") == ["hello\r", "world"]
+    assert lines.end() == []
+    assert LogLines().end() == []
+
+
+# A `died` line of Podman 4.3's `GET /libpod/events` (its Docker-shaped events), as the service sent it.
+API_DIED = (
+    '{"status":"died","id":"1ab3","from":"localhost/ank-test/alpine:latest","Type":"container","Action":"died",'
+    '"Actor":{"ID":"1ab3","Attributes":{"ank.agent":"a1","ank.run":"r1","containerExitCode":"137",'
+    '"image":"localhost/ank-test/alpine:latest","name":"w.i1.a1","podId":""}},'
+    '"scope":"local","time":1796023935,"timeNano":1796023935104441297}'
+)
+
+
+def test_api_events_read_as_the_cli_lines() -> None:
+    event = parse_api_event(API_DIED)
+    assert event == ContainerEvent(
+        ID="1ab3",
+        Name="w.i1.a1",
+        Status="died",
+        Type="container",
+        Time="1796023935.104441297",
+        ContainerExitCode=137,
+        Attributes={"ank.agent": "a1", "ank.run": "r1"},
+    )
+    zero = parse_api_event(API_DIED.replace('"137"', '"0"'))
+    assert zero is not None and zero.ContainerExitCode is None  # as the CLI omits a 0
+    assert parse_api_event(API_DIED.replace('"Type":"container"', '"Type":"image"')) is None
+    assert parse_api_event("") is None
+    assert parse_api_event("{not json") is None
+    assert parse_api_event('{"Actor": 5}') is None
+    odd = parse_api_event(API_DIED.replace('"137"', '"x"'))
+    assert odd is not None and odd.ContainerExitCode is None

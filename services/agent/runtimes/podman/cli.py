@@ -20,8 +20,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from services.agent.runtimes.podman.core import LABEL_AGENT, ContainerEvent, parse_event
+from services.agent.runtimes.podman.core import LABEL_AGENT, ContainerEvent, parse_api_event, parse_event
+
+if TYPE_CHECKING:
+    from services.agent.runtimes.podman.api import ApiEvents, PodmanApi
+
+    ApiSource = Callable[[], PodmanApi | None]
 
 log = logging.getLogger("ank.agent.podman")
 
@@ -102,14 +108,19 @@ class EventStream:
     one thread; each container event goes to every listener. When the
     process dies it is started again with `--since` the last event seen, so
     nothing is lost in between; at the first start `--since` reaches back a
-    little, before any container of this stream was created."""
+    little, before any container of this stream was created. With `api`
+    (the connector's service, asked at each start): the API's event stream
+    with the same filter and `since` instead of the process, where the
+    service answers its ping."""
 
-    def __init__(self, cli: PodmanCli, agent: str) -> None:
+    def __init__(self, cli: PodmanCli, agent: str, api: ApiSource | None = None) -> None:
         self.cli = cli
         self.agent = agent
+        self.api = api
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: ApiEvents | None = None
         self._closed = threading.Event()
         self._since = f"{time.time() - 1.0:.6f}"
         self._thread = threading.Thread(target=self._read_forever, name=f"podman-events-{agent}", daemon=True)
@@ -131,9 +142,11 @@ class EventStream:
     def close(self) -> None:
         self._closed.set()
         with self._lock:
-            proc = self._proc
+            proc, conn = self._proc, self._conn
         if proc is not None and proc.poll() is None:
             proc.terminate()
+        if conn is not None:
+            conn.shutdown()
         self._thread.join(10)
 
     def _spawn(self) -> subprocess.Popen[bytes]:
@@ -150,11 +163,16 @@ class EventStream:
         failures = 0
         while not self._closed.is_set():
             started = time.monotonic()
-            try:
-                proc = self._spawn()
-            except OSError as exc:
-                log.error("podman events cannot start: %s", exc)
+            api = self._service()
+            if api is not None:
+                self._read_api(api)
                 proc = None
+            else:
+                try:
+                    proc = self._spawn()
+                except OSError as exc:
+                    log.error("podman events cannot start: %s", exc)
+                    proc = None
             if proc is not None:
                 with self._lock:
                     self._proc = proc
@@ -169,34 +187,72 @@ class EventStream:
             log.warning("podman events stream ended; restarting in %.1fs since %s", delay, self._since)
             self._closed.wait(delay)
 
+    def _service(self) -> PodmanApi | None:
+        """The API client to read the events through, or None for the CLI."""
+        if self.api is None:
+            return None
+        try:
+            api = self.api()
+        except Exception as exc:
+            log.warning("podman events: no API service (%s); through the CLI", exc)
+            return None
+        if api is not None and not api.ping(timeout=5.0):
+            log.warning("podman events: the API service does not answer; through the CLI this time")
+            return None
+        return api
+
+    def _connect(self, api: PodmanApi) -> ApiEvents:
+        return api.events([f"{LABEL_AGENT}={self.agent}"], self._since)
+
+    def _read_api(self, api: PodmanApi) -> None:
+        try:
+            conn = self._connect(api)
+        except OSError as exc:
+            log.error("podman API events cannot start: %s", exc)
+            return
+        with self._lock:
+            self._conn = conn
+        if self._closed.is_set():
+            conn.shutdown()
+        try:
+            for line in conn.lines():
+                self._dispatch(parse_api_event(line))
+        except OSError as exc:
+            log.info("podman API events: %s", exc)
+        finally:
+            conn.close()
+
     def _read(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            event = parse_event(line)
-            if event is None:
-                continue
-            if event.Time:
-                self._since = event.Time
-            with self._lock:
-                listeners = list(self._listeners)
-            for listener in listeners:
-                try:
-                    listener(event)
-                except Exception:
-                    log.exception("podman event listener failed on %s %s", event.Status, event.ID[:12])
+            self._dispatch(parse_event(line))
         proc.stdout.close()
+
+    def _dispatch(self, event: ContainerEvent | None) -> None:
+        if event is None:
+            return
+        if event.Time:
+            self._since = event.Time
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("podman event listener failed on %s %s", event.Status, event.ID[:12])
 
 
 _streams: dict[tuple[str, str], EventStream] = {}
 _streams_lock = threading.Lock()
 
 
-def acquire_stream(cli: PodmanCli, agent: str, listener: Listener) -> EventStream:
-    """The agent's shared event stream (started on first use), with `listener` subscribed."""
+def acquire_stream(cli: PodmanCli, agent: str, listener: Listener, api: ApiSource | None = None) -> EventStream:
+    """The agent's shared event stream (started on first use, through `api`
+    where it gives a client), with `listener` subscribed."""
     with _streams_lock:
         stream = _streams.get((cli.binary, agent))
         if stream is None:
-            stream = _streams[(cli.binary, agent)] = EventStream(cli, agent)
+            stream = _streams[(cli.binary, agent)] = EventStream(cli, agent, api)
         stream.subscribe(listener)
         return stream
 

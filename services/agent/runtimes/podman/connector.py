@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 import msgspec
@@ -49,6 +49,7 @@ from services.agent.runtimes.podman.core import (
     LABEL_WORKLOAD,
     ContainerEvent,
     ImageMap,
+    LogLines,
     Run,
     container_name,
     decode_podman_config,
@@ -57,6 +58,7 @@ from services.agent.runtimes.podman.core import (
     on_container_event,
     on_started,
     on_stop_asked,
+    parse_api_stats,
     parse_image_map,
     parse_stats,
     run_command,
@@ -97,8 +99,9 @@ class PodmanWatcher:
     """What the two podman connectors share: the registered runs, the agent's
     event stream, notify. Runs are keyed by their `ank.run` label."""
 
-    def __init__(self, cli: PodmanCli) -> None:
+    def __init__(self, cli: PodmanCli, api: Callable[[], PodmanApi | None] | None = None) -> None:
         self.cli = cli
+        self.api = api  # the connector's service: the event stream reads through it where it runs
         self._lock = threading.RLock()
         self._runs: dict[str, Run] = {}
         self._notify: dict[str, Notify] = {}
@@ -110,7 +113,7 @@ class PodmanWatcher:
         """Starts the agent's event stream (before any of its containers is touched)."""
         with self._lock:
             if agent not in self._streams:
-                self._streams[agent] = acquire_stream(self.cli, agent, self._on_event)
+                self._streams[agent] = acquire_stream(self.cli, agent, self._on_event, self.api)
             if self._exit_files is None and self.cli.exits_dir is not None:
                 self._exit_files = acquire_exit_files(self._on_exit_file, self.cli.exits_dir)
 
@@ -346,7 +349,7 @@ class PodmanConnector:
         self.run_dir = Path(run_dir)
         self.cli = cli or PodmanCli()
         self.image_map = image_map_from_env() if image_map is None else image_map
-        self.watcher = PodmanWatcher(self.cli)
+        self.watcher = PodmanWatcher(self.cli, self._read_api)
 
     def available(self) -> bool:
         return self.cli.available()
@@ -356,6 +359,10 @@ class PodmanConnector:
 
     def _api(self) -> PodmanApi | None:
         return None  # the podman-kube connector: the CLI only
+
+    def _read_api(self) -> PodmanApi | None:
+        """The API client for stats and logs (both connectors); None: the CLI."""
+        return None
 
     def _stop_in_background(self, handle: RunHandle, args: list[str], grace_s: float) -> None:
         """`podman stop -t <grace> …` (SIGTERM, SIGKILL after the grace) without
@@ -383,9 +390,39 @@ class PodmanConnector:
         threading.Thread(target=stop, name=f"podman-stop-{handle.workload}", daemon=True).start()
 
     def _logs(self, containers: list[str], *, follow: bool, tail: int | None) -> Iterator[str]:
-        """`podman logs` of these containers (named per line when several)."""
+        """`podman logs` of these containers (named per line when several):
+        one container's through the API service when it runs, several (their
+        lines interleaved in time and named) through the CLI."""
         if not containers:
             return iter(())
+        api = self._read_api() if len(containers) == 1 else None
+        if api is not None:
+            return self._api_logs(api, containers[0], follow=follow, tail=tail)
+        return self._cli_logs(containers, follow=follow, tail=tail)
+
+    def _api_logs(self, api: PodmanApi, container: str, *, follow: bool, tail: int | None) -> Iterator[str]:
+        """The lines of `podman logs` through the API; where the service
+        refuses (e.g. a container it does not know), the CLI's lines, its
+        error message included, as without the service."""
+        tail = None if tail is None else max(0, tail)
+        try:
+            body = api.logs(container, follow=follow, tail=tail)
+            first = next(body, None)
+        except ApiFailure as exc:
+            log.info("podman API logs %s: %s (trying the CLI)", container[:12], exc)
+            yield from self._cli_logs([container], follow=follow, tail=tail)
+            return
+        lines = LogLines()
+        try:
+            if first is not None:
+                yield from lines.feed(first)
+                for piece in body:
+                    yield from lines.feed(piece)
+            yield from lines.end()
+        finally:
+            body.close()
+
+    def _cli_logs(self, containers: list[str], *, follow: bool, tail: int | None) -> Iterator[str]:
         args = ["logs"]
         if follow:
             args.append("--follow")
@@ -407,6 +444,13 @@ class PodmanConnector:
         return found or {}
 
     def _stats_of(self, ids: list[str]) -> dict[str, tuple[float | None, int | None]] | None:
+        api = self._read_api()
+        if api is not None:
+            try:
+                return parse_api_stats(api.stats(ids))
+            except ApiFailure as exc:
+                log.info("podman API stats %s: %s", " ".join(i[:12] for i in ids), str(exc)[:200])
+                return None
         try:
             result = self.cli.run(["stats", "--no-stream", "--format", "json", *ids], timeout=30)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -450,6 +494,9 @@ class PodmanRuntime(PodmanConnector):
         return self.service.transport
 
     def _api(self) -> PodmanApi | None:
+        return self.service.api()
+
+    def _read_api(self) -> PodmanApi | None:
         return self.service.api()
 
     def available(self) -> bool:

@@ -224,6 +224,58 @@ def parse_event(line: bytes | str) -> ContainerEvent | None:
     return event
 
 
+class _Actor(msgspec.Struct, frozen=True):
+    ID: str = ""
+    Attributes: dict[str, str] = {}
+
+
+class _ApiEvent(msgspec.Struct, frozen=True):
+    """One line of libpod's `GET /events` (Podman 4.3: Docker's event shape)."""
+
+    status: str = ""
+    id: str = ""
+    Type: str = ""
+    Action: str = ""
+    Actor: _Actor = _Actor()
+    timeNano: int = 0
+
+
+_api_event_decoder = msgspec.json.Decoder(_ApiEvent)
+# Attributes the API's Actor carries besides the labels (the CLI's line has them as fields).
+_NOT_LABELS = frozenset({"name", "image", "containerExitCode", "podId"})
+
+
+def parse_api_event(line: bytes | str) -> ContainerEvent | None:
+    """A line of the API's event stream as the CLI's line gives it (parse_event):
+    Status, ID, Name, the exit code (absent when 0, as the CLI omits it),
+    the labels as Attributes, and Time as `<seconds>.<nanoseconds>` (what
+    `since` takes to restart the stream there). None for anything else."""
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        event = _api_event_decoder.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if event.Type and event.Type != "container":
+        return None
+    attributes = event.Actor.Attributes
+    try:
+        code = int(attributes.get("containerExitCode", "0") or "0")
+    except ValueError:
+        code = 0
+    seconds, nanos = divmod(max(0, event.timeNano), 1_000_000_000)
+    return ContainerEvent(
+        ID=event.Actor.ID or event.id,
+        Name=attributes.get("name", ""),
+        Status=event.status or event.Action,
+        Type=event.Type,
+        Time=f"{seconds}.{nanos:09d}" if event.timeNano > 0 else "",
+        ContainerExitCode=code or None,
+        Attributes={k: v for k, v in attributes.items() if k not in _NOT_LABELS},
+    )
+
+
 ContainerPhase = Literal["running", "exited", "gone"]
 Summary = Literal["", "running", "exited", "lost"]
 
@@ -360,3 +412,73 @@ def parse_stats(rows: Any) -> dict[str, tuple[float | None, int | None]]:
         usage[row["name"]] = value
         usage[str(row.get("id", ""))[:12]] = value
     return usage
+
+
+def parse_api_stats(rows: Any) -> dict[str, tuple[float | None, int | None]]:
+    """libpod's `GET /containers/stats` rows → the same as parse_stats: (cpu %,
+    memory bytes) by container name and by short id."""
+    usage: dict[str, tuple[float | None, int | None]] = {}
+    if not isinstance(rows, list):
+        return usage
+    for row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("Name"), str):
+            continue
+        cpu, memory = row.get("CPU"), row.get("MemUsage")
+        value = (
+            float(cpu) if isinstance(cpu, (int, float)) and not isinstance(cpu, bool) else None,
+            memory if isinstance(memory, int) and not isinstance(memory, bool) and memory >= 0 else None,
+        )
+        usage[row["Name"]] = value
+        usage[str(row.get("ContainerID", ""))[:12]] = value
+    return usage
+
+
+_FRAME_HEADER = 8  # stream (0 stdin, 1 stdout, 2 stderr), 3 zero bytes, payload size (big-endian uint32)
+
+
+class LogLines:
+    """libpod's `GET /containers/{id}/logs` body → the lines `podman logs`
+    prints (stdout and stderr together, each line without its newline).
+    Without a TTY the body is multiplexed: frames of an 8-byte header and a
+    payload; with one (`-t`) it is the raw output, told by its first bytes
+    not being a header. Fed the body in pieces as they come; pure."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._raw: bool | None = None
+        self._partial: dict[int, bytes] = {}
+
+    def feed(self, data: bytes) -> list[str]:
+        self._pending += data
+        if self._raw is None:
+            if len(self._pending) < 4:
+                return []
+            head = self._pending[:4]
+            self._raw = not (head[0] in (0, 1, 2) and head[1:4] == b"\0\0\0")
+        if self._raw:
+            text, self._pending = self._pending, b""
+            return self._lines(1, text)
+        out: list[str] = []
+        while len(self._pending) >= _FRAME_HEADER:
+            size = int.from_bytes(self._pending[4:8], "big")
+            if len(self._pending) < _FRAME_HEADER + size:
+                break
+            stream = self._pending[0]
+            payload = self._pending[_FRAME_HEADER : _FRAME_HEADER + size]
+            self._pending = self._pending[_FRAME_HEADER + size :]
+            out += self._lines(stream, payload)
+        return out
+
+    def end(self) -> list[str]:
+        """The unfinished lines at the end (a truncated frame is dropped)."""
+        rest = [self._partial.pop(stream) for stream in sorted(self._partial)]
+        if self._pending and self._raw is not False:
+            rest.append(self._pending)
+        self._pending = b""
+        return [part.decode(errors="replace") for part in rest if part]
+
+    def _lines(self, stream: int, data: bytes) -> list[str]:
+        *whole, last = (self._partial.pop(stream, b"") + data).split(b"\n")
+        if last:
+            self._partial[stream] = last
+        return [line.decode(errors="replace") for line in whole]

@@ -83,6 +83,9 @@ class PodmanKubeRuntime(PodmanConnector):
         "" until its first workload decides."""
         return self.service.transport
 
+    def _read_api(self) -> PodmanApi | None:
+        return self.service.api()
+
     def available(self) -> bool:
         """The API service's ping once it is up; else whether the CLI answers
         (remembered for AVAILABLE_TTL_S)."""
