@@ -716,6 +716,7 @@ def cmd_get_events(client: Client, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_term)
     previous: dict[str, Any] | None = None
     first = True
+    recheck = False
     while not stop.is_set():
         changed.clear()
         with lock:
@@ -738,9 +739,20 @@ def cmd_get_events(client: Client, args: argparse.Namespace) -> int:
             if event is not None:
                 _print_state_event(event, args.output)
             previous = doc
+            # The notice and the planner's own copy of the change race: a read
+            # that found nothing new is made once more shortly after, so that
+            # a last change (a Removed) the planner had not taken yet is not
+            # left unreported until some later change.
+            recheck = event is None and not recheck
         first = False
-        _wait_set(changed)
+        if recheck:
+            changed.wait(RECHECK_S)
+        else:
+            _wait_set(changed)
     return EXIT_OK
+
+
+RECHECK_S = 0.25  # `ank get events`: a read that found nothing new is made again this much later
 
 
 def _wait_set(event: threading.Event) -> None:
