@@ -13,6 +13,8 @@ import signal
 import threading
 from contextlib import redirect_stdout
 
+import pytest
+
 from schemas.manifest import Manifest
 from schemas.messages import CompleteState, WorkloadState
 from schemas.state import ExecutionState
@@ -23,14 +25,40 @@ from tests.helpers import wait_for
 from tests.memory_helpers import memory_hub
 
 
-def test_a_change_the_planner_had_not_taken_when_asked_is_reported_by_the_second_read() -> None:
-    stopping = WorkloadState(
-        workload="w", agent="a", execution_state=ExecutionState("Stopping", "Stopping", ""), instance="i1"
-    )
+def _state(execution_state: ExecutionState) -> WorkloadState:
+    return WorkloadState(workload="w", agent="a", execution_state=execution_state, instance="i1")
+
+
+STOPPING, RUNNING, SUCCEEDED, PENDING = (
+    _state(ExecutionState("Stopping", "Stopping", "")),
+    _state(ExecutionState("Running", "Ok", "")),
+    _state(ExecutionState("Succeeded", "Ok", "")),
+    _state(ExecutionState("Pending", "Starting", "")),
+)
+
+
+@pytest.mark.parametrize(
+    ("answers", "expected"),
+    [
+        # the notice of a Removed; the planner still answers Stopping, then has it
+        ([[STOPPING], [STOPPING], []], [("removed", "workloadStates.a")]),
+        # Running and Succeeded noticed together; the planner answers Running, then Succeeded
+        (
+            [[PENDING], [RUNNING], [SUCCEEDED]],
+            [
+                ("updated", "workloadStates.a.w.i1.state"),
+                ("updated", "workloadStates.a.w.i1.subState"),
+                ("updated", "workloadStates.a.w.i1.state"),
+            ],
+        ),
+    ],
+    ids=["removed-after-a-stale-read", "succeeded-after-a-read-that-found-running"],
+)
+def test_the_read_a_notice_causes_is_made_once_more_shortly_after(
+    answers: list[list[WorkloadState]], expected: list[tuple[str, str]]
+) -> None:
     with memory_hub() as hub:
         planner, agent, user = MemoryBus(hub, "planner"), MemoryBus(hub, "agent"), MemoryBus(hub, "cli")
-        # the first two reads: the workload Stopping (the second is stale), then gone
-        answers = [[stopping], [stopping], []]
         asked: list[int] = []
 
         def answer(key: str, _payload: bytes | None, _params: str) -> list[tuple[str, bytes]]:
@@ -46,14 +74,13 @@ def test_a_change_the_planner_had_not_taken_when_asked_is_reported_by_the_second
         assert main is not None
 
         def drive() -> None:
-            wait_for(lambda: len(asked) >= 1, 10, "the first read")
-            removed = WorkloadState(
-                workload="w", agent="a", execution_state=ExecutionState("Removed", "", ""), instance="i1"
-            )
-            agent.put("ank/state/a/w", removed)  # the notice; the planner still answers Stopping
-            wait_for(lambda: len(asked) >= 3, 10, "a read after the stale one")
-            wait_for(lambda: "removedFields" in out.getvalue(), 10, "the removal reported")
-            signal.pthread_kill(main, signal.SIGTERM)
+            try:
+                wait_for(lambda: len(asked) >= 1, 10, "the first read")
+                agent.put("ank/state/a/w", answers[-1][0] if answers[-1] else STOPPING)  # one notice
+                wait_for(lambda: len(asked) >= len(answers), 10, "every staged answer read")
+                wait_for(lambda: all(f in out.getvalue() for _, f in expected), 10, "the events")
+            finally:  # the stream ends either way; the assertions below tell
+                signal.pthread_kill(main, signal.SIGTERM)
 
         previous = signal.getsignal(signal.SIGTERM)
         driver = threading.Thread(target=drive, daemon=True)
@@ -65,4 +92,5 @@ def test_a_change_the_planner_had_not_taken_when_asked_is_reported_by_the_second
             signal.signal(signal.SIGTERM, previous)
         driver.join(10)
         events = [json.loads(line) for line in out.getvalue().splitlines()]
-        assert [e["removedFields"] for e in events] == [["workloadStates.a"]], events
+        got = [(kind, f) for e in events for kind in ("added", "updated", "removed") for f in e[f"{kind}Fields"]]
+        assert got == expected, events

@@ -716,7 +716,7 @@ def cmd_get_events(client: Client, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_term)
     previous: dict[str, Any] | None = None
     first = True
-    recheck = False
+    after_notice = False  # the last read was caused by a notice (and gets one more read)
     while not stop.is_set():
         changed.clear()
         with lock:
@@ -739,20 +739,20 @@ def cmd_get_events(client: Client, args: argparse.Namespace) -> int:
             if event is not None:
                 _print_state_event(event, args.output)
             previous = doc
-            # The notice and the planner's own copy of the change race: a read
-            # that found nothing new is made once more shortly after, so that
-            # a last change (a Removed) the planner had not taken yet is not
-            # left unreported until some later change.
-            recheck = event is None and not recheck
         first = False
-        if recheck:
-            changed.wait(RECHECK_S)
+        if after_notice:
+            # A notice and the planner's own copy of that change race: the read
+            # it caused is made once more shortly after, so that a last change
+            # (a Succeeded right after a Running, a Removed) the planner had not
+            # taken yet is not left unreported until some later change.
+            after_notice = changed.wait(RECHECK_S)
         else:
             _wait_set(changed)
+            after_notice = True
     return EXIT_OK
 
 
-RECHECK_S = 0.25  # `ank get events`: a read that found nothing new is made again this much later
+RECHECK_S = 0.25  # `ank get events`: a read a notice caused is made again this much later
 
 
 def _wait_set(event: threading.Event) -> None:
