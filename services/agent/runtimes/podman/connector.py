@@ -345,24 +345,52 @@ class PodmanConnector:
     """What the podman and podman-kube connectors share: the CLI, the image
     map, the watcher of their runs, stopping in the background, stats."""
 
-    def __init__(self, run_dir: str | Path, *, cli: PodmanCli | None = None, image_map: ImageMap | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        cli: PodmanCli | None = None,
+        image_map: ImageMap | None = None,
+        transport: str | None = None,
+    ) -> None:
+        """`transport`: "cli" forces the CLI path; None: ANK_PODMAN_API, else
+        the API service where one can run (podman/api.py), one per agent,
+        shared by both connectors (podman/shared.py)."""
         self.run_dir = Path(run_dir)
         self.cli = cli or PodmanCli()
         self.image_map = image_map_from_env() if image_map is None else image_map
         self.watcher = PodmanWatcher(self.cli, self._read_api)
+        self.service = acquire_service(self, self.cli, self.run_dir, transport=transport)
+        self._available: tuple[bool, float] | None = None
+
+    @property
+    def transport(self) -> str:
+        """How this connector reaches podman (agent status): "api" or "cli";
+        "" until its first workload decides."""
+        return self.service.transport
 
     def available(self) -> bool:
-        return self.cli.available()
+        """The API service's ping once it is up; else whether the CLI answers
+        (remembered for AVAILABLE_TTL_S: the agent asks every status period,
+        and a `podman version` each time would be most of its idle CPU)."""
+        if self.service.transport == "api":
+            api = self.service.api()
+            return api is not None and api.ping()
+        now = time.monotonic()
+        if self._available is None or now - self._available[1] > AVAILABLE_TTL_S:
+            self._available = (self.cli.available(), now)
+        return self._available[0]
 
     def close(self) -> None:
         self.watcher.close()
+        release_service(self, self.service)
 
     def _api(self) -> PodmanApi | None:
-        return None  # the podman-kube connector: the CLI only
+        return None  # the podman-kube connector: its own API calls (podman_kube/api.py)
 
     def _read_api(self) -> PodmanApi | None:
-        """The API client for stats and logs (both connectors); None: the CLI."""
-        return None
+        """The API client for stats, logs and events (both connectors); None: the CLI."""
+        return self.service.api()
 
     def _stop_in_background(self, handle: RunHandle, args: list[str], grace_s: float) -> None:
         """`podman stop -t <grace> …` (SIGTERM, SIGKILL after the grace) without
@@ -477,39 +505,14 @@ class PodmanRuntime(PodmanConnector):
         image_map: ImageMap | None = None,
         transport: str | None = None,
     ) -> None:
-        """`transport`: "cli" forces the CLI path; None: ANK_PODMAN_API, else
-        the API service where one can run (podman/api.py)."""
-        super().__init__(run_dir, cli=cli, image_map=image_map)
-        self.service = acquire_service(self, self.cli, self.run_dir, transport=transport)
+        super().__init__(run_dir, cli=cli, image_map=image_map, transport=transport)
         self.removals = DeferredRemovals(self.cli, self.service)
         self._commands: dict[str, tuple[str, ...]] = {}  # container id → its command line (no run label)
         self._ended: dict[str, Ended] = {}  # container name → the ended container of that name
         self._lock = threading.Lock()
-        self._available: tuple[bool, float] | None = None
-
-    @property
-    def transport(self) -> str:
-        """How this connector reaches podman (agent status): "api" or "cli";
-        "" until its first workload decides."""
-        return self.service.transport
 
     def _api(self) -> PodmanApi | None:
         return self.service.api()
-
-    def _read_api(self) -> PodmanApi | None:
-        return self.service.api()
-
-    def available(self) -> bool:
-        """The API service's ping once it is up; else whether the CLI answers
-        (remembered for AVAILABLE_TTL_S: the agent asks every status period,
-        and a `podman version` each time would be most of its idle CPU)."""
-        if self.service.transport == "api":
-            api = self.service.api()
-            return api is not None and api.ping()
-        now = time.monotonic()
-        if self._available is None or now - self._available[1] > AVAILABLE_TTL_S:
-            self._available = (self.cli.available(), now)
-        return self._available[0]
 
     def create(self, spec: StartSpec, notify: Notify) -> RunHandle:
         config = decode_podman_config(spec.runtime_config)
@@ -709,7 +712,6 @@ class PodmanRuntime(PodmanConnector):
     def close(self) -> None:
         self.removals.close()
         super().close()
-        release_service(self, self.service)
 
 
 def _without_run_label(argv: list[str], run_id: str) -> tuple[str, ...]:

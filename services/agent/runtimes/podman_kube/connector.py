@@ -18,7 +18,6 @@ import logging
 import math
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,9 +27,7 @@ from schemas.runtime_configs import PodmanKubeConfig
 from services.agent.control_interface import kube as ci_kube
 from services.agent.runtimes.base import Notify, RunHandle, Runtime, StartError, StartSpec
 from services.agent.runtimes.podman.api import ApiFailure, PodmanApi
-from services.agent.runtimes.podman.cli import PodmanCli
 from services.agent.runtimes.podman.connector import (
-    AVAILABLE_TTL_S,
     STOP_TIMEOUT_MARGIN_S,
     PodmanConnector,
     ps_containers,
@@ -40,12 +37,10 @@ from services.agent.runtimes.podman.core import (
     LABEL_RUN,
     LABEL_WORKLOAD,
     ContainerPhase,
-    ImageMap,
     Run,
     run_labels,
     start_error,
 )
-from services.agent.runtimes.podman.shared import acquire_service, release_service
 from services.agent.runtimes.podman_kube import api as kube_api
 from services.agent.runtimes.podman_kube import bookkeeping
 from services.agent.runtimes.podman_kube.core import (
@@ -62,44 +57,6 @@ log = logging.getLogger("ank.agent.podman-kube")
 
 class PodmanKubeRuntime(PodmanConnector):
     name = "podman-kube"
-
-    def __init__(
-        self,
-        run_dir: str | Path,
-        *,
-        cli: PodmanCli | None = None,
-        image_map: ImageMap | None = None,
-        transport: str | None = None,
-    ) -> None:
-        """`transport`: "cli" forces the CLI path; None: ANK_PODMAN_API, else
-        the API service where one can run (podman/api.py)."""
-        super().__init__(run_dir, cli=cli, image_map=image_map)
-        self.service = acquire_service(self, self.cli, self.run_dir, transport=transport)  # the podman connector's too
-        self._available: tuple[bool, float] | None = None
-
-    @property
-    def transport(self) -> str:
-        """How this connector reaches podman (agent status): "api" or "cli";
-        "" until its first workload decides."""
-        return self.service.transport
-
-    def _read_api(self) -> PodmanApi | None:
-        return self.service.api()
-
-    def available(self) -> bool:
-        """The API service's ping once it is up; else whether the CLI answers
-        (remembered for AVAILABLE_TTL_S)."""
-        if self.service.transport == "api":
-            api = self.service.api()
-            return api is not None and api.ping()
-        now = time.monotonic()
-        if self._available is None or now - self._available[1] > AVAILABLE_TTL_S:
-            self._available = (self.cli.available(), now)
-        return self._available[0]
-
-    def close(self) -> None:
-        super().close()
-        release_service(self, self.service)
 
     def create(self, spec: StartSpec, notify: Notify) -> RunHandle:
         config = decode_kube_config(spec.runtime_config)
