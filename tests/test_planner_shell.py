@@ -337,3 +337,22 @@ def test_unscheduled_workload_is_answered_on_tilde_and_placed_by_a_binding(
     scheduler.put("ank/bind/roam", Binding(workload="roam", agent="a1", policy="MALE", reason="most energy"))
     wait_for(lambda: [w.name for w in plan_of(client, "a1").workloads] == ["roam"], timeout=5, what="roam planned")
     assert client.get("ank/state/~/**", timeout=2) == []
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ("since=1700000000000", 1_700_000_000_000),
+        ("x=1;since=5", 5),
+        ("since=abc", None),
+        ("since=-5", None),
+        ("since=", None),
+        ("since=12345678901234567", None),  # longer than any wall clock in ms
+        ("since=1*", None),
+        ("", None),
+    ],
+)
+def test_a_state_query_since_parameter_is_read_or_ignored_never_an_error(params: str, expected: int | None) -> None:
+    from services.planner.shell import _since_param
+
+    assert _since_param(params) == expected
