@@ -12,7 +12,7 @@ import msgspec
 
 from schemas import Event, ExecutionState, WorkloadState
 from services.bus import Bus
-from tests.helpers import ROOT, Collector, child_env, free_port, wait_port
+from tests.helpers import ROOT, Collector, child_env, free_port
 
 
 def _state(name: str) -> WorkloadState:
@@ -136,17 +136,24 @@ def test_router_exits_on_sigterm_even_when_its_close_hangs_holding_the_interpret
     # thread: the bound on the router's exit must be the kernel's.
     port = free_port()
     code = textwrap.dedent(f"""\
-        import ctypes, zenoh
+        import ctypes, os, signal, threading, time, zenoh
         import services.bus.router as router
         router.CLOSE_TIMEOUT_S = 1.0
         zenoh.Session.close = lambda self: ctypes.PyDLL(None).pause()
+
+        def term_once_handled():  # SIGTERM once the router's handler is in place (bounded)
+            for _ in range(1000):
+                if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+                    break
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=term_once_handled, daemon=True).start()
         router.main(["--listen", "tcp/127.0.0.1:{port}"])
         """)
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=child_env(f"tcp/127.0.0.1:{port}"))
     try:
-        wait_port(port)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == -signal.SIGALRM  # ended by the bound, not hung
+        assert proc.wait(25) == -signal.SIGALRM  # ended by the bound, not hung
     finally:
         if proc.poll() is None:
             proc.kill()
