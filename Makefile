@@ -46,7 +46,7 @@ venv: $(STAMP)
 system-deps:
 	@bash scripts/system-deps.sh
 
-LINTED := services schemas tests bin manifests bench examples
+LINTED := services ank_common schemas tests bin manifests bench examples
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)

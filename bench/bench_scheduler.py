@@ -37,14 +37,14 @@ from bench.stats import percentile  # noqa: E402
 from schemas.liveliness import AgentLiveliness  # noqa: E402
 from schemas.manifest import Manifest, Workload  # noqa: E402
 from schemas.messages import AgentStatus, CompleteState, EnergyReport  # noqa: E402
-from services.scheduler.core import CycleContext, EnergyReported, NodeView, PlacementRequest, schedule  # noqa: E402
-from services.scheduler.native import (  # noqa: E402
+from services.scheduler.core import (  # noqa: E402
     AgentStatusSeen,
     DesiredStateRead,
     NativeConfig,
     NativeState,
     step,
 )
+from services.scheduler.framework import CycleContext, EnergyReported, NodeView, PlacementRequest, schedule  # noqa: E402
 
 T0 = 1_700_000_000_000
 

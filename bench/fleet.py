@@ -15,11 +15,11 @@ import sys
 import threading
 from pathlib import Path
 
+from ank_common.logsetup import setup_logging
 from services.agent.runtimes import load_runtimes
 from services.agent.shell import AgentOptions, AgentShell
 from services.bus import Bus
 from services.bus.loop import EventLoop
-from services.logsetup import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:

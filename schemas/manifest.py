@@ -4,7 +4,7 @@ it) plus ank-zenoh's documented optional extensions `healthCheck` and
 
 These Structs describe the *normalised* manifest (after v0.1 conversion and
 Handlebars rendering). Reading and validating raw input, with Ankaios's
-verdicts and path-named errors, is services.manifest's job.
+verdicts and path-named errors, is ank_common.manifest's job.
 """
 
 from __future__ import annotations

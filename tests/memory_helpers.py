@@ -12,7 +12,7 @@ from services.bus.memory import MemoryHub
 
 
 class ManualClock:
-    """A services.clock.Clock that moves only when the test moves it."""
+    """A ank_common.clock.Clock that moves only when the test moves it."""
 
     def __init__(self, mono: float = 1000.0, wall_ms: int = 1_800_000_000_000) -> None:
         self.mono = mono

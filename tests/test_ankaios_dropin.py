@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
+from ank_common.manifest import parse_manifest
 from schemas.messages import AgentStatus, CompleteState, WorkloadState
 from schemas.state import ExecutionState
 from services.cli import ankaios
 from services.cli.up import stop_recorded_processes
-from services.manifest import parse_manifest
 from tests.helpers import ROOT, free_port, stop_process, wait_for
 
 

@@ -19,7 +19,7 @@ from schemas import ExecutionState
 from schemas.messages import ApplyRequest, ApplyResult, CompleteState, Event, WorkloadState
 from services.bus import Bus, secure
 from services.bus.eventlog import RecentEvents
-from services.dashboard import model
+from services.dashboard import core
 from tests.helpers import ROOT, Collector, child_env, free_port, running_router, stop_process, wait_for, wait_port
 from tests.test_security import certs, open_as, secure_router  # noqa: F401 - shared fixtures
 
@@ -198,10 +198,10 @@ def test_a_services_own_long_event_is_truncated_to_fit_its_cap() -> None:
 
 
 def test_retained_event_buffers_are_capped_in_bytes() -> None:
-    view = model.DashboardView()
+    view = core.DashboardView()
     for i in range(100):
-        view, _ = model.step(view, Event(kind="k", message=f"{i}" + "y" * 15_000), 0)
-    assert sum(model.event_size(e) for e in view.events) <= view.max_event_bytes
+        view, _ = core.step(view, Event(kind="k", message=f"{i}" + "y" * 15_000), 0)
+    assert sum(core.event_size(e) for e in view.events) <= view.max_event_bytes
     assert view.events[-1].message.startswith("99")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.manifest import Parsed, parse_manifest, parse_state_file
+from ank_common.manifest import Parsed, parse_manifest, parse_state_file
 from tests.helpers import CORPUS
 
 ACCEPT = ""  # the verdict of a file Ankaios accepts

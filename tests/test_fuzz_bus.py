@@ -39,6 +39,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from ank_common.manifest import parse_manifest
 from schemas.manifest import Workload
 from schemas.messages import (
     AgentPlan,
@@ -56,7 +57,6 @@ from schemas.messages import (
 )
 from schemas.state import ExecutionState
 from services.bus import MAX_PAYLOAD, checks
-from services.manifest import parse_manifest
 from tests.helpers import wait_for
 from tests.test_faults_stack import (
     SLEEPER,

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from services import digest
+from ank_common import digest
 from tests.helpers import ROOT
 
 
@@ -31,7 +31,7 @@ def _loaded(imports: list[str], wanted: list[str]) -> dict[str, bool]:
 
 def test_the_cli_parser_loads_neither_yaml_nor_the_fleet_study_nor_rich() -> None:
     loaded = _loaded(
-        ["services.cli.main"], ["yaml", "services.scheduler.sim", "services.scheduler.core", "rich", "_hashlib"]
+        ["services.cli.main"], ["yaml", "services.scheduler.sim", "services.scheduler.framework", "rich", "_hashlib"]
     )
     assert not any(loaded.values()), loaded
 

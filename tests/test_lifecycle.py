@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from services.lifecycle import Busy, DirLock
+from ank_common.lifecycle import Busy, DirLock
 from tests.helpers import ROOT, child_env, free_port, running_router, stop_process, wait_for
 
 MARK = "ANK_TEST_LIFECYCLE_MARK"
@@ -142,7 +142,7 @@ def run_up_refused(env: dict[str, str], manifest: Path, state: Path, port: int, 
 # -- one writer per directory -----------------------------------------------------------
 def test_dir_lock_names_the_holder_and_is_released_by_death(tmp_path: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys,time\nfrom services.lifecycle import DirLock\n"
+        [sys.executable, "-c", "import sys,time\nfrom ank_common.lifecycle import DirLock\n"
          f"DirLock({str(tmp_path)!r}).acquire()\nprint('held', flush=True)\ntime.sleep(600)"],
         cwd=ROOT,
         env=child_env("tcp/127.0.0.1:1"),
@@ -724,7 +724,7 @@ def test_ank_up_stop_waits_for_podman_to_kill_term_ignoring_containers(tmp_path:
 
 # -- duplicate agent names, seen by the planner -------------------------------------------------
 def test_twin_detector_tells_a_restart_from_two_live_agents() -> None:
-    from services.lifecycle import TwinDetector
+    from ank_common.lifecycle import TwinDetector
 
     restart = TwinDetector()
     assert [restart.seen("a", b) for b in ("A", "A", "B", "B", "B")] == [None] * 5

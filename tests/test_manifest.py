@@ -1,4 +1,4 @@
-"""services.manifest: reading, Ankaios-compatible validation, v0.1
+"""ank_common.manifest: reading, Ankaios-compatible validation, v0.1
 normalisation, Handlebars rendering, update masks and `ank apply --dry-run`.
 
 Expected messages are Eclipse Ankaios's own wording where it has one
@@ -23,8 +23,7 @@ from hypothesis import HealthCheck as HypothesisHealthCheck
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.manifest import Manifest, Workload
-from services.manifest import (
+from ank_common.manifest import (
     ManifestError,
     Parsed,
     apply_update_masks,
@@ -35,8 +34,9 @@ from services.manifest import (
     parse_state_file,
     render_manifest,
 )
-from services.manifest.document import MAX_DOCUMENT_BYTES
-from services.manifest.templating import TemplateError, render_template
+from ank_common.manifest.document import MAX_DOCUMENT_BYTES
+from ank_common.manifest.templating import TemplateError, render_template
+from schemas.manifest import Manifest, Workload
 from tests.helpers import CORPUS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -747,7 +747,7 @@ def test_dry_run_reports_a_missing_file_and_a_bad_output_format() -> None:
 
 def test_dry_run_reads_stdin_when_the_source_is_a_dash() -> None:
     script = (
-        "import io, sys; from services.manifest import dry_run; "
+        "import io, sys; from ank_common.manifest import dry_run; "
         "sys.exit(dry_run('-', None, 'json', sys.stdout, sys.stderr))"
     )
     result = subprocess.run(
@@ -885,7 +885,7 @@ TEMPLATE_PIECES = [
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.sampled_from(TEMPLATE_PIECES), max_size=25))
 def test_setting_long_literal_runs_aside_does_not_change_the_output(pieces: list[str]) -> None:
-    from services.manifest import templating
+    from ank_common.manifest import templating
 
     template = "".join(pieces)
     data = {"a": "1", "b": {"c": ["x", "y"]}, "text": "t1\nt2\n"}

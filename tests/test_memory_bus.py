@@ -11,12 +11,12 @@ from collections.abc import Iterator
 import pytest
 import zenoh
 
+from ank_common.clock import Clock
 from schemas.messages import Event, HealthReport
 from services.bus import Bus
 from services.bus.loop import EventLoop
 from services.bus.memory import MemoryBus, MemoryHub
 from services.bus.protocol import BusLike
-from services.clock import Clock
 from tests.helpers import Collector
 from tests.memory_helpers import ManualClock, on_loop_idle, running_loop
 

@@ -14,7 +14,7 @@ from schemas.messages import AgentStatus, Binding, CompleteState, EnergyReport, 
 from schemas.state import NOT_SCHEDULED
 from services.bus.loop import EventLoop
 from services.bus.memory import MemoryBus
-from services.scheduler.native import NativeState
+from services.scheduler.core import NativeState
 from services.scheduler.shell import NativeShell
 from tests.helpers import Collector
 from tests.memory_helpers import ManualClock, memory_hub, running_loop

@@ -11,8 +11,8 @@ import msgspec
 import pytest
 import yaml
 
+from ank_common.manifest import parse_manifest
 from schemas import ProcessConfig
-from services.manifest import parse_manifest
 from tests.helpers import ROOT
 
 POLICE = ROOT / "manifests" / "police.yaml"

@@ -1,199 +1,328 @@
-"""The scheduling framework (services.scheduler.core): filters, scores,
-normalisation, tie-break, reserve, backoff. Pure: no bus, no clock."""
+"""Native mode's decisions (services.scheduler.core): which workloads are
+the scheduler's, bindings, FailedScheduling and backoff, retries on relevant
+events, re-placement on agent loss and low energy with hysteresis. Pure."""
 
 from __future__ import annotations
 
 import msgspec
-import pytest
 
+from schemas.liveliness import AgentLiveliness
+from schemas.manifest import Manifest, Scheduling, Workload
+from schemas.messages import AgentStatus, Binding, CompleteState, EnergyReport, WorkloadState
+from schemas.state import NOT_SCHEDULED, RUNNING
 from services.scheduler.core import (
-    ENERGY_FILTERS,
-    POLICIES,
-    CycleContext,
-    NodeView,
-    NoFit,
-    Placement,
-    PlacementRequest,
-    Profile,
-    Reservations,
-    Taint,
-    Toleration,
-    backoff_ms,
-    normalise,
-    schedule,
+    Action,
+    AgentStatusSeen,
+    DesiredStateRead,
+    NativeConfig,
+    NativeEvent,
+    NativeState,
+    PublishBinding,
+    PublishEvent,
+    Requery,
+    WorkloadStateSeen,
+    next_wake_ms,
+    node_views,
+    request_for,
+    step,
 )
+from services.scheduler.core import bindings as current_bindings
+from services.scheduler.framework import EnergyReported, Tick
 
-NOW = 1_000_000
-
-
-def node(name: str, wh: float | None = 50.0, **kw: object) -> NodeView:
-    kw.setdefault("energy_time_ms", NOW - 1000 if wh is not None else None)
-    return NodeView(name=name, energy_wh=wh, **kw)  # type: ignore[arg-type]
+T0 = 1_700_000_000_000
 
 
-def ctx(**kw: object) -> CycleContext:
-    return CycleContext(now_ms=NOW, **kw)  # type: ignore[arg-type]
+def wl(agent: str | None = "", **scheduling: object) -> Workload:
+    # wire names (minEnergyWh, ...), as a manifest spells them
+    hints = msgspec.convert(scheduling, Scheduling) if scheduling else None
+    return Workload(runtime="process", agent=agent, scheduling=hints)
 
 
-def req(**kw: object) -> PlacementRequest:
-    kw.setdefault("workload", "w")
-    return PlacementRequest(**kw)  # type: ignore[arg-type]
+def desired(**workloads: Workload) -> CompleteState:
+    return CompleteState(desired=Manifest(api_version="v1", workloads=workloads))
 
 
-def placed(result: Placement | NoFit) -> str:
-    assert isinstance(result, Placement), getattr(result, "message", result)
-    return result.node
+def bindings(actions: list[Action]) -> dict[str, str]:
+    return {a.binding.workload: a.binding.agent for a in actions if isinstance(a, PublishBinding)}
 
 
-def test_male_picks_the_node_with_most_energy() -> None:
-    nodes = [node("a", 30), node("b", 80), node("c", 55)]
-    result = schedule(req(), nodes, ctx())
-    assert placed(result) == "b"
-    assert isinstance(result, Placement) and result.policy == "MALE" and result.candidates == 3
-    assert "80.0 Wh" in result.reason
+def events(actions: list[Action], kind: str) -> list[PublishEvent]:
+    return [a for a in actions if isinstance(a, PublishEvent) and a.kind == kind]
 
 
-def test_equal_energy_ties_break_by_node_name_whatever_the_order() -> None:
-    assert placed(schedule(req(), [node("z", 40), node("m", 40), node("k", 40)], ctx())) == "k"
-    assert placed(schedule(req(), [node("k", 40), node("z", 40), node("m", 40)], ctx())) == "k"
+def feed(core: NativeState, event: NativeEvent, now: int) -> tuple[NativeState, list[Action]]:
+    decided = step(core, event, now)
+    return decided.state, decided.actions
 
 
-def test_dead_agent_and_agent_without_status_are_filtered() -> None:
-    result = schedule(req(), [node("a", 90, alive=False), node("b", 90, has_status=False)], ctx())
-    assert isinstance(result, NoFit)
-    assert result.reasons == {"a": "agent not alive", "b": "agent status unknown"}
+def fleet(core: NativeState, energies: dict[str, float], now: int = T0, arch: str = "arm64") -> NativeState:
+    for name, wh in energies.items():
+        core = step(core, AgentLiveliness(name, True), now).state
+        core = step(
+            core, AgentStatusSeen(AgentStatus(agent=name, arch=arch, os="linux", tags={"role": "bot"})), now
+        ).state
+        core = step(core, EnergyReported(EnergyReport(node=name, energy_wh=wh, time_ms=now)), now).state
+    return core
 
 
-def test_not_ready_and_unschedulable_nodes_are_filtered() -> None:
-    result = schedule(req(), [node("a", ready=False), node("b", unschedulable=True), node("c", 10)], ctx())
-    assert placed(result) == "c"
+def energy(core: NativeState, name: str, wh: float, now: int) -> tuple[NativeState, list[Action]]:
+    return feed(core, EnergyReported(EnergyReport(node=name, energy_wh=wh, time_ms=now)), now)
 
 
-def test_selector_matches_arch_and_tags() -> None:
-    nodes = [
-        node("x86", 90, arch="amd64", labels={"zone": "a"}),
-        node("arm-b", 80, arch="arm64", labels={"zone": "b"}),
-        node("arm-a", 20, arch="arm64", labels={"zone": "a"}),
-    ]
-    assert placed(schedule(req(selector={"arch": "arm64"}), nodes, ctx())) == "arm-b"
-    assert placed(schedule(req(selector={"arch": "arm64", "zone": "a"}), nodes, ctx())) == "arm-a"
-    none = schedule(req(selector={"arch": "riscv64"}), nodes, ctx())
-    assert isinstance(none, NoFit)
-    assert none.reasons["x86"] == "selector mismatch: arch='amd64', wants 'riscv64'"
-    assert none.message == "0/3 nodes are available: 3 selector mismatch"
+def test_a_step_returns_a_new_state_and_leaves_the_given_one_as_it_was() -> None:
+    before = fleet(NativeState(NativeConfig(default_energy_cost_wh=5)), {"a": 50})
+    after, actions = feed(before, DesiredStateRead(desired(w=wl())), T0)
+    assert bindings(actions) == {"w": "a"} and after.workloads["w"].agent == "a"
+    assert before.workloads == {} and before.in_flight == {} and not before.desired_known
+    assert node_views(before, T0)[0].reserved_wh == 0 and node_views(after, T0)[0].reserved_wh == 5
+    # the same event on the same state decides the same again
+    assert feed(before, DesiredStateRead(desired(w=wl())), T0) == (after, actions)
 
 
-def test_stale_or_missing_energy_is_filtered_unless_unmetered_nodes_are_allowed() -> None:
-    stale = node("stale", 99, energy_time_ms=NOW - 60_000)
-    missing = node("missing", None)
-    result = schedule(req(), [stale, missing], ctx(max_energy_age_ms=30_000))
-    assert isinstance(result, NoFit)
-    assert result.reasons["stale"].startswith("energy report stale: 60.0 s old")
-    assert result.reasons["missing"] == "no energy report"
-    assert placed(schedule(req(), [missing], ctx(require_energy=False))) == "missing"
+def test_which_workloads_are_the_schedulers() -> None:
+    config = NativeConfig(default_energy_cost_wh=1.5)
+    assert request_for("a", wl(agent=""), config) is not None
+    assert request_for("b", wl(agent=None), config) is not None
+    assert request_for("c", wl(agent="robot-1"), config) is None
+    fixed_but_hinted = request_for("d", wl(agent="robot-1", minEnergyWh=5.0), config)
+    assert fixed_but_hinted is not None and fixed_but_hinted.min_energy_wh == 5.0
+    assert fixed_but_hinted.energy_cost_wh == 1.5
+    explicit = request_for("e", wl(energyCostWh=4.0, selector={"arch": "arm64"}, policy="random"), config)
+    assert explicit is not None and explicit.energy_cost_wh == 4.0 and explicit.policy == "random"
 
 
-def test_reserve_keeps_a_node_that_would_drop_below_it() -> None:
-    nodes = [node("poor", 12), node("rich", 30)]
-    # 12 - 3 < 10: poor is out even though it is above the reserve now
-    result = schedule(req(min_energy_wh=10, energy_cost_wh=3), [nodes[0]], ctx())
-    assert isinstance(result, NoFit)
-    assert result.reasons["poor"] == "energy below reserve: 9.0 Wh after placement < 10.0 Wh"
-    assert placed(schedule(req(min_energy_wh=10, energy_cost_wh=3), nodes, ctx())) == "rich"
+def test_not_scheduled_workload_is_bound_to_the_richest_matching_agent() -> None:
+    core = NativeState()
+    core = fleet(core, {"r1": 40, "r2": 90, "r3": 60})
+    core = step(core, AgentStatusSeen(AgentStatus(agent="r2", arch="amd64", os="linux")), T0).state  # r2 is not arm64
+    core, actions = feed(core, DesiredStateRead(desired(nav=wl(selector={"arch": "arm64"}))), T0)
+    assert bindings(actions) == {"nav": "r3"}
+    [scheduled] = events(actions, "Scheduled")
+    assert "nav bound to r3" in scheduled.message
+    binding = next(a.binding for a in actions if isinstance(a, PublishBinding))
+    assert binding.policy == "MALE" and binding.reason.startswith("MALE: most projected energy; r3 projected 60.0 Wh")
 
 
-def test_in_flight_reservations_spread_a_burst_across_nodes() -> None:
-    views = {"a": node("a", 50), "b": node("b", 48), "c": node("c", 45)}
-    in_flight = Reservations()
-    chosen = []
-    for i in range(6):
-        result = schedule(req(workload=f"w{i}", energy_cost_wh=2), list(views.values()), ctx())
-        name = placed(result)
-        chosen.append(name)
-        in_flight.add(f"w{i}", name, 2, NOW + 30_000)
-        views[name] = msgspec.structs.replace(views[name], reserved_wh=in_flight.reserved_wh(name))
-    # a:50 -> 48 (tie with b, a wins by name) -> 46; b:48 -> 46; ... each node gets work
-    assert chosen == ["a", "a", "b", "a", "b", "c"]
-    assert set(chosen) == {"a", "b", "c"}
+def test_nothing_placed_before_the_desired_state_is_known() -> None:
+    core = NativeState()
+    core = fleet(core, {"r1": 40})
+    core, out = feed(core, Tick(), T0)
+    assert out == []
+    core, out = feed(core, DesiredStateRead(desired(w=wl())), T0)
+    assert bindings(out) == {"w": "r1"}
 
 
-def test_a_rejection_names_its_filter_as_a_typed_reason() -> None:
-    stale = node("stale", 99, energy_time_ms=NOW - 60_000, arch="arm64")
-    poor = node("poor", 5, arch="arm64")
-    other = node("other", 99, arch="amd64")
-    result = schedule(req(min_energy_wh=10, selector={"arch": "arm64"}), [stale, poor, other], ctx())
-    assert isinstance(result, NoFit)
-    assert result.filters == {"stale": "EnergyFresh", "poor": "EnergyReserve", "other": "Selector"}
-    assert {n for n, f in result.filters.items() if f in ENERGY_FILTERS} == {"stale", "poor"}
+def test_fixed_agent_workload_without_extension_is_left_alone() -> None:
+    core = NativeState()
+    core = fleet(core, {"r1": 40})
+    core, out = feed(core, DesiredStateRead(desired(w=wl(agent="r9"))), T0)
+    assert out == []
+    assert core.workloads == {}
 
 
-def test_reservations_count_per_node_until_released_or_expired() -> None:
-    in_flight = Reservations()
-    in_flight.add("w1", "a", 2, NOW + 1000)
-    in_flight.add("w2", "a", 3, NOW + 2000)
-    in_flight.add("w3", "b", 1, NOW + 500)
-    assert (in_flight.reserved_wh("a"), in_flight.reserved_wh("b")) == (5, 1)
-    assert in_flight.next_expiry_ms() == NOW + 500
-    assert in_flight.release("w1") == "a" and in_flight.release("w1") is None
-    assert in_flight.reserved_wh("a") == 3
-    in_flight.add("w2", "b", 4, NOW + 2000)  # re-placed: counted on its new node only
-    assert (in_flight.reserved_wh("a"), in_flight.reserved_wh("b")) == (0, 5)
-    assert sorted(in_flight.expired(NOW + 500)) == ["w3"] and len(in_flight) == 2
-    assert in_flight.node_of("w2") == "b" and "w3" in in_flight
+def test_burst_spreads_over_nodes_through_in_flight_costs() -> None:
+    core = NativeState(NativeConfig(default_energy_cost_wh=5))
+    core = fleet(core, {"a": 50, "b": 49, "c": 48})
+    core, actions = feed(core, DesiredStateRead(desired(**{f"w{i}": wl() for i in range(6)})), T0)
+    placed = bindings(actions)
+    assert sorted(placed.values()) == ["a", "a", "b", "b", "c", "c"]
 
 
-def test_taints_need_a_matching_toleration() -> None:
-    tainted = node("gpu", 90, taints=(Taint("dedicated", "gpu", "NoSchedule"),))
-    soft = node("soft", 80, taints=(Taint("maybe", "", "PreferNoSchedule"),))
-    assert placed(schedule(req(), [tainted, soft], ctx())) == "soft"
-    equal = Toleration(key="dedicated", operator="Equal", value="gpu", effect="NoSchedule")
-    assert placed(schedule(req(tolerations=(equal,)), [tainted, soft], ctx())) == "gpu"
-    assert placed(schedule(req(tolerations=(Toleration(operator="Exists"),)), [tainted], ctx())) == "gpu"
-    wrong = Toleration(key="dedicated", value="cpu")
-    result = schedule(req(tolerations=(wrong,)), [tainted], ctx())
-    assert isinstance(result, NoFit) and result.reasons["gpu"] == "untolerated taint: dedicated=gpu:NoSchedule"
+def test_in_flight_cost_is_released_when_the_workload_lands() -> None:
+    core = NativeState(NativeConfig(default_energy_cost_wh=5))
+    core = fleet(core, {"a": 50})
+    core = step(core, DesiredStateRead(desired(w=wl())), T0).state
+    assert node_views(core, T0)[0].reserved_wh == 5
+    core = step(core, WorkloadStateSeen(WorkloadState(workload="w", agent="a", execution_state=RUNNING)), T0 + 10).state
+    assert node_views(core, T0)[0].reserved_wh == 0
 
 
-def test_round_robin_walks_the_ring_and_random_is_reproducible() -> None:
-    nodes = [node("a", 10), node("b", 90), node("c", 50)]
-    ring = ("a", "b", "c")
-    picks = [placed(schedule(req(policy="round-robin"), nodes, ctx(cursor=i, ring=ring))) for i in range(4)]
-    assert picks == ["a", "b", "c", "a"]
-    first = [placed(schedule(req(policy="random", workload=f"w{i}"), nodes, ctx(seed=7))) for i in range(20)]
-    again = [placed(schedule(req(policy="random", workload=f"w{i}"), nodes, ctx(seed=7))) for i in range(20)]
-    assert first == again and len(set(first)) > 1
+def test_in_flight_cost_expires_after_in_flight_ms() -> None:
+    core = NativeState(NativeConfig(default_energy_cost_wh=5, in_flight_ms=1000, max_energy_age_ms=10**9))
+    core = fleet(core, {"a": 50})
+    core = step(core, DesiredStateRead(desired(w=wl())), T0).state
+    assert next_wake_ms(core) == T0 + 1000
+    core = step(core, Tick(), T0 + 1000).state
+    assert node_views(core, T0)[0].reserved_wh == 0
+    assert next_wake_ms(core) is None
 
 
-def test_unknown_policy_is_a_clear_failure() -> None:
-    result = schedule(req(policy="cheapest"), [node("a")], ctx())
-    assert isinstance(result, NoFit)
-    assert "unknown policy: 'cheapest'" in result.reasons["a"]
+def test_nothing_fits_emits_failed_scheduling_then_backs_off_1_to_10_s() -> None:
+    core = NativeState(NativeConfig(max_energy_age_ms=10**9))
+    core = fleet(core, {"r1": 5})
+    core, actions = feed(core, DesiredStateRead(desired(w=wl(minEnergyWh=20.0))), T0)
+    [failed] = events(actions, "FailedScheduling")
+    assert failed.severity == "warning" and failed.subject == "w"
+    assert "0/1 nodes are available: 1 energy below reserve" in failed.message
+    assert "r1: energy below reserve" in failed.message
+    delays = []
+    now = T0
+    for _ in range(6):
+        wake = next_wake_ms(core)
+        assert wake is not None
+        delays.append(wake - now)
+        now = wake
+        core, out = feed(core, Tick(), now)
+        assert out == []  # the same failure: no repeated event
+    assert delays == [1000, 2000, 4000, 8000, 10000, 10000]
+    # a different failure is news: the report goes stale -> a new event
+    core, out = feed(core, Tick(), now + 10**9)
+    [stale] = events(out, "FailedScheduling")
+    assert "energy report stale" in stale.message
 
 
-def test_a_new_policy_is_a_profile_not_a_change_of_the_loop() -> None:
-    class LeastEnergy:
-        name = "LeastEnergy"
-
-        def score(self, request: PlacementRequest, n: NodeView, c: CycleContext) -> float:
-            return -n.projected_wh
-
-    frugal = Profile("frugal", POLICIES["MALE"].filters, ((LeastEnergy(), 1.0),), describe="least energy")
-    assert placed(schedule(req(), [node("a", 10), node("b", 90)], ctx(), frugal)) == "a"
+def test_failed_workload_is_retried_at_once_when_a_relevant_node_appears() -> None:
+    core = NativeState()
+    core = step(core, DesiredStateRead(desired(w=wl())), T0).state
+    assert core.workloads["w"].attempts == 1
+    # a new agent with energy: placed without waiting for the backoff
+    core = fleet(core, {"r7": 30}, now=T0 + 10)
+    assert core.workloads["w"].agent == "r7"
 
 
-def test_normalise_scales_to_0_100_and_all_equal_to_100() -> None:
-    assert normalise({"a": 10, "b": 20, "c": 15}) == {"a": 0.0, "b": 100.0, "c": 50.0}
-    assert normalise({"a": 3, "b": 3}) == {"a": 100.0, "b": 100.0}
-    assert normalise({}) == {}
+def test_failed_workload_is_retried_at_once_when_energy_recovers() -> None:
+    core = NativeState()
+    core = fleet(core, {"r1": 5})
+    core = step(core, DesiredStateRead(desired(w=wl(minEnergyWh=10.0))), T0).state
+    assert core.workloads["w"].agent == ""
+    core, out = energy(core, "r1", 30, T0 + 50)
+    assert bindings(out) == {"w": "r1"}
 
 
-@pytest.mark.parametrize(
-    ("attempts", "delay"), [(0, 0), (1, 1000), (2, 2000), (3, 4000), (4, 8000), (5, 10000), (50, 10000)]
-)
-def test_backoff_grows_from_1_s_to_10_s(attempts: int, delay: int) -> None:
-    assert backoff_ms(attempts) == delay
+def test_energy_report_does_not_retry_a_workload_its_node_rejected_for_another_reason() -> None:
+    core = NativeState()
+    core = fleet(core, {"r1": 50}, arch="amd64")
+    core = step(core, DesiredStateRead(desired(w=wl(selector={"arch": "arm64"}))), T0).state
+    assert core.workloads["w"].rejected_by == {"r1": "Selector"}
+    core, out = energy(core, "r1", 90, T0 + 50)
+    assert out == []
+    assert next_wake_ms(core) == T0 + 1000  # still waits for its backoff
 
 
-def test_no_nodes_at_all_says_so() -> None:
-    result = schedule(req(), [], ctx())
-    assert isinstance(result, NoFit) and result.message == "0/0 nodes are available: no nodes known"
+def test_agent_lost_re_places_its_workloads_at_once() -> None:
+    core = NativeState()
+    core = fleet(core, {"r1": 90, "r2": 50})
+    core = step(core, DesiredStateRead(desired(w=wl())), T0).state
+    assert core.workloads["w"].agent == "r1"
+    core, actions = feed(core, AgentLiveliness("r1", False), T0 + 100)
+    assert bindings(actions) == {"w": "r2"}
+    binding = next(a.binding for a in actions if isinstance(a, PublishBinding))
+    assert "re-placed: agent r1 lost" in binding.reason
+
+
+def test_agent_lost_with_nowhere_to_go_fails_and_binds_when_an_agent_returns() -> None:
+    core = NativeState()
+    core = fleet(core, {"r1": 90})
+    core = step(core, DesiredStateRead(desired(w=wl())), T0).state
+    core, actions = feed(core, AgentLiveliness("r1", False), T0 + 100)
+    assert events(actions, "FailedScheduling") and not bindings(actions)
+    core, out = feed(core, AgentLiveliness("r1", True), T0 + 200)
+    assert bindings(out) == {"w": "r1"}
+
+
+def test_low_energy_re_places_only_below_reserve_minus_hysteresis_after_min_dwell() -> None:
+    core = NativeState(NativeConfig(hysteresis_wh=2, min_dwell_ms=10_000, default_energy_cost_wh=0))
+    core = fleet(core, {"r1": 50, "r2": 40})
+    core = step(core, DesiredStateRead(desired(w=wl(minEnergyWh=20.0))), T0).state
+    assert core.workloads["w"].agent == "r1"
+    # below the reserve but inside the hysteresis band: stays
+    core, out = energy(core, "r1", 19, T0 + 20_000)
+    assert out == []
+    # below reserve - hysteresis, but bound too recently? no: 20 s > 10 s dwell -> moves
+    core, actions = energy(core, "r1", 17.5, T0 + 21_000)
+    assert bindings(actions) == {"w": "r2"}
+    # r2 falls below the band right after the move: the dwell time keeps it there
+    core, out = energy(core, "r2", 10, T0 + 22_000)
+    assert out == []
+    assert core.workloads["w"].agent == "r2"
+
+
+def test_low_energy_with_no_better_node_keeps_the_binding_and_stays_when_the_node_recovers() -> None:
+    core = NativeState(NativeConfig(hysteresis_wh=2, min_dwell_ms=0, default_energy_cost_wh=0))
+    core = fleet(core, {"r1": 50})
+    core = step(core, DesiredStateRead(desired(w=wl(minEnergyWh=20.0))), T0).state
+    core, actions = energy(core, "r1", 10, T0 + 1000)
+    [failed] = events(actions, "FailedScheduling")
+    assert "cannot move off r1" in failed.message
+    assert core.workloads["w"].agent == "r1"  # never unbound to nowhere
+    core, out = energy(core, "r1", 25, T0 + 2000)
+    assert out == []  # charged: it stays, no new binding
+    assert not core.workloads["w"].needs_placement
+
+
+def test_adopts_the_agent_a_workload_already_runs_on_after_a_restart() -> None:
+    core = NativeState()
+    core = fleet(core, {"r1": 10, "r2": 90})
+    state = CompleteState(
+        desired=Manifest(api_version="v1", workloads={"w": wl()}),
+        workload_states=[WorkloadState(workload="w", agent="r1", execution_state=RUNNING, time_ms=T0 - 5)],
+    )
+    core, out = feed(core, DesiredStateRead(state), T0)
+    assert out == []
+    assert core.workloads["w"].agent == "r1"
+    assert current_bindings(core) == [Binding(workload="w", agent="r1", policy="MALE", reason="current binding")]
+
+
+def test_not_scheduled_for_an_unknown_workload_asks_for_the_desired_state() -> None:
+    core = NativeState()
+    core = step(core, DesiredStateRead(desired()), T0).state
+    ws = WorkloadState(workload="new", agent="", execution_state=NOT_SCHEDULED)
+    core, out = feed(core, WorkloadStateSeen(ws), T0)
+    assert out == [Requery("new is NotScheduled and not in the desired state known to the scheduler")]
+
+
+def test_not_scheduled_long_after_binding_re_sends_the_binding() -> None:
+    core = NativeState(NativeConfig(in_flight_ms=5000))
+    core = fleet(core, {"r1": 50})
+    core = step(core, DesiredStateRead(desired(w=wl())), T0).state
+    ws = WorkloadState(workload="w", agent="", execution_state=NOT_SCHEDULED)
+    core, out = feed(core, WorkloadStateSeen(ws), T0 + 100)
+    assert out == []  # our binding is still on its way
+    core, out = feed(core, WorkloadStateSeen(ws), T0 + 6000)
+    assert bindings(out) == {"w": "r1"}
+
+
+def test_removed_workload_is_forgotten_and_its_reservation_released() -> None:
+    core = NativeState(NativeConfig(default_energy_cost_wh=5))
+    core = fleet(core, {"r1": 50})
+    core = step(core, DesiredStateRead(desired(w=wl())), T0).state
+    core = step(core, DesiredStateRead(desired()), T0 + 1).state
+    assert core.workloads == {} and len(core.in_flight) == 0
+    assert node_views(core, T0)[0].reserved_wh == 0
+
+
+def test_changed_selector_moves_a_workload_whose_node_no_longer_matches() -> None:
+    core = NativeState()
+    core = fleet(core, {"r1": 90})
+    core = fleet(core, {"x1": 10}, arch="amd64")
+    core = step(core, DesiredStateRead(desired(w=wl())), T0).state
+    assert core.workloads["w"].agent == "r1"
+    core, actions = feed(core, DesiredStateRead(desired(w=wl(selector={"arch": "amd64"}))), T0 + 5)
+    assert bindings(actions) == {"w": "x1"}
+
+
+def test_late_energy_measurement_does_not_replace_a_newer_one() -> None:
+    core = NativeState()
+    core = fleet(core, {"r1": 50})
+    core, _ = energy(core, "r1", 5, T0 - 10_000)
+    assert core.energy["r1"].energy_wh == 50
+
+
+def test_fleet_manifest_is_valid_and_its_workloads_are_placed_by_their_hints() -> None:
+    from ank_common.manifest.core import parse_manifest
+    from tests.helpers import ROOT
+
+    parsed = parse_manifest((ROOT / "manifests" / "fleet.yaml").read_text())
+    assert parsed.ok, parsed.errors
+    assert parsed.rendered is not None
+    core = NativeState()
+    core = fleet(core, {"tb1": 30, "tb2": 90, "tb3": 60})
+    core = step(
+        core, AgentStatusSeen(AgentStatus(agent="tb3", arch="arm64", os="linux", tags={"accelerator": "npu"})), T0
+    ).state
+    core, out = feed(core, DesiredStateRead(CompleteState(desired=parsed.rendered)), T0)
+    placed = bindings(out)
+    assert "fleet-dashboard" not in placed  # fixed agent, no extension: the planner's
+    assert placed["object-detector"] == "tb3"  # the only robot with an npu
+    assert placed["slam-mapper"] == "tb2"  # arm64 + role=bot, richest
+    assert set(placed) == {"slam-mapper", "object-detector", "telemetry-uplink", "patrol-logger", "route-planner"}

@@ -1,5 +1,5 @@
 """Kubernetes mode: the pure translations and state machine
-(services.scheduler.kube), and `ank-scheduler --kubernetes` as a real process
+(services.scheduler.kube_core), and `ank-scheduler --kubernetes` as a real process
 using the REAL `kubernetes` Python client against tests/k8s_standin.py — a
 wire-level STAND-IN for the API server, not a real cluster. Node energy comes
 over a real Zenoh router (ank/energy/<node>)."""
@@ -20,8 +20,8 @@ import pytest
 from schemas.messages import EnergyReport
 from services.bus import Bus
 from services.bus.loop import EventLoop
-from services.scheduler.core import EnergyReported, Tick
-from services.scheduler.kube import (
+from services.scheduler.framework import EnergyReported, Tick
+from services.scheduler.kube_core import (
     ALREADY_BOUND,
     BOUND,
     ERROR,

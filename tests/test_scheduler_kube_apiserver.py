@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from services.bus.loop import EventLoop
-from services.scheduler.kube import (
+from services.scheduler.kube_core import (
     ALREADY_BOUND,
     BOUND,
     DELETING,

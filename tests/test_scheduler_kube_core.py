@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from schemas.messages import EnergyReport
-from services.scheduler.core import EnergyReported, Tick
-from services.scheduler.kube import (
+from services.scheduler.framework import EnergyReported, Tick
+from services.scheduler.kube_core import (
     ALREADY_BOUND,
     BOUND,
     DELETING,

@@ -32,6 +32,11 @@ import msgspec
 import psutil
 import zenoh
 
+from ank_common.clock import SYSTEM_CLOCK, Clock
+from ank_common.jobs import JobQueue
+from ank_common.lifecycle import Busy, DirLock, default_run_dir
+from ank_common.logsetup import setup_logging
+from ank_common.names import agent_name_error
 from schemas import keys, prepare
 from schemas.manifest import FileItem
 from schemas.messages import (
@@ -54,11 +59,6 @@ from services.agent.usage import UsageSampler
 from services.bus import BusConfigError, paging
 from services.bus.loop import EventLoop
 from services.bus.protocol import BusLike
-from services.clock import SYSTEM_CLOCK, Clock
-from services.jobs import JobQueue
-from services.lifecycle import Busy, DirLock, default_run_dir
-from services.logsetup import setup_logging
-from services.names import agent_name_error
 
 PLAN_QUERY_TIMEOUT_S = 5.0
 PLAN_PARTS_WAIT_S = 5.0  # how long an incomplete plan waits for its other parts before the whole is asked

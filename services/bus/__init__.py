@@ -28,10 +28,10 @@ from typing import Any, TypeVar
 import msgspec
 import zenoh
 
+from ank_common.clock import SYSTEM_CLOCK, Clock
 from schemas import keys
 from schemas.messages import Event, Message
 from services.bus import checks
-from services.clock import SYSTEM_CLOCK, Clock
 
 T = TypeVar("T", bound=msgspec.Struct)
 E = TypeVar("E")

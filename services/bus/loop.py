@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from services.clock import SYSTEM_CLOCK, Clock
+from ank_common.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger("ank.loop")
 

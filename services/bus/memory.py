@@ -38,8 +38,8 @@ from typing import Any, cast
 
 import zenoh
 
+from ank_common.clock import SYSTEM_CLOCK, Clock
 from services.bus import Bus
-from services.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger("ank.bus.memory")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import zenoh
 
-from services.lifecycle import wait_for_stop
-from services.logsetup import setup_logging
+from ank_common.lifecycle import wait_for_stop
+from ank_common.logsetup import setup_logging
 
 _CHECKOUT = Path(__file__).resolve().parents[2] / "router.json5"
 DEFAULT_CONFIG = _CHECKOUT if _CHECKOUT.exists() else Path(__file__).resolve().parent / "router.json5"

@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"ank: cannot use config file {args.ank_config}: {exc}", file=sys.stderr)
             return EXIT_ERROR
-    from services.logsetup import setup_logging
+    from ank_common.logsetup import setup_logging
 
     setup_logging("ank", args.verbose, quiet=not args.verbose)
     try:
@@ -258,7 +258,7 @@ def _apply_config_file(args: argparse.Namespace, argv: list[str]) -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "apply" and args.dry_run:
-        from services.manifest import dry_run
+        from ank_common.manifest import dry_run
 
         return max(int(dry_run(m, args.agent, args.output, sys.stdout, sys.stderr)) for m in args.manifest)
     if args.command == "up":
@@ -756,7 +756,7 @@ RECHECK_S = 0.25  # `ank get events`: a read a notice caused is made again this 
 
 
 def _wait_set(event: threading.Event) -> None:
-    """As services.lifecycle.wait_for_stop (not imported: the CLI stays
+    """As ank_common.lifecycle.wait_for_stop (not imported: the CLI stays
     lean): in slices, so that a SIGTERM the kernel gave to one of Zenoh's
     threads is acted upon."""
     while not event.wait(0.5):

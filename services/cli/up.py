@@ -20,11 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from schemas.messages import ApplyRequest
-from services.bus import Bus
-from services.cli.client import Client, NoPlanner
-from services.dashboard import token as dashboard_token
-from services.lifecycle import (
+from ank_common.lifecycle import (
     Busy,
     DirLock,
     busy_port_message,
@@ -33,7 +29,11 @@ from services.lifecycle import (
     die_with_parent,
     port_in_use,
 )
-from services.names import agent_name_error
+from ank_common.names import agent_name_error
+from schemas.messages import ApplyRequest
+from services.bus import Bus
+from services.cli.client import Client, NoPlanner
+from services.dashboard import token as dashboard_token
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT_STOP_GRACE_S = 10.0  # the agent's --stop-grace (its default)

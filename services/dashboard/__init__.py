@@ -1,2 +1,2 @@
 """`ank dashboard`: a read-only HTTP API and live web page (services.dashboard.shell);
-its data model is services.dashboard.model (pure), its options services.dashboard.options."""
+its data model is services.dashboard.core (pure), its options services.dashboard.options."""

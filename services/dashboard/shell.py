@@ -17,7 +17,7 @@ localhost or [::1]) with its port, and an `Origin`, when a browser sends one,
 must be that same host: otherwise 403, so that a web page elsewhere (cross-site
 WebSocket, DNS rebinding) cannot read the state. The token is never logged.
 
-The data model is services.dashboard.model (pure). This shell feeds it from
+The data model is services.dashboard.core (pure). This shell feeds it from
 Zenoh — `ank/state/**`, `ank/agents/*` liveliness and `*/status`,
 `ank/energy/**`, `ank/events/**`, and the `ank/cmd/state` query at start
 and every `--resync` seconds (so a lost message heals) — on the web
@@ -42,16 +42,16 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from ank_common.clock import SYSTEM_CLOCK
+from ank_common.logsetup import setup_logging
 from schemas import AgentStatus, EnergyReport, Event, WorkloadState, keys
 from schemas.liveliness import AgentLiveliness
 from services.bus import Bus, BusConfigError, load_config, paging, uses_tls
 from services.bus.protocol import BusLike
-from services.clock import SYSTEM_CLOCK
-from services.dashboard import model, options
+from services.dashboard import core, options
 from services.dashboard import token as dashboard_token
 from services.dashboard.page import PAGE
 from services.dashboard.web import Fanout, run_server
-from services.logsetup import setup_logging
 
 log = logging.getLogger("ank.dashboard")
 DEFAULT_PORT = options.DEFAULT_PORT
@@ -64,10 +64,10 @@ class DashboardShell:
     def __init__(self, bus: BusLike, fanout: Fanout) -> None:
         self.bus = bus
         self.fanout = fanout
-        self.view = model.DashboardView()
+        self.view = core.DashboardView()
 
-    def apply(self, event: model.ViewEvent) -> None:
-        self.view, updates = model.step(self.view, event, SYSTEM_CLOCK.wall_ms())
+    def apply(self, event: core.ViewEvent) -> None:
+        self.view, updates = core.step(self.view, event, SYSTEM_CLOCK.wall_ms())
         for update in updates:
             self.fanout.publish(_json({"type": update.kind, "data": update.data}))
 
@@ -203,23 +203,23 @@ def build_app(
 
     @api
     async def workloads(_request: Request) -> Response:
-        return JSONResponse({"workloads": model.workload_rows(shell.view)})
+        return JSONResponse({"workloads": core.workload_rows(shell.view)})
 
     @api
     async def workload(request: Request) -> Response:
         name = request.path_params["name"]
-        rows = model.workload_rows(shell.view, name)
+        rows = core.workload_rows(shell.view, name)
         if not rows:
             return JSONResponse({"error": f"no workload named {name!r}"}, status_code=404)
         return JSONResponse({"workloads": rows})
 
     @api
     async def agents(_request: Request) -> Response:
-        return JSONResponse({"agents": model.agent_rows(shell.view)})
+        return JSONResponse({"agents": core.agent_rows(shell.view)})
 
     @api
     async def events(_request: Request) -> Response:
-        return JSONResponse({"events": model.event_rows(shell.view)})
+        return JSONResponse({"events": core.event_rows(shell.view)})
 
     async def stream(websocket: WebSocket) -> None:
         reason = forbidden_reason(websocket, hosts, port)
@@ -232,7 +232,7 @@ def build_app(
             # Accept first so that the page sees the policy-violation code.
             await websocket.close(code=1008, reason="missing or wrong bearer token")
             return
-        snapshot = _json({"type": "snapshot", "data": model.snapshot(shell.view)})
+        snapshot = _json({"type": "snapshot", "data": core.snapshot(shell.view)})
         await fanout.stream(websocket, [snapshot])
 
     return Starlette(

@@ -22,15 +22,15 @@ from collections.abc import Callable
 import msgspec
 import zenoh
 
+from ank_common.clock import SYSTEM_CLOCK, Clock
+from ank_common.logsetup import setup_logging
 from schemas import keys
 from schemas.messages import CompleteState, HealthReport, WorkloadState
 from services.bus import Bus, BusConfigError, paging
 from services.bus.loop import EventLoop
 from services.bus.protocol import BusLike
-from services.clock import SYSTEM_CLOCK, Clock
 from services.health_watcher import core
 from services.health_watcher.probes import ProbeContext, run_probe
-from services.logsetup import setup_logging
 
 log = logging.getLogger("ank.health")
 

@@ -45,6 +45,15 @@ from typing import Literal, NamedTuple, assert_never
 
 import msgspec
 
+from ank_common.manifest import (
+    apply_update_masks,
+    find_dependency_cycle,
+    instance_id,
+    parse_manifest,
+    parse_state_file,
+    render_manifest,
+)
+from ank_common.manifest.core import agent_name_problem
 from schemas import keys
 from schemas.limits import MAX_ENTRY_BYTES, MAX_MESSAGE_BYTES, size_of
 from schemas.liveliness import AgentLiveliness
@@ -61,15 +70,6 @@ from schemas.messages import (
     WorkloadState,
 )
 from schemas.state import ExecutionState
-from services.manifest import (
-    apply_update_masks,
-    find_dependency_cycle,
-    instance_id,
-    parse_manifest,
-    parse_state_file,
-    render_manifest,
-)
-from services.manifest.core import agent_name_problem
 
 Hold = Literal["", "WaitingToStart", "WaitingToStop"]
 UNSCHEDULED = keys.UNSCHEDULED  # the agent segment of state keys of workloads without an agent

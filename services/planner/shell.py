@@ -25,6 +25,9 @@ from typing import TypeVar
 import msgspec
 import zenoh
 
+from ank_common.clock import SYSTEM_CLOCK, Clock
+from ank_common.lifecycle import Busy, DirLock, TwinDetector, default_state_dir
+from ank_common.logsetup import setup_logging
 from schemas import keys
 from schemas.limits import PART_BUDGET_BYTES, size_of
 from schemas.liveliness import AgentLiveliness
@@ -44,9 +47,6 @@ from services.bus import Bus, BusConfigError, paging
 from services.bus.eventlog import RecentEvents
 from services.bus.loop import EventLoop
 from services.bus.protocol import BusLike
-from services.clock import SYSTEM_CLOCK, Clock
-from services.lifecycle import Busy, DirLock, TwinDetector, default_state_dir
-from services.logsetup import setup_logging
 from services.planner import core, store
 
 R = TypeVar("R")

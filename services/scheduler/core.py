@@ -1,479 +1,553 @@
-"""The scheduling framework: which node runs a workload (pure: no I/O, no clock).
+"""Native mode's decisions: which workloads the scheduler owns, when it places
+them, when it re-places them (pure: no I/O, no clock, no threads).
 
 Theory of operation
 -------------------
-A placement decision is split into the extension points of the Kubernetes
-scheduling framework, and a policy is only a choice of plugins for them:
+`NativeState` (frozen) holds what the scheduler knows — the workloads it must
+place (from the desired state), the live agents and their status, the last
+energy report of every node, the bindings it made and the placements still
+in flight. The shell feeds every input as an event to
+`step(state, event, now_ms)` (wall clock): DesiredStateRead,
+WorkloadStateSeen, AgentLiveliness, AgentStatusSeen, EnergyReported, and
+Tick when its timer fires; it carries out the returned actions
+(`PublishBinding`, `PublishEvent`, `Requery`), keeps the returned state and
+arms its timer at `next_wake_ms(state)`. Within one step the handlers work
+on a copy (`_Working`) whose dicts they update; the workloads are frozen
+values replaced, never changed.
 
-    filter     may this node run it?        every FilterPlugin must pass; the
-                                            first that fails names the reason
-    score      how good is this node?       each ScorePlugin scores every
-                                            node that passed all filters
-    normalise  make scores comparable       each plugin's scores are scaled
-                                            to 0..100 (min-max), then weighted
-    (choose)   highest total wins; ties go to the node name that sorts first,
-               so a decision never depends on dict or arrival order
-    reserve    count it before it lands     `Reservations` counts the
-                                            workload's energy cost against
-                                            its node while in flight, so a
-                                            burst of placements spreads
-    bind       tell the world               an action the mode's core returns
-                                            (native: PublishBinding; Kubernetes:
-                                            BindPod) and its shell carries out
+A workload is the scheduler's when its `agent` is empty or absent
+(NotScheduled) or when it carries the `scheduling` extension (the binding
+then overrides its `agent`). Each such workload is in one of these states:
 
-A node a filter rejects is recorded with the filter's name (`NoFit.filters`),
-so a caller decides from that typed reason — e.g. "retry when energy changes"
-for the ENERGY_FILTERS — never from the text of the message.
+| state     | meaning                                   | leaves on                                   |
+|-----------|-------------------------------------------|---------------------------------------------|
+| unplaced  | needs a node; tried at `next_try_ms`      | fit -> bound (Binding + Scheduled event)    |
+|           |                                           | no fit -> unplaced, backoff 1 s .. 10 s     |
+|           |                                           | (FailedScheduling event)                    |
+| bound     | runs (or will run) on `agent`             | agent lost -> unplaced (re-place at once)   |
+|           |                                           | energy < reserve - hysteresis for a         |
+|           |                                           | binding older than min_dwell -> re-place    |
+| moving    | bound, but should leave its node          | fit elsewhere -> bound there                |
+|           | (low energy); keeps its binding until     | node recovers to >= reserve -> bound        |
+|           | another node fits                         | no fit -> moving, backoff                   |
 
-Nodes and requests are plain values (`NodeView`, `PlacementRequest`); both
-modes (native agents on the bus, Kubernetes nodes) translate into them. The
-time of a decision (`CycleContext.now_ms`, wall clock) is passed in.
+An unplaced or moving workload whose last attempt failed is retried at once
+(not waiting for its backoff) when an agent appears or changes, or when an
+energy report arrives for a node that rejected it for energy.
 
-Policies (`POLICIES`):
+In flight: a binding counts its `energyCostWh` against its node until the
+workload is reported from that node, or `in_flight_ms` passes — so a burst of
+placements spreads over the nodes instead of piling onto the richest.
 
-| policy        | filters                                   | score                |
-|---------------|-------------------------------------------|----------------------|
-| MALE          | alive, ready, selector, taints, energy    | most projected Wh    |
-| round-robin   | alive, ready, selector, taints, energy    | next in ring order   |
-| random        | alive, ready, selector, taints, energy    | seeded hash          |
-
-A new policy is a new `Profile` in `POLICIES` (or passed by the caller); the
-loop in `schedule()` never changes.
+Hysteresis: a node is a candidate only when its projected energy after the
+placement stays >= the reserve, but a workload leaves a node only when the
+node's energy falls below reserve - `hysteresis_wh`, and not within
+`min_dwell_ms` of being bound there. So a node hovering around its reserve
+does not make workloads flap.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import msgspec
 
-from schemas.messages import EnergyReport
-from services.digest import blake2b
-
-# Taint effects that keep a pod off a node unless tolerated (PreferNoSchedule
-# only prefers, so it never filters).
-BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
-
-
-class Taint(msgspec.Struct, frozen=True):
-    key: str
-    value: str = ""
-    effect: str = "NoSchedule"
-
-
-class Toleration(msgspec.Struct, frozen=True):
-    key: str = ""  # "" with operator Exists tolerates every taint
-    operator: str = "Equal"  # "Equal" or "Exists"
-    value: str = ""
-    effect: str = ""  # "" tolerates every effect
-
-    def tolerates(self, taint: Taint) -> bool:
-        if self.effect and self.effect != taint.effect:
-            return False
-        if self.operator == "Exists":
-            return not self.key or self.key == taint.key
-        return self.key == taint.key and self.value == taint.value
-
-
-class NodeView(msgspec.Struct, frozen=True, kw_only=True):
-    """A node as the framework sees it: an agent (native) or a Kubernetes node."""
-
-    name: str
-    alive: bool = True
-    has_status: bool = True  # native: its AgentStatus (arch, tags) is known
-    ready: bool = True
-    unschedulable: bool = False
-    arch: str = ""
-    labels: dict[str, str] = {}  # agent tags, or Kubernetes node labels
-    taints: tuple[Taint, ...] = ()
-    energy_wh: float | None = None
-    capacity_wh: float | None = None
-    energy_time_ms: int | None = None  # when the energy was measured (wall clock)
-    reserved_wh: float = 0.0  # energy cost of placements in flight on this node
-
-    @property
-    def projected_wh(self) -> float:
-        """The energy left once the placements in flight have landed."""
-        return (self.energy_wh or 0.0) - self.reserved_wh
-
-
-class PlacementRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """What must be placed: a workload (native) or a pod (Kubernetes)."""
-
-    workload: str
-    selector: dict[str, str] = {}  # label/tag equality; the key `arch` matches the node's arch
-    policy: str = "MALE"
-    min_energy_wh: float = 0.0  # the reserve a node must keep after placement
-    energy_cost_wh: float = 1.0  # counted against the node while in flight
-    tolerations: tuple[Toleration, ...] = ()
-
-
-class CycleContext(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything about the moment of one decision."""
-
-    now_ms: int
-    max_energy_age_ms: int = 30_000
-    require_energy: bool = True  # False: a node with no energy report at all is a candidate
-    cursor: int = 0  # placements made so far (round-robin position)
-    seed: int = 0  # the random policy's seed
-    ring: tuple[str, ...] = ()  # every node's name in ring order (round-robin)
-
-
-class Placement(msgspec.Struct, frozen=True, kw_only=True):
-    workload: str
-    node: str
-    policy: str
-    score: float  # the winner's weighted, normalised total (0..100 per unit weight)
-    reason: str
-    candidates: int
-
-
-class NoFit(msgspec.Struct, frozen=True, kw_only=True):
-    """Nothing fits: why, per node (as kube-scheduler's FailedScheduling)."""
-
-    workload: str
-    policy: str
-    reasons: dict[str, str]  # node -> why the first filter that rejected it did
-    filters: dict[str, str] = {}  # node -> the name of that filter (the typed reason)
-
-    @property
-    def message(self) -> str:
-        if not self.reasons:
-            return "0/0 nodes are available: no nodes known"
-        counts = Counter(_reason_class(r) for r in self.reasons.values())
-        parts = ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
-        return f"0/{len(self.reasons)} nodes are available: {parts}"
-
-
-def _reason_class(reason: str) -> str:
-    # The per-node reasons carry numbers; the summary groups them by kind.
-    return reason.split(":", 1)[0]
-
-
-# -- plugin interfaces ------------------------------------------------------
-
-
-class FilterPlugin(Protocol):
-    name: str
-
-    def filter(self, request: PlacementRequest, node: NodeView, ctx: CycleContext) -> str | None:
-        """None if the node may run it; otherwise the reason it may not."""
-        ...
-
-
-class ScorePlugin(Protocol):
-    name: str
-
-    def score(self, request: PlacementRequest, node: NodeView, ctx: CycleContext) -> float:
-        """Higher is better. Scores are normalised across nodes afterwards."""
-        ...
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A policy: its filters and weighted scorers."""
-
-    name: str
-    filters: tuple[FilterPlugin, ...]
-    scorers: tuple[tuple[ScorePlugin, float], ...]
-    describe: str = ""  # how the reason of a placement reads
-
-
-# -- filters -----------------------------------------------------------------
-
-
-class Alive:
-    name = "Alive"
-
-    def filter(self, request: PlacementRequest, node: NodeView, ctx: CycleContext) -> str | None:
-        if not node.alive:
-            return "agent not alive"
-        if not node.has_status:
-            return "agent status unknown"
-        return None
-
-
-class ReadyAndSchedulable:
-    name = "NodeReady"
-
-    def filter(self, request: PlacementRequest, node: NodeView, ctx: CycleContext) -> str | None:
-        if not node.ready:
-            return "node not Ready"
-        if node.unschedulable:
-            return "node unschedulable"
-        return None
-
-
-class Selector:
-    name = "Selector"
-
-    def filter(self, request: PlacementRequest, node: NodeView, ctx: CycleContext) -> str | None:
-        if not request.selector:
-            return None
-        for key, want in sorted(request.selector.items()):
-            have = node.arch if key == "arch" else node.labels.get(key)
-            if have != want:
-                return f"selector mismatch: {key}={have!r}, wants {want!r}"
-        return None
-
-
-class TaintToleration:
-    name = "TaintToleration"
-
-    def filter(self, request: PlacementRequest, node: NodeView, ctx: CycleContext) -> str | None:
-        if not node.taints:
-            return None
-        for taint in node.taints:
-            if taint.effect not in BLOCKING_EFFECTS:
-                continue
-            if not any(t.tolerates(taint) for t in request.tolerations):
-                return f"untolerated taint: {taint.key}={taint.value}:{taint.effect}"
-        return None
-
-
-class EnergyFresh:
-    name = "EnergyFresh"
-
-    def filter(self, request: PlacementRequest, node: NodeView, ctx: CycleContext) -> str | None:
-        if node.energy_wh is None or node.energy_time_ms is None:
-            return None if not ctx.require_energy else "no energy report"
-        age = ctx.now_ms - node.energy_time_ms
-        if age > ctx.max_energy_age_ms:
-            return f"energy report stale: {age / 1000:.1f} s old > {ctx.max_energy_age_ms / 1000:.1f} s"
-        return None
-
-
-class EnergyReserve:
-    name = "EnergyReserve"
-
-    def filter(self, request: PlacementRequest, node: NodeView, ctx: CycleContext) -> str | None:
-        if node.energy_wh is None:
-            return None  # unmetered node (allowed only when energy is not required)
-        left = node.projected_wh - request.energy_cost_wh
-        if left < request.min_energy_wh:
-            return f"energy below reserve: {left:.1f} Wh after placement < {request.min_energy_wh:.1f} Wh"
-        return None
-
-
-# -- scorers -----------------------------------------------------------------
-
-
-class MostEnergy:
-    """MALE: the node with the most projected energy (Wh) wins."""
-
-    name = "MostEnergy"
-
-    def score(self, request: PlacementRequest, node: NodeView, ctx: CycleContext) -> float:
-        return node.projected_wh
-
-
-class RoundRobin:
-    """The next node in ring order after the last placement."""
-
-    name = "RoundRobin"
-
-    def score(self, request: PlacementRequest, node: NodeView, ctx: CycleContext) -> float:
-        ring = ctx.ring
-        if node.name not in ring:
-            return -float(len(ring) + 1)
-        return -float((ring.index(node.name) - ctx.cursor) % len(ring))
-
-
-class SeededRandom:
-    """A uniform pseudo-random choice, reproducible from the seed."""
-
-    name = "Random"
-
-    def score(self, request: PlacementRequest, node: NodeView, ctx: CycleContext) -> float:
-        digest = blake2b(f"{ctx.seed}/{ctx.cursor}/{request.workload}/{node.name}".encode(), digest_size=8)
-        return float(int.from_bytes(digest.digest(), "big"))
-
-
-# The filters whose verdict a new energy report can change.
-ENERGY_FILTERS = frozenset({EnergyFresh.name, EnergyReserve.name})
-
-FILTERS: tuple[FilterPlugin, ...] = (
-    Alive(),
-    ReadyAndSchedulable(),
-    Selector(),
-    TaintToleration(),
-    EnergyFresh(),
-    EnergyReserve(),
+from schemas.liveliness import AgentLiveliness
+from schemas.manifest import Manifest, Scheduling, Workload
+from schemas.messages import AgentStatus, Binding, CompleteState, EnergyReport, WorkloadState
+from services.scheduler.framework import (
+    ENERGY_FILTERS,
+    CycleContext,
+    EnergyReported,
+    NodeView,
+    NoFit,
+    Placement,
+    PlacementRequest,
+    Reservation,
+    Reservations,
+    Tick,
+    backoff_ms,
+    newer_energy,
+    schedule,
 )
 
-POLICIES: dict[str, Profile] = {
-    "MALE": Profile("MALE", FILTERS, ((MostEnergy(), 1.0),), describe="most projected energy"),
-    "round-robin": Profile("round-robin", FILTERS, ((RoundRobin(), 1.0),), describe="next in ring order"),
-    "random": Profile("random", FILTERS, ((SeededRandom(), 1.0),), describe="seeded random choice"),
-}
+
+class NativeConfig(msgspec.Struct, frozen=True, kw_only=True):
+    max_energy_age_ms: int = 30_000
+    default_energy_cost_wh: float = 1.0
+    in_flight_ms: int = 30_000
+    backoff_initial_ms: int = 1_000
+    backoff_max_ms: int = 10_000
+    hysteresis_wh: float = 2.0
+    min_dwell_ms: int = 10_000
+    require_energy: bool = True
+    seed: int = 0
 
 
-# -- the loop ----------------------------------------------------------------
+# -- actions -----------------------------------------------------------------
 
 
-def normalise(scores: Mapping[str, float]) -> dict[str, float]:
-    """Min-max to 0..100; all equal -> all 100 (the tie-break decides)."""
-    if not scores:
-        return {}
-    low, high = min(scores.values()), max(scores.values())
-    if high == low:
-        return dict.fromkeys(scores, 100.0)
-    span = high - low
-    return {name: 100.0 * (value - low) / span for name, value in scores.items()}
+class PublishBinding(msgspec.Struct, frozen=True):
+    binding: Binding
 
 
-def feasible(
-    request: PlacementRequest, nodes: Iterable[NodeView], filters: Sequence[FilterPlugin], ctx: CycleContext
-) -> tuple[list[NodeView], dict[str, str], dict[str, str]]:
-    """The nodes that pass every filter; of the others, the first failing
-    filter's reason and that filter's name."""
-    passed: list[NodeView] = []
-    rejected: dict[str, str] = {}
-    rejected_by: dict[str, str] = {}
-    checks = [(plugin.name, plugin.filter) for plugin in filters]  # bound once: this loop is the hot path
-    for node in nodes:
-        for name, check in checks:
-            reason = check(request, node, ctx)
-            if reason is not None:
-                rejected[node.name] = reason
-                rejected_by[node.name] = name
-                break
-        else:
-            passed.append(node)
-    return passed, rejected, rejected_by
+class PublishEvent(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str  # "Scheduled", "FailedScheduling"
+    subject: str
+    message: str
+    severity: str = "info"
 
 
-def schedule(
-    request: PlacementRequest, nodes: Iterable[NodeView], ctx: CycleContext, profile: Profile | None = None
-) -> Placement | NoFit:
-    """One scheduling cycle: filter, score, normalise, choose."""
-    profile = profile or POLICIES.get(request.policy)
-    node_list = list(nodes)
-    if profile is None:
-        return NoFit(
-            workload=request.workload,
-            policy=request.policy,
-            reasons={n.name: f"unknown policy: {request.policy!r} (known: {', '.join(POLICIES)})" for n in node_list}
-            or {"-": f"unknown policy: {request.policy!r}"},
-        )
-    passed, rejected, rejected_by = feasible(request, node_list, profile.filters, ctx)
-    if not passed:
-        return NoFit(workload=request.workload, policy=profile.name, reasons=rejected, filters=rejected_by)
-    totals = dict.fromkeys((n.name for n in passed), 0.0)
-    for plugin, weight in profile.scorers:
-        score = plugin.score
-        raw = {n.name: score(request, n, ctx) for n in passed}
-        for name, value in normalise(raw).items():
-            totals[name] += weight * value
-    best = max(totals.values())
-    winner = min((n for n in passed if totals[n.name] == best), key=lambda n: n.name)
-    reason = f"{profile.name}: {profile.describe}; {winner.name}"
-    if winner.energy_wh is not None:
-        reason += f" projected {winner.projected_wh:.1f} Wh"
-    reason += f" of {len(passed)} candidate(s)"
-    return Placement(
-        workload=request.workload,
-        node=winner.name,
-        policy=profile.name,
-        score=round(totals[winner.name], 3),
-        reason=reason,
-        candidates=len(passed),
+class Requery(msgspec.Struct, frozen=True):
+    """Re-read the desired state (`ank/cmd/state`)."""
+
+    reason: str
+
+
+Action = PublishBinding | PublishEvent | Requery
+
+
+# -- events ------------------------------------------------------------------
+
+
+class DesiredStateRead(msgspec.Struct, frozen=True):
+    """The reply to `ank/cmd/state`: the desired state and the known workload states."""
+
+    complete: CompleteState
+
+
+class WorkloadStateSeen(msgspec.Struct, frozen=True):
+    state: WorkloadState
+
+
+class AgentStatusSeen(msgspec.Struct, frozen=True):
+    status: AgentStatus
+
+
+NativeEvent = DesiredStateRead | WorkloadStateSeen | AgentLiveliness | AgentStatusSeen | EnergyReported | Tick
+
+# States that say nothing about where a workload runs.
+_PLACELESS_STATES = ("NotScheduled", "Removed")
+
+
+class Tracked(msgspec.Struct, frozen=True, kw_only=True):
+    """One workload the scheduler owns."""
+
+    request: PlacementRequest
+    agent: str = ""  # "" unplaced
+    bound_at_ms: int = 0
+    sent_ms: int = 0  # when we last published its binding (0: adopted, never sent)
+    needs_placement: bool = True  # unplaced, or moving
+    why: str = "new workload"
+    attempts: int = 0
+    next_try_ms: int = 0
+    last_failure: str = ""
+    rejected_by: dict[str, str] = {}  # node -> the filter that rejected it
+
+
+class NativeState(msgspec.Struct, frozen=True):
+    """What the scheduler knows between two events."""
+
+    config: NativeConfig = msgspec.field(default_factory=NativeConfig)
+    workloads: dict[str, Tracked] = {}
+    alive: frozenset[str] = frozenset()  # agents whose liveliness token is up
+    status: dict[str, AgentStatus] = {}
+    energy: dict[str, EnergyReport] = {}  # node -> its latest report
+    in_flight: dict[str, Reservation] = {}  # workload -> its node, while its binding is in flight
+    placements: int = 0
+    desired_known: bool = False
+    desired_names: frozenset[str] = frozenset()  # every workload of the desired state, ours or not
+
+
+def request_for(name: str, workload: Workload, config: NativeConfig) -> PlacementRequest | None:
+    """The placement request of a workload, or None if it is not the scheduler's."""
+    if workload.scheduling is None and workload.agent:
+        return None  # a fixed agent and no scheduling extension: the planner places it
+    hints = workload.scheduling or Scheduling()
+    cost = hints.energy_cost_wh if hints.energy_cost_wh is not None else config.default_energy_cost_wh
+    return PlacementRequest(
+        workload=name,
+        selector=dict(hints.selector),
+        policy=hints.policy or "MALE",
+        min_energy_wh=hints.min_energy_wh,
+        energy_cost_wh=cost,
     )
 
 
-class Reservation(msgspec.Struct, frozen=True):
-    node: str
-    cost_wh: float
-    until_ms: int
+def step(state: NativeState, event: NativeEvent, now_ms: int) -> NativeStep:
+    """The scheduler's reaction to one event: its new state and the actions."""
+    work = _Working(state)
+    if isinstance(event, DesiredStateRead):
+        actions = work.on_complete_state(event.complete, now_ms)
+    elif isinstance(event, WorkloadStateSeen):
+        actions = work.on_workload_state(event.state, now_ms)
+    elif isinstance(event, AgentLiveliness):
+        actions = work.on_agent(event.agent, event.alive, now_ms)
+    elif isinstance(event, AgentStatusSeen):
+        actions = work.on_agent_status(event.status, now_ms)
+    elif isinstance(event, EnergyReported):
+        actions = work.on_energy(event.report, now_ms)
+    else:
+        actions = work.tick(now_ms)
+    return NativeStep(work.freeze(), actions)
 
 
-class Reservations:
-    """The reserve phase, for both modes: the energy cost of each placement
-    in flight (workload or pod -> its node), counted against the node until
-    the placement lands (`release`) or `until_ms` passes (`expire`)."""
-
-    def __init__(self) -> None:
-        self._by_item: dict[str, Reservation] = {}
-        self._by_node: dict[str, float] = {}  # node -> sum of its in-flight costs
-
-    def add(self, item: str, node: str, cost_wh: float, until_ms: int) -> None:
-        self.release(item)
-        self._by_item[item] = Reservation(node, cost_wh, until_ms)
-        self._by_node[node] = self._by_node.get(node, 0.0) + cost_wh
-
-    def release(self, item: str) -> str | None:
-        """Forget the item's reservation; the node it was counted on, if any."""
-        held = self._by_item.pop(item, None)
-        if held is None:
-            return None
-        left = self._by_node.get(held.node, 0.0) - held.cost_wh
-        if left > 1e-9:
-            self._by_node[held.node] = left
-        else:
-            self._by_node.pop(held.node, None)
-        return held.node
-
-    @classmethod
-    def of(cls, held: Mapping[str, Reservation]) -> Reservations:
-        reservations = cls()
-        for item, reservation in held.items():
-            reservations.add(item, reservation.node, reservation.cost_wh, reservation.until_ms)
-        return reservations
-
-    def held(self) -> dict[str, Reservation]:
-        """Every reservation, by item (a copy: a frozen state may keep it)."""
-        return dict(self._by_item)
-
-    def expired(self, now_ms: int) -> list[str]:
-        """The items whose reservation is due by now (for the caller to release)."""
-        return [item for item, held in self._by_item.items() if held.until_ms <= now_ms]
-
-    def reserved_wh(self, node: str) -> float:
-        return self._by_node.get(node, 0.0)
-
-    def node_of(self, item: str) -> str | None:
-        held = self._by_item.get(item)
-        return held.node if held is not None else None
-
-    def next_expiry_ms(self) -> int | None:
-        return min((held.until_ms for held in self._by_item.values()), default=None)
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._by_item
-
-    def __len__(self) -> int:
-        return len(self._by_item)
+# -- queries -------------------------------------------------------------------
 
 
-# -- events both modes' cores take ---------------------------------------------
+def next_wake_ms(state: NativeState) -> int | None:
+    """When a Tick has something to do (None: nothing planned)."""
+    times = [t.next_try_ms for t in state.workloads.values() if t.needs_placement]
+    times += [held.until_ms for held in state.in_flight.values()]
+    return min(times, default=None)
 
 
-class EnergyReported(msgspec.Struct, frozen=True):
-    """A node's energy report (bus or InfluxDB)."""
-
-    report: EnergyReport
-
-
-class Tick(msgspec.Struct, frozen=True):
-    """The shell's timer (armed at the core's `next_wake_ms`) fired, or a cycle is wanted."""
-
-
-def newer_energy(known: Mapping[str, EnergyReport], report: EnergyReport, now_ms: int) -> EnergyReport | None:
-    """The report to keep (stamped `now_ms` when it carries no time), or None
-    when it is older than the one already known for its node."""
-    if report.time_ms <= 0:
-        report = msgspec.structs.replace(report, time_ms=now_ms)
-    old = known.get(report.node)
-    if old is not None and old.time_ms > report.time_ms:
-        return None  # an older measurement arriving late
-    return report
+def bindings(state: NativeState) -> list[Binding]:
+    """The current binding of every placed workload (for late joiners)."""
+    return [
+        Binding(workload=name, agent=t.agent, policy=t.request.policy, reason="current binding")
+        for name, t in sorted(state.workloads.items())
+        if t.agent
+    ]
 
 
-def backoff_ms(attempts: int, initial_ms: int = 1_000, max_ms: int = 10_000) -> int:
-    """Delay before retry number `attempts` (1-based): initial, doubling, capped."""
-    if attempts <= 0:
-        return 0
-    return int(min(max_ms, initial_ms * 2 ** min(attempts - 1, 30)))
+def node_views(state: NativeState, now_ms: int) -> list[NodeView]:
+    """Every known node as the framework sees it."""
+    return _Working(state).node_views(now_ms)
+
+
+class _Working:
+    """One step's working copy of a NativeState (its dicts copied, its values
+    frozen), with the view caches of that step."""
+
+    def __init__(self, state: NativeState) -> None:
+        self.config = state.config
+        self.workloads = dict(state.workloads)
+        self.alive = set(state.alive)
+        self.status = dict(state.status)
+        self.energy = dict(state.energy)
+        self.in_flight = Reservations.of(state.in_flight)
+        self.placements = state.placements
+        self.desired_known = state.desired_known
+        self.desired_names = state.desired_names
+        self._views: dict[str, NodeView] = {}  # cache, rebuilt per node on change
+        self._names: list[str] | None = None  # every known node, sorted (cache)
+        self._ring_cache: tuple[str, ...] | None = None  # live agents, sorted (round-robin)
+
+    def freeze(self) -> NativeState:
+        return NativeState(
+            config=self.config,
+            workloads=self.workloads,
+            alive=frozenset(self.alive),
+            status=self.status,
+            energy=self.energy,
+            in_flight=self.in_flight.held(),
+            placements=self.placements,
+            desired_known=self.desired_known,
+            desired_names=self.desired_names,
+        )
+
+    # -- inputs (through step) ---------------------------------------------
+
+    def on_complete_state(self, state: CompleteState, now_ms: int) -> list[Action]:
+        """The desired state and the known workload states (reply to ank/cmd/state)."""
+        self.desired_known = True
+        self.desired_names = frozenset(state.desired.workloads)
+        where = _current_agents(state.workload_states)
+        actions: list[Action] = []
+        wanted = _requests(state.desired, self.config)
+        for name in list(self.workloads):
+            if name not in wanted:
+                del self.workloads[name]
+                self._release(name)
+        for name, request in wanted.items():
+            tracked = self.workloads.get(name)
+            if tracked is None:
+                tracked = Tracked(request=request, next_try_ms=now_ms)
+                agent = where.get(name, "")
+                if agent:
+                    # Already placed (our earlier binding, or before we started): adopt it.
+                    tracked = msgspec.structs.replace(tracked, agent=agent, bound_at_ms=now_ms, needs_placement=False)
+                self.workloads[name] = tracked
+                if agent and agent not in self.alive and self._liveness_known(agent):
+                    self._unplace(name, now_ms, f"agent {agent} not alive")
+            elif tracked.request != request:
+                self._update(name, request=request)
+                if tracked.agent and self._rejects(request, tracked.agent, now_ms, own=True):
+                    self._unplace(name, now_ms, "its scheduling hints changed", moving=True)
+                elif not tracked.agent:
+                    self._update(name, next_try_ms=now_ms, attempts=0)
+        actions += self._run(now_ms)
+        return actions
+
+    def on_workload_state(self, ws: WorkloadState, now_ms: int) -> list[Action]:
+        tracked = self.workloads.get(ws.workload)
+        state = ws.execution_state.state
+        if tracked is None:
+            if ws.workload not in self.desired_names and state not in ("Removed", "Stopping"):
+                return [Requery(f"{ws.workload} is {state} and not in the desired state known to the scheduler")]
+            return []
+        if state == "NotScheduled":
+            if not tracked.agent or tracked.needs_placement:
+                return []
+            if tracked.sent_ms and now_ms - tracked.sent_ms < self.config.in_flight_ms:
+                return []  # our binding has not reached the planner yet
+            # The planner lost the binding (e.g. it restarted): say it again.
+            self._update(ws.workload, sent_ms=now_ms)
+            binding = Binding(
+                workload=ws.workload,
+                agent=tracked.agent,
+                policy=tracked.request.policy,
+                reason=f"re-sent: the planner reported NotScheduled, bound to {tracked.agent}",
+            )
+            return [PublishBinding(binding)]
+        if state in _PLACELESS_STATES or not ws.agent:
+            return []
+        if ws.agent == tracked.agent:
+            self._release(ws.workload)  # landed: the node's own energy reports count it from now on
+        elif not tracked.agent:
+            self._update(ws.workload, agent=ws.agent, bound_at_ms=now_ms, needs_placement=False)
+        return []
+
+    def on_agent(self, agent: str, alive: bool, now_ms: int) -> list[Action]:
+        """An agent's liveliness token appeared or vanished."""
+        if alive:
+            if agent in self.alive:
+                return []
+            self.alive.add(agent)
+            self._ring_cache = None
+            self._invalidate(agent)
+            self._retry_failed(now_ms, lambda t: True)
+            return self._run(now_ms)
+        if agent not in self.alive:
+            return []
+        self.alive.discard(agent)
+        self._ring_cache = None
+        self._invalidate(agent)
+        for name, tracked in sorted(self.workloads.items()):
+            if tracked.agent == agent:
+                self._unplace(name, now_ms, f"agent {agent} lost")
+                self._release(name)
+        return self._run(now_ms)
+
+    def on_agent_status(self, status: AgentStatus, now_ms: int) -> list[Action]:
+        old = self.status.get(status.agent)
+        self.status[status.agent] = status
+        if old is not None and (old.arch, old.tags) == (status.arch, status.tags):
+            return []
+        self._invalidate(status.agent)
+        self._retry_failed(now_ms, lambda t: True)
+        return self._run(now_ms)
+
+    def on_energy(self, report: EnergyReport, now_ms: int) -> list[Action]:
+        newer = newer_energy(self.energy, report, now_ms)
+        if newer is None:
+            return []
+        report = self.energy[report.node] = newer
+        self._invalidate(report.node)
+        node = report.node
+        for name, tracked in sorted(self.workloads.items()):
+            if tracked.agent != node or tracked.needs_placement:
+                continue
+            floor = tracked.request.min_energy_wh - self.config.hysteresis_wh
+            dwelt = now_ms - tracked.bound_at_ms >= self.config.min_dwell_ms
+            if report.energy_wh < floor and dwelt:
+                self._unplace(
+                    name,
+                    now_ms,
+                    f"{node} energy {report.energy_wh:.1f} Wh below reserve {tracked.request.min_energy_wh:.1f} Wh"
+                    f" - hysteresis {self.config.hysteresis_wh:.1f} Wh",
+                    moving=True,
+                )
+        self._retry_failed(now_ms, lambda t: t.rejected_by.get(node, "") in _ENERGY_OR_UNKNOWN)
+        return self._run(now_ms)
+
+    def tick(self, now_ms: int) -> list[Action]:
+        for name in self.in_flight.expired(now_ms):
+            self._release(name)
+        return self._run(now_ms)
+
+    # -- internals ---------------------------------------------------------
+
+    def node_views(self, now_ms: int) -> list[NodeView]:
+        if self._names is None:
+            self._names = sorted(self.alive | set(self.status) | set(self.energy))
+        views = []
+        for name in self._names:
+            view = self._views.get(name)
+            if view is None:
+                view = self._view(name)
+                self._views[name] = view
+            views.append(view)
+        return views
+
+    def _view(self, name: str) -> NodeView:
+        status = self.status.get(name)
+        report = self.energy.get(name)
+        reserved = self.in_flight.reserved_wh(name)
+        return NodeView(
+            name=name,
+            alive=name in self.alive,
+            has_status=status is not None,
+            arch=status.arch if status else "",
+            labels=dict(status.tags) if status else {},
+            energy_wh=report.energy_wh if report else None,
+            capacity_wh=report.capacity_wh if report else None,
+            energy_time_ms=report.time_ms if report else None,
+            reserved_wh=reserved,
+        )
+
+    def _invalidate(self, node: str) -> None:
+        self._views.pop(node, None)
+        if self._names is not None and node not in self._names:
+            self._names = None  # a node appeared: its name joins the sorted list
+
+    def _liveness_known(self, agent: str) -> bool:
+        # Before any liveliness sample arrived we cannot tell "lost" from "not seen yet".
+        return bool(self.alive) or agent in self.status
+
+    def _release(self, workload: str) -> None:
+        node = self.in_flight.release(workload)
+        if node is not None:
+            self._invalidate(node)
+
+    def _update(self, name: str, **changes: Any) -> None:
+        self.workloads[name] = msgspec.structs.replace(self.workloads[name], **changes)
+
+    def _unplace(self, name: str, now_ms: int, why: str, *, moving: bool = False) -> None:
+        agent = self.workloads[name].agent if moving else ""
+        self._update(name, needs_placement=True, why=why, attempts=0, next_try_ms=now_ms, last_failure="", agent=agent)
+
+    def _retry_failed(self, now_ms: int, relevant: Callable[[Tracked], bool]) -> None:
+        for name, tracked in sorted(self.workloads.items()):
+            if tracked.needs_placement and tracked.attempts and relevant(tracked) and tracked.next_try_ms > now_ms:
+                self._update(name, next_try_ms=now_ms)
+
+    def _rejects(self, request: PlacementRequest, node: str, now_ms: int, *, own: bool) -> bool:
+        """Whether the filters reject `node` for the workload (own: it already runs there)."""
+        if own:
+            request = msgspec.structs.replace(request, energy_cost_wh=0.0)
+        view = self._views.get(node) or self._view(node)
+        return isinstance(schedule(request, [view], self._context(now_ms)), NoFit)
+
+    def _ring(self) -> tuple[str, ...]:
+        if self._ring_cache is None:
+            self._ring_cache = tuple(sorted(self.alive))
+        return self._ring_cache
+
+    def _context(self, now_ms: int) -> CycleContext:
+        return CycleContext(
+            now_ms=now_ms,
+            max_energy_age_ms=self.config.max_energy_age_ms,
+            require_energy=self.config.require_energy,
+            cursor=self.placements,
+            seed=self.config.seed,
+            ring=self._ring(),
+        )
+
+    def _run(self, now_ms: int) -> list[Action]:
+        if not self.desired_known:
+            return []
+        due = sorted(
+            (t.next_try_ms, name) for name, t in self.workloads.items() if t.needs_placement and t.next_try_ms <= now_ms
+        )
+        actions: list[Action] = []
+        for _, name in due:
+            actions += self._attempt(name, self.workloads[name], now_ms)
+        return actions
+
+    def _attempt(self, name: str, tracked: Tracked, now_ms: int) -> list[Action]:
+        moving_from = tracked.agent
+        if (
+            moving_from
+            and moving_from in self.alive
+            and not self._rejects(tracked.request, moving_from, now_ms, own=True)
+        ):
+            # Its node recovered (e.g. charged above the reserve): stay.
+            self._update(name, needs_placement=False, attempts=0, last_failure="")
+            return []
+        candidates = [v for v in self.node_views(now_ms) if v.name != moving_from]
+        result = schedule(tracked.request, candidates, self._context(now_ms))
+        if isinstance(result, Placement):
+            return self._bind(name, tracked, result, now_ms)
+        attempts = tracked.attempts + 1
+        message = result.message
+        if moving_from:
+            message = f"cannot move off {moving_from} ({tracked.why}): {message}"
+        self._update(
+            name,
+            attempts=attempts,
+            rejected_by=dict(result.filters),
+            next_try_ms=now_ms + backoff_ms(attempts, self.config.backoff_initial_ms, self.config.backoff_max_ms),
+            last_failure=message,
+        )
+        if message == tracked.last_failure:
+            return []  # the same failure again: the event would only repeat itself
+        detail = "; ".join(f"{n}: {r}" for n, r in sorted(result.reasons.items()))
+        return [
+            PublishEvent(
+                kind="FailedScheduling",
+                subject=name,
+                message=f"{name}: {message}" + (f" ({detail})" if detail else ""),
+                severity="warning",
+            )
+        ]
+
+    def _bind(self, name: str, tracked: Tracked, placement: Placement, now_ms: int) -> list[Action]:
+        previous = tracked.agent
+        self._update(
+            name,
+            agent=placement.node,
+            bound_at_ms=now_ms,
+            needs_placement=False,
+            attempts=0,
+            last_failure="",
+            rejected_by={},
+            sent_ms=now_ms,
+        )
+        self.placements += 1
+        self._release(name)
+        self.in_flight.add(name, placement.node, tracked.request.energy_cost_wh, now_ms + self.config.in_flight_ms)
+        self._invalidate(placement.node)
+        why = tracked.why if previous or tracked.why != "new workload" else ""
+        reason = placement.reason + (f" (re-placed: {why})" if why else "")
+        binding = Binding(
+            workload=name, agent=placement.node, policy=placement.policy, score=placement.score, reason=reason
+        )
+        moved = f" (was on {previous})" if previous else ""
+        return [
+            PublishBinding(binding),
+            PublishEvent(kind="Scheduled", subject=name, message=f"{name} bound to {placement.node}{moved}: {reason}"),
+        ]
+
+
+# A node that rejected a workload for energy, or was not among the nodes of
+# its last attempt (""), may take it after a new energy report.
+_ENERGY_OR_UNKNOWN = ENERGY_FILTERS | {""}
+
+
+def _requests(desired: Manifest, config: NativeConfig) -> dict[str, PlacementRequest]:
+    out = {}
+    for name, workload in desired.workloads.items():
+        request = request_for(name, workload, config)
+        if request is not None:
+            out[name] = request
+    return out
+
+
+def _current_agents(states: Iterable[WorkloadState]) -> dict[str, str]:
+    """workload -> the agent its latest placed state names."""
+    latest: dict[str, tuple[int, int, str]] = {}
+    for ws in states:
+        if ws.execution_state.state in _PLACELESS_STATES or not ws.agent:
+            continue
+        stamp = (ws.time_ms, ws.seq, ws.agent)
+        if ws.workload not in latest or stamp > latest[ws.workload]:
+            latest[ws.workload] = stamp
+    return {name: stamp[2] for name, stamp in latest.items()}
+
+
+class NativeStep(msgspec.Struct, frozen=True):
+    state: NativeState
+    actions: list[Action]

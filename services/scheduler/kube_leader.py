@@ -33,7 +33,7 @@ from typing import Any
 
 import msgspec
 
-from services.scheduler.kube import micro_time
+from services.scheduler.kube_core import micro_time
 
 
 class LeaderConfig(msgspec.Struct, frozen=True, kw_only=True):

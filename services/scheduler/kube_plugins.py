@@ -3,7 +3,7 @@
 A pod the scheduler binds to a node the kubelet then rejects fails (OutOfcpu,
 NodeAffinity, ...) and its controller recreates it, possibly onto the same
 node. So Kubernetes mode adds kube-scheduler's filters for those checks to
-the framework's (services.scheduler.core), as plugins of the same
+the framework's (services.scheduler.framework), as plugins of the same
 `FilterPlugin` Protocol:
 
 - NodeAffinity: nodeSelector and the required nodeAffinity terms
@@ -35,7 +35,7 @@ from typing import Any
 
 import msgspec
 
-from services.scheduler.core import CycleContext, NodeView, PlacementRequest
+from services.scheduler.framework import CycleContext, NodeView, PlacementRequest
 
 REASON_AFFINITY = "node(s) didn't match Pod's node affinity/selector"
 REASON_PORTS = "node(s) didn't have free ports for the requested pod ports"

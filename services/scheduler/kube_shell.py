@@ -1,6 +1,6 @@
 """`ank-scheduler --kubernetes`: binds pods whose spec.schedulerName is the
 scheduler's (default `sdi-scheduler`) through the API server, with the same
-framework and policies as native mode (decisions in services.scheduler.kube).
+framework and policies as native mode (decisions in services.scheduler.kube_core).
 
 Threads: the pod watcher (list, then watch from the list's resourceVersion;
 a 410 Gone — as an HTTP status or as an ERROR watch event — means re-list;
@@ -44,15 +44,15 @@ from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
+from ank_common.clock import SYSTEM_CLOCK, Clock
 from schemas import keys
 from schemas.messages import EnergyReport
 from services.bus import Bus, BusConfigError
 from services.bus.loop import EventLoop
-from services.clock import SYSTEM_CLOCK, Clock
 from services.scheduler import kube_leader
-from services.scheduler.core import EnergyReported, Tick
+from services.scheduler.framework import EnergyReported, Tick
 from services.scheduler.influx import InfluxConfigError, InfluxEnergySource, InfluxSettings, poll_until_stopped
-from services.scheduler.kube import (
+from services.scheduler.kube_core import (
     BOUND,
     ERROR,
     BindAnswered,

@@ -1,7 +1,7 @@
 """`ank-scheduler`: the scheduler's shell. Native mode (default) places
-workloads over the bus; `--kubernetes` binds pods (services.scheduler.kube).
+workloads over the bus; `--kubernetes` binds pods (services.scheduler.kube_core).
 
-Native mode wiring (decisions are all in services.scheduler.native; each
+Native mode wiring (decisions are all in services.scheduler.core; each
 input is an event given to its `step`):
 
     ank/cmd/state (query)          -> DesiredStateRead   (at start, on ank/desired,
@@ -31,17 +31,15 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+from ank_common.clock import SYSTEM_CLOCK, Clock
+from ank_common.logsetup import setup_logging
 from schemas import keys
 from schemas.liveliness import AgentLiveliness
 from schemas.messages import AgentStatus, Binding, EnergyReport, WorkloadState
 from services.bus import Bus, BusConfigError, paging
 from services.bus.loop import EventLoop
 from services.bus.protocol import BusLike
-from services.clock import SYSTEM_CLOCK, Clock
-from services.logsetup import setup_logging
-from services.scheduler.core import EnergyReported, Tick
-from services.scheduler.influx import InfluxConfigError, InfluxEnergySource, InfluxSettings, poll_until_stopped
-from services.scheduler.native import (
+from services.scheduler.core import (
     Action,
     AgentStatusSeen,
     DesiredStateRead,
@@ -56,6 +54,8 @@ from services.scheduler.native import (
     next_wake_ms,
     step,
 )
+from services.scheduler.framework import EnergyReported, Tick
+from services.scheduler.influx import InfluxConfigError, InfluxEnergySource, InfluxSettings, poll_until_stopped
 
 log = logging.getLogger("ank.scheduler")
 

@@ -5,7 +5,7 @@ longer than round-robin or random placement, for the same work?
 different batteries drain with their idle draw plus the power of the
 workloads they run; workloads arrive (Poisson), run for a random time and
 finish. Every arrival is placed by the SAME scheduling core as the real
-scheduler (services.scheduler.core.schedule, with its filters, reserve and
+scheduler (services.scheduler.framework.schedule, with its filters, reserve and
 in-flight projection), once per policy, on identical arrivals (same seed).
 
 Reported per policy (mean over seeds): time to the first depleted robot,
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.scheduler.core import CycleContext, NodeView, Placement, PlacementRequest, schedule
+from services.scheduler.framework import CycleContext, NodeView, Placement, PlacementRequest, schedule
 from services.scheduler.sim_options import add_arguments
 
 POLICIES = ("MALE", "round-robin", "random")

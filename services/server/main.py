@@ -257,7 +257,7 @@ class Server:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from services.logsetup import setup_logging
+    from ank_common.logsetup import setup_logging
 
     log = setup_logging("ank-server", args.verbose)
     with tempfile.TemporaryDirectory(prefix="ank-server-") as tmp:

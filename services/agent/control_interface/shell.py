@@ -30,13 +30,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ank_common.jobs import JobQueue
+from ank_common.manifest.core import instance_id, render_manifest
 from schemas import keys
 from schemas.manifest import ControlInterfaceAccess
 from schemas.messages import ApplyRequest, ApplyResult, CompleteState, LogsReply, WorkloadState
 from services.bus import paging
 from services.bus.protocol import BusLike
-from services.jobs import JobQueue
-from services.manifest.core import instance_id, render_manifest
 
 if TYPE_CHECKING:
     from services.agent.control_interface import core

@@ -146,7 +146,7 @@ class ProcessRuntime:
         self.run_dir = Path(run_dir)
         self.containment = Containment.detect()
         if self.containment.base is None:
-            from services.lifecycle import become_subreaper
+            from ank_common.lifecycle import become_subreaper
 
             become_subreaper()  # daemonised descendants stay below the agent
         self._swept: set[str] = set()  # agents whose stale empty cgroups were removed

@@ -2,7 +2,7 @@
 manifests: one code path for `ank apply --dry-run` and for the planner.
 See core.py for the theory of operation and docs/manifest.md for the rules."""
 
-from services.manifest.core import (
+from ank_common.manifest.core import (
     Parsed,
     apply_update_masks,
     find_dependency_cycle,
@@ -11,8 +11,8 @@ from services.manifest.core import (
     parse_state_file,
     render_manifest,
 )
-from services.manifest.document import ManifestError, load_document
-from services.manifest.dry_run import dry_run, manifest_to_text
+from ank_common.manifest.document import ManifestError, load_document
+from ank_common.manifest.dry_run import dry_run, manifest_to_text
 
 __all__ = [
     "ManifestError",

@@ -62,7 +62,7 @@ from typing import Any
 import msgspec
 
 from schemas.messages import EnergyReport
-from services.scheduler.core import (
+from services.scheduler.framework import (
     ENERGY_FILTERS,
     POLICIES,
     CycleContext,

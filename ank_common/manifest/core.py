@@ -3,7 +3,7 @@
 Theory of operation. A manifest goes through four pure steps, each adding
 path-named issues (`workloads.nginx.agent: ...`) instead of raising:
 
-1. read: text -> plain mapping (services.manifest.document: size, alias
+1. read: text -> plain mapping (ank_common.manifest.document: size, alias
    bombs, depth, YAML 1.2 scalars);
 2. shape: the mapping -> `schemas.manifest.Manifest`, checking every field
    the way Eclipse Ankaios (v1.0/v1.1: the CLI's `ank apply`, its JSON
@@ -29,6 +29,10 @@ from typing import Any, cast
 
 import msgspec
 
+from ank_common import digest
+from ank_common.manifest.document import ManifestError, load_optional_document
+from ank_common.manifest.templating import TemplateError, render_template
+from ank_common.names import has_name_chars
 from schemas.manifest import (
     AccessRule,
     ControlInterfaceAccess,
@@ -39,10 +43,6 @@ from schemas.manifest import (
     Workload,
 )
 from schemas.messages import ValidationIssue
-from services import digest
-from services.manifest.document import ManifestError, load_optional_document
-from services.manifest.templating import TemplateError, render_template
-from services.names import has_name_chars
 
 CURRENT_API_VERSION = "v1"
 PREVIOUS_API_VERSION = "v0.1"

@@ -10,9 +10,9 @@ from typing import IO, Any
 import msgspec
 import yaml
 
+from ank_common.manifest.core import parse_manifest
+from ank_common.manifest.document import MAX_DOCUMENT_BYTES
 from schemas.manifest import Manifest
-from services.manifest.core import parse_manifest
-from services.manifest.document import MAX_DOCUMENT_BYTES
 
 OUTPUT_FORMATS = ("yaml", "json")
 
