@@ -67,3 +67,18 @@ def test_ank_agent_takes_its_name_and_run_folder_from_the_config(
     args = parser.parse_args(["-x", str(toml), "-k"])
     ankaios_options.resolve(args, parser)
     assert (args.name, args.run_dir, args.insecure, args.pem) == ("agent_A", str(tmp_path / "agent_A_io"), True, Pem())
+
+
+def test_a_setting_zenoh_refuses_is_an_error_naming_its_path() -> None:
+    """The one way every configuration writer (client TLS, secured bus, ank-server's router) sets values."""
+    import zenoh
+
+    from services.bus import BusConfigError, insert_settings
+    from services.bus.secure import SecureConfigError
+
+    conf = zenoh.Config()
+    assert insert_settings(conf, {"mode": "client"}) is conf
+    with pytest.raises(BusConfigError, match="cannot set connect/endpoints: "):
+        insert_settings(conf, {"connect/endpoints": "not a list"})
+    with pytest.raises(SecureConfigError, match="cannot set no/such/path in the secured configuration: "):
+        insert_settings(conf, {"no/such/path": 1}, error=SecureConfigError, where=" in the secured configuration")

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -95,6 +95,20 @@ def load_config(path: str | Path | None = None, server: str | None = None) -> ze
             conf.insert_json5("connect/endpoints", json.dumps(endpoints))
         except Exception as exc:
             raise BusConfigError(f"bad --server {server!r}: {exc}") from exc
+    return conf
+
+
+def insert_settings(
+    conf: zenoh.Config, settings: Mapping[str, Any], *, error: type[BusConfigError] = BusConfigError, where: str = ""
+) -> zenoh.Config:
+    """Sets each `path -> JSON value` of `settings` in `conf` (as
+    `zenoh.Config.insert_json5` takes them); the first one Zenoh refuses
+    raises `error`, naming the path."""
+    for path, value in settings.items():
+        try:
+            conf.insert_json5(path, json.dumps(value))
+        except Exception as exc:  # zenoh raises ZError with its own text
+            raise error(f"cannot set {path}{where}: {exc}") from exc
     return conf
 
 

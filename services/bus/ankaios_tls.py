@@ -15,7 +15,7 @@ from typing import Any
 
 import zenoh
 
-from services.bus import BusConfigError, default_config_path
+from services.bus import BusConfigError, default_config_path, insert_settings
 
 
 @dataclass(frozen=True)
@@ -96,12 +96,7 @@ def client_config(server: str | None, pem: Pem, base: str | Path | None = None) 
             ]
     if server:
         settings["connect/endpoints"] = [endpoint(s, tls=pem.given) for s in server.split(",") if s.strip()]
-    for key, value in settings.items():
-        try:
-            conf.insert_json5(key, json.dumps(value))
-        except Exception as exc:
-            raise BusConfigError(f"cannot set {key}: {exc}") from exc
-    return conf
+    return insert_settings(conf, settings)
 
 
 def router_settings(addresses: list[str], pem: Pem) -> dict[str, Any]:

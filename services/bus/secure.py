@@ -44,7 +44,7 @@ from typing import Any
 
 import zenoh
 
-from services.bus import BusConfigError, default_config_path
+from services.bus import BusConfigError, default_config_path, insert_settings
 from services.bus.policy import (
     AGENT_TEMPLATE,
     DELETE,
@@ -270,12 +270,7 @@ def _overlay(base: Path, settings: Mapping[str, Any]) -> zenoh.Config:
         conf = zenoh.Config.from_file(str(base))
     except Exception as exc:
         raise SecureConfigError(f"cannot read Zenoh configuration {base}: {exc}") from exc
-    for path, value in settings.items():
-        try:
-            conf.insert_json5(path, json.dumps(value))
-        except Exception as exc:
-            raise SecureConfigError(f"cannot set {path} in the secured configuration: {exc}") from exc
-    return conf
+    return insert_settings(conf, settings, error=SecureConfigError, where=" in the secured configuration")
 
 
 def edge_access_control(agents: Iterable[str], revoked: Iterable[str] = ()) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import signal
 import socket
@@ -33,7 +32,7 @@ from pathlib import Path
 import zenoh
 
 from schemas import keys
-from services.bus import BusConfigError, ankaios_tls
+from services.bus import BusConfigError, ankaios_tls, insert_settings
 from services.bus.ankaios_config import PEMS, LayeredConfig
 from services.bus.router import DEFAULT_CONFIG as ROUTER_CONFIG
 
@@ -192,8 +191,7 @@ class Server:
         router = zenoh.Config.from_file(str(ROUTER_CONFIG))
         settings = ankaios_tls.router_settings(self.settings.addresses, self.settings.pem)
         settings["listen/endpoints"] = [*settings["listen/endpoints"], socket_endpoint]
-        for key, value in settings.items():
-            router.insert_json5(key, json.dumps(value))
+        insert_settings(router, settings)
         router_file = self.run_dir / "router.json5"
         router_file.write_text(str(router))
         client = ankaios_tls.client_config(socket_endpoint, ankaios_tls.Pem())
