@@ -186,61 +186,67 @@ def _chunks(key: str, prefix: tuple[str, ...], names: int, suffix: tuple[str, ..
     return found if all(_name(c) for c in found) else None
 
 
+def _one(key: str, family: str, suffix: tuple[str, ...] = ()) -> str | None:
+    """`ank/<family>/<name>[/<suffix>]` -> name."""
+    found = _chunks(key, (ROOT, family), 1, suffix)
+    return found[0] if found else None
+
+
+def _two(key: str, family: str, suffix: tuple[str, ...] = ()) -> AgentWorkload | None:
+    """`ank/<family>/<agent>/<wl>[/<suffix>]` -> (agent, wl)."""
+    found = _chunks(key, (ROOT, family), 2, suffix)
+    return AgentWorkload(found[0], found[1]) if found else None
+
+
 def parse_plan_key(key: str) -> str | None:
     """`ank/plan/<agent>` -> agent."""
-    found = _chunks(key, (ROOT, "plan"), 1)
-    return found[0] if found else None
+    return _one(key, "plan")
 
 
 def parse_state_key(key: str) -> AgentWorkload | None:
     """`ank/state/<agent>/<wl>` -> (agent, wl); the `~` segment is agent ""."""
-    found = _chunks(key, (ROOT, "state"), 2)
-    if not found:
-        return None
-    return AgentWorkload("" if found[0] == UNSCHEDULED else found[0], found[1])
+    found = _two(key, "state")
+    return found._replace(agent="") if found and found.agent == UNSCHEDULED else found
 
 
 def parse_agent_token_key(key: str) -> str | None:
     """`ank/agents/<agent>` (a liveliness token) -> agent."""
-    found = _chunks(key, (ROOT, "agents"), 1)
-    return found[0] if found else None
+    return _one(key, "agents")
 
 
 def parse_agent_status_key(key: str) -> str | None:
-    found = _chunks(key, (ROOT, "agents"), 1, ("status",))
-    return found[0] if found else None
+    """`ank/agents/<agent>/status` -> agent."""
+    return _one(key, "agents", ("status",))
 
 
 def parse_energy_key(key: str) -> str | None:
     """`ank/energy/<node>` -> node."""
-    found = _chunks(key, (ROOT, "energy"), 1)
-    return found[0] if found else None
+    return _one(key, "energy")
 
 
 def parse_bind_key(key: str) -> str | None:
-    found = _chunks(key, (ROOT, "bind"), 1)
-    return found[0] if found else None
+    """`ank/bind/<wl>` -> workload."""
+    return _one(key, "bind")
 
 
 def parse_health_key(key: str) -> AgentWorkload | None:
-    found = _chunks(key, (ROOT, "health"), 2)
-    return AgentWorkload(found[0], found[1]) if found else None
+    """`ank/health/<agent>/<wl>` -> (agent, wl)."""
+    return _two(key, "health")
 
 
 def parse_event_key(key: str) -> str | None:
-    found = _chunks(key, (ROOT, "events"), 1)
-    return found[0] if found else None
+    """`ank/events/<kind>` -> kind."""
+    return _one(key, "events")
 
 
 def parse_logs_key(key: str) -> AgentWorkload | None:
     """`ank/logs/<agent>/<wl>` -> (agent, wl)."""
-    found = _chunks(key, (ROOT, "logs"), 2)
-    return AgentWorkload(found[0], found[1]) if found else None
+    return _two(key, "logs")
 
 
 def parse_logs_stream_key(key: str) -> AgentWorkload | None:
-    found = _chunks(key, (ROOT, "logs"), 2, ("stream",))
-    return AgentWorkload(found[0], found[1]) if found else None
+    """`ank/logs/<agent>/<wl>/stream` -> (agent, wl)."""
+    return _two(key, "logs", ("stream",))
 
 
 def markdown_table() -> str:
