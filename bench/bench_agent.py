@@ -19,7 +19,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,17 +32,13 @@ from typing import Any
 
 import msgspec
 
-from bench.stats import percentile
+from bench.stats import latency_row
 from schemas.manifest import Workload
 from schemas.messages import AgentPlan, PlannedWorkload, WorkloadState
 from services.bus import Bus
 from tests.helpers import ROOT, child_env, running_router, stop_process
 
 PROGRAM = ["/bin/sleep", "600"]
-
-
-def _ms(samples: list[float]) -> tuple[float, float]:
-    return round(statistics.median(samples) * 1000, 3), round(percentile(samples, 0.99) * 1000, 3)
 
 
 class _Arrivals:
@@ -201,12 +196,7 @@ def _supervisord(work: Path) -> Iterator[tuple[str, str, socket.socket]]:
     try:
         yield str(conf), "crashy", events
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         events.close()
 
 
@@ -241,42 +231,28 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         peer_dir = work / "supervisor"
         peer_dir.mkdir()
         peer = _supervisor_restart(samples, peer_dir)
-    p50, p99 = _ms(exit_to_state)
-    floor_p50, floor_p99 = _ms(floor)
     rows.append(
-        {
-            "id": "P1",
-            "name": "workload exit -> WorkloadState on a subscriber",
-            "unit": "ms",
-            "p50": p50,
-            "p99": p99,
-            "floor": floor_p50,
-            "floor_p99": floor_p99,
-            "peer": None,
-            "target": None,
-            "samples": len(exit_to_state),
-            "note": "floor: raw Zenoh put -> subscriber, same router, same payload size",
-        }
+        latency_row(
+            "P1",
+            "workload exit -> WorkloadState on a subscriber",
+            exit_to_state,
+            floor=floor,
+            note="floor: raw Zenoh put -> subscriber, same router, same payload size",
+            digits=3,
+        )
     )
-    p50, p99 = _ms(crash_to_running)
-    peer_p50, peer_p99 = _ms(peer) if peer else (None, None)
     rows.append(
-        {
-            "id": "P4",
-            "name": "crash (SIGKILL) -> Running again, ALWAYS",
-            "unit": "ms",
-            "p50": p50,
-            "p99": p99,
-            "floor": None,
-            "peer": peer_p50,
-            "peer_p99": peer_p99,
-            "target": None,
-            "samples": len(crash_to_running),
-            "note": "peer: supervisord (autorestart, startsecs=0) restarting the same program, "
+        latency_row(
+            "P4",
+            "crash (SIGKILL) -> Running again, ALWAYS",
+            crash_to_running,
+            peer=peer or None,
+            note="peer: supervisord (autorestart, startsecs=0) restarting the same program, "
             "until its PROCESS_STATE_RUNNING event"
             if peer
             else "peer: supervisord not installed",
-        }
+            digits=3,
+        )
     )
     return rows
 

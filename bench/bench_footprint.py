@@ -20,8 +20,6 @@ Ports of the police example (7448, 8081, 8082) must be free.
 from __future__ import annotations
 
 import os
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,8 +30,8 @@ from typing import Any
 
 import psutil
 
-from bench.stats import percentile
-from tests.helpers import ROOT, free_port
+from bench.stats import ms
+from tests.helpers import ROOT, free_port, stop_process
 
 SETTLE_S = 30.0
 IDLE_S = 10.0
@@ -115,16 +113,6 @@ def _start_up(state: Path) -> tuple[subprocess.Popen[str], _Lines, float, str]:
     return proc, lines, applied - started, f"tcp/127.0.0.1:{port}"
 
 
-def _stop_up(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def _floor_import(samples: int) -> list[float]:
     times = []
     for _ in range(samples):
@@ -144,10 +132,6 @@ def _floor_session() -> tuple[float, float]:
     finally:
         proc.kill()
         proc.wait(10)
-
-
-def _ms(samples: list[float]) -> tuple[float, float]:
-    return round(statistics.median(samples) * 1000, 1), round(percentile(samples, 0.99) * 1000, 1)
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
@@ -203,9 +187,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                     cli.append(time.monotonic() - started)
                     floor_import += _floor_import(1)
             finally:
-                _stop_up(proc)
+                stop_process(proc, 60)
     floor_rss, floor_pss = _floor_session()
-    imp50, imp99 = _ms(floor_import)
+    imp50, imp99 = ms(floor_import)
     rows: list[dict[str, Any]] = []
     ours = {role: m for role, m in memory.items() if role != "workload"}
     total_pss = sum(pss for m in ours.values() for _, pss in m)
@@ -253,7 +237,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             "target": None,
         }
     )
-    p50, p99 = _ms(p9)
+    p50, p99 = ms(p9)
     rows.append(
         {
             "id": "P9",
@@ -268,7 +252,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             "note": "floor: `python -c 'import zenoh'` (same run); peer: Ankaios 68 ms (issue 17, not measured here)",
         }
     )
-    p50, p99 = _ms(cli)
+    p50, p99 = ms(cli)
     rows.append(
         {
             "id": "P-CLI",

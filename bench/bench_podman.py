@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import signal
-import statistics
 import subprocess
 import tempfile
 import threading
@@ -35,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.stats import percentile
+from bench.stats import latency_row
 from schemas.messages import WorkloadState
 from services.agent.runtimes.base import RuntimeEvent, StartSpec
 from services.agent.runtimes.podman import PodmanRuntime
@@ -52,12 +51,6 @@ TARGET_SYS = "<= 0.85x raw podman run -d"
 TARGET_CRASH = "<= 1.0x podman's own restart"
 
 
-def _ms(samples: list[float]) -> tuple[float | None, float | None]:
-    if not samples:
-        return None, None
-    return round(statistics.median(samples) * 1000, 1), round(percentile(samples, 0.99) * 1000, 1)
-
-
 def _raw_run(cli: PodmanCli, agent: str) -> float:
     """Seconds of one `podman run -d` of IMAGE (labelled for clean-up)."""
     name = f"raw-{uuid.uuid4().hex[:8]}"
@@ -70,21 +63,26 @@ def _raw_run(cli: PodmanCli, agent: str) -> float:
     return took
 
 
-def _connector_run(runtime: PodmanRuntime, agent: str, index: int) -> float:
+def time_to_running(runtime: Any, spec: StartSpec, timeout: float) -> float:
+    """Seconds from the connector's create to its running event; the instance is removed after."""
     running = threading.Event()
 
     def notify(event: RuntimeEvent) -> None:
         if event.kind == "running":
             running.set()
 
-    spec = StartSpec(agent=agent, workload=f"bench{index}", instance="b", runtime_config=f"image: {IMAGE}\n")
     started = time.monotonic()
     handle = runtime.create(spec, notify)
-    if not running.wait(30):
-        raise RuntimeError("no running event within 30 s")
+    if not running.wait(timeout):
+        raise RuntimeError(f"no running event within {timeout:.0f} s")
     took = time.monotonic() - started
     runtime.remove(handle)
     return took
+
+
+def _connector_run(runtime: PodmanRuntime, agent: str, index: int) -> float:
+    spec = StartSpec(agent=agent, workload=f"bench{index}", instance="b", runtime_config=f"image: {IMAGE}\n")
+    return time_to_running(runtime, spec, 30)
 
 
 class _States:
@@ -230,6 +228,35 @@ class _PodmanRestarter:
         self.watcher.wait(10)
 
 
+def interleaved(
+    samples: int,
+    agent: str,
+    make: Callable[..., Any],
+    raw_run: Callable[[Path], float],
+    connector_run: Callable[[Any, str, int], float],
+) -> tuple[list[float], list[float], list[float]]:
+    """Seconds of the connector through podman's API service, of the same
+    connector forced onto the CLI, and of the raw podman command, sample by
+    sample in turn (after one warm-up of the raw command and the service)."""
+    api: list[float] = []
+    forced: list[float] = []
+    raw: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        through_api, through_cli = make(Path(tmp) / "api"), make(Path(tmp) / "cli", transport="cli")
+        try:
+            raw_run(Path(tmp))  # warm up the storage and the image
+            through_api.service.api()  # the API service up before the first sample (an agent: at its first one)
+            for i in range(samples):
+                raw.append(raw_run(Path(tmp)))
+                api.append(connector_run(through_api, agent, i))
+                forced.append(connector_run(through_cli, agent, samples + i))
+        finally:
+            through_api.close()
+            through_cli.close()
+            remove_agent_containers(agent)
+    return api, forced, raw
+
+
 def _main_pid(cli: PodmanCli, container: str) -> int:
     """The host pid of the container's main process (killed as a crash would)."""
     return int(cli.run(["inspect", "--format", "{{.State.Pid}}", container]).stdout.strip())
@@ -243,23 +270,13 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     samples = 3 if quick else 10
     cli = PodmanCli()
     agent = f"bench_{uuid.uuid4().hex[:6]}"
-    ours: list[float] = []
-    ours_cli: list[float] = []
-    raw: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        runtime = PodmanRuntime(Path(tmp) / "api", cli=cli, image_map=IMAGE_RULES)
-        forced = PodmanRuntime(Path(tmp) / "cli", cli=cli, image_map=IMAGE_RULES, transport="cli")
-        try:
-            _raw_run(cli, agent)  # warm up the storage and the image
-            runtime.service.api()  # the API service up before the first sample (an agent: at its first container)
-            for i in range(samples):
-                raw.append(_raw_run(cli, agent))
-                ours.append(_connector_run(runtime, agent, i))
-                ours_cli.append(_connector_run(forced, agent, samples + i))
-        finally:
-            runtime.close()
-            forced.close()
-            remove_agent_containers(agent)
+    ours, ours_cli, raw = interleaved(
+        samples,
+        agent,
+        lambda folder, **kw: PodmanRuntime(folder, cli=cli, image_map=IMAGE_RULES, **kw),
+        lambda _tmp: _raw_run(cli, agent),
+        _connector_run,
+    )
     try:
         sys_create, sys_raw, crash, crash_new, podman_restart, podman_restart_new = _system(samples, cli, agent)
     finally:
@@ -268,22 +285,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     def row(
         id_: str, name: str, samples_: list[float], peer: list[float], note: str, target: str = TARGET
     ) -> dict[str, Any]:
-        p50, p99 = _ms(samples_)
-        peer_p50, peer_p99 = _ms(peer)
-        return {
-            "id": id_,
-            "name": name,
-            "unit": "ms",
-            "p50": p50,
-            "p99": p99,
-            "floor": None,
-            "peer": peer_p50,
-            "peer_p99": peer_p99,
-            "target": target,
-            "ratio": round(p50 / peer_p50, 2) if p50 and peer_p50 else None,
-            "samples": len(samples_),
-            "note": note,
-        }
+        return latency_row(id_, name, samples_, peer=peer, target=target, note=note)
 
     return [
         row("P3", "podman create -> Running (connector, API)", ours, raw, "peer: raw `podman run -d`, interleaved"),

@@ -27,12 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.bench_system import Running, _free_port, _manifest
+from bench.bench_system import Running, _free_port, _manifest, wait_agents
 from bench.stats import percentile
 from schemas.messages import ApplyRequest, WorkloadState
 from services.bus import Bus, paging
 from services.cli.client import Client
 from services.cli.up import ROOT, Embedded
+from tests.helpers import stop_process
 
 AGENTS = 100
 PER_PROCESS = 25
@@ -156,7 +157,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             log.close()
         with Bus("bench-scale", server=system.endpoint) as bus:
             client = Client(bus, 120.0)
-            _wait_agents(client, agents, 180.0)
+            wait_agents(client, agents, 180.0, poll_s=0.5)
             floor_get = _ank_get_workloads(system.endpoint, 3)
             floor_json = _ank_get_workloads(system.endpoint, 3, "-o", "json")
             running = Running()
@@ -269,28 +270,12 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             ]
     finally:
         for proc in fleets:
-            proc.terminate()
+            proc.terminate()  # all at once, then each waited for
         for proc in fleets:
-            try:
-                proc.wait(120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_process(proc, 120)
         system.stop()
         shutil.rmtree(state_dir, ignore_errors=True)
     return rows
-
-
-def _wait_agents(client: Client, agents: list[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if set(agents) <= set(client.state().agents):
-                return
-        except Exception:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"not all {len(agents)} agents up within {timeout} s")
 
 
 def _agents_lost(planner_log: Path) -> int:

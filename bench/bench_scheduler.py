@@ -45,6 +45,7 @@ from services.scheduler.core import (  # noqa: E402
     step,
 )
 from services.scheduler.framework import CycleContext, EnergyReported, NodeView, PlacementRequest, schedule  # noqa: E402
+from tests.helpers import stop_process  # noqa: E402
 
 T0 = 1_700_000_000_000
 
@@ -141,12 +142,7 @@ def bench_kubernetes(pods: int, rounds: int, latency_ms: int = 0) -> dict[str, A
                     time.sleep(0.005)
                 rates.append(pods / (time.perf_counter() - start))
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+                stop_process(proc)
             # floor: the client binding the same number of pods directly
             floor_pods = pods if latency_ms == 0 else max(10, pods // 10)
             for i in range(floor_pods):

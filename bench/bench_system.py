@@ -75,7 +75,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         system.start()
         with Bus("bench", server=system.endpoint) as bus:
             client = Client(bus, 10.0)
-            _wait_ready(client, agents)
+            wait_agents(client, agents)
             running = Running()
             bus.subscribe("ank/state/**", WorkloadState, running)
             # P2: one workload at a time.
@@ -128,7 +128,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def _wait_ready(client: Client, agents: list[str], timeout: float = 30.0) -> None:
+def wait_agents(client: Client, agents: list[str], timeout: float = 30.0, poll_s: float = 0.1) -> None:
+    """Until the planner knows every one of `agents` (bounded by `timeout`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -136,5 +137,5 @@ def _wait_ready(client: Client, agents: list[str], timeout: float = 30.0) -> Non
                 return
         except Exception:
             pass
-        time.sleep(0.1)
-    raise RuntimeError(f"agents {agents} not all up within {timeout} s")
+        time.sleep(poll_s)
+    raise RuntimeError(f"not all {len(agents)} agents up within {timeout} s")
