@@ -193,7 +193,7 @@ def shell(tmp_path: Path) -> Iterator[Shell]:
         yield sh
     finally:
         for proc in reversed(sh.background):
-            stop_process(proc)  # type: ignore[arg-type]
+            stop_process(proc)
         for run_dir in (tmp_path / ".ank" / "agents").glob("*"):
             stop_recorded_processes(run_dir)
         for run_dir in (tmp_path / "run").glob("*"):
@@ -292,7 +292,7 @@ def test_seed_guide_command_sequence_works_as_written(shell: Shell) -> None:
     assert server.wait(30) == 0
     out = server.stdout.read() if server.stdout else ""
     assert "ank-server up" in out
-    stop_process(agent)  # type: ignore[arg-type]
+    stop_process(agent)
 
 
 def _workload_yaml(name: str) -> str:

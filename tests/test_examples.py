@@ -59,7 +59,7 @@ def subscriber(router: str) -> Iterator[tuple[subprocess.Popen[str], LineReader]
         reader.wait_line("stderr", "subscribed to ank/state/**")
         yield proc, reader
     finally:
-        stop_process(proc)  # type: ignore[arg-type]
+        stop_process(proc)
 
 
 def publish_until_printed(

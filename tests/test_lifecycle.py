@@ -158,7 +158,7 @@ def test_dir_lock_names_the_holder_and_is_released_by_death(tmp_path: Path) -> N
         with DirLock(tmp_path):  # the kernel dropped the lock with its holder (kill -9)
             pass
     finally:
-        stop_process(holder)  # type: ignore[arg-type]
+        stop_process(holder)
 
 
 @pytest.fixture
@@ -182,7 +182,7 @@ def _refused(proc: subprocess.Popen[str]) -> str:
     try:
         _out, err = proc.communicate(timeout=30)
     finally:
-        stop_process(proc)  # type: ignore[arg-type]
+        stop_process(proc)
     assert proc.returncode == 2, err
     return err
 
@@ -205,7 +205,7 @@ def test_second_planner_on_a_state_dir_refuses_naming_the_first(router: str, tmp
         assert f"{tmp_path / 'p'} is in use by process {first.pid}" in err
         assert first.poll() is None
     finally:
-        stop_process(first)  # type: ignore[arg-type]
+        stop_process(first)
 
 
 def test_second_agent_on_a_run_dir_or_with_a_live_name_refuses(router: str, tmp_path: Path) -> None:
@@ -220,7 +220,7 @@ def test_second_agent_on_a_run_dir_or_with_a_live_name_refuses(router: str, tmp_
         assert "an agent named 'twin' is already live" in err
         assert first.poll() is None
     finally:
-        stop_process(first)  # type: ignore[arg-type]
+        stop_process(first)
 
 
 @pytest.mark.parametrize("name", ["café", "nl\n", "a b", ""])
@@ -466,7 +466,7 @@ class Stack:
 
     def stop(self) -> None:
         for proc in reversed(list(self.procs.values())):
-            stop_process(proc)  # type: ignore[arg-type]
+            stop_process(proc)
 
 
 @pytest.fixture
@@ -579,6 +579,18 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def _skewed_apply(stack: Stack, path: Path) -> subprocess.CompletedProcess[str]:
+    """`ank apply` from a CLI whose clock is 60 s ahead."""
+    return subprocess.run(
+        [sys.executable, "-c", SKEWED, "--server-url", stack.endpoint, "apply", str(path), "--timeout", "20"],
+        cwd=ROOT,
+        env=stack.env | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.mark.slow
 def test_apply_from_a_clock_60s_ahead_settles(stack: Stack, tmp_path: Path) -> None:
     """The CLI's own clock is moved 60 s ahead (time.time and time.time_ns
@@ -587,28 +599,14 @@ def test_apply_from_a_clock_60s_ahead_settles(stack: Stack, tmp_path: Path) -> N
     stack.up(tmp_path / "cwd")
     path = tmp_path / "skew.json"
     path.write_text(_workload("skewed", mark, "sleep", ["3023"]))
-    out = subprocess.run(
-        [sys.executable, "-c", SKEWED, "--server-url", stack.endpoint, "apply", str(path), "--timeout", "20"],
-        cwd=ROOT,
-        env=stack.env | {"PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = _skewed_apply(stack, path)
     assert out.returncode == 0, out.stderr
     # Ankaios's progress table: its last row for the workload is the settled state.
     rows = [line.split() for line in out.stdout.splitlines() if line.split()[:1] == ["skewed"]]
     assert rows and rows[-1][-1] == "Running(Ok)", out.stdout
     # an update waits for the new instance, not for the old one still Running
     path.write_text(_workload("skewed", mark, "sleep", ["3024"]))
-    out = subprocess.run(
-        [sys.executable, "-c", SKEWED, "--server-url", stack.endpoint, "apply", str(path), "--timeout", "20"],
-        cwd=ROOT,
-        env=stack.env | {"PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = _skewed_apply(stack, path)
     assert out.returncode == 0, out.stderr
     assert any("3024" in cmdline(p) for p in marked_pids(mark))
     assert stack.ank("delete", "workload", "skewed", "--timeout", "30").returncode == 0
@@ -767,7 +765,7 @@ def test_planner_reports_two_live_agents_of_one_name_as_an_event(router: str, tm
         assert isinstance(got, Event)
         assert got.subject == "dup" and "two agents named dup" in got.message and got.severity == "warning"
     finally:
-        stop_process(planner)  # type: ignore[arg-type]
+        stop_process(planner)
 
 
 def _zombie_children(pid: int) -> list[int]:
