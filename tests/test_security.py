@@ -161,9 +161,12 @@ def test_a_non_tls_endpoint_is_refused(certs: Path) -> None:
     assert secure.tls_endpoints("127.0.0.1:7447") == ["tls/127.0.0.1:7447"]
 
 
-def test_a_bad_agent_name_is_refused(certs: Path) -> None:
-    with pytest.raises(secure.SecureConfigError, match=r"bad agent name 'car/\*\*'"):
-        secure.router_config(certs, ["car/**"])
+@pytest.mark.parametrize("name", ["car/**", "car1\n", "café", "", "x" * 64])
+def test_a_bad_agent_name_is_refused(certs: Path, name: str) -> None:
+    """The one agent-name rule (ank_common.names): a trailing newline passed the old `^...$` pattern."""
+    with pytest.raises(secure.SecureConfigError, match=r"bad agent name "):
+        secure.router_config(certs, [name])
+    assert secure.check_agent_names(["car1", "car_2-x", "car1"]) == ["car1", "car_2-x"]
 
 
 def _documented(path: Path, key: str) -> object:

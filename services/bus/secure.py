@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -44,6 +43,7 @@ from typing import Any
 
 import zenoh
 
+from ank_common.names import agent_name_error
 from services.bus import BusConfigError, default_config_path, insert_settings
 from services.bus.policy import (
     AGENT_TEMPLATE,
@@ -69,7 +69,6 @@ ALL_MESSAGES = OPERATIONS
 WORKLOAD_IDENTITY = WORKLOAD
 ROUTER_IDENTITY = "router"
 AGENT_PREFIX = "agent-"
-AGENT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 DEFAULT_SECURE_PORT = 7447
 # Identities with a row of their own in the policy (agents are per name).
 FIXED_IDENTITIES = tuple(i for i in POLICY if i not in (AGENT_TEMPLATE, WORKLOAD))
@@ -92,8 +91,9 @@ def check_agent_names(agents: Iterable[str]) -> list[str]:
     """The agent names, checked (the workload-name rule) and without duplicates."""
     names: list[str] = []
     for agent in agents:
-        if not AGENT_NAME.match(agent):
-            raise SecureConfigError(f"bad agent name {agent!r}: expected 1-63 of [A-Za-z0-9_-]")
+        problem = agent_name_error(agent)
+        if problem:
+            raise SecureConfigError(f"bad {problem}")
         if agent not in names:
             names.append(agent)
     return names
