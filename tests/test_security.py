@@ -244,33 +244,34 @@ def test_only_cli_may_publish_the_desired_state(open_as: Callable[[str], Bus]) -
     assert b"from intruder" not in payloads(seen)
 
 
-def test_an_agent_cannot_publish_another_agents_state(open_as: Callable[[str], Bus]) -> None:
+@pytest.mark.parametrize(
+    ("family", "own", "refused", "later"),
+    [
+        ("ank/state/**", "ank/state/car2/x", ["ank/state/car1/x"], "ank/state/car2/y"),
+        (
+            "ank/logs/**",
+            "ank/logs/car2/x/stream",
+            ["ank/logs/car1/x/stream", "ank/logs/car2/x"],  # another agent's stream; not a stream key
+            "ank/logs/car2/y/stream",
+        ),
+    ],
+    ids=["states", "log-streams"],
+)
+def test_an_agent_publishes_its_own_keys_but_not_another_agents(
+    open_as: Callable[[str], Bus], family: str, own: str, refused: list[str], later: str
+) -> None:
     cli = open_as("cli")
     seen = Collector()
-    cli.subscribe_raw("ank/state/**", seen)
+    cli.subscribe_raw(family, seen)
     car2 = open_as("agent-car2")
 
-    put_until_seen(car2, "ank/state/car2/x", b"own", seen)
-    car2.put("ank/state/car1/x", b"spoofed")
-    car2.put("ank/state/car2/y", b"own, after the spoofed one")
-    seen.wait(lambda items: "ank/state/car2/y" in keys(seen), timeout=5, what="agent-car2's later state")
+    put_until_seen(car2, own, b"own", seen)
+    for key in refused:
+        car2.put(key, b"spoofed")
+    car2.put(later, b"own, after the refused ones")
+    seen.wait(lambda items: later in keys(seen), timeout=5, what="agent-car2's later put")
 
-    assert set(keys(seen)) == {"ank/state/car2/x", "ank/state/car2/y"}
-
-
-def test_an_agent_pushes_its_own_workloads_logs_but_not_another_agents(open_as: Callable[[str], Bus]) -> None:
-    cli = open_as("cli")
-    seen = Collector()
-    cli.subscribe_raw("ank/logs/**", seen)
-    car2 = open_as("agent-car2")
-
-    put_until_seen(car2, "ank/logs/car2/x/stream", b"own", seen)
-    car2.put("ank/logs/car1/x/stream", b"spoofed")
-    car2.put("ank/logs/car2/x", b"not a stream key")
-    car2.put("ank/logs/car2/y/stream", b"own, after the spoofed ones")
-    seen.wait(lambda items: "ank/logs/car2/y/stream" in keys(seen), timeout=5, what="agent-car2's later chunk")
-
-    assert set(keys(seen)) == {"ank/logs/car2/x/stream", "ank/logs/car2/y/stream"}
+    assert set(keys(seen)) == {own, later}
 
 
 def test_an_agent_cannot_answer_for_another_agents_states(open_as: Callable[[str], Bus]) -> None:
