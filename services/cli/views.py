@@ -35,10 +35,14 @@ def latest_states(states: Iterable[WorkloadState]) -> dict[str, WorkloadState]:
     """The newest state per workload name (by time, then seq)."""
     out: dict[str, WorkloadState] = {}
     for st in states:
-        cur = out.get(st.workload)
-        if cur is None or (st.time_ms, st.seq) >= (cur.time_ms, cur.seq):
+        if is_newer(st, out.get(st.workload)):
             out[st.workload] = st
     return out
+
+
+def is_newer(st: WorkloadState, than: WorkloadState | None) -> bool:
+    """Whether `st` replaces `than` as a workload's latest state (by time, then seq)."""
+    return than is None or (st.time_ms, st.seq) >= (than.time_ms, than.seq)
 
 
 def workload_rows(
