@@ -11,6 +11,8 @@ from typing import Literal
 
 import msgspec
 
+from schemas.manifest import DependencyCondition
+
 State = Literal[
     "Pending",
     "Running",
@@ -47,6 +49,15 @@ SUBSTATES: dict[str, tuple[str, ...]] = {
     "NotScheduled": ("",),
     "AgentDisconnected": ("",),
     "Removed": ("",),
+}
+
+
+# Which (state, substate) of a dependency fulfils each add condition (Ankaios):
+# the planner releases a dependent on it, `ank get workload` shows MET/WAITING.
+ADD_CONDITION_MET_BY: dict[DependencyCondition, tuple[State, Substate]] = {
+    "ADD_COND_RUNNING": ("Running", "Ok"),
+    "ADD_COND_SUCCEEDED": ("Succeeded", "Ok"),
+    "ADD_COND_FAILED": ("Failed", "ExecFailed"),
 }
 
 

@@ -106,6 +106,7 @@ def test_page_shows_a_published_state_change_live(router: str, make_bus: Callabl
             assert row.locator("td.restarts").text_content() == "1"
             page.wait_for_function("document.querySelector('#events').textContent.includes('restarted (exit 1)')")
             page.wait_for_function("document.querySelector('#agents').textContent.includes('61.0 Wh')")
+            page.wait_for_function("document.querySelector('#agents').textContent.includes('(3.00, 4.00)')")
             page.wait_for_function("document.querySelector('#agents td.alive')?.textContent === '● live'")
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
             assert (tmp_path / "dashboard.png").stat().st_size > 0

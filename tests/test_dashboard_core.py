@@ -78,7 +78,8 @@ def test_complete_state_gives_desired_rows_known_agents_and_a_snapshot() -> None
     view, updates = core.step(DashboardView(), complete, NOW)
     rows = {r["name"]: r for r in core.workload_rows(view)}
     assert rows["a"]["state"] == "Running"
-    assert rows["b"]["state"] == "" and rows["b"]["agent"] == "car"  # desired, no state seen yet
+    # desired, no state seen yet: Pending(Initial), as `ank get workloads` shows it
+    assert (rows["b"]["state"], rows["b"]["substate"], rows["b"]["agent"]) == ("Pending", "Initial", "car")
     assert [a["name"] for a in core.agent_rows(view)] == ["car"] and core.agent_rows(view)[0]["alive"] is True
     assert [u.kind for u in updates] == ["snapshot"]
     assert updates[0].data == core.snapshot(view)
@@ -93,7 +94,7 @@ def test_agent_row_joins_liveliness_status_and_energy() -> None:
     )
     [row] = core.agent_rows(view)
     assert row["alive"] is True and row["arch"] == "aarch64" and row["tags"] == {"zone": "lab"}
-    assert (row["energyWh"], row["capacityWh"], row["x"], row["y"]) == (31.5, 40.0, 1.0, -2.0)
+    assert (row["energyWh"], row["capacityWh"], row["pose"]) == (31.5, 40.0, [1.0, -2.0])
     assert updates[0].kind == "agent" and updates[0].data == row
     view, updates = core.step(view, AgentLiveliness("robot1", False), NOW)
     assert core.agent_rows(view)[0]["alive"] is False and updates[0].data["alive"] is False

@@ -50,8 +50,7 @@ def watch_workloads(client: Client, args: argparse.Namespace, stop: threading.Ev
     unprinted: collections.deque[WorkloadState] = collections.deque(maxlen=MAX_PENDING_LINES)
 
     def keep(st: WorkloadState) -> None:
-        cur = latest.get(st.workload)
-        if cur is None or (st.time_ms, st.seq) >= (cur.time_ms, cur.seq):
+        if views.is_newer(st, latest.get(st.workload)):
             latest[st.workload] = st
 
     def on_state(st: WorkloadState) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 
 import msgspec
 
+from ank_common.views import event_row, workload_row
 from schemas import keys
 from schemas.messages import (
     AgentStatus,
@@ -482,7 +483,7 @@ class _Progress:
         self._printed: dict[str, str] = {}
 
     def table(self, latest: dict[str, WorkloadState]) -> str:
-        rows = [views.workload_row(n, self.cs.desired, latest.get(n)) for n in self.names]
+        rows = [workload_row(n, self.cs.desired, latest.get(n)) for n in self.names]
         return ankaios.workload_table(rows)
 
     def show(self, latest: dict[str, WorkloadState]) -> None:
@@ -506,7 +507,7 @@ class _Progress:
         time its state changes — the frames Ankaios draws, one after another."""
         if self.quiet:
             return
-        rows = [views.workload_row(n, self.cs.desired, latest.get(n)) for n in self.names]
+        rows = [workload_row(n, self.cs.desired, latest.get(n)) for n in self.names]
         # Padded to the widest state any row may take, so columns stay put.
         widest = {**rows[0], "state": "Stopping", "substate": "WaitingToStop", "additionalInfo": ""}
         lines = ankaios.workload_table([*rows, widest]).splitlines()[:-1]
@@ -568,7 +569,7 @@ def cmd_get_workload(client: Client, args: argparse.Namespace) -> int:
     else:
         import yaml
 
-        row = views.workload_row(args.name, cs.desired, views.latest_states(cs.workload_states).get(args.name))
+        row = workload_row(args.name, cs.desired, views.latest_states(cs.workload_states).get(args.name))
         wl = cs.desired.workloads.get(args.name)
         row["dependencies"] = {d: c for d, c in sorted(wl.dependencies.items())} if wl else {}
         print(json.dumps(row, indent=2) if args.output == "json" else yaml.safe_dump(row, sort_keys=False), end="\n")
@@ -633,25 +634,7 @@ def cmd_delete_configs(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_get_agents(client: Client, args: argparse.Namespace) -> int:
     statuses = client.agent_statuses()
-    energy = client.energy()
-    rows: list[dict[str, Any]] = []
-    for name, st in statuses.items():
-        e = energy.get(name)
-        rows.append(
-            {
-                "name": name,
-                "alive": True,
-                "arch": st.arch,
-                "os": st.os,
-                "tags": st.tags,
-                "cpuPercent": st.cpu_percent,
-                "freeMemoryBytes": st.free_memory_bytes,
-                "runtimes": st.runtimes,
-                "workloads": len(st.workloads),
-                "energyWh": e.energy_wh if e else None,
-                "pose": [e.x, e.y] if e and e.x is not None else None,
-            }
-        )
+    rows = views.agent_rows(statuses, client.energy())
     if args.output == "json":
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -787,7 +770,7 @@ def _print_event(ev: Event, output: str) -> None:
     if output == "json":
         # One event per line, ASCII-escaped: a message may carry characters
         # that line-based readers split on (U+2028, U+0085).
-        print(json.dumps(msgspec.to_builtins(ev), separators=(",", ":")), flush=True)
+        print(json.dumps(event_row(ev), separators=(",", ":")), flush=True)
     else:
         when = time.strftime("%H:%M:%S", time.localtime(ev.time_ms / 1000)) if ev.time_ms else "--:--:--"
         print(f"{when} {ev.severity:<7} {ev.kind:<18} {ev.subject:<24} {ev.message}", flush=True)

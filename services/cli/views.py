@@ -1,6 +1,8 @@
-"""What the CLI shows, as pure functions of the contract's values: rows for
-`ank get workloads`, the detail of `ank get workload NAME`, and whether an
-apply has settled. No I/O here; rendering to the terminal is main.py's."""
+"""What the CLI shows, as pure functions of the contract's values: the rows
+of `ank get workloads` and `ank get agents` (each row built by
+ank_common.views, the one the dashboard uses too), the detail of
+`ank get workload NAME`, and whether an apply has settled. No I/O here;
+rendering to the terminal is main.py's."""
 
 from __future__ import annotations
 
@@ -8,18 +10,14 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from schemas.manifest import Manifest
-from schemas.messages import WorkloadState
+from ank_common.views import agent_row, workload_row
+from schemas.manifest import DependencyCondition, Manifest
+from schemas.messages import AgentStatus, EnergyReport, WorkloadState
+from schemas.state import ADD_CONDITION_MET_BY
 
 # States after which `ank apply` stops waiting for a workload: it is running,
 # finished, failed, waiting on something outside this apply, or unplaceable.
 TRANSIENT = {("Pending", "Initial"), ("Pending", "Starting"), ("Stopping", "Stopping")}
-
-CONDITION_STATE = {
-    "ADD_COND_RUNNING": ("Running", "Ok"),
-    "ADD_COND_SUCCEEDED": ("Succeeded", "Ok"),
-    "ADD_COND_FAILED": ("Failed", "ExecFailed"),
-}
 
 STATE_STYLE = {
     "Running": "green",
@@ -37,30 +35,14 @@ def latest_states(states: Iterable[WorkloadState]) -> dict[str, WorkloadState]:
     """The newest state per workload name (by time, then seq)."""
     out: dict[str, WorkloadState] = {}
     for st in states:
-        cur = out.get(st.workload)
-        if cur is None or (st.time_ms, st.seq) >= (cur.time_ms, cur.seq):
+        if is_newer(st, out.get(st.workload)):
             out[st.workload] = st
     return out
 
 
-def workload_row(name: str, desired: Manifest | None, st: WorkloadState | None) -> dict[str, Any]:
-    """The JSON object `ank get workloads -o json` prints for one workload."""
-    wl = desired.workloads.get(name) if desired else None
-    agent = st.agent if st else (wl.agent or "" if wl else "")
-    return {
-        "name": name,
-        "agent": agent,
-        "runtime": (wl.runtime if wl else (st.runtime if st else "")),
-        "state": st.execution_state.state if st else "Pending",
-        "substate": st.execution_state.substate if st else "Initial",
-        "additionalInfo": st.execution_state.additional_info if st else "",
-        "restartCount": st.restart_count if st else 0,
-        "exitCode": st.exit_code if st else None,
-        "health": st.health if st else "",
-        "lastError": st.last_error if st else "",
-        "lastRestartMs": st.last_restart_ms if st else None,
-        "instance": st.instance if st else "",
-    }
+def is_newer(st: WorkloadState, than: WorkloadState | None) -> bool:
+    """Whether `st` replaces `than` as a workload's latest state (by time, then seq)."""
+    return than is None or (st.time_ms, st.seq) >= (than.time_ms, than.seq)
 
 
 def workload_rows(
@@ -84,6 +66,12 @@ def workload_rows(
     if state is not None:
         rows = [r for r in rows if r["state"].lower() == state.lower()]
     return rows
+
+
+def agent_rows(statuses: dict[str, AgentStatus], energy: dict[str, EnergyReport]) -> list[dict[str, Any]]:
+    """`ank get agents -o json`: one row per agent with a status (alive: it
+    reports), in the order the statuses came."""
+    return [agent_row(name, alive=True, status=st, energy=energy.get(name)) for name, st in statuses.items()]
 
 
 def execution_text(row: dict[str, Any]) -> str:
@@ -117,11 +105,10 @@ def workload_detail(name: str, desired: Manifest | None, states: Iterable[Worklo
     return lines
 
 
-def dependency_text(condition: str, st: WorkloadState | None) -> str:
+def dependency_text(condition: DependencyCondition, st: WorkloadState | None) -> str:
     """e.g. `ADD_COND_RUNNING: WAITING (current: Pending(Starting))`."""
     current = str(st.execution_state) if st else "absent"
-    want = CONDITION_STATE.get(condition)
-    met = st is not None and want == (st.execution_state.state, st.execution_state.substate)
+    met = st is not None and ADD_CONDITION_MET_BY[condition] == (st.execution_state.state, st.execution_state.substate)
     return f"{condition}: {'MET' if met else 'WAITING'} (current: {current})"
 
 

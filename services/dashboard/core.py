@@ -30,6 +30,7 @@ from typing import Any, Literal, NamedTuple
 
 import msgspec
 
+from ank_common.views import dashboard_agent_row, dashboard_workload_row, event_row
 from schemas import AgentStatus, CompleteState, EnergyReport, Event, Manifest, WorkloadState
 from schemas.liveliness import AgentLiveliness
 
@@ -153,34 +154,20 @@ def _with_agent(view: DashboardView, agent: AgentView) -> DashboardView:
 
 def _changed_agent(view: DashboardView, agent: AgentView) -> tuple[DashboardView, list[Update]]:
     view = _with_agent(view, agent)
-    return view, [Update("agent", agent_row(agent, view))]
+    return view, [Update("agent", agent_row(agent))]
 
 
-# -- outputs (JSON-ready rows, camelCase as on the wire) -----------------------
+# -- outputs (JSON-ready rows: ank_common.views, the CLI's rows) -----------------
 
 
 def workload_row(state: WorkloadState, desired: Manifest | None) -> dict[str, Any]:
-    spec = desired.workloads.get(state.workload) if desired is not None else None
-    return {
-        "name": state.workload,
-        "agent": state.agent,
-        "state": state.execution_state.state,
-        "substate": state.execution_state.substate,
-        "additionalInfo": state.execution_state.additional_info,
-        "restartCount": state.restart_count,
-        "restartPolicy": spec.restart_policy if spec is not None else None,
-        "runtime": state.runtime or (spec.runtime if spec is not None else ""),
-        "instance": state.instance,
-        "exitCode": state.exit_code,
-        "lastError": state.last_error,
-        "health": state.health,
-        "timeMs": state.time_ms,
-    }
+    """One instance's row."""
+    return dashboard_workload_row(state.workload, desired, state)
 
 
 def workload_rows(view: DashboardView, name: str | None = None) -> list[dict[str, Any]]:
     """Every instance (or those of workload `name`) plus desired workloads no
-    state has been seen for yet (state "")."""
+    state has been seen for yet (Pending(Initial), as the CLI shows them)."""
     rows = [
         workload_row(state, view.desired)
         for (_agent, workload), state in sorted(view.workloads.items(), key=lambda item: (item[0][1], item[0][0]))
@@ -188,70 +175,23 @@ def workload_rows(view: DashboardView, name: str | None = None) -> list[dict[str
     ]
     if view.desired is not None:
         seen = {workload for _agent, workload in view.workloads}
-        for wl_name, spec in sorted(view.desired.workloads.items()):
+        for wl_name in sorted(view.desired.workloads):
             if wl_name not in seen and (name is None or wl_name == name):
-                rows.append(_desired_only_row(wl_name, spec.agent or "", spec.restart_policy, spec.runtime))
+                rows.append(dashboard_workload_row(wl_name, view.desired, None))
     return rows
 
 
-def _desired_only_row(name: str, agent: str, restart_policy: str, runtime: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "agent": agent,
-        "state": "",
-        "substate": "",
-        "additionalInfo": "no state reported yet",
-        "restartCount": 0,
-        "restartPolicy": restart_policy,
-        "runtime": runtime,
-        "instance": "",
-        "exitCode": None,
-        "lastError": "",
-        "health": "",
-        "timeMs": 0,
-    }
-
-
-def agent_row(agent: AgentView, view: DashboardView) -> dict[str, Any]:
-    status, energy = agent.status, agent.energy
-    return {
-        "name": agent.name,
-        "alive": agent.alive,
-        "arch": status.arch if status else "",
-        "os": status.os if status else "",
-        "tags": dict(status.tags) if status else {},
-        "cpuPercent": status.cpu_percent if status else None,
-        "freeMemoryBytes": status.free_memory_bytes if status else None,
-        "totalMemoryBytes": status.total_memory_bytes if status else None,
-        "runtimes": list(status.runtimes) if status else [],
-        "energyWh": energy.energy_wh if energy else None,
-        "capacityWh": energy.capacity_wh if energy else None,
-        "x": energy.x if energy else None,
-        "y": energy.y if energy else None,
-        "energyTimeMs": energy.time_ms if energy else None,
-        "energySource": energy.source if energy else "",
-        "workloads": sorted(wl for (agent_name, wl) in view.workloads if agent_name == agent.name),
-    }
+def agent_row(agent: AgentView) -> dict[str, Any]:
+    return dashboard_agent_row(agent.name, alive=agent.alive, status=agent.status, energy=agent.energy)
 
 
 def agent_rows(view: DashboardView) -> list[dict[str, Any]]:
-    return [agent_row(agent, view) for _name, agent in sorted(view.agents.items())]
+    return [agent_row(agent) for _name, agent in sorted(view.agents.items())]
 
 
 def event_size(event: Event) -> int:
     """What an event kept by the dashboard costs, roughly (its text, in bytes)."""
     return len(event.kind) + len(event.subject) + len(event.message) + len(event.sender) + 64
-
-
-def event_row(event: Event) -> dict[str, Any]:
-    return {
-        "kind": event.kind,
-        "subject": event.subject,
-        "message": event.message,
-        "severity": event.severity,
-        "sender": event.sender,
-        "timeMs": event.time_ms,
-    }
 
 
 def event_rows(view: DashboardView) -> list[dict[str, Any]]:

@@ -64,7 +64,7 @@ function renderWorkloads() {
   document.getElementById("workloads").replaceChildren(...rows.map(w => {
     const tr = document.createElement("tr");
     tr.dataset.key = w.agent + "/" + w.name;
-    const state = w.state ? (w.substate ? w.state + "(" + w.substate + ")" : w.state) : "—";
+    const state = w.substate ? w.state + "(" + w.substate + ")" : w.state;
     tr.append(cell(w.name), cell(w.agent || "—"), cell(state, "state state-" + w.state),
       cell([w.additionalInfo, w.lastError].filter(Boolean).join(" · "), "dim"),
       cell(w.restartCount, "restarts"), cell(w.restartPolicy || ""), cell(w.runtime), cell(w.health),
@@ -90,7 +90,7 @@ function renderAgents() {
       }
       energy.append(a.energyWh.toFixed(1) + " Wh" + (a.capacityWh ? " / " + a.capacityWh.toFixed(0) : ""));
     }
-    const pose = a.x === null || a.x === undefined ? "" : "(" + a.x.toFixed(2) + ", " + a.y.toFixed(2) + ")";
+    const pose = a.pose ? "(" + a.pose.map(v => v === null ? "?" : v.toFixed(2)).join(", ") + ")" : "";
     const cpu = a.cpuPercent === null ? "" : a.cpuPercent.toFixed(0) + " %";
     tr.append(cell(a.name), cell(live, "alive alive-" + a.alive), cell([a.arch, a.os].filter(Boolean).join(" / ")),
       cell(tags), cell(cpu), cell(a.totalMemoryBytes ? bytes(a.freeMemoryBytes) : ""), energy, cell(pose));

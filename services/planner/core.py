@@ -57,7 +57,7 @@ from ank_common.manifest.core import agent_name_problem
 from schemas import keys
 from schemas.limits import MAX_ENTRY_BYTES, MAX_MESSAGE_BYTES, size_of
 from schemas.liveliness import AgentLiveliness
-from schemas.manifest import DependencyCondition, Manifest
+from schemas.manifest import Manifest
 from schemas.messages import (
     AgentPlan,
     ApplyRequest,
@@ -69,7 +69,7 @@ from schemas.messages import (
     ValidationIssue,
     WorkloadState,
 )
-from schemas.state import ExecutionState
+from schemas.state import ADD_CONDITION_MET_BY, ExecutionState
 
 Hold = Literal["", "WaitingToStart", "WaitingToStop"]
 UNSCHEDULED = keys.UNSCHEDULED  # the agent segment of state keys of workloads without an agent
@@ -77,13 +77,6 @@ UNSCHEDULED = keys.UNSCHEDULED  # the agent segment of state keys of workloads w
 # `ank get events` start-up under load), and how many changes it keeps.
 HISTORY_MS = 3000
 HISTORY_LEN = 16
-
-# Which (state, substate) of a dependency fulfils each add condition (Ankaios).
-ADD_CONDITION_MET_BY: dict[DependencyCondition, tuple[str, str]] = {
-    "ADD_COND_RUNNING": ("Running", "Ok"),
-    "ADD_COND_SUCCEEDED": ("Succeeded", "Ok"),
-    "ADD_COND_FAILED": ("Failed", "ExecFailed"),
-}
 
 # States of a dependent that keep a deleted ADD_COND_RUNNING dependency alive
 # (Ankaios's DelCondNotPendingNorRunning). Pending(WaitingToStart) is left out,
