@@ -131,6 +131,16 @@ class DesiredStateFollower:
     def stopped(self) -> bool:
         return self._stopped.is_set()
 
+    @property
+    def idle(self) -> bool:
+        """No query in flight, pausing after its answer, or wanted (for tests and diagnostics)."""
+        return not self._busy and not self._reasons
+
+    @property
+    def running(self) -> bool:
+        """Whether the query thread is still there (it ends after `stop`, once its query in flight returns)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def _on_desired_put(self, _key: str, _payload: bytes) -> None:
         # A Zenoh thread: only hand over (the loop's timer counts the settle delay).
         self._timers.call_later(self._settle_s, self._want, f"{keys.DESIRED} changed", 0.0)
@@ -146,15 +156,21 @@ class DesiredStateFollower:
         """Starts the query wanted, unless the query thread is busy."""
         if self.stopped or self._busy or not self._reasons:
             return
-        reason = "; ".join(dict.fromkeys(self._reasons))
-        self._reasons = []
-        self._busy, self._last_start_s = True, self._clock.monotonic()
-        self._requests.put(_Query(reason, self._states))
+        self._busy = True
+        self._ask_now()
 
     def _ready(self) -> None:
         """The query thread has paused after its answer: what was wanted meanwhile is asked now."""
-        self._busy = False
-        self._kick()
+        if self._reasons and not self.stopped:
+            self._ask_now()
+        else:
+            self._busy = False
+
+    def _ask_now(self) -> None:
+        reason = "; ".join(dict.fromkeys(self._reasons))
+        self._reasons = []  # (busy already: `idle` never reads true in between)
+        self._last_start_s = self._clock.monotonic()
+        self._requests.put(_Query(reason, self._states))
 
     def _periodic(self) -> None:
         if self.stopped or self._refresh_s is None:
