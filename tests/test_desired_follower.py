@@ -23,7 +23,7 @@ from services.bus.memory import MemoryBus, MemoryHub
 from services.dashboard.shell import DashboardShell
 from services.dashboard.web import Fanout
 from tests.helpers import wait_for
-from tests.memory_helpers import ManualClock, memory_hub, on_loop_idle, running_loop
+from tests.memory_helpers import ManualClock, advance_idle, memory_hub, on_loop_idle, running_loop
 
 WORKLOAD = Workload(runtime="process", agent="robot", runtime_config="command: sleep\n")
 
@@ -79,9 +79,7 @@ class Stack:
         on_loop_idle(self.loop)
 
     def advance(self, seconds: float) -> None:
-        on_loop_idle(self.loop)
-        self.clock.advance(seconds, self.loop)
-        on_loop_idle(self.loop)
+        advance_idle(self.clock, self.loop, seconds)
 
 
 @pytest.fixture

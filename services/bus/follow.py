@@ -28,6 +28,7 @@ Every delay but the coalescing pause is a timer of the loop
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -40,7 +41,7 @@ from ank_common.clock import SYSTEM_CLOCK, Clock
 from schemas import keys
 from schemas.messages import CompleteState, WorkloadState
 from services.bus import paging
-from services.bus.protocol import BusLike
+from services.bus.protocol import BusLike, Declared
 from services.bus.timers import Timers
 
 SETTLE_S = 0.3  # after a put on ank/desired, give the planner time to apply it before asking
@@ -104,13 +105,14 @@ class DesiredStateFollower:
         self._requests: queue.SimpleQueue[_Query | None] = queue.SimpleQueue()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self._subscription: Declared | None = None
 
     # -- any thread ---------------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Follows puts on `ank/desired`, asks now, and then every `refresh_s`."""
         self._thread = threading.Thread(target=self._query_forever, name="desired-follower", daemon=True)
         self._thread.start()
-        self._bus.subscribe_raw(keys.DESIRED, self._on_desired_put)
+        self._subscription = self._bus.subscribe_raw(keys.DESIRED, self._on_desired_put)
         self.refresh("start")
         if self._refresh_s is not None:
             self._timers.call_later(self._refresh_s, self._periodic)
@@ -124,6 +126,9 @@ class DesiredStateFollower:
         """No more queries or deliveries; waits at most `wait_s` for the query thread."""
         self._stopped.set()
         self._requests.put(None)
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):  # a session already closed
+                self._subscription.undeclare()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(wait_s)
 
@@ -246,6 +251,7 @@ class DesiredStateFollower:
                 complete = msgspec.structs.replace(complete, workload_states=[*complete.workload_states, *states])
             return complete
         except Exception as exc:  # a closing session, a Zenoh error: as if no planner answered
-            if not self.stopped:
-                self._log.warning("querying %s failed: %s", keys.CMD_STATE, exc)
+            if not self.stopped:  # said once per outage, as a silence is
+                level = logging.DEBUG if self._silent else logging.WARNING
+                self._log.log(level, "querying %s failed: %s", keys.CMD_STATE, exc)
             return None
