@@ -59,3 +59,10 @@ def on_loop_idle(loop: EventLoop, timeout: float = 5.0) -> None:
     loop.post(done.set)
     if not done.wait(timeout):
         raise AssertionError(f"the loop did not run a posted call within {timeout}s")
+
+
+def advance_idle(clock: ManualClock, loop: EventLoop, seconds: float) -> None:
+    """Once the loop is idle, moves the clock on; returns once the timers then due have run."""
+    on_loop_idle(loop)
+    clock.advance(seconds, loop)
+    on_loop_idle(loop)

@@ -18,7 +18,7 @@ from services.bus.memory import MemoryBus, MemoryHub
 from services.health_watcher.probes import KeyFreshness, ProbeContext
 from services.health_watcher.shell import HealthWatcher
 from tests.helpers import Collector, wait_for
-from tests.memory_helpers import ManualClock, memory_hub, on_loop_idle, running_loop
+from tests.memory_helpers import ManualClock, advance_idle, memory_hub, running_loop
 
 CHECK = HealthCheck(zenoh="robot/heartbeat", max_age_ms=5000, interval_ms=1000, retries=1, start_period_ms=0)
 WORKLOAD = Workload(runtime="process", agent="robot", runtime_config="command: sleep\n", health_check=CHECK)
@@ -44,9 +44,7 @@ class Stack:
 
     def tick(self, seconds: float) -> None:
         """The watcher's clock moves on; its due probes run."""
-        on_loop_idle(self.loop)
-        self.clock.advance(seconds, self.loop)
-        on_loop_idle(self.loop)
+        advance_idle(self.clock, self.loop, seconds)
 
 
 @pytest.fixture

@@ -28,4 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, bus_options: bool = True) 
         "--token-file",
         help="file holding the bearer token (mode 600; `ank up` makes one); required on a secured bus",
     )
-    parser.add_argument("--resync", type=float, default=10.0, help="seconds between state re-reads (0: only at start)")
+    parser.add_argument(
+        "--resync",
+        type=float,
+        default=10.0,
+        help="seconds between periodic state re-reads (0: none; it still reads at start and after puts on ank/desired)",
+    )

@@ -19,9 +19,11 @@ WebSocket, DNS rebinding) cannot read the state. The token is never logged.
 
 The data model is services.dashboard.core (pure). This shell feeds it from
 Zenoh — `ank/state/**`, `ank/agents/*` liveliness and `*/status`,
-`ank/energy/**`, `ank/events/**`, and the `ank/cmd/state` query at start
-and every `--resync` seconds (so a lost message heals) — on the web
-server's asyncio loop: Zenoh callbacks only post onto it.
+`ank/energy/**`, `ank/events/**`, and the desired state through
+services.bus.follow.DesiredStateFollower (`ank/cmd/state` at start, shortly
+after a put on `ank/desired`, again soon while no planner answers, and every
+`--resync` seconds, so a lost message heals) — on the web server's asyncio
+loop: Zenoh callbacks only post onto it (`Fanout.post`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ from ank_common.clock import SYSTEM_CLOCK
 from ank_common.logsetup import setup_logging
 from schemas import AgentStatus, EnergyReport, Event, WorkloadState, keys
 from schemas.liveliness import AgentLiveliness
-from services.bus import Bus, BusConfigError, load_config, paging, uses_tls
+from services.bus import Bus, BusConfigError, load_config, uses_tls
+from services.bus.follow import DesiredStateFollower
 from services.bus.protocol import BusLike
 from services.dashboard import core, options
 from services.dashboard import token as dashboard_token
@@ -55,7 +58,6 @@ from services.dashboard.web import Fanout, run_server
 
 log = logging.getLogger("ank.dashboard")
 DEFAULT_PORT = options.DEFAULT_PORT
-STATE_QUERY = keys.CMD_STATE
 
 
 class DashboardShell:
@@ -87,21 +89,14 @@ class DashboardShell:
         if agent is not None:
             self.fanout.post(self.apply, AgentLiveliness(agent, alive))
 
-    async def resync_forever(self, every_s: float) -> None:
-        """Asks `ank/cmd/state` now and every `every_s` seconds (0: only now)."""
-        while True:
-            try:
-                replies = await asyncio.to_thread(paging.get_complete_state, self.bus, 2.0)
-            except Exception as exc:  # the router may be restarting; the next round retries
-                log.warning("query %s failed: %s", STATE_QUERY, exc)
-                replies = []
-            if replies:
-                self.apply(replies[-1])
-            else:
-                log.info("no reply to %s (is the planner up?); showing live updates only", STATE_QUERY)
-            if every_s <= 0:
-                return
-            await asyncio.sleep(every_s)
+    def follow_desired(self, every_s: float) -> DesiredStateFollower:
+        """Follows the desired state (on the web loop: `Fanout` is its loop);
+        a periodic query every `every_s` seconds (0: none). Started; the caller stops it."""
+        follower = DesiredStateFollower(
+            self.bus, self.fanout, self.apply, refresh_s=every_s, no_answer_level=logging.INFO, log=log
+        )
+        follower.start()
+        return follower
 
 
 def _json(obj: object) -> str:
@@ -178,11 +173,11 @@ def build_app(
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         fanout.bind(asyncio.get_running_loop())
         shell.subscribe()  # before the first query, so nothing between them is missed
-        resync = asyncio.create_task(shell.resync_forever(resync_s))
+        follower = shell.follow_desired(resync_s)
         try:
             yield
         finally:
-            resync.cancel()
+            await asyncio.to_thread(follower.stop)  # off the web loop: it waits (bounded) for a query in flight
 
     hosts = allowed_hosts(host)
 

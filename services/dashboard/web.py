@@ -50,6 +50,16 @@ class Fanout:
         with contextlib.suppress(RuntimeError):  # the loop closed between the check and the call
             loop.call_soon_threadsafe(_call_logged, fn, args)
 
+    def call_later(self, delay: float, fn: Callable[..., None], *args: Any) -> None:
+        """Runs fn(*args) on the web loop after `delay` seconds. Safe from any
+        thread; dropped as `post` is. (With `post`, what
+        services.bus.timers.Timers asks of a loop.)"""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(loop.call_later, delay, _call_logged, fn, args)
+
     def publish(self, message: Outgoing) -> None:
         """Queues a message for every client (call on the web loop)."""
         for queue in list(self._clients):

@@ -2,9 +2,10 @@
 and publishes their verdicts on `ank/health/<agent>/<workload>`.
 
 The shell around services.health_watcher.core: it learns the desired state
-by querying `ank/cmd/state` (at start, shortly after each put on
-`ank/desired`, when a state names a workload it has not seen in the desired
-state, and every few seconds in case it missed one), follows `ank/state/**`,
+through services.bus.follow.DesiredStateFollower (`ank/cmd/state` at start,
+shortly after each put on `ank/desired`, when a state names a workload it has
+not seen in the desired state, and every few seconds in case it missed one),
+follows `ank/state/**`,
 runs the probes the core asks for on a small thread pool and feeds their
 results back through the event loop. It answers queries on `ank/health/**`
 with its current verdicts, for late joiners.
@@ -26,18 +27,18 @@ from ank_common.clock import SYSTEM_CLOCK, Clock
 from ank_common.logsetup import setup_logging
 from schemas import keys
 from schemas.messages import CompleteState, HealthReport, WorkloadState
-from services.bus import Bus, BusConfigError, paging
+from services.bus import Bus, BusConfigError
+from services.bus.follow import DesiredStateFollower
 from services.bus.loop import EventLoop
 from services.bus.protocol import BusLike
+from services.bus.timers import WakeTimer
 from services.health_watcher import core
 from services.health_watcher.probes import ProbeContext, run_probe
 
 log = logging.getLogger("ank.health")
 
 REFRESH_S = 5.0  # the periodic desired-state query, in case a put on ank/desired was missed
-DESIRED_SETTLE_S = 0.3  # after a put on ank/desired, give the planner time to apply it before asking
 UNKNOWN_WORKLOAD_REFRESH_S = 1.0  # at most this often because of states of workloads not in the desired state
-QUERY_TIMEOUT_S = 2.0
 
 
 class HealthWatcher:
@@ -62,13 +63,20 @@ class HealthWatcher:
         self.refresh_s = refresh_s
         self.state = core.initial_state(agent, podman_health=self.context.podman is not None)
         self._probes = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe")
-        # Bus queries get their own thread: slow probes must not delay learning the desired state.
-        self._queries = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="query")
-        self._query_in_flight = False
-        self._last_query_s = float("-inf")
+        # The follower queries on a thread of its own: slow probes must not delay learning the desired state.
+        # At start it also asks the agents for their states (a late joiner).
+        self.desired = DesiredStateFollower(
+            bus,
+            loop,
+            self._on_desired,
+            clock=clock,
+            refresh_s=refresh_s,
+            states_at_start=keys.state_key(agent, "*") if agent else keys.STATES,
+            no_answer_level=logging.DEBUG,  # a watcher without a planner has nothing to watch: not worth a warning
+            log=log,
+        )
         self._desired_names: set[str] = set()
-        self._desired_seq = 0
-        self._wake_at_ms: int | None = None
+        self._wake = WakeTimer(loop, self._on_wake, self._now_ms)
         self._zenoh_keys: set[str] = set()
         # key -> the exact payload last published; replaced whole (never mutated) so
         # that the queryable, on a Zenoh thread, can read it without a lock.
@@ -78,17 +86,15 @@ class HealthWatcher:
     def start(self) -> None:
         states = keys.state_key(self.agent, "*") if self.agent else keys.STATES
         self.bus.subscribe(states, WorkloadState, lambda _key, ws: self.loop.post(self._on_state, ws))
-        self.bus.subscribe_raw(keys.DESIRED, lambda _key, _payload: self.loop.post(self._on_desired_put))
         health = keys.agent_health(self.agent) if self.agent else keys.HEALTH
         self.bus.queryable(health, self._answer_health_query)
-        self.loop.post(self._refresh, True)
-        self.loop.call_later(self.refresh_s, self._periodic_refresh)
+        self.desired.start()
         log.info("watching %s", f"agent {self.agent}" if self.agent else "all agents")
 
     def close(self) -> None:
+        self.desired.stop()
         self.context.close()
         self._probes.shutdown(wait=False, cancel_futures=True)
-        self._queries.shutdown(wait=False, cancel_futures=True)
 
     def _now_ms(self) -> int:
         return int(self.clock.monotonic() * 1000)
@@ -104,75 +110,27 @@ class HealthWatcher:
             else:
                 log.log(logging.WARNING if action.level == "warning" else logging.INFO, "%s", action.message)
         self._forget_ended_reports()
-        self._schedule_wake()
+        self._wake.arm(core.next_due_ms(self.state))
 
-    def _schedule_wake(self) -> None:
-        due = core.next_due_ms(self.state)
-        if due is None or (self._wake_at_ms is not None and self._wake_at_ms <= due):
-            return  # a wake-up at or before it is already planned
-        self._wake_at_ms = due
-        self.loop.call_later(max(0.0, (due - self._now_ms()) / 1000), self._on_wake, due)
-
-    def _on_wake(self, planned_ms: int) -> None:
-        if self._wake_at_ms == planned_ms:
-            self._wake_at_ms = None
+    def _on_wake(self) -> None:
         self._apply(core.step(self.state, core.ProbesDue(), self._now_ms()))
 
     def _on_state(self, ws: WorkloadState) -> None:
         self._apply(core.step(self.state, core.StateObserved(ws), self._now_ms()))
         if ws.workload not in self._desired_names and ws.execution_state.state == "Running":
-            self._refresh(False, min_gap_s=UNKNOWN_WORKLOAD_REFRESH_S)
-
-    def _on_desired_put(self) -> None:
-        self.loop.call_later(DESIRED_SETTLE_S, self._refresh, False)
-
-    def _periodic_refresh(self) -> None:
-        self._refresh(False)
-        if not self.loop.stopped:
-            self.loop.call_later(self.refresh_s, self._periodic_refresh)
+            self.desired.refresh(f"{ws.workload} is Running", min_gap_s=UNKNOWN_WORKLOAD_REFRESH_S)
 
     # -- desired state ----------------------------------------------------------------------------------------------
-    def _refresh(self, with_states: bool, min_gap_s: float = 0.0) -> None:
-        now_s = self.clock.monotonic()
-        if self._query_in_flight or now_s - self._last_query_s < min_gap_s:
-            return
-        self._query_in_flight, self._last_query_s = True, now_s
-        try:
-            self._queries.submit(self._query_state, with_states)
-        except RuntimeError:  # shutting down
-            self._query_in_flight = False
-
-    def _query_state(self, with_states: bool) -> None:
-        """On the query thread: asks the planner (and, at start, the agents)."""
-        complete: CompleteState | None = None
-        states: list[WorkloadState] = []
-        try:
-            replies = paging.get_complete_state(self.bus, timeout=QUERY_TIMEOUT_S)
-            complete = max(replies, key=lambda c: c.seq, default=None)
-            if with_states:
-                selector = keys.state_key(self.agent, "*") if self.agent else keys.STATES
-                states = self.bus.get_decoded(selector, WorkloadState, timeout=QUERY_TIMEOUT_S)
-        except Exception as exc:  # a closing session, a Zenoh error: the next refresh tries again
-            log.warning("querying the desired state: %s", exc)
-        self.loop.post(self._on_query_answer, complete, states)
-
-    def _on_query_answer(self, complete: CompleteState | None, states: list[WorkloadState]) -> None:
-        self._query_in_flight = False
+    def _on_desired(self, complete: CompleteState) -> None:
+        """The follower's answer (loop thread): the desired state and the states known with it."""
         now = self._now_ms()
-        if complete is None:
-            log.debug("no answer on ank/cmd/state (planner down?): keeping what is known")
-        elif complete.seq and complete.seq < self._desired_seq:
-            log.debug("ignoring an older CompleteState")
-        else:
-            self._desired_seq = complete.seq
-            names = set(complete.desired.workloads)
-            if names != self._desired_names:
-                log.info("desired state: %d workloads", len(names))
-            self._desired_names = names
-            self._apply(core.step(self.state, core.DesiredChanged(complete.desired), now))
-            self._watch_zenoh_keys()
-            states = [*complete.workload_states, *states]
-        for ws in states:
+        names = set(complete.desired.workloads)
+        if names != self._desired_names:
+            log.info("desired state: %d workloads", len(names))
+        self._desired_names = names
+        self._apply(core.step(self.state, core.DesiredChanged(complete.desired), now))
+        self._watch_zenoh_keys()
+        for ws in complete.workload_states:
             self._apply(core.step(self.state, core.StateObserved(ws, snapshot=True), now))
 
     def _watch_zenoh_keys(self) -> None:

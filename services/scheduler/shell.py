@@ -4,8 +4,8 @@ workloads over the bus; `--kubernetes` binds pods (services.scheduler.kube_core)
 Native mode wiring (decisions are all in services.scheduler.core; each
 input is an event given to its `step`):
 
-    ank/cmd/state (query)          -> DesiredStateRead   (at start, on ank/desired,
-                                                           on states of unknown workloads,
+    ank/cmd/state (query)          -> DesiredStateRead   (services.bus.follow: at start,
+                                                           on ank/desired, on Requery,
                                                            and every --resync-s)
     ank/state/**                   -> WorkloadStateSeen
     liveliness ank/agents/*        -> AgentLiveliness
@@ -36,9 +36,11 @@ from ank_common.logsetup import setup_logging
 from schemas import keys
 from schemas.liveliness import AgentLiveliness
 from schemas.messages import AgentStatus, Binding, EnergyReport, WorkloadState
-from services.bus import Bus, BusConfigError, paging
+from services.bus import Bus, BusConfigError
+from services.bus.follow import DesiredStateFollower
 from services.bus.loop import EventLoop
 from services.bus.protocol import BusLike
+from services.bus.timers import WakeTimer
 from services.scheduler.core import (
     Action,
     AgentStatusSeen,
@@ -125,10 +127,11 @@ class NativeShell:
     ) -> None:
         self.bus, self.loop, self.core, self.clock = bus, loop, core, clock
         self.resync_s = resync_s
-        self._armed_ms: int | None = None
-        self._requery_wanted = threading.Event()
-        self._requery_lock = threading.Lock()
-        self._requery_reasons: list[str] = []
+        # wall-clock times (the core's), counted in whole ms: 1 ms of slack so that the tick finds its work due
+        self._wake = WakeTimer(loop, self._tick, clock.wall_ms, slack_s=0.001)
+        self.desired = DesiredStateFollower(
+            bus, loop, lambda complete: self._step(DesiredStateRead(complete)), clock=clock, refresh_s=resync_s, log=log
+        )
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -140,13 +143,11 @@ class NativeShell:
         b.subscribe(keys.AGENT_STATUSES, AgentStatus, lambda k, m: self._post(AgentStatusSeen, m))
         b.subscribe(keys.ALL_ENERGY, EnergyReport, self._on_energy)
         b.watch_liveliness(keys.AGENT_TOKENS, self._on_liveliness)
-        b.subscribe_raw(keys.DESIRED, lambda k, p: self.requery(f"{keys.DESIRED} changed", delay_s=0.3))
-        self._spawn("requery", self._requery_worker)
-        self.requery("start")
+        self.desired.start()
 
     def stop(self) -> None:
         self._stopping.set()
-        self._requery_wanted.set()
+        self.desired.stop()
         for thread in self._threads:
             thread.join(timeout=5)
 
@@ -195,7 +196,6 @@ class NativeShell:
         self._step(AgentLiveliness(agent, alive))
 
     def _tick(self) -> None:
-        self._armed_ms = None
         self._step(Tick())
 
     def _step(self, event: NativeEvent) -> None:
@@ -214,51 +214,10 @@ class NativeShell:
                     log.info("%s %s: %s", action.kind, action.subject, action.message)
                     self.bus.event(action.kind, action.message, subject=action.subject, severity=action.severity)
                 elif isinstance(action, Requery):
-                    self.requery(action.reason)
+                    self.desired.refresh(action.reason)
             except Exception:
                 log.exception("could not carry out %r", action)
-        self._arm()
-
-    def _arm(self) -> None:
-        wake = next_wake_ms(self.core)
-        if wake is None or (self._armed_ms is not None and self._armed_ms <= wake):
-            return
-        self._armed_ms = wake
-        delay = max(0.0, (wake - self.clock.wall_ms()) / 1000)
-        self.loop.call_later(delay + 0.001, self._tick)
-
-    # -- the desired state -------------------------------------------------
-    def requery(self, reason: str, delay_s: float = 0.0) -> None:
-        """Re-read ank/cmd/state soon (coalesced; on the requery thread)."""
-        if delay_s > 0:  # the loop's timers (on the injected clock), as every other delay
-            self.loop.call_later(delay_s, self.requery, reason)
-            return
-        with self._requery_lock:
-            self._requery_reasons.append(reason)
-        self._requery_wanted.set()
-
-    def _requery_worker(self) -> None:
-        while not self._stopping.is_set():
-            asked = self._requery_wanted.wait(timeout=self.resync_s)
-            if self._stopping.is_set():
-                return
-            self._requery_wanted.clear()
-            with self._requery_lock:
-                reasons, self._requery_reasons = self._requery_reasons, []
-            why = "; ".join(dict.fromkeys(reasons)) if asked else "periodic resync"
-            try:
-                states = paging.get_complete_state(self.bus, timeout=2.0)
-            except Exception as exc:
-                states = []
-                log.warning("querying ank/cmd/state failed: %s", exc)
-            if not states:
-                log.warning("no reply to ank/cmd/state (%s); is the planner up? retrying in 1 s", why)
-                self._stopping.wait(1.0)
-                self.requery(why)
-                continue
-            log.debug("desired state read (%s): %d workloads", why, len(states[0].desired.workloads))
-            self.loop.post(self._call, DesiredStateRead, states[0])
-            self._stopping.wait(0.2)  # coalesce bursts of triggers into one query per 200 ms
+        self._wake.arm(next_wake_ms(self.core))
 
     # -- InfluxDB ----------------------------------------------------------
     def start_influx(self, source: InfluxEnergySource, interval_s: float) -> None:
