@@ -45,15 +45,12 @@ from typing import Literal, NamedTuple, assert_never
 
 import msgspec
 
-from ank_common.manifest import (
-    apply_update_masks,
-    find_dependency_cycle,
-    instance_id,
-    parse_manifest,
-    parse_state_file,
-    render_manifest,
-)
-from ank_common.manifest.core import agent_name_problem
+from ank_common.manifest.identity import instance_id
+from ank_common.manifest.masks import apply_update_masks
+from ank_common.manifest.name_rules import agent_name_problem
+from ank_common.manifest.parse import parse_manifest, parse_state_file
+from ank_common.manifest.render import render_manifest
+from ank_common.manifest.validate import find_dependency_cycle
 from schemas import keys
 from schemas.limits import MAX_ENTRY_BYTES, MAX_MESSAGE_BYTES, size_of
 from schemas.liveliness import AgentLiveliness
