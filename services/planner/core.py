@@ -352,10 +352,13 @@ def _states_by_workload(state: PlannerState) -> dict[str, list[WorkloadState]]:
     return out
 
 
-def _keeps_dependency_alive(by_workload: dict[str, list[WorkloadState]], dependent: str) -> bool:
+def _keeps_dependency_alive(states: Iterable[WorkloadState | None]) -> bool:
+    """Whether one of a dependent's states (None: none there) keeps a
+    deleted ADD_COND_RUNNING dependency alive."""
     return any(
         (ws.execution_state.state, ws.execution_state.substate) in KEEPS_DEPENDENCY_ALIVE
-        for ws in by_workload.get(dependent, [])
+        for ws in states
+        if ws is not None
     )
 
 
@@ -469,8 +472,7 @@ def _settle(before: PlannerState, state: PlannerState, now_ms: int, actions: lis
     settled = _settle_states(state, durable, derived_before, derived_now, now_ms, log)
     entries = _plan_entries(durable)
     changed = ((agent, entries.get(agent, [])) for agent in sorted(entries.keys() | state.plans.keys() | state.alive))
-    plans, generation = _new_plans(state, durable, changed, now_ms, settled.publications, log)
-    durable = msgspec.structs.replace(durable, generation=generation)
+    plans, durable = _new_plans(state, durable, changed, now_ms, settled.publications, log)
     new_state = _with_settled(state, durable, settled, plans)
     persist = durable if durable != before.durable else None
     return Step(new_state, _in_order(actions, log, persist, settled.publications))
@@ -524,7 +526,7 @@ def _retirements(
             released[name] = entry.planned.instance  # re-applied as it runs: keep it running
             log.append(Log(f"keep {name} on {agent}: desired again as it runs"))
             continue
-        waiting_for = [d for d in entry.blockers if _keeps_dependency_alive(by_workload, d)]
+        waiting_for = [d for d in entry.blockers if _keeps_dependency_alive(by_workload.get(d, []))]
         if waiting_for:
             retiring.append(entry)
             if not any(r == entry for r in before.retiring):
@@ -564,10 +566,11 @@ def _new_plans(
     now_ms: int,
     publications: list[Action],
     log: list[Action],
-) -> tuple[dict[str, AgentPlan], int]:
+) -> tuple[dict[str, AgentPlan], Durable]:
     """The plans, with a new one (and a new generation) for every candidate
     agent whose workloads differ from its last plan's; each new plan is
-    appended to `publications`. Returns the plans and the last generation."""
+    appended to `publications`. Returns the plans and `durable` with the
+    last generation handed out (`durable` itself if none was)."""
     plans = dict(state.plans)
     generation = durable.generation
     for agent, workloads in candidates:
@@ -579,7 +582,9 @@ def _new_plans(
         publications.append(PublishPlan(plans[agent]))
         listed = ", ".join(f"{w.name}[{w.hold}]" if w.hold else w.name for w in workloads) or "nothing"
         log.append(Log(f"plan {generation} for {agent}: {listed}"))
-    return plans, generation
+    if generation == durable.generation:
+        return plans, durable
+    return plans, msgspec.structs.replace(durable, generation=generation)
 
 
 def _with_settled(
@@ -658,11 +663,9 @@ def _settle_agent(before: PlannerState, state: PlannerState, agent: str, now_ms:
         durable = msgspec.structs.replace(durable, released=released, retiring=retiring)
     derived_now = _derived_subset(durable, state.alive, scope, durable.retiring)
     settled = _settle_agent_states(state, durable, agent, scope, derived_before, derived_now, now_ms, log)
-    plans, generation = _new_plans(
+    plans, durable = _new_plans(
         state, durable, _touched_plans(state, durable, by_agent, touched), now_ms, settled.publications, log
     )
-    if generation != durable.generation:
-        durable = msgspec.structs.replace(durable, generation=generation)
     new_state = _with_settled(state, durable, settled, plans, by_agent=by_agent, dependents=dependents)
     persist = durable if durable is not before.durable else None
     return Step(new_state, _in_order(actions, log, persist, settled.publications))
@@ -704,13 +707,7 @@ def _agent_retirements(
             log.append(Log(f"keep {name} on {on}: desired again as it runs"))
             continue
         waiting_for = [
-            d
-            for d in entry.blockers
-            if any(
-                (ws.execution_state.state, ws.execution_state.substate) in KEEPS_DEPENDENCY_ALIVE
-                for ws in (view.states.get(state_key(a, d)) for a in holders)
-                if ws is not None
-            )
+            d for d in entry.blockers if _keeps_dependency_alive(view.states.get(state_key(a, d)) for a in holders)
         ]
         if waiting_for:
             retiring.append(entry)
