@@ -31,7 +31,8 @@ which agents were ever seen, and the latest WorkloadState of every workload
 
 The shell feeds every input as an event to `step(state, event, now_ms)`
 (`now_ms`: the wall clock) — Started, ApplyRequest, DeleteRequest,
-DesiredPut, StatesObserved, AgentLiveliness, Binding — and gets a `Step`: the
+DesiredPut, StatesObserved, AgentLiveliness, AgentStatusSeen, Binding — and
+gets a `Step`: the
 new state and the actions to run in order (Persist first, then publications,
 then the Reply to a query, as data like the rest). What the shell only reads
 (complete_state, plan_for, owned_states, desired_at) are queries: functions
@@ -57,6 +58,7 @@ from schemas.liveliness import AgentLiveliness
 from schemas.manifest import DependencyCondition, Manifest
 from schemas.messages import (
     AgentPlan,
+    AgentStatus,
     ApplyRequest,
     ApplyResult,
     Binding,
@@ -154,6 +156,10 @@ class PlannerState(msgspec.Struct, frozen=True, kw_only=True):
     # HISTORY_MS: `ank get events` starts its stream at its own start, not at
     # the end of its start-up (desired_at)
     history: tuple[tuple[int, Manifest], ...] = ()
+    # agent -> the boots of its last statuses, most recent last (at most
+    # BOOTS_KEPT), and the agents reported as two live agents of one name
+    boots: dict[str, tuple[str, ...]] = {}
+    twins: frozenset[str] = frozenset()
 
 
 # -- actions ----------------------------------------------------------------
@@ -192,7 +198,15 @@ class Reply(msgspec.Struct, frozen=True):
     result: ApplyResult
 
 
-Action = Persist | PublishPlan | PublishState | PublishEvent | Log | Reply
+class AskStates(msgspec.Struct, frozen=True):
+    """Ask the agent's own states (its late-joiner queryable): it
+    (re)connected, and they may have changed while it was away. The answers
+    come back as StatesObserved."""
+
+    agent: str
+
+
+Action = Persist | PublishPlan | PublishState | PublishEvent | Log | AskStates | Reply
 
 
 class Step(NamedTuple):
@@ -230,7 +244,17 @@ class StatesObserved(msgspec.Struct, frozen=True):
     items: list[tuple[str, WorkloadState]]
 
 
-PlannerEvent = Started | ApplyRequest | DeleteRequest | DesiredPut | StatesObserved | AgentLiveliness | Binding
+class AgentStatusSeen(msgspec.Struct, frozen=True):
+    """An agent's status (`ank/agents/<agent>/status`). A status proves its
+    agent alive, and its `boot` tells two live agents of one name (their
+    boots alternate) from a restart (the boot changes once)."""
+
+    status: AgentStatus
+
+
+PlannerEvent = (
+    Started | ApplyRequest | DeleteRequest | DesiredPut | StatesObserved | AgentLiveliness | AgentStatusSeen | Binding
+)
 
 
 # -- small helpers ----------------------------------------------------------
@@ -805,6 +829,8 @@ def step(state: PlannerState, event: PlannerEvent, now_ms: int) -> Step:
         return _observe_states(state, event.items, now_ms)
     if isinstance(event, AgentLiveliness):
         return _agent_liveliness(state, event.agent, event.alive, now_ms)
+    if isinstance(event, AgentStatusSeen):
+        return _status_seen(state, event.status, now_ms)
     if isinstance(event, Binding):
         return _binding(state, event, now_ms)
     if isinstance(event, DesiredPut):
@@ -1024,7 +1050,12 @@ def _binding(state: PlannerState, bound: Binding, now_ms: int) -> Step:
 
 
 def _agent_liveliness(state: PlannerState, agent: str, alive: bool, now_ms: int) -> Step:
-    """An agent's liveliness token appeared (`alive`) or vanished."""
+    """An agent's liveliness token appeared (`alive`) or vanished. One that
+    connects is handed its plan and asked for its states; one that vanished
+    is forgotten by the twin detection (a restart then starts afresh)."""
+    if not alive and (agent in state.boots or agent in state.twins):
+        boots = {a: b for a, b in state.boots.items() if a != agent}
+        state = msgspec.structs.replace(state, boots=boots, twins=state.twins - {agent})
     if alive == (agent in state.alive):
         return Step(state, [])
     if state.dependents is None or state.by_agent is None:
@@ -1040,7 +1071,49 @@ def _agent_liveliness(state: PlannerState, agent: str, alive: bool, now_ms: int)
     # Level-triggered: hand the agent its plan again even if it did not change.
     if not any(isinstance(a, PublishPlan) and a.plan.agent == agent for a in step.actions):
         step.actions.append(PublishPlan(step.state.plans[agent]))
+    step.actions.append(AskStates(agent))
     return step
+
+
+BOOTS_KEPT = 4  # boots remembered per agent for the twin detection
+
+
+def _status_seen(state: PlannerState, status: AgentStatus, now_ms: int) -> Step:
+    """A status proves its agent alive: an agent taken for lost whose status
+    still arrives (its token missed, e.g. an access-control policy that
+    denies tokens) is alive again within one status period. Two agents of
+    one name are reported once, as an event (each would run every workload
+    of the name)."""
+    agent = status.agent
+    before = state.boots.get(agent, ())
+    boots, twin_boots = _seen_boot(before, status.boot)
+    actions: list[Action] = []
+    events: list[Action] = []
+    if boots != before:
+        state = msgspec.structs.replace(state, boots={**state.boots, agent: boots})
+    if twin_boots and agent not in state.twins:
+        state = msgspec.structs.replace(state, twins=state.twins | {agent})
+        message = (
+            f"two agents named {agent} are live (boots {', '.join(twin_boots)}): "
+            "each runs the workloads of that name; stop one"
+        )
+        actions.append(Log(message, "warning"))
+        events.append(PublishEvent("duplicate-agent", message, agent, "warning"))
+    if agent in state.alive:
+        return Step(state, [*actions, *events])
+    actions.append(Log(f"agent {agent} sends status while its token is gone: alive again", "warning"))
+    step = _agent_liveliness(state, agent, True, now_ms)
+    return Step(step.state, [*actions, *step.actions, *events])
+
+
+def _seen_boot(boots: tuple[str, ...], boot: str) -> tuple[tuple[str, ...], list[str] | None]:
+    """An agent's boots after a status from `boot`, and the two boots if
+    `boot` comes back after another one (two live agents alternate: A, B,
+    A; a restart changes the boot once: A, A, B, B)."""
+    if not boot or (boots and boots[-1] == boot):
+        return boots, None
+    twin_boots = sorted({boots[-1], boot}) if boot in boots else None
+    return (*(b for b in boots if b != boot), boot)[-BOOTS_KEPT:], twin_boots
 
 
 def _record_into(
