@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from schemas.liveliness import AgentLiveliness
 from schemas.messages import AgentStatus
 from services.planner import core
@@ -60,6 +62,13 @@ def test_a_status_of_an_agent_never_seen_makes_it_known_and_alive() -> None:
     assert "a9" in step.state.alive and step.state.durable.agents_seen == ["a9"]
     assert any(isinstance(a, core.Persist) for a in step.actions), "agents seen are durable"
     assert published_plans(step)["a9"].workloads == []
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "*", "a$b", "**"])
+def test_a_status_naming_no_possible_token_makes_nothing_alive(name: str) -> None:
+    state = fresh("a1")
+    step = core.step(state, status(name), NOW)
+    assert step.state.alive == state.alive and step.actions == []
 
 
 def test_a_restart_changes_the_boot_once_and_is_no_twin() -> None:

@@ -1099,8 +1099,8 @@ def _status_seen(state: PlannerState, status: AgentStatus, now_ms: int) -> Step:
         )
         actions.append(Log(message, "warning"))
         events.append(PublishEvent("duplicate-agent", message, agent, "warning"))
-    if agent in state.alive:
-        return Step(state, [*actions, *events])
+    if agent in state.alive or keys.parse_agent_token_key(keys.agent_token_key(agent)) != agent:
+        return Step(state, [*actions, *events])  # (a name no token can have proves nothing)
     actions.append(Log(f"agent {agent} sends status while its token is gone: alive again", "warning"))
     step = _agent_liveliness(state, agent, True, now_ms)
     return Step(step.state, [*actions, *step.actions, *events])
