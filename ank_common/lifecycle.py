@@ -7,8 +7,7 @@
 - who holds a TCP port (`port_holder`), for errors that name it;
 - parent death: `die_with_parent` (PR_SET_PDEATHSIG) for children that must
   not outlive the process that started them;
-- the agent's child subreaper (`become_subreaper`);
-- `TwinDetector`: two live agents of one name, told by their statuses.
+- the agent's child subreaper (`become_subreaper`).
 """
 
 from __future__ import annotations
@@ -201,39 +200,3 @@ def become_subreaper() -> bool:
         return _prctl(_PR_SET_CHILD_SUBREAPER, 1) == 0
     except OSError:
         return False
-
-
-class TwinDetector:
-    """Pure bookkeeping (no I/O): two agents live under one name, told by
-    the `boot` of their statuses. A restart changes the boot once (A, A, B,
-    B...); two live agents alternate (A, B, A...): a boot seen again after
-    another one is a twin. Bounded: a few boots per agent are remembered."""
-
-    KEEP = 4
-
-    def __init__(self) -> None:
-        self._order: dict[str, list[str]] = {}  # agent -> boots, most recent last
-        self.reported: set[str] = set()
-
-    def seen(self, agent: str, boot: str) -> list[str] | None:
-        """The twin boots, the first time a duplicate shows; else None."""
-        if not boot:
-            return None
-        order = self._order.setdefault(agent, [])
-        twin = bool(order) and order[-1] != boot and boot in order
-        if order and order[-1] == boot:
-            return None
-        previous = order[-1] if order else ""
-        if boot in order:
-            order.remove(boot)
-        order.append(boot)
-        del order[: -self.KEEP]
-        if twin and agent not in self.reported:
-            self.reported.add(agent)
-            return sorted({previous, boot})
-        return None
-
-    def forget(self, agent: str) -> None:
-        """The agent's token went away: a later restart starts afresh."""
-        self._order.pop(agent, None)
-        self.reported.discard(agent)

@@ -721,19 +721,6 @@ def test_ank_up_stop_waits_for_podman_to_kill_term_ignoring_containers(tmp_path:
 
 
 # -- duplicate agent names, seen by the planner -------------------------------------------------
-def test_twin_detector_tells_a_restart_from_two_live_agents() -> None:
-    from ank_common.lifecycle import TwinDetector
-
-    restart = TwinDetector()
-    assert [restart.seen("a", b) for b in ("A", "A", "B", "B", "B")] == [None] * 5
-    twins = TwinDetector()
-    assert [twins.seen("a", b) for b in ("A", "B")] == [None, None]
-    assert twins.seen("a", "A") == ["A", "B"]
-    assert twins.seen("a", "B") is None  # reported once
-    twins.forget("a")
-    assert twins.seen("a", "C") is None
-
-
 def test_planner_reports_two_live_agents_of_one_name_as_an_event(router: str, tmp_path: Path) -> None:
     """Two agents that started at the same instant both miss each other's
     token; their statuses interleave and the planner says so."""

@@ -12,14 +12,14 @@ import msgspec
 import pytest
 
 from schemas.manifest import Manifest, Workload
-from schemas.messages import AgentPlan, ApplyRequest, ApplyResult, CompleteState, WorkloadState
+from schemas.messages import AgentPlan, AgentStatus, ApplyRequest, ApplyResult, CompleteState, Event, WorkloadState
 from schemas.state import AGENT_DISCONNECTED, RUNNING
 from services.bus import paging
 from services.bus.loop import EventLoop
 from services.bus.memory import MemoryBus, MemoryHub
 from services.planner import store
 from services.planner.shell import Planner
-from tests.helpers import Collector
+from tests.helpers import Collector, wait_for
 from tests.memory_helpers import ManualClock, memory_hub, on_loop_idle, running_loop
 
 
@@ -123,3 +123,39 @@ def test_a_late_joining_agent_asks_for_its_plan(stack: Stack) -> None:
     stack.apply(web=sleeper())
     replies = stack.cli.get("ank/plan/*", timeout=5)
     assert [key for key, _ in replies] == ["ank/plan/robot"]
+
+
+def test_a_status_without_a_token_makes_the_agent_alive_and_its_states_are_asked(stack: Stack) -> None:
+    """The shell hands a status to the core (AgentStatusSeen) and runs what
+    it decides: the plan of the agent taken for alive, and the query of its
+    states (AskStates), whose answer is recorded."""
+    stack.apply(web=sleeper("ghost"))
+    ghost = MemoryBus(stack.hub, "agent/ghost")  # its token never reaches the planner
+    plans = Collector()
+    ghost.subscribe("ank/plan/ghost", AgentPlan, plans)
+    instance = stack.planner.state.durable.instances["web"]  # the apply was answered: committed
+    running = WorkloadState(workload="web", agent="ghost", execution_state=RUNNING, instance=instance)
+    ghost.queryable("ank/state/ghost/**", lambda _k, _p, _q: [("ank/state/ghost/web", ghost.encode(running))])
+    assert "ghost" not in stack.complete_state().agents
+
+    ghost.put("ank/agents/ghost/status", AgentStatus(agent="ghost", arch="x86_64", os="linux", boot="b1"))
+
+    plan = plans.wait(lambda items: items[-1][1] if items else None, 5, "the ghost's plan")
+    assert isinstance(plan, AgentPlan) and [w.name for w in plan.workloads] == ["web"]
+
+    def web_running() -> bool:
+        states = {s.workload: s for s in stack.complete_state().workload_states}
+        return states["web"].execution_state == RUNNING
+
+    wait_for(web_running, 5, "the ghost's state, asked once it is alive")
+    assert "ghost" in stack.complete_state().agents
+
+
+def test_statuses_of_two_boots_interleaved_are_published_as_one_event(stack: Stack) -> None:
+    events = Collector()
+    stack.cli.subscribe("ank/events/duplicate-agent", Event, events)
+    for boot in ("one", "two", "one", "two", "one"):
+        stack.agent.put("ank/agents/robot/status", AgentStatus(agent="robot", arch="x86_64", os="linux", boot=boot))
+    on_loop_idle(stack.loop)
+    (event,) = [e for _k, e in events.items]
+    assert isinstance(event, Event) and event.subject == "robot" and "boots one, two" in event.message

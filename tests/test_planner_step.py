@@ -11,7 +11,7 @@ import pytest
 
 from schemas import Binding, ExecutionState, Manifest, Workload, WorkloadState
 from schemas.liveliness import AgentLiveliness
-from schemas.messages import ApplyRequest, DeleteRequest
+from schemas.messages import AgentStatus, ApplyRequest, DeleteRequest
 from services.planner import core
 
 NOW = 1_700_000_000_000
@@ -58,6 +58,10 @@ EXAMPLES: dict[type, tuple[object, typing.Callable[[core.PlannerState, core.Step
     core.DesiredPut: (core.DesiredPut(_text("db").encode()), lambda s, st: "db" in st.state.durable.desired.workloads),
     core.StatesObserved: (None, lambda s, st: st.state.states["a1/web"].execution_state.state == "Running"),
     AgentLiveliness: (AgentLiveliness("a1", False), lambda s, st: "a1" not in st.state.alive),
+    core.AgentStatusSeen: (
+        core.AgentStatusSeen(AgentStatus(agent="a2", arch="x86_64", os="linux")),
+        lambda s, st: "a2" in st.state.alive,
+    ),
     Binding: (Binding(workload="roam", agent="a1"), lambda s, st: st.state.durable.bindings == {"roam": "a1"}),
 }
 

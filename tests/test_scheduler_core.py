@@ -309,7 +309,7 @@ def test_late_energy_measurement_does_not_replace_a_newer_one() -> None:
 
 
 def test_fleet_manifest_is_valid_and_its_workloads_are_placed_by_their_hints() -> None:
-    from ank_common.manifest.core import parse_manifest
+    from ank_common.manifest import parse_manifest
     from tests.helpers import ROOT
 
     parsed = parse_manifest((ROOT / "manifests" / "fleet.yaml").read_text())

@@ -10,8 +10,8 @@ from typing import IO, Any
 import msgspec
 import yaml
 
-from ank_common.manifest.core import parse_manifest
 from ank_common.manifest.document import MAX_DOCUMENT_BYTES
+from ank_common.manifest.parse import parse_manifest
 from schemas.manifest import Manifest
 
 OUTPUT_FORMATS = ("yaml", "json")

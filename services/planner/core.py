@@ -31,7 +31,8 @@ which agents were ever seen, and the latest WorkloadState of every workload
 
 The shell feeds every input as an event to `step(state, event, now_ms)`
 (`now_ms`: the wall clock) — Started, ApplyRequest, DeleteRequest,
-DesiredPut, StatesObserved, AgentLiveliness, Binding — and gets a `Step`: the
+DesiredPut, StatesObserved, AgentLiveliness, AgentStatusSeen, Binding — and
+gets a `Step`: the
 new state and the actions to run in order (Persist first, then publications,
 then the Reply to a query, as data like the rest). What the shell only reads
 (complete_state, plan_for, owned_states, desired_at) are queries: functions
@@ -45,21 +46,19 @@ from typing import Literal, NamedTuple, assert_never
 
 import msgspec
 
-from ank_common.manifest import (
-    apply_update_masks,
-    find_dependency_cycle,
-    instance_id,
-    parse_manifest,
-    parse_state_file,
-    render_manifest,
-)
-from ank_common.manifest.core import agent_name_problem
+from ank_common.manifest.identity import instance_id
+from ank_common.manifest.masks import apply_update_masks
+from ank_common.manifest.name_rules import agent_name_problem
+from ank_common.manifest.parse import parse_manifest, parse_state_file
+from ank_common.manifest.render import render_manifest
+from ank_common.manifest.validate import find_dependency_cycle
 from schemas import keys
 from schemas.limits import MAX_ENTRY_BYTES, MAX_MESSAGE_BYTES, size_of
 from schemas.liveliness import AgentLiveliness
 from schemas.manifest import Manifest
 from schemas.messages import (
     AgentPlan,
+    AgentStatus,
     ApplyRequest,
     ApplyResult,
     Binding,
@@ -150,6 +149,10 @@ class PlannerState(msgspec.Struct, frozen=True, kw_only=True):
     # HISTORY_MS: `ank get events` starts its stream at its own start, not at
     # the end of its start-up (desired_at)
     history: tuple[tuple[int, Manifest], ...] = ()
+    # agent -> the boots of its last statuses, most recent last (at most
+    # BOOTS_KEPT), and the agents reported as two live agents of one name
+    boots: dict[str, tuple[str, ...]] = {}
+    twins: frozenset[str] = frozenset()
 
 
 # -- actions ----------------------------------------------------------------
@@ -188,7 +191,15 @@ class Reply(msgspec.Struct, frozen=True):
     result: ApplyResult
 
 
-Action = Persist | PublishPlan | PublishState | PublishEvent | Log | Reply
+class AskStates(msgspec.Struct, frozen=True):
+    """Ask the agent's own states (its late-joiner queryable): it
+    (re)connected, and they may have changed while it was away. The answers
+    come back as StatesObserved."""
+
+    agent: str
+
+
+Action = Persist | PublishPlan | PublishState | PublishEvent | Log | AskStates | Reply
 
 
 class Step(NamedTuple):
@@ -226,7 +237,17 @@ class StatesObserved(msgspec.Struct, frozen=True):
     items: list[tuple[str, WorkloadState]]
 
 
-PlannerEvent = Started | ApplyRequest | DeleteRequest | DesiredPut | StatesObserved | AgentLiveliness | Binding
+class AgentStatusSeen(msgspec.Struct, frozen=True):
+    """An agent's status (`ank/agents/<agent>/status`). A status proves its
+    agent alive, and its `boot` tells two live agents of one name (their
+    boots alternate) from a restart (the boot changes once)."""
+
+    status: AgentStatus
+
+
+PlannerEvent = (
+    Started | ApplyRequest | DeleteRequest | DesiredPut | StatesObserved | AgentLiveliness | AgentStatusSeen | Binding
+)
 
 
 # -- small helpers ----------------------------------------------------------
@@ -348,10 +369,13 @@ def _states_by_workload(state: PlannerState) -> dict[str, list[WorkloadState]]:
     return out
 
 
-def _keeps_dependency_alive(by_workload: dict[str, list[WorkloadState]], dependent: str) -> bool:
+def _keeps_dependency_alive(states: Iterable[WorkloadState | None]) -> bool:
+    """Whether one of a dependent's states (None: none there) keeps a
+    deleted ADD_COND_RUNNING dependency alive."""
     return any(
         (ws.execution_state.state, ws.execution_state.substate) in KEEPS_DEPENDENCY_ALIVE
-        for ws in by_workload.get(dependent, [])
+        for ws in states
+        if ws is not None
     )
 
 
@@ -465,8 +489,7 @@ def _settle(before: PlannerState, state: PlannerState, now_ms: int, actions: lis
     settled = _settle_states(state, durable, derived_before, derived_now, now_ms, log)
     entries = _plan_entries(durable)
     changed = ((agent, entries.get(agent, [])) for agent in sorted(entries.keys() | state.plans.keys() | state.alive))
-    plans, generation = _new_plans(state, durable, changed, now_ms, settled.publications, log)
-    durable = msgspec.structs.replace(durable, generation=generation)
+    plans, durable = _new_plans(state, durable, changed, now_ms, settled.publications, log)
     new_state = _with_settled(state, durable, settled, plans)
     persist = durable if durable != before.durable else None
     return Step(new_state, _in_order(actions, log, persist, settled.publications))
@@ -520,7 +543,7 @@ def _retirements(
             released[name] = entry.planned.instance  # re-applied as it runs: keep it running
             log.append(Log(f"keep {name} on {agent}: desired again as it runs"))
             continue
-        waiting_for = [d for d in entry.blockers if _keeps_dependency_alive(by_workload, d)]
+        waiting_for = [d for d in entry.blockers if _keeps_dependency_alive(by_workload.get(d, []))]
         if waiting_for:
             retiring.append(entry)
             if not any(r == entry for r in before.retiring):
@@ -560,10 +583,11 @@ def _new_plans(
     now_ms: int,
     publications: list[Action],
     log: list[Action],
-) -> tuple[dict[str, AgentPlan], int]:
+) -> tuple[dict[str, AgentPlan], Durable]:
     """The plans, with a new one (and a new generation) for every candidate
     agent whose workloads differ from its last plan's; each new plan is
-    appended to `publications`. Returns the plans and the last generation."""
+    appended to `publications`. Returns the plans and `durable` with the
+    last generation handed out (`durable` itself if none was)."""
     plans = dict(state.plans)
     generation = durable.generation
     for agent, workloads in candidates:
@@ -575,7 +599,9 @@ def _new_plans(
         publications.append(PublishPlan(plans[agent]))
         listed = ", ".join(f"{w.name}[{w.hold}]" if w.hold else w.name for w in workloads) or "nothing"
         log.append(Log(f"plan {generation} for {agent}: {listed}"))
-    return plans, generation
+    if generation == durable.generation:
+        return plans, durable
+    return plans, msgspec.structs.replace(durable, generation=generation)
 
 
 def _with_settled(
@@ -654,11 +680,9 @@ def _settle_agent(before: PlannerState, state: PlannerState, agent: str, now_ms:
         durable = msgspec.structs.replace(durable, released=released, retiring=retiring)
     derived_now = _derived_subset(durable, state.alive, scope, durable.retiring)
     settled = _settle_agent_states(state, durable, agent, scope, derived_before, derived_now, now_ms, log)
-    plans, generation = _new_plans(
+    plans, durable = _new_plans(
         state, durable, _touched_plans(state, durable, by_agent, touched), now_ms, settled.publications, log
     )
-    if generation != durable.generation:
-        durable = msgspec.structs.replace(durable, generation=generation)
     new_state = _with_settled(state, durable, settled, plans, by_agent=by_agent, dependents=dependents)
     persist = durable if durable is not before.durable else None
     return Step(new_state, _in_order(actions, log, persist, settled.publications))
@@ -700,13 +724,7 @@ def _agent_retirements(
             log.append(Log(f"keep {name} on {on}: desired again as it runs"))
             continue
         waiting_for = [
-            d
-            for d in entry.blockers
-            if any(
-                (ws.execution_state.state, ws.execution_state.substate) in KEEPS_DEPENDENCY_ALIVE
-                for ws in (view.states.get(state_key(a, d)) for a in holders)
-                if ws is not None
-            )
+            d for d in entry.blockers if _keeps_dependency_alive(view.states.get(state_key(a, d)) for a in holders)
         ]
         if waiting_for:
             retiring.append(entry)
@@ -804,6 +822,8 @@ def step(state: PlannerState, event: PlannerEvent, now_ms: int) -> Step:
         return _observe_states(state, event.items, now_ms)
     if isinstance(event, AgentLiveliness):
         return _agent_liveliness(state, event.agent, event.alive, now_ms)
+    if isinstance(event, AgentStatusSeen):
+        return _status_seen(state, event.status, now_ms)
     if isinstance(event, Binding):
         return _binding(state, event, now_ms)
     if isinstance(event, DesiredPut):
@@ -1023,7 +1043,12 @@ def _binding(state: PlannerState, bound: Binding, now_ms: int) -> Step:
 
 
 def _agent_liveliness(state: PlannerState, agent: str, alive: bool, now_ms: int) -> Step:
-    """An agent's liveliness token appeared (`alive`) or vanished."""
+    """An agent's liveliness token appeared (`alive`) or vanished. One that
+    connects is handed its plan and asked for its states; one that vanished
+    is forgotten by the twin detection (a restart then starts afresh)."""
+    if not alive and (agent in state.boots or agent in state.twins):
+        boots = {a: b for a, b in state.boots.items() if a != agent}
+        state = msgspec.structs.replace(state, boots=boots, twins=state.twins - {agent})
     if alive == (agent in state.alive):
         return Step(state, [])
     if state.dependents is None or state.by_agent is None:
@@ -1039,7 +1064,49 @@ def _agent_liveliness(state: PlannerState, agent: str, alive: bool, now_ms: int)
     # Level-triggered: hand the agent its plan again even if it did not change.
     if not any(isinstance(a, PublishPlan) and a.plan.agent == agent for a in step.actions):
         step.actions.append(PublishPlan(step.state.plans[agent]))
+    step.actions.append(AskStates(agent))
     return step
+
+
+BOOTS_KEPT = 4  # boots remembered per agent for the twin detection
+
+
+def _status_seen(state: PlannerState, status: AgentStatus, now_ms: int) -> Step:
+    """A status proves its agent alive: an agent taken for lost whose status
+    still arrives (its token missed, e.g. an access-control policy that
+    denies tokens) is alive again within one status period. Two agents of
+    one name are reported once, as an event (each would run every workload
+    of the name)."""
+    agent = status.agent
+    before = state.boots.get(agent, ())
+    boots, twin_boots = _seen_boot(before, status.boot)
+    actions: list[Action] = []
+    events: list[Action] = []
+    if boots != before:
+        state = msgspec.structs.replace(state, boots={**state.boots, agent: boots})
+    if twin_boots and agent not in state.twins:
+        state = msgspec.structs.replace(state, twins=state.twins | {agent})
+        message = (
+            f"two agents named {agent} are live (boots {', '.join(twin_boots)}): "
+            "each runs the workloads of that name; stop one"
+        )
+        actions.append(Log(message, "warning"))
+        events.append(PublishEvent("duplicate-agent", message, agent, "warning"))
+    if agent in state.alive or keys.parse_agent_token_key(keys.agent_token_key(agent)) != agent:
+        return Step(state, [*actions, *events])  # (a name no token can have proves nothing)
+    actions.append(Log(f"agent {agent} sends status while its token is gone: alive again", "warning"))
+    step = _agent_liveliness(state, agent, True, now_ms)
+    return Step(step.state, [*actions, *step.actions, *events])
+
+
+def _seen_boot(boots: tuple[str, ...], boot: str) -> tuple[tuple[str, ...], list[str] | None]:
+    """An agent's boots after a status from `boot`, and the two boots if
+    `boot` comes back after another one (two live agents alternate: A, B,
+    A; a restart changes the boot once: A, A, B, B)."""
+    if not boot or (boots and boots[-1] == boot):
+        return boots, None
+    twin_boots = sorted({boots[-1], boot}) if boot in boots else None
+    return (*(b for b in boots if b != boot), boot)[-BOOTS_KEPT:], twin_boots
 
 
 def _record_into(

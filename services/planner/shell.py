@@ -26,7 +26,7 @@ import msgspec
 import zenoh
 
 from ank_common.clock import SYSTEM_CLOCK, Clock
-from ank_common.lifecycle import Busy, DirLock, TwinDetector, default_state_dir
+from ank_common.lifecycle import Busy, DirLock, default_state_dir
 from ank_common.logsetup import setup_logging
 from schemas import keys
 from schemas.limits import PART_BUDGET_BYTES, size_of
@@ -74,7 +74,6 @@ class Planner:
         self.state_dir = Path(state_dir)
         self.clock = clock
         self.state = core.PlannerState(durable=durable or core.Durable())
-        self.twins = TwinDetector()
         self.store = store.Store(self.state_dir, durable)
         self._pending_states: list[tuple[str, WorkloadState]] = []
         self._pending_lock = threading.Lock()
@@ -128,6 +127,8 @@ class Planner:
             self.bus.put(action.key, action.state)
         elif isinstance(action, core.PublishEvent):
             self.bus.event(action.kind, action.message, subject=action.subject, severity=action.severity)
+        elif isinstance(action, core.AskStates):
+            self._reread_states(action.agent)
         # core.Persist ran first (commit); core.Reply is the query's answer (acknowledge)
 
     def now_ms(self) -> int:
@@ -191,31 +192,11 @@ class Planner:
 
     def on_liveliness(self, key: str, alive: bool) -> None:
         agent = _agent_of(key)
-        if agent and not alive:
-            self.twins.forget(agent)
         if agent:
-            was_alive = agent in self.state.alive
             self.commit(core.step(self.state, AgentLiveliness(agent, alive), self.now_ms()))
-            if alive and not was_alive:
-                self._reread_states(agent)
 
     def on_status(self, status: AgentStatus) -> None:
-        """A status proves its agent alive: an agent taken for lost whose
-        status still arrives (its token missed, e.g. an access-control policy
-        that denies tokens) is alive again within one status period. Two
-        agents of one name are reported as an event (each would run every
-        workload of the name)."""
-        twins = self.twins.seen(status.agent, status.boot)
-        if twins:
-            message = (
-                f"two agents named {status.agent} are live (boots {', '.join(twins)}): "
-                "each runs the workloads of that name; stop one"
-            )
-            log.warning("%s", message)
-            self.bus.event("duplicate-agent", message, subject=status.agent, severity="warning")
-        if status.agent not in self.state.alive:
-            log.warning("agent %s sends status while its token is gone: alive again", status.agent)
-            self.on_liveliness(keys.agent_token_key(status.agent), True)
+        self.commit(core.step(self.state, core.AgentStatusSeen(status), self.now_ms()))
 
     def _reread_states(self, agent: str) -> None:
         """An agent (re)connected: its states may have changed while it was
