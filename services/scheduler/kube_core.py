@@ -63,7 +63,6 @@ import msgspec
 
 from schemas.messages import EnergyReport
 from services.scheduler.framework import (
-    ENERGY_FILTERS,
     POLICIES,
     CycleContext,
     EnergyReported,
@@ -79,6 +78,7 @@ from services.scheduler.framework import (
     Tick,
     Toleration,
     backoff_ms,
+    energy_may_admit,
     newer_energy,
     schedule,
 )
@@ -147,6 +147,16 @@ def classify_bind_failure(status: int, message: str) -> str:
     return ERROR
 
 
+def classify_bind_answer(status: int, message: str = "") -> tuple[str, str]:
+    """The outcome of any pods/binding answer and, unless bound, why: only a
+    201 is a bind (another 2xx is not what the API server answers)."""
+    if status == 201:
+        return BOUND, ""
+    if 200 <= status < 300:
+        return ERROR, f"HTTP {status} where 201 Created was expected"
+    return classify_bind_failure(status, message), f"HTTP {status}: {message}"
+
+
 class PodRef(msgspec.Struct, frozen=True):
     namespace: str
     name: str
@@ -166,6 +176,11 @@ class PodUnschedulable(msgspec.Struct, frozen=True):
     pod: PodRef
     message: str
     reason: str = "Unschedulable"  # PodScheduled=False reason: Unschedulable or SchedulingGated
+
+    @property
+    def records_event(self) -> bool:
+        """A FailedScheduling Event goes with it (kube-scheduler records none for a gated pod)."""
+        return self.reason != "SchedulingGated"
 
 
 Decision = BindPod | PodUnschedulable
@@ -292,6 +307,15 @@ def _number(annotations: Mapping[str, Any], key: str, default: float) -> float:
     return value
 
 
+def robot_of(node: Mapping[str, Any], config: KubeConfig) -> str:
+    """The robot whose energy reports are the node's: its `bot_label` value, else its name."""
+    name = str(_get(node, "metadata", "name") or "")
+    if not config.bot_label:
+        return name
+    labels = _get(node, "metadata", "labels") or {}
+    return str(labels.get(config.bot_label, name)) if isinstance(labels, Mapping) else name
+
+
 def node_view(node: Mapping[str, Any], energy: Mapping[str, EnergyReport], config: KubeConfig) -> KubeNodeView:
     name = str(_get(node, "metadata", "name") or "")
     labels = {str(k): str(v) for k, v in (_get(node, "metadata", "labels") or {}).items()}
@@ -302,8 +326,7 @@ def node_view(node: Mapping[str, Any], energy: Mapping[str, EnergyReport], confi
         for t in (_get(node, "spec", "taints") or [])
         if isinstance(t, Mapping)
     )
-    bot = labels.get(config.bot_label, name) if config.bot_label else name
-    report = energy.get(bot)
+    report = energy.get(robot_of(node, config))
     return KubeNodeView(
         name=name,
         allocatable=node_allocatable(node),
@@ -538,7 +561,11 @@ class _Working:
             return
         self.energy[report.node] = newer
         self._views = None
-        self._retry_failed(now_ms, _rejected_for_energy)
+        # The nodes this robot's report is about (bot_label); only their verdicts can change.
+        reported = [
+            str(_get(n, "metadata", "name") or "") for n in self.nodes if robot_of(n, self.config) == report.node
+        ]
+        self._retry_failed(now_ms, lambda entry: energy_may_admit(entry.rejected_by, reported))
 
     def on_bind_result(self, pod: PodRef, outcome: str, now_ms: int, detail: str = "") -> PodUnschedulable | None:
         """outcome: one of BOUND, ALREADY_BOUND, DELETING, GATED, PRECONDITION, GONE, ERROR."""
@@ -698,10 +725,161 @@ class _Working:
                 self._update(key, next_try_ms=now_ms)
 
 
-def _rejected_for_energy(entry: PendingPod) -> bool:
-    return not ENERGY_FILTERS.isdisjoint(entry.rejected_by.values())
-
-
 class KubeStep(msgspec.Struct, frozen=True):
     state: KubeState
     actions: list[Decision]
+
+
+# -- the pod watch -------------------------------------------------------------
+#
+# When to list, when to watch and how to react to a failed request: the watch
+# thread of the shell feeds what happened to `watch_step` and asks
+# `next_request` what to do next. The policy, as a table:
+#
+# | what happened                          | failures | resourceVersion      | then                          |
+# |----------------------------------------|----------|----------------------|-------------------------------|
+# | list answered (WatchListed)            | kept     | the list's           | watch from it                 |
+# | watch line ADDED/MODIFIED/DELETED      | kept     | the object's         | DeliverPod                    |
+# | watch line BOOKMARK                    | kept     | the bookmark's       | -                             |
+# | watch line malformed                   | kept     | kept                 | IgnoredLine                   |
+# | watch line ERROR 410 (Expired)         | 0        | none: re-list        | EndWatch                      |
+# | watch line ERROR other (500, 504 ...)  | +1       | none after 3 in a row| EndWatch, Pause(backoff)      |
+# | watch ended by the server (its timeout)| 0        | kept                 | watch again                   |
+# | request failed: HTTP 410               | kept     | none: re-list        | -                             |
+# | request failed: HTTP 429               | +1       | kept                 | Pause(Retry-After ≤ 60, or 1 s)|
+# | request failed: other HTTP status      | +1       | kept                 | Pause(backoff)                |
+# | request failed: no HTTP status         | +1       | none after 3 in a row| Pause(backoff)                |
+#   (connection refused/reset, read timeout)
+#
+# backoff: 0.5 s doubling, at most 10 s (`watch_backoff_s`).
+
+WATCH_RELIST_AFTER = 3  # failures in a row (without an HTTP status) that make the watch start again from a list
+
+
+class WatchState(msgspec.Struct, frozen=True):
+    resource_version: str | None = None  # where the watch resumes; None: list first
+    failures: int = 0  # failed requests in a row
+
+
+class ListPods(msgspec.Struct, frozen=True):
+    """List the pods (then watch from the list's resourceVersion)."""
+
+
+class WatchPods(msgspec.Struct, frozen=True):
+    resource_version: str
+
+
+class WatchListed(msgspec.Struct, frozen=True):
+    """The list was answered at this resourceVersion (its pods go to the scheduler as PodsListed)."""
+
+    resource_version: str
+
+
+class WatchLine(msgspec.Struct, frozen=True):
+    """One line of the watch stream (a JSON watch event)."""
+
+    line: str
+
+
+class WatchEnded(msgspec.Struct, frozen=True):
+    """The API server ended the watch (its timeoutSeconds)."""
+
+
+class RequestFailed(msgspec.Struct, frozen=True):
+    """A list or watch request failed: its HTTP status (None: no answer — a
+    connection error, a timeout), why, and the server's Retry-After."""
+
+    status: int | None
+    detail: str
+    retry_after_s: float | None = None
+
+
+WatchEvent = WatchListed | WatchLine | WatchEnded | RequestFailed
+
+
+class DeliverPod(msgspec.Struct, frozen=True):
+    """Give the scheduler's core this watch event (as PodWatched)."""
+
+    kind: str
+    pod: dict[str, Any]
+
+
+class EndWatch(msgspec.Struct, frozen=True):
+    """Stop reading this watch stream."""
+
+    why: str
+
+
+class Pause(msgspec.Struct, frozen=True):
+    """Wait before the next request."""
+
+    seconds: float
+    why: str
+
+
+class IgnoredLine(msgspec.Struct, frozen=True):
+    line: str
+
+
+WatchAction = DeliverPod | EndWatch | Pause | IgnoredLine
+
+
+class WatchStep(msgspec.Struct, frozen=True):
+    state: WatchState
+    actions: list[WatchAction]
+
+
+def next_request(state: WatchState) -> ListPods | WatchPods:
+    """What the watch thread asks the API server next."""
+    if state.resource_version is None:
+        return ListPods()
+    return WatchPods(state.resource_version)
+
+
+def watch_backoff_s(failures: int) -> float:
+    return min(10.0, 0.5 * 2 ** min(failures - 1, 5)) if failures > 0 else 0.0
+
+
+def watch_step(state: WatchState, event: WatchEvent) -> WatchStep:
+    """The pod watch's reaction to one event (see the table above); no clock needed."""
+    if isinstance(event, WatchListed):
+        return WatchStep(msgspec.structs.replace(state, resource_version=event.resource_version), [])
+    if isinstance(event, WatchEnded):
+        return WatchStep(msgspec.structs.replace(state, failures=0), [])
+    if isinstance(event, RequestFailed):
+        return _request_failed(state, event)
+    return _watch_line(state, event.line)
+
+
+def _request_failed(state: WatchState, event: RequestFailed) -> WatchStep:
+    if event.status == 410:
+        return WatchStep(msgspec.structs.replace(state, resource_version=None), [])
+    failures = state.failures + 1
+    version = state.resource_version
+    if event.status is None and failures >= WATCH_RELIST_AFTER:
+        version = None  # the watch keeps failing: start again from a list
+    if event.status == 429:
+        delay = min(60.0, max(0.0, event.retry_after_s)) if event.retry_after_s is not None else 1.0
+    else:
+        delay = watch_backoff_s(failures)
+    return WatchStep(WatchState(version, failures), [Pause(delay, event.detail)])
+
+
+def _watch_line(state: WatchState, line: str) -> WatchStep:
+    try:
+        event = msgspec.json.decode(line)
+        kind, obj = event["type"], event["object"]
+    except (msgspec.DecodeError, KeyError, TypeError):
+        return WatchStep(state, [IgnoredLine(line)])
+    if kind == "ERROR":
+        if isinstance(obj, Mapping) and obj.get("code") == 410:
+            why = f"{obj.get('message', 'expired')} (410 Gone); re-listing"
+            return WatchStep(WatchState(None, 0), [EndWatch(why)])
+        failed = _request_failed(state, RequestFailed(None, f"watch error event: {obj}"))
+        return WatchStep(failed.state, [EndWatch(f"watch error event: {obj}"), *failed.actions])
+    new_version = _get(obj, "metadata", "resourceVersion")
+    if new_version:
+        state = msgspec.structs.replace(state, resource_version=str(new_version))
+    if kind != "BOOKMARK" and isinstance(obj, dict):
+        return WatchStep(state, [DeliverPod(str(kind), obj)])
+    return WatchStep(state, [])

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import queue
@@ -52,26 +51,38 @@ from services.bus.loop import EventLoop
 from services.scheduler import kube_leader
 from services.scheduler.framework import EnergyReported, Tick
 from services.scheduler.influx import InfluxConfigError, InfluxEnergySource, InfluxSettings, poll_until_stopped
+from services.scheduler.kube_api import ClientKubeApi, KubeApi, KubeApiError, WatchStream
 from services.scheduler.kube_core import (
     BOUND,
     ERROR,
     BindAnswered,
     BindPod,
     Decision,
+    DeliverPod,
+    EndWatch,
     KubeConfig,
     KubeEvent,
     KubeState,
+    ListPods,
     NodesListed,
+    Pause,
     PodRef,
     PodsListed,
     PodUnschedulable,
     PodWatched,
-    binding_body,
-    classify_bind_failure,
+    RequestFailed,
+    WatchEnded,
+    WatchEvent,
+    WatchLine,
+    WatchListed,
+    WatchState,
+    classify_bind_answer,
     event_body,
+    next_request,
     next_wake_ms,
     pod_scheduled_patch,
     step,
+    watch_step,
 )
 from services.scheduler.kube_leader import LeaderConfig, LeaderNow, LeaderState, LeaseRead, LeaseWritten, Releasing
 
@@ -123,44 +134,27 @@ def load_api_client(
     return client.ApiClient(configuration), where
 
 
-def _api_message(exc: Any) -> str:
-    """The Status message of an ApiException (its body), else its reason."""
-    try:
-        body = json.loads(exc.body or "{}")
-        return str(body.get("message") or exc.reason or "")
-    except (ValueError, TypeError, AttributeError):
-        return str(exc.reason or "")
-
-
-def _retry_after(exc: Any, default: float) -> float:
-    try:
-        value = float(str((exc.headers or {}).get("Retry-After")))
-    except (TypeError, ValueError):
-        return default
-    return min(60.0, max(0.0, value))
-
-
 class KubeShell:
+    """Connects the Kubernetes core (kube_core.step, watch_step) to the API
+    server (`api`: a KubeApi; by default the `kubernetes` client on
+    `api_client`). Core calls happen on the loop thread only."""
+
     def __init__(
         self,
         api_client: Any,
         core: KubeState,
         loop: EventLoop,
         *,
+        api: KubeApi | None = None,
         clock: Clock = SYSTEM_CLOCK,
         watch_timeout_s: float = 60.0,
         request_timeout_s: float = 10.0,
         node_cache_s: float = 2.0,
         instance: str = "",
     ) -> None:
-        from kubernetes import client
-
-        # Any: the replies are raw urllib3 responses (_preload_content=False), not the typed models.
-        self.api: Any = client.CoreV1Api(api_client)
-        self.events_api: Any = client.EventsV1Api(api_client)
+        self.api: KubeApi = api if api is not None else ClientKubeApi(api_client, request_timeout_s=request_timeout_s)
         self.core, self.loop, self.clock = core, loop, clock
         self.watch_timeout_s = watch_timeout_s
-        self.request_timeout_s = request_timeout_s
         self.node_cache_s = node_cache_s
         self.component = core.config.scheduler_name
         self.instance = instance or f"{self.component}-{socket.gethostname()}"
@@ -171,7 +165,9 @@ class KubeShell:
         self._cycle_posted = False
         self._armed_ms: int | None = None
         self._nodes_read_at: float | None = None
-        self._watch_response: Any = None
+        self._watch = WatchState()  # the watch thread's
+        self._watch_stream: WatchStream | None = None
+        self._watch_ended = False  # the last watch event ended the stream (EndWatch)
         self.bound = 0
         self.relists = 0
 
@@ -183,12 +179,9 @@ class KubeShell:
     def stop(self) -> None:
         self._stopping.set()
         self._writes.put(None)
-        response = self._watch_response
-        if response is not None:
-            try:
-                response.shutdown() if hasattr(response, "shutdown") else response.close()
-            except Exception:
-                pass
+        stream = self._watch_stream
+        if stream is not None:
+            stream.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         for thread in self._threads:
             thread.join(timeout=1)  # daemon threads: a blocked read must not hold up the exit
@@ -198,91 +191,69 @@ class KubeShell:
         thread.start()
         self._threads.append(thread)
 
-    # -- the pod watcher (own thread) -----------------------------------------
-    def _field_selector(self) -> str:
-        return f"spec.schedulerName={self.component},spec.nodeName="
-
+    # -- the pod watcher (own thread; when to list or watch: kube_core.watch_step) --
     def _watch_pods(self) -> None:
-        from kubernetes.client.exceptions import ApiException
-        from kubernetes.watch.watch import iter_resp_lines
-
-        resource_version: str | None = None
-        failures = 0
         while not self._stopping.is_set():
-            delay: float | None = None
+            request = next_request(self._watch)
             try:
-                if resource_version is None:
-                    resource_version = self._list_pods()
-                response = self.api.list_pod_for_all_namespaces(
-                    field_selector=self._field_selector(),
-                    watch=True,
-                    resource_version=resource_version,
-                    timeout_seconds=max(1, int(self.watch_timeout_s)),
-                    allow_watch_bookmarks=True,
-                    _preload_content=False,
-                    _request_timeout=(self.request_timeout_s, self.watch_timeout_s + self.request_timeout_s),
-                )
-                self._watch_response = response
-                try:
-                    for line in iter_resp_lines(response):
-                        if self._stopping.is_set():
-                            return
-                        resource_version = self._on_watch_line(line, resource_version)
-                        if resource_version is None:
-                            break  # 410 Gone: re-list
-                finally:
-                    self._watch_response = None
-                    response.close()
-                    response.release_conn()
-                failures = 0
-            except ApiException as exc:
+                if isinstance(request, ListPods):
+                    pause = self._list_pods()
+                else:
+                    pause = self._watch_from(request.resource_version)
+            except KubeApiError as exc:
                 if exc.status == 410:
-                    log.info("watch: resourceVersion %s expired (410 Gone); re-listing", resource_version)
-                    resource_version = None
-                    continue
-                failures += 1
-                if exc.status == 429:
-                    delay = _retry_after(exc, 1.0)
-                log.warning("watch pods: HTTP %s %s", exc.status, _api_message(exc))
-            except Exception as exc:  # connection refused/reset, read timeout, bad JSON, ERROR events
+                    log.info("watch: resourceVersion %s expired (410 Gone); re-listing", self._watch.resource_version)
+                else:
+                    log.warning("watch pods: HTTP %s %s", exc.status, exc.message)
+                pause = self._watch_event(RequestFailed(exc.status, str(exc), exc.retry_after_s))
+            except Exception as exc:  # connection refused/reset, read timeout, bad JSON
                 if self._stopping.is_set():
                     return
-                failures += 1
                 log.warning("watch pods: %s: %s", type(exc).__name__, exc)
-                if failures >= 3:
-                    resource_version = None  # the watch keeps failing: start again from a list
-            if failures:
-                self._stopping.wait(delay if delay is not None else min(10.0, 0.5 * 2 ** min(failures - 1, 5)))
+                pause = self._watch_event(RequestFailed(None, f"{type(exc).__name__}: {exc}"))
+            if pause is not None:
+                self._stopping.wait(pause.seconds)
 
-    def _list_pods(self) -> str:
-        response = self.api.list_pod_for_all_namespaces(
-            field_selector=self._field_selector(), _preload_content=False, _request_timeout=self.request_timeout_s
-        )
-        body = json.loads(response.data)
-        _release(response)
-        items = body.get("items") or []
+    def _watch_event(self, event: WatchEvent) -> Pause | None:
+        """Steps the watch policy; delivers pods; the pause it asks for, if any.
+        An EndWatch is noted in `_watch_ended` for the reading loop."""
+        decided = watch_step(self._watch, event)
+        self._watch = decided.state
+        pause: Pause | None = None
+        self._watch_ended = False
+        for action in decided.actions:
+            if isinstance(action, DeliverPod):
+                self.loop.post(self._pod_event, action.kind, action.pod)
+            elif isinstance(action, EndWatch):
+                log.info("watch: %s", action.why)
+                self._watch_ended = True
+            elif isinstance(action, Pause):
+                pause = action
+            else:
+                log.warning("watch: ignoring a malformed line: %.200s", action.line)
+        return pause
+
+    def _list_pods(self) -> Pause | None:
+        items, version = self.api.list_pending_pods(self.component)
         self.relists += 1
         log.info("listed %d pending pod(s) for %s", len(items), self.component)
         self.loop.post(self._relisted, items)
-        return str((body.get("metadata") or {}).get("resourceVersion") or "")
+        return self._watch_event(WatchListed(version))
 
-    def _on_watch_line(self, line: str, resource_version: str) -> str | None:
+    def _watch_from(self, resource_version: str) -> Pause | None:
+        stream = self.api.watch_pending_pods(self.component, resource_version, self.watch_timeout_s)
+        self._watch_stream = stream
         try:
-            event = json.loads(line)
-            kind = event["type"]
-            obj = event["object"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("watch: ignoring a malformed line: %.200s", line)
-            return resource_version
-        if kind == "ERROR":
-            if isinstance(obj, dict) and obj.get("code") == 410:
-                log.info("watch: %s (410 Gone); re-listing", obj.get("message", "expired"))
-                return None
-            raise RuntimeError(f"watch error event: {obj}")
-        new_version = ((obj or {}).get("metadata") or {}).get("resourceVersion")
-        if kind != "BOOKMARK" and isinstance(obj, dict):
-            self.loop.post(self._pod_event, kind, obj)
-        return str(new_version) if new_version else resource_version
+            for line in stream.lines():
+                if self._stopping.is_set():
+                    return None
+                pause = self._watch_event(WatchLine(line))
+                if self._watch_ended:
+                    return pause  # the stream is closed before the pause
+        finally:
+            self._watch_stream = None
+            stream.close()
+        return self._watch_event(WatchEnded())
 
     # -- loop thread -------------------------------------------------------
     def _relisted(self, items: list[dict[str, Any]]) -> None:
@@ -340,18 +311,8 @@ class KubeShell:
         if self._nodes_read_at is not None and now - self._nodes_read_at < self.node_cache_s:
             return
         try:
-            response = self.api.list_node(_preload_content=False, _request_timeout=self.request_timeout_s)
-            nodes = json.loads(response.data).get("items") or []
-            _release(response)
-            # The pods bound to nodes and not finished (kube-scheduler's informer selector):
-            # what NodeResourcesFit, NodePorts and anti-affinity count against a node.
-            response = self.api.list_pod_for_all_namespaces(
-                field_selector="spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed",
-                _preload_content=False,
-                _request_timeout=self.request_timeout_s,
-            )
-            assigned = json.loads(response.data).get("items") or []
-            _release(response)
+            nodes = self.api.list_nodes()
+            assigned = self.api.list_assigned_pods()
         except Exception as exc:
             log.warning("listing nodes and bound pods failed: %s", exc)
             return
@@ -371,26 +332,13 @@ class KubeShell:
 
     def bind_outcome(self, pod: PodRef, node: str) -> tuple[str, str]:
         """POST pods/binding (any thread): the outcome and, unless bound, why."""
-        from kubernetes.client.exceptions import ApiException
-
         try:
-            response = self.api.create_namespaced_pod_binding(
-                pod.name,
-                pod.namespace,
-                binding_body(pod, node),
-                _preload_content=False,
-                _request_timeout=self.request_timeout_s,
-            )
-            status = int(response.status)
-            _release(response)
-        except ApiException as exc:
-            message = _api_message(exc)
-            return classify_bind_failure(int(exc.status or 0), message), f"HTTP {exc.status}: {message}"
+            status = self.api.bind(pod, node)
+        except KubeApiError as exc:
+            return classify_bind_answer(exc.status, exc.message)
         except Exception as exc:  # client-side: timeouts, connection errors, ValueError from the client
             return ERROR, f"{type(exc).__name__}: {exc}"
-        if status != 201:
-            return ERROR, f"HTTP {status} where 201 Created was expected"
-        return BOUND, ""
+        return classify_bind_answer(status)
 
     def _bind_done(self, decision: BindPod, outcome: str, detail: str) -> None:
         pod, placement = decision.pod, decision.placement
@@ -406,7 +354,7 @@ class KubeShell:
 
     def _unschedulable(self, failure: PodUnschedulable) -> None:
         log.info("%s %s: %s", failure.reason, failure.pod.key, failure.message)
-        if failure.reason != "SchedulingGated":  # kube-scheduler records no event for a gated pod
+        if failure.records_event:
             self._record(failure.pod, "FailedScheduling", failure.message, warning=True)
         self._writes.put(
             ("status", (failure.pod, pod_scheduled_patch(failure.reason, failure.message, self.clock.wall_ms())))
@@ -433,23 +381,10 @@ class KubeShell:
             what, payload = item
             try:
                 if what == "event":
-                    response = self.events_api.create_namespaced_event(
-                        payload["metadata"]["namespace"],
-                        payload,
-                        _preload_content=False,
-                        _request_timeout=self.request_timeout_s,
-                    )
+                    self.api.create_event(payload)
                 else:
                     pod, patch = payload
-                    response = self.api.patch_namespaced_pod_status(
-                        pod.name,
-                        pod.namespace,
-                        patch,
-                        _content_type="application/strategic-merge-patch+json",
-                        _preload_content=False,
-                        _request_timeout=self.request_timeout_s,
-                    )
-                _release(response)
+                    self.api.patch_pod_status(pod, patch)
             except Exception as exc:
                 log.warning("writing %s failed: %s", what, exc)
 
@@ -459,54 +394,26 @@ class LeaseKeeper:
     and writes the Lease every retry period from its own thread."""
 
     def __init__(
-        self, api_client: Any, state: LeaderState, *, request_timeout_s: float, clock: Clock = SYSTEM_CLOCK
+        self,
+        api_client: Any,
+        state: LeaderState,
+        *,
+        request_timeout_s: float,
+        clock: Clock = SYSTEM_CLOCK,
+        api: KubeApi | None = None,
     ) -> None:
-        from kubernetes import client
-
-        self.api: Any = client.CoordinationV1Api(api_client)
-        self.state, self.clock, self.request_timeout_s = state, clock, request_timeout_s
+        self.api: KubeApi = api if api is not None else ClientKubeApi(api_client, request_timeout_s=request_timeout_s)
+        self.state, self.clock = state, clock
         self.config = state.config
 
     def _now(self) -> LeaderNow:
         return LeaderNow(self.clock.monotonic(), self.clock.wall_ms())
 
     def _read(self) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            response = self.api.read_namespaced_lease(
-                self.config.name, self.config.namespace, _preload_content=False, _request_timeout=self.request_timeout_s
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        lease: dict[str, Any] = json.loads(response.data)
-        _release(response)
-        return lease
+        return self.api.read_lease(self.config.namespace, self.config.name)
 
     def _write(self, write: kube_leader.WriteLease) -> bool:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            if write.create:
-                response = self.api.create_namespaced_lease(
-                    self.config.namespace, write.body, _preload_content=False, _request_timeout=self.request_timeout_s
-                )
-            else:
-                response = self.api.replace_namespaced_lease(
-                    self.config.name,
-                    self.config.namespace,
-                    write.body,
-                    _preload_content=False,
-                    _request_timeout=self.request_timeout_s,
-                )
-            _release(response)
-        except ApiException as exc:
-            if exc.status == 409:
-                return False  # someone else wrote it since we read it
-            raise
-        return True
+        return self.api.write_lease(self.config.namespace, self.config.name, write.body, create=write.create)
 
     def attempt(self) -> None:
         decided = kube_leader.step(self.state, LeaseRead(self._read()), self._now())
@@ -538,8 +445,7 @@ class LeaseKeeper:
                     self.config.name,
                 )
                 started()
-            period = self.config.retry_period_s
-            stopping.wait(period if self.state.leading else period * random.uniform(1.0, 1.2))
+            stopping.wait(kube_leader.retry_delay_s(self.state, random.random()))
 
     def release(self) -> None:
         try:
@@ -547,16 +453,6 @@ class LeaseKeeper:
                 self._write(write)
         except Exception as exc:
             log.warning("releasing the lease failed: %s", exc)
-
-
-def _release(response: Any) -> None:
-    """Give a raw (_preload_content=False) response's connection back to the
-    pool; left alone, every request would open a new connection."""
-    try:
-        response.drain_conn()
-        response.release_conn()
-    except Exception:
-        pass
 
 
 def add_kube_arguments(p: argparse.ArgumentParser) -> None:
