@@ -48,6 +48,7 @@ from schemas import keys
 from schemas.messages import EnergyReport
 from services.bus import Bus, BusConfigError
 from services.bus.loop import EventLoop
+from services.bus.protocol import BusLike
 from services.scheduler import kube_leader
 from services.scheduler.framework import EnergyReported, Tick
 from services.scheduler.influx import InfluxConfigError, InfluxEnergySource, InfluxSettings, poll_until_stopped
@@ -263,6 +264,17 @@ class KubeShell:
     def _pod_event(self, kind: str, pod: dict[str, Any]) -> None:
         self._step(PodWatched(kind, pod))
         self._want_cycle()
+
+    def listen_energy(self, bus: BusLike) -> None:
+        """Energy from the bus: `ank/energy/<robot>` (a report naming another
+        robot than its key is ignored, as in native mode)."""
+        bus.subscribe(keys.ALL_ENERGY, EnergyReport, self._on_energy_message)
+
+    def _on_energy_message(self, key: str, report: EnergyReport) -> None:
+        if report.node != keys.parse_energy_key(key):
+            log.warning("energy report on %s names node %r; ignored", key, report.node)
+            return
+        self.on_energy([report])
 
     def on_energy(self, reports: list[EnergyReport]) -> None:
         """From any thread. A poll's reports arrive together: no cycle runs on half of them."""
@@ -584,7 +596,7 @@ def run_kubernetes(args: argparse.Namespace) -> int:
         )
     try:
         if bus is not None:
-            bus.subscribe(keys.ALL_ENERGY, EnergyReport, lambda key, report: shell.on_energy([report]))
+            shell.listen_energy(bus)
         if influx is not None:
             threading.Thread(
                 target=poll_until_stopped,
