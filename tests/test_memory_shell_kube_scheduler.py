@@ -165,7 +165,14 @@ class Stack:
     shell: KubeShell
 
     def energy(self, robot: str, wh: float) -> None:
+        """A robot's report on the bus, once the shell's core has it."""
         self.robots.put(f"ank/energy/{robot}", EnergyReport(node=robot, energy_wh=wh, time_ms=self.clock.wall_ms()))
+
+        def known() -> bool:
+            report = self.shell.core.energy.get(robot)
+            return report is not None and report.energy_wh == wh
+
+        wait_for(known, 5, f"the energy of {robot}")
 
 
 @pytest.fixture
@@ -190,14 +197,9 @@ def stack(api: MemoryKubeApi) -> Iterator[Stack]:
                 shell.stop()
 
 
-def energy_known(stack: Stack, *robots: str) -> None:
-    wait_for(lambda: all(r in stack.shell.core.energy for r in robots), 5, f"the energy of {robots}")
-
-
 def test_a_listed_pod_is_bound_to_the_node_with_the_most_energy_and_recorded(api: MemoryKubeApi, stack: Stack) -> None:
     stack.energy("poor", 5.0)
     stack.energy("rich", 80.0)
-    energy_known(stack, "poor", "rich")
     api.send(api.watch(), "ADDED", pod("job"))
     assert api.bound("default/job") == "rich"
     wait_for(lambda: api.reasons("default/job") == ["Scheduled"], 5, "the Scheduled event")
@@ -208,7 +210,6 @@ def test_expired_history_in_the_watch_makes_the_shell_list_again_and_bind_what_i
     api: MemoryKubeApi, stack: Stack
 ) -> None:
     stack.energy("rich", 80.0)
-    energy_known(stack, "rich")
     first = api.watch()
     api.pending["default/missed"] = pod("missed")  # created while the watch's history was lost
     first.queue.put(json.dumps({"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}}))
@@ -234,7 +235,6 @@ def test_an_unschedulable_pod_is_marked_and_bound_as_soon_as_a_node_reports_enou
     api: MemoryKubeApi, stack: Stack
 ) -> None:
     stack.energy("poor", 5.0)
-    energy_known(stack, "poor")
     api.send(api.watch(), "ADDED", pod("job", annotations={"sdi.scheduler/min-energy-wh": "20"}))
     wait_for(lambda: api.reasons("default/job") == ["FailedScheduling"], 5, "FailedScheduling")
     [(key, patch)] = api.statuses
@@ -247,7 +247,6 @@ def test_an_unschedulable_pod_is_marked_and_bound_as_soon_as_a_node_reports_enou
 def test_an_energy_report_on_another_robots_key_is_ignored(api: MemoryKubeApi, stack: Stack) -> None:
     stack.energy("poor", 5.0)
     stack.energy("rich", 10.0)
-    energy_known(stack, "poor", "rich")
     stack.robots.put("ank/energy/rich", EnergyReport(node="poor", energy_wh=99.0, time_ms=stack.clock.wall_ms()))
     api.send(api.watch(), "ADDED", pod("job"))
     assert api.bound("default/job") == "rich"
@@ -257,7 +256,6 @@ def test_a_gated_pod_is_marked_scheduling_gated_without_an_event_and_bound_once_
     api: MemoryKubeApi, stack: Stack
 ) -> None:
     stack.energy("rich", 80.0)
-    energy_known(stack, "rich")
     watch = api.watch()
     api.send(watch, "ADDED", pod("job", gated=True))
     wait_for(lambda: api.statuses, 5, "the SchedulingGated condition")
@@ -269,7 +267,6 @@ def test_a_gated_pod_is_marked_scheduling_gated_without_an_event_and_bound_once_
 
 def test_a_failed_bind_is_retried_after_its_backoff_on_the_shells_clock(api: MemoryKubeApi, stack: Stack) -> None:
     stack.energy("rich", 80.0)
-    energy_known(stack, "rich")
     api.fail("bind", KubeApiError(500, "etcdserver: leader changed"))
     api.send(api.watch(), "ADDED", pod("job"))
     wait_for(lambda: api.reasons("default/job") == ["FailedScheduling"], 5, "FailedScheduling after the 500")

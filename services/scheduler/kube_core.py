@@ -486,16 +486,9 @@ class _Working:
         self._views: list[NodeView] | None = None
 
     def freeze(self) -> KubeState:
-        return KubeState(
-            config=self.config,
-            pending=self.pending,
-            nodes=self.nodes,
-            assigned=self.assigned,
-            energy=self.energy,
-            in_flight=self.in_flight.held(),
-            in_flight_requests=self.in_flight_requests,
-            placements=self.placements,
-        )
+        # Every field of KubeState is an attribute of the same name here.
+        fields = {name: getattr(self, name) for name in KubeState.__struct_fields__}
+        return KubeState(**{**fields, "in_flight": self.in_flight.held()})
 
     def _update(self, key: str, **changes: Any) -> None:
         self.pending[key] = msgspec.structs.replace(self.pending[key], **changes)

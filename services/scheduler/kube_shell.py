@@ -86,6 +86,7 @@ from services.scheduler.kube_core import (
     watch_step,
 )
 from services.scheduler.kube_leader import LeaderConfig, LeaderNow, LeaderState, LeaseRead, LeaseWritten, Releasing
+from services.scheduler.options import shared_settings
 
 log = logging.getLogger("ank.scheduler.kube")
 
@@ -486,18 +487,13 @@ def add_kube_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_kube_options(args: argparse.Namespace) -> None:
-    """ValueError naming the first nonsensical option."""
-    positive = ("request_timeout_s", "in_flight_s", "backoff_initial_s", "backoff_max_s")
-    for name in positive:
-        value = getattr(args, name)
-        if not value > 0 or value == float("inf"):
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive number of seconds, got {value}")
+    """ValueError naming the first nonsensical Kubernetes option."""
+    if not args.request_timeout_s > 0 or args.request_timeout_s == float("inf"):
+        raise ValueError(f"--request-timeout-s must be a positive number of seconds, got {args.request_timeout_s}")
     if not args.watch_timeout_s >= 1 or args.watch_timeout_s == float("inf"):
         raise ValueError(f"--watch-timeout-s must be at least 1 s, got {args.watch_timeout_s}")
     if not args.node_cache_s >= 0 or args.node_cache_s == float("inf"):
         raise ValueError(f"--node-cache-s must not be negative, got {args.node_cache_s}")
-    if args.backoff_max_s < args.backoff_initial_s:
-        raise ValueError("--backoff-max-s must not be below --backoff-initial-s")
     if not 1 <= args.bind_workers <= 256:
         raise ValueError(f"--bind-workers must be 1..256, got {args.bind_workers}")
     if args.token_refresh_s is not None and not args.token_refresh_s > 0:
@@ -515,22 +511,17 @@ def check_kube_options(args: argparse.Namespace) -> None:
 
 
 def kube_config(args: argparse.Namespace, energy_source: str) -> KubeConfig:
-    if args.max_energy_age_s < 0 or args.energy_cost_wh < 0:
-        raise ValueError("--max-energy-age-s and --energy-cost-wh must not be negative")
+    shared = shared_settings(args)  # the options both modes share
     if not args.scheduler_name:
         raise ValueError("--scheduler-name must not be empty")
     check_kube_options(args)
     return KubeConfig(
+        **shared,
         scheduler_name=args.scheduler_name,
         arch=args.arch,
         arch_label=args.arch_label,
         bot_label=args.bot_label,
         require_energy=energy_source != "none" and not args.allow_unmetered,
-        max_energy_age_ms=int(args.max_energy_age_s * 1000),
-        default_energy_cost_wh=args.energy_cost_wh,
-        in_flight_ms=int(args.in_flight_s * 1000),
-        backoff_initial_ms=int(args.backoff_initial_s * 1000),
-        backoff_max_ms=int(args.backoff_max_s * 1000),
         max_binds_in_flight=args.bind_workers,
     )
 
@@ -543,16 +534,10 @@ def run_kubernetes(args: argparse.Namespace) -> int:
         api_client, where = load_api_client(
             args.kubeconfig, service_account_dir=args.service_account_dir, token_refresh_s=args.token_refresh_s
         )
-    except (ValueError, InfluxConfigError, KubeSetupError) as exc:
+        bus = Bus(args.name, config=args.zenoh_config, server=args.server) if energy_source == "bus" else None
+    except (ValueError, InfluxConfigError, KubeSetupError, BusConfigError) as exc:
         print(f"ank-scheduler: {exc}", file=sys.stderr)
         return 2
-    bus: Bus | None = None
-    if energy_source == "bus":
-        try:
-            bus = Bus(args.name, config=args.zenoh_config, server=args.server)
-        except BusConfigError as exc:
-            print(f"ank-scheduler: {exc}", file=sys.stderr)
-            return 2
     loop = EventLoop()
     identity = args.leader_elect_identity or f"{socket.gethostname()}_{uuid.uuid4()}"
     shell = KubeShell(
