@@ -50,7 +50,14 @@ already brought is about the old pod: the successor is tried at once.
 Pods with a non-empty `spec.schedulingGates` are never attempted: they get
 PodScheduled=False / SchedulingGated and wait for the gates to go.
 An unschedulable pod is retried with backoff (1 s doubling to 10 s), and at
-once when the nodes, the pods bound to them or a node's energy change.
+once when the nodes or the pods bound to them change, or when the energy of
+a node whose energy filter rejected it changes (the filter's name, never the
+message: `framework.energy_may_admit`).
+
+The pod watch has its own small machine at the end of this module
+(`WatchState`, `watch_step`, `next_request`): when to list, when to watch,
+how to react to 410 Gone, ERROR events, 429 and connection errors — a table
+the shell's watch thread carries out.
 """
 
 from __future__ import annotations

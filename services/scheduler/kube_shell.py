@@ -2,26 +2,28 @@
 scheduler's (default `sdi-scheduler`) through the API server, with the same
 framework and policies as native mode (decisions in services.scheduler.kube_core).
 
-Threads: the pod watcher (list, then watch from the list's resourceVersion;
-a 410 Gone — as an HTTP status or as an ERROR watch event — means re-list;
-every request has a client-side timeout so a dead connection cannot hang it),
-the event recorder (Scheduled / FailedScheduling Events are not worth
-delaying a bind for), the energy source (bus subscription or InfluxDB
-poller), the bind pool (at most --bind-workers binds at once, so a slow API
-server does not serialise the loop; the core keeps each pod's in-flight
-reservation until its bind's outcome is back) and the loop thread, which
-alone calls the core and lists nodes and the pods bound to them (cached for
---node-cache-s).
+Every call to the API server goes through `KubeApi` (services.scheduler.kube_api;
+the `kubernetes` client by default), so the shell is tested in memory too.
 
-Binding goes through pods/binding with `_preload_content=False` (the API
-answers 201 with a Status, which the client cannot read as a Binding). Only
-a 201 is a bind; an ApiException is classified by its status and the
-Status message (kube.classify_bind_failure); any other exception — a
-client-side ValueError included — is an error, retried with backoff.
-Unschedulable pods get PodScheduled=False through pods/status; Events go
-to events.k8s.io/v1 (both from the writer thread, never delaying a bind).
+Threads: the pod watcher (it asks `kube_core.next_request` whether to list
+or to watch, feeds what happened — the list's resourceVersion, each watch
+line, the watch's end, a failed request — to `kube_core.watch_step` and
+carries out its actions: deliver a pod to the loop, end the stream, pause;
+the 410/backoff/re-list policy is there, not here), the event recorder
+(Scheduled / FailedScheduling Events are not worth delaying a bind for), the
+energy source (bus subscription or InfluxDB poller), the bind pool (at most
+--bind-workers binds at once, so a slow API server does not serialise the
+loop; the core keeps each pod's in-flight reservation until its bind's
+outcome is back) and the loop thread, which alone calls `kube_core.step` and
+lists nodes and the pods bound to them (cached for --node-cache-s).
+
+A bind's answer is classified by the core (`classify_bind_answer`: only a 201
+is a bind; a 409 by its Status message); any other exception — a client-side
+ValueError included — is an error, retried with backoff. Unschedulable pods
+get PodScheduled=False through pods/status; Events go to events.k8s.io/v1
+(both from the writer thread, never delaying a bind).
 With --leader-elect nothing of this starts before the Lease is held
-(services.scheduler.kube_leader).
+(decisions in services.scheduler.kube_leader).
 Configuration: in-cluster service account, falling back to --kubeconfig /
 KUBECONFIG / ~/.kube/config.
 """
