@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from ank_common.nested import dig
 from schemas.messages import EnergyReport
 from services.scheduler.framework import EnergyReported, Tick, energy_may_admit
 from services.scheduler.kube_core import (
@@ -225,3 +226,10 @@ def test_a_candidate_retries_with_up_to_20_percent_jitter_a_leader_on_the_period
     assert retry_delay_s(state, 0.0) == 2.0 and retry_delay_s(state, 1.0) == pytest.approx(2.4)
     leading = LeaderState(state.config, leading=True)
     assert retry_delay_s(leading, 1.0) == 2.0
+
+
+def test_dig_reads_a_path_and_stops_at_anything_that_is_not_an_object() -> None:
+    pod = {"metadata": {"labels": {"app": "x"}}, "spec": ["not", "an", "object"]}
+    assert dig(pod, "metadata", "labels", "app") == "x"
+    assert dig(pod, "spec", "nodeName") is None and dig(pod, "status", "phase") is None
+    assert dig(None, "metadata") is None and dig(pod) is pod

@@ -68,6 +68,7 @@ from typing import Any
 
 import msgspec
 
+from ank_common.nested import dig
 from schemas.messages import EnergyReport
 from services.scheduler.framework import (
     POLICIES,
@@ -243,33 +244,25 @@ class PendingPod(msgspec.Struct, frozen=True, kw_only=True):
 # -- translations --------------------------------------------------------------
 
 
-def _get(obj: Any, *path: str) -> Any:
-    for part in path:
-        if not isinstance(obj, Mapping):
-            return None
-        obj = obj.get(part)
-    return obj
-
-
 def pod_ref(pod: Mapping[str, Any]) -> PodRef:
     return PodRef(
-        namespace=str(_get(pod, "metadata", "namespace") or "default"),
-        name=str(_get(pod, "metadata", "name") or ""),
-        uid=str(_get(pod, "metadata", "uid") or ""),
+        namespace=str(dig(pod, "metadata", "namespace") or "default"),
+        name=str(dig(pod, "metadata", "name") or ""),
+        uid=str(dig(pod, "metadata", "uid") or ""),
     )
 
 
 def is_ours_and_pending(pod: Mapping[str, Any], scheduler_name: str) -> bool:
     return (
-        _get(pod, "spec", "schedulerName") == scheduler_name
-        and not _get(pod, "spec", "nodeName")
-        and not _get(pod, "metadata", "deletionTimestamp")
-        and _get(pod, "status", "phase") in (None, "Pending")
+        dig(pod, "spec", "schedulerName") == scheduler_name
+        and not dig(pod, "spec", "nodeName")
+        and not dig(pod, "metadata", "deletionTimestamp")
+        and dig(pod, "status", "phase") in (None, "Pending")
     )
 
 
 def scheduling_gates(pod: Mapping[str, Any]) -> list[str]:
-    gates = _get(pod, "spec", "schedulingGates") or []
+    gates = dig(pod, "spec", "schedulingGates") or []
     return [str(g.get("name") if isinstance(g, Mapping) else g) for g in gates] if isinstance(gates, list) else []
 
 
@@ -277,7 +270,7 @@ def request_for_pod(pod: Mapping[str, Any], config: KubeConfig) -> KubeRequest:
     """The placement request of a pod; ValueError naming the bad field."""
     ref = pod_ref(pod)
     selector = {"arch": config.arch} if config.arch else {}
-    annotations = _get(pod, "metadata", "annotations") or {}
+    annotations = dig(pod, "metadata", "annotations") or {}
     tolerations = tuple(
         Toleration(
             key=str(t.get("key") or ""),
@@ -285,10 +278,10 @@ def request_for_pod(pod: Mapping[str, Any], config: KubeConfig) -> KubeRequest:
             value=str(t.get("value") or ""),
             effect=str(t.get("effect") or ""),
         )
-        for t in (_get(pod, "spec", "tolerations") or [])
+        for t in (dig(pod, "spec", "tolerations") or [])
         if isinstance(t, Mapping)
     )
-    labels = _get(pod, "metadata", "labels") or {}
+    labels = dig(pod, "metadata", "labels") or {}
     return KubeRequest(
         workload=ref.key,
         selector=selector,
@@ -316,21 +309,21 @@ def _number(annotations: Mapping[str, Any], key: str, default: float) -> float:
 
 def robot_of(node: Mapping[str, Any], config: KubeConfig) -> str:
     """The robot whose energy reports are the node's: its `bot_label` value, else its name."""
-    name = str(_get(node, "metadata", "name") or "")
+    name = str(dig(node, "metadata", "name") or "")
     if not config.bot_label:
         return name
-    labels = _get(node, "metadata", "labels") or {}
+    labels = dig(node, "metadata", "labels") or {}
     return str(labels.get(config.bot_label, name)) if isinstance(labels, Mapping) else name
 
 
 def node_view(node: Mapping[str, Any], energy: Mapping[str, EnergyReport], config: KubeConfig) -> KubeNodeView:
-    name = str(_get(node, "metadata", "name") or "")
-    labels = {str(k): str(v) for k, v in (_get(node, "metadata", "labels") or {}).items()}
-    conditions = _get(node, "status", "conditions") or []
+    name = str(dig(node, "metadata", "name") or "")
+    labels = {str(k): str(v) for k, v in (dig(node, "metadata", "labels") or {}).items()}
+    conditions = dig(node, "status", "conditions") or []
     ready = any(isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     taints = tuple(
         Taint(key=str(t.get("key") or ""), value=str(t.get("value") or ""), effect=str(t.get("effect") or ""))
-        for t in (_get(node, "spec", "taints") or [])
+        for t in (dig(node, "spec", "taints") or [])
         if isinstance(t, Mapping)
     )
     report = energy.get(robot_of(node, config))
@@ -338,7 +331,7 @@ def node_view(node: Mapping[str, Any], energy: Mapping[str, EnergyReport], confi
         name=name,
         allocatable=node_allocatable(node),
         ready=ready,
-        unschedulable=bool(_get(node, "spec", "unschedulable")),
+        unschedulable=bool(dig(node, "spec", "unschedulable")),
         arch=labels.get(config.arch_label, ""),
         labels=labels,
         taints=taints,
@@ -420,15 +413,15 @@ class _Assigned(msgspec.Struct, frozen=True):
 
 
 def _assigned(pod: Mapping[str, Any]) -> _Assigned | None:
-    node = _get(pod, "spec", "nodeName")
-    if not node or _get(pod, "status", "phase") in ("Succeeded", "Failed"):
+    node = dig(pod, "spec", "nodeName")
+    if not node or dig(pod, "status", "phase") in ("Succeeded", "Failed"):
         return None
-    spec = _get(pod, "spec") or {}
+    spec = dig(pod, "spec") or {}
     try:
         requests, ports = pod_requests(spec), pod_ports(spec)
     except (ValueError, AttributeError, TypeError):
         requests, ports = {}, ()  # the API server validated it; a quirk here must not stop scheduling
-    labels = _get(pod, "metadata", "labels") or {}
+    labels = dig(pod, "metadata", "labels") or {}
     return _Assigned(
         node=str(node),
         requests=requests,
@@ -563,7 +556,7 @@ class _Working:
         self._views = None
         # The nodes this robot's report is about (bot_label); only their verdicts can change.
         reported = [
-            str(_get(n, "metadata", "name") or "") for n in self.nodes if robot_of(n, self.config) == report.node
+            str(dig(n, "metadata", "name") or "") for n in self.nodes if robot_of(n, self.config) == report.node
         ]
         self._retry_failed(now_ms, lambda entry: energy_may_admit(entry.rejected_by, reported))
 
@@ -877,7 +870,7 @@ def _watch_line(state: WatchState, line: str) -> WatchStep:
             return WatchStep(WatchState(None, 0), [EndWatch(why)])
         failed = _request_failed(state, RequestFailed(None, f"watch error event: {obj}"))
         return WatchStep(failed.state, [EndWatch(f"watch error event: {obj}"), *failed.actions])
-    new_version = _get(obj, "metadata", "resourceVersion")
+    new_version = dig(obj, "metadata", "resourceVersion")
     if new_version:
         state = msgspec.structs.replace(state, resource_version=str(new_version))
     if kind != "BOOKMARK" and isinstance(obj, dict):
