@@ -18,6 +18,8 @@ from services.scheduler.kube_core import (
     ALREADY_BOUND,
     BOUND,
     ERROR,
+    BindAnswered,
+    BindPod,
     DeliverPod,
     EndWatch,
     IgnoredLine,
@@ -26,6 +28,7 @@ from services.scheduler.kube_core import (
     ListPods,
     NodesListed,
     Pause,
+    PodBound,
     PodRef,
     PodUnschedulable,
     PodWatched,
@@ -150,6 +153,19 @@ def test_a_gated_pod_gets_no_failed_scheduling_event() -> None:
     ref = PodRef("default", "p", "u")
     assert not PodUnschedulable(ref, "gates", reason="SchedulingGated").records_event
     assert PodUnschedulable(ref, "0/1 nodes are available").records_event
+
+
+def test_a_landed_bind_is_a_pod_bound_action_saying_where_and_why_a_failed_one_is_not() -> None:
+    core = step(KubeState(KubeConfig(require_energy=False)), NodesListed([node("a")], []), T0).state
+    core = step(core, PodWatched("ADDED", pending_pod("p")), T0).state
+    [bind] = step(core, Tick(), T0).actions
+    assert isinstance(bind, BindPod)
+    binding = step(core, Tick(), T0).state
+    [bound] = step(binding, BindAnswered(bind.pod, BOUND), T0).actions
+    assert bound == PodBound(bind.pod, bind.placement)
+    assert bound.message.startswith("Successfully assigned default/p to a: MALE")
+    [failed] = step(binding, BindAnswered(bind.pod, ERROR, "HTTP 500: boom"), T0).actions
+    assert isinstance(failed, PodUnschedulable) and failed.message == "binding failed: HTTP 500: boom"
 
 
 # -- retry after energy: by the rejecting filter of the reported node ----------------

@@ -34,7 +34,7 @@ copy (`_Working`) whose dicts they update; the pods are frozen values
 replaced, never changed. Only a 201 is a bind;
 every 409 is classified by the API server's message (`classify_bind_failure`):
 
-- bound (201): done; its energy cost and requests stay in flight on the node;
+- bound (201): done (PodBound: a Scheduled Event); its energy cost and requests stay in flight on the node;
 - already-bound (409): someone else bound it: done, not an error;
 - deleting (409): the pod is being deleted: forgotten;
 - gated (409): it has scheduling gates: waits for the watch to ungate it;
@@ -191,7 +191,18 @@ class PodUnschedulable(msgspec.Struct, frozen=True):
         return self.reason != "SchedulingGated"
 
 
-Decision = BindPod | PodUnschedulable
+class PodBound(msgspec.Struct, frozen=True):
+    """Our bind landed (201): a Scheduled Event says where and why."""
+
+    pod: PodRef
+    placement: Placement
+
+    @property
+    def message(self) -> str:
+        return f"Successfully assigned {self.pod.key} to {self.placement.node}: {self.placement.reason}"
+
+
+Decision = BindPod | PodUnschedulable | PodBound
 
 
 # -- events ------------------------------------------------------------------
@@ -239,6 +250,7 @@ class PendingPod(msgspec.Struct, frozen=True, kw_only=True):
     gated: bool = False  # non-empty spec.schedulingGates: not attempted
     last_failure: str = ""
     rejected_by: dict[str, str] = {}  # node -> the filter that rejected it
+    placement: Placement | None = None  # where its bind under way goes
 
 
 # -- translations --------------------------------------------------------------
@@ -560,12 +572,13 @@ class _Working:
         ]
         self._retry_failed(now_ms, lambda entry: energy_may_admit(entry.rejected_by, reported))
 
-    def on_bind_result(self, pod: PodRef, outcome: str, now_ms: int, detail: str = "") -> PodUnschedulable | None:
+    def on_bind_result(self, pod: PodRef, outcome: str, now_ms: int, detail: str = "") -> Decision | None:
         """outcome: one of BOUND, ALREADY_BOUND, DELETING, GATED, PRECONDITION, GONE, ERROR."""
         entry = self.pending.get(pod.key)
         if outcome == BOUND:
             self.pending.pop(pod.key, None)
-            return None
+            placement = entry.placement if entry is not None else None
+            return PodBound(pod, placement) if placement is not None else None
         self._release(pod.key)
         if entry is None:
             return None
@@ -573,7 +586,7 @@ class _Working:
         if outcome in (ALREADY_BOUND, DELETING, GONE, PRECONDITION):
             if successor:
                 # The answer was about the old pod: try the new one now.
-                self._update(pod.key, binding=False, next_try_ms=now_ms)
+                self._update(pod.key, binding=False, placement=None, next_try_ms=now_ms)
             else:
                 del self.pending[pod.key]  # done, or that pod is gone (a successor arrives by the watch)
             return None
@@ -581,7 +594,12 @@ class _Working:
         # GATED: the watch ungates it; until then it is not attempted.
         gated = entry.gated or outcome == GATED
         self._update(
-            pod.key, binding=False, attempts=attempts, next_try_ms=now_ms + self._backoff(attempts), gated=gated
+            pod.key,
+            binding=False,
+            placement=None,
+            attempts=attempts,
+            next_try_ms=now_ms + self._backoff(attempts),
+            gated=gated,
         )
         if outcome == GATED:
             return None
@@ -688,7 +706,7 @@ class _Working:
             )
             detail = "; ".join(f"{n}: {r}" for n, r in sorted(result.reasons.items()))
             return self._failure(key, result.message + (f" ({detail})" if detail else ""))
-        self._update(key, binding=True, last_failure="")
+        self._update(key, binding=True, last_failure="", placement=result)
         self.placements += 1
         self.in_flight.add(entry.ref.key, result.node, entry.request.energy_cost_wh, now_ms + self.config.in_flight_ms)
         if isinstance(entry.request, KubeRequest):

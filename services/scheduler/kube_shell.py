@@ -69,6 +69,7 @@ from services.scheduler.kube_core import (
     ListPods,
     NodesListed,
     Pause,
+    PodBound,
     PodRef,
     PodsListed,
     PodUnschedulable,
@@ -318,6 +319,10 @@ class KubeShell:
         for decision in decisions:
             if isinstance(decision, BindPod):
                 self._bind(decision)
+            elif isinstance(decision, PodBound):
+                self.bound += 1
+                log.info("bind %s -> %s: %s", decision.pod.key, decision.placement.node, decision.placement.reason)
+                self._record(decision.pod, "Scheduled", decision.message)
             else:
                 self._unschedulable(decision)
 
@@ -357,14 +362,9 @@ class KubeShell:
 
     def _bind_done(self, decision: BindPod, outcome: str, detail: str) -> None:
         pod, placement = decision.pod, decision.placement
-        decisions = self._step(BindAnswered(pod, outcome, detail))
-        if outcome == BOUND:
-            self.bound += 1
-            log.info("bind %s -> %s: %s", pod.key, placement.node, placement.reason)
-            self._record(pod, "Scheduled", f"Successfully assigned {pod.key} to {placement.node}: {placement.reason}")
-        else:
+        if outcome != BOUND:
             log.info("bind %s -> %s: %s (%s)", pod.key, placement.node, outcome, detail)
-        self._execute(decisions)
+        self._execute(self._step(BindAnswered(pod, outcome, detail)))
         self._want_cycle()  # a place in the bind pool is free again
 
     def _unschedulable(self, failure: PodUnschedulable) -> None:
