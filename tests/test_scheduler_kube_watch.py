@@ -41,6 +41,7 @@ from services.scheduler.kube_core import (
     WatchState,
     classify_bind_answer,
     next_request,
+    nodes_due,
     step,
     watch_step,
 )
@@ -166,6 +167,15 @@ def test_a_landed_bind_is_a_pod_bound_action_saying_where_and_why_a_failed_one_i
     assert bound.message.startswith("Successfully assigned default/p to a: MALE")
     [failed] = step(binding, BindAnswered(bind.pod, ERROR, "HTTP 500: boom"), T0).actions
     assert isinstance(failed, PodUnschedulable) and failed.message == "binding failed: HTTP 500: boom"
+
+
+def test_nodes_are_listed_only_while_pods_are_pending_and_at_most_once_per_cache_period() -> None:
+    idle = KubeState()
+    assert not nodes_due(idle, None, 2.0)
+    waiting = step(idle, PodWatched("ADDED", pending_pod("p")), T0).state
+    assert nodes_due(waiting, None, 2.0) and nodes_due(waiting, 2.0, 2.0)
+    assert not nodes_due(waiting, 1.9, 2.0)
+    assert nodes_due(waiting, 0.0, 0.0)  # --node-cache-s 0: every cycle
 
 
 # -- retry after energy: by the rejecting filter of the reported node ----------------

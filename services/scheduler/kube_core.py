@@ -482,6 +482,13 @@ def next_wake_ms(state: KubeState) -> int | None:
     return min(times, default=None)
 
 
+def nodes_due(state: KubeState, age_s: float | None, cache_s: float) -> bool:
+    """Whether a cycle first lists the nodes and the pods bound to them: only
+    while pods are pending, and not again within `cache_s` of the last list
+    (`age_s`; None: never listed) — the scheduler's largest request."""
+    return bool(state.pending) and (age_s is None or age_s >= cache_s)
+
+
 class _Working:
     """One step's working copy of a KubeState (its dicts copied, its values
     frozen), with the node views of that step."""

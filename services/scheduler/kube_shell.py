@@ -84,6 +84,7 @@ from services.scheduler.kube_core import (
     event_body,
     next_request,
     next_wake_ms,
+    nodes_due,
     pod_scheduled_patch,
     step,
     watch_step,
@@ -302,8 +303,10 @@ class KubeShell:
 
     def _cycle(self) -> None:
         self._cycle_posted = False
-        if self.core.pending:
-            self._refresh_nodes()
+        now = self.clock.monotonic()
+        age = None if self._nodes_read_at is None else now - self._nodes_read_at
+        if nodes_due(self.core, age, self.node_cache_s):
+            self._refresh_nodes(now)
         self._execute(self._step(Tick()))
         wake = next_wake_ms(self.core)
         if wake is not None and (self._armed_ms is None or wake < self._armed_ms):
@@ -326,10 +329,7 @@ class KubeShell:
             else:
                 self._unschedulable(decision)
 
-    def _refresh_nodes(self) -> None:
-        now = self.clock.monotonic()
-        if self._nodes_read_at is not None and now - self._nodes_read_at < self.node_cache_s:
-            return
+    def _refresh_nodes(self, now: float) -> None:
         try:
             nodes = self.api.list_nodes()
             assigned = self.api.list_assigned_pods()
