@@ -276,3 +276,13 @@ def test_a_failed_bind_is_retried_after_its_backoff_on_the_shells_clock(api: Mem
     assert not stack.shell.core.pending["default/job"].binding  # not before the 1 s backoff
     stack.clock.advance(0.6, stack.loop)
     assert api.bound("default/job") == "rich"
+
+
+def test_malformed_watch_lines_are_skipped_and_the_watch_goes_on(api: MemoryKubeApi, stack: Stack) -> None:
+    stack.energy("rich", 80.0)
+    watch = api.watch()
+    for junk in ("not json", '{"type": "ADDED"}', "[]", json.dumps({"type": "ADDED", "object": "x" * 5_000_000})):
+        watch.queue.put(junk)
+    api.send(watch, "ADDED", pod("job"))
+    assert api.bound("default/job") == "rich"
+    assert len(api.watches) == 1 and api.list_calls == 1  # the same watch: no re-list, no failure
