@@ -57,7 +57,6 @@ from schemas.liveliness import AgentLiveliness
 from schemas.manifest import Manifest, Scheduling, Workload
 from schemas.messages import AgentStatus, Binding, CompleteState, EnergyReport, WorkloadState
 from services.scheduler.framework import (
-    ENERGY_FILTERS,
     CycleContext,
     EnergyReported,
     NodeView,
@@ -68,6 +67,7 @@ from services.scheduler.framework import (
     Reservations,
     Tick,
     backoff_ms,
+    energy_may_admit,
     newer_energy,
     schedule,
 )
@@ -360,7 +360,7 @@ class _Working:
                     f" - hysteresis {self.config.hysteresis_wh:.1f} Wh",
                     moving=True,
                 )
-        self._retry_failed(now_ms, lambda t: t.rejected_by.get(node, "") in _ENERGY_OR_UNKNOWN)
+        self._retry_failed(now_ms, lambda t: energy_may_admit(t.rejected_by, (node,)))
         return self._run(now_ms)
 
     def tick(self, now_ms: int) -> list[Action]:
@@ -520,11 +520,6 @@ class _Working:
             PublishBinding(binding),
             PublishEvent(kind="Scheduled", subject=name, message=f"{name} bound to {placement.node}{moved}: {reason}"),
         ]
-
-
-# A node that rejected a workload for energy, or was not among the nodes of
-# its last attempt (""), may take it after a new energy report.
-_ENERGY_OR_UNKNOWN = ENERGY_FILTERS | {""}
 
 
 def _requests(desired: Manifest, config: NativeConfig) -> dict[str, PlacementRequest]:

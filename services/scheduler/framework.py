@@ -294,6 +294,17 @@ class SeededRandom:
 
 # The filters whose verdict a new energy report can change.
 ENERGY_FILTERS = frozenset({EnergyFresh.name, EnergyReserve.name})
+# ... and "": a node that was not among the nodes of the last attempt.
+_ENERGY_OR_UNKNOWN = ENERGY_FILTERS | {""}
+
+
+def energy_may_admit(rejected_by: Mapping[str, str], nodes: Iterable[str]) -> bool:
+    """Whether a new energy report of `nodes` may let a failed placement fit:
+    the typed reason (`NoFit.filters`, node -> filter name) of one of them is
+    an energy filter, or it was not among the nodes of the last attempt.
+    Both modes retry at once on this, never on a message's text."""
+    return any(rejected_by.get(node, "") in _ENERGY_OR_UNKNOWN for node in nodes)
+
 
 FILTERS: tuple[FilterPlugin, ...] = (
     Alive(),

@@ -34,7 +34,7 @@ copy (`_Working`) whose dicts they update; the pods are frozen values
 replaced, never changed. Only a 201 is a bind;
 every 409 is classified by the API server's message (`classify_bind_failure`):
 
-- bound (201): done; its energy cost and requests stay in flight on the node;
+- bound (201): done (PodBound: a Scheduled Event); its energy cost and requests stay in flight on the node;
 - already-bound (409): someone else bound it: done, not an error;
 - deleting (409): the pod is being deleted: forgotten;
 - gated (409): it has scheduling gates: waits for the watch to ungate it;
@@ -50,7 +50,14 @@ already brought is about the old pod: the successor is tried at once.
 Pods with a non-empty `spec.schedulingGates` are never attempted: they get
 PodScheduled=False / SchedulingGated and wait for the gates to go.
 An unschedulable pod is retried with backoff (1 s doubling to 10 s), and at
-once when the nodes, the pods bound to them or a node's energy change.
+once when the nodes or the pods bound to them change, or when the energy of
+a node whose energy filter rejected it changes (the filter's name, never the
+message: `framework.energy_may_admit`).
+
+The pod watch has its own small machine at the end of this module
+(`WatchState`, `watch_step`, `next_request`): when to list, when to watch,
+how to react to 410 Gone, ERROR events, 429 and connection errors — a table
+the shell's watch thread carries out.
 """
 
 from __future__ import annotations
@@ -61,9 +68,9 @@ from typing import Any
 
 import msgspec
 
+from ank_common.nested import dig
 from schemas.messages import EnergyReport
 from services.scheduler.framework import (
-    ENERGY_FILTERS,
     POLICIES,
     CycleContext,
     EnergyReported,
@@ -79,6 +86,7 @@ from services.scheduler.framework import (
     Tick,
     Toleration,
     backoff_ms,
+    energy_may_admit,
     newer_energy,
     schedule,
 )
@@ -147,6 +155,16 @@ def classify_bind_failure(status: int, message: str) -> str:
     return ERROR
 
 
+def classify_bind_answer(status: int, message: str = "") -> tuple[str, str]:
+    """The outcome of any pods/binding answer and, unless bound, why: only a
+    201 is a bind (another 2xx is not what the API server answers)."""
+    if status == 201:
+        return BOUND, ""
+    if 200 <= status < 300:
+        return ERROR, f"HTTP {status} where 201 Created was expected"
+    return classify_bind_failure(status, message), f"HTTP {status}: {message}"
+
+
 class PodRef(msgspec.Struct, frozen=True):
     namespace: str
     name: str
@@ -167,8 +185,24 @@ class PodUnschedulable(msgspec.Struct, frozen=True):
     message: str
     reason: str = "Unschedulable"  # PodScheduled=False reason: Unschedulable or SchedulingGated
 
+    @property
+    def records_event(self) -> bool:
+        """A FailedScheduling Event goes with it (kube-scheduler records none for a gated pod)."""
+        return self.reason != "SchedulingGated"
 
-Decision = BindPod | PodUnschedulable
+
+class PodBound(msgspec.Struct, frozen=True):
+    """Our bind landed (201): a Scheduled Event says where and why."""
+
+    pod: PodRef
+    placement: Placement
+
+    @property
+    def message(self) -> str:
+        return f"Successfully assigned {self.pod.key} to {self.placement.node}: {self.placement.reason}"
+
+
+Decision = BindPod | PodUnschedulable | PodBound
 
 
 # -- events ------------------------------------------------------------------
@@ -216,38 +250,31 @@ class PendingPod(msgspec.Struct, frozen=True, kw_only=True):
     gated: bool = False  # non-empty spec.schedulingGates: not attempted
     last_failure: str = ""
     rejected_by: dict[str, str] = {}  # node -> the filter that rejected it
+    placement: Placement | None = None  # where its bind under way goes
 
 
 # -- translations --------------------------------------------------------------
 
 
-def _get(obj: Any, *path: str) -> Any:
-    for part in path:
-        if not isinstance(obj, Mapping):
-            return None
-        obj = obj.get(part)
-    return obj
-
-
 def pod_ref(pod: Mapping[str, Any]) -> PodRef:
     return PodRef(
-        namespace=str(_get(pod, "metadata", "namespace") or "default"),
-        name=str(_get(pod, "metadata", "name") or ""),
-        uid=str(_get(pod, "metadata", "uid") or ""),
+        namespace=str(dig(pod, "metadata", "namespace") or "default"),
+        name=str(dig(pod, "metadata", "name") or ""),
+        uid=str(dig(pod, "metadata", "uid") or ""),
     )
 
 
 def is_ours_and_pending(pod: Mapping[str, Any], scheduler_name: str) -> bool:
     return (
-        _get(pod, "spec", "schedulerName") == scheduler_name
-        and not _get(pod, "spec", "nodeName")
-        and not _get(pod, "metadata", "deletionTimestamp")
-        and _get(pod, "status", "phase") in (None, "Pending")
+        dig(pod, "spec", "schedulerName") == scheduler_name
+        and not dig(pod, "spec", "nodeName")
+        and not dig(pod, "metadata", "deletionTimestamp")
+        and dig(pod, "status", "phase") in (None, "Pending")
     )
 
 
 def scheduling_gates(pod: Mapping[str, Any]) -> list[str]:
-    gates = _get(pod, "spec", "schedulingGates") or []
+    gates = dig(pod, "spec", "schedulingGates") or []
     return [str(g.get("name") if isinstance(g, Mapping) else g) for g in gates] if isinstance(gates, list) else []
 
 
@@ -255,7 +282,7 @@ def request_for_pod(pod: Mapping[str, Any], config: KubeConfig) -> KubeRequest:
     """The placement request of a pod; ValueError naming the bad field."""
     ref = pod_ref(pod)
     selector = {"arch": config.arch} if config.arch else {}
-    annotations = _get(pod, "metadata", "annotations") or {}
+    annotations = dig(pod, "metadata", "annotations") or {}
     tolerations = tuple(
         Toleration(
             key=str(t.get("key") or ""),
@@ -263,10 +290,10 @@ def request_for_pod(pod: Mapping[str, Any], config: KubeConfig) -> KubeRequest:
             value=str(t.get("value") or ""),
             effect=str(t.get("effect") or ""),
         )
-        for t in (_get(pod, "spec", "tolerations") or [])
+        for t in (dig(pod, "spec", "tolerations") or [])
         if isinstance(t, Mapping)
     )
-    labels = _get(pod, "metadata", "labels") or {}
+    labels = dig(pod, "metadata", "labels") or {}
     return KubeRequest(
         workload=ref.key,
         selector=selector,
@@ -292,23 +319,31 @@ def _number(annotations: Mapping[str, Any], key: str, default: float) -> float:
     return value
 
 
+def robot_of(node: Mapping[str, Any], config: KubeConfig) -> str:
+    """The robot whose energy reports are the node's: its `bot_label` value, else its name."""
+    name = str(dig(node, "metadata", "name") or "")
+    if not config.bot_label:
+        return name
+    labels = dig(node, "metadata", "labels") or {}
+    return str(labels.get(config.bot_label, name)) if isinstance(labels, Mapping) else name
+
+
 def node_view(node: Mapping[str, Any], energy: Mapping[str, EnergyReport], config: KubeConfig) -> KubeNodeView:
-    name = str(_get(node, "metadata", "name") or "")
-    labels = {str(k): str(v) for k, v in (_get(node, "metadata", "labels") or {}).items()}
-    conditions = _get(node, "status", "conditions") or []
+    name = str(dig(node, "metadata", "name") or "")
+    labels = {str(k): str(v) for k, v in (dig(node, "metadata", "labels") or {}).items()}
+    conditions = dig(node, "status", "conditions") or []
     ready = any(isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     taints = tuple(
         Taint(key=str(t.get("key") or ""), value=str(t.get("value") or ""), effect=str(t.get("effect") or ""))
-        for t in (_get(node, "spec", "taints") or [])
+        for t in (dig(node, "spec", "taints") or [])
         if isinstance(t, Mapping)
     )
-    bot = labels.get(config.bot_label, name) if config.bot_label else name
-    report = energy.get(bot)
+    report = energy.get(robot_of(node, config))
     return KubeNodeView(
         name=name,
         allocatable=node_allocatable(node),
         ready=ready,
-        unschedulable=bool(_get(node, "spec", "unschedulable")),
+        unschedulable=bool(dig(node, "spec", "unschedulable")),
         arch=labels.get(config.arch_label, ""),
         labels=labels,
         taints=taints,
@@ -390,15 +425,15 @@ class _Assigned(msgspec.Struct, frozen=True):
 
 
 def _assigned(pod: Mapping[str, Any]) -> _Assigned | None:
-    node = _get(pod, "spec", "nodeName")
-    if not node or _get(pod, "status", "phase") in ("Succeeded", "Failed"):
+    node = dig(pod, "spec", "nodeName")
+    if not node or dig(pod, "status", "phase") in ("Succeeded", "Failed"):
         return None
-    spec = _get(pod, "spec") or {}
+    spec = dig(pod, "spec") or {}
     try:
         requests, ports = pod_requests(spec), pod_ports(spec)
     except (ValueError, AttributeError, TypeError):
         requests, ports = {}, ()  # the API server validated it; a quirk here must not stop scheduling
-    labels = _get(pod, "metadata", "labels") or {}
+    labels = dig(pod, "metadata", "labels") or {}
     return _Assigned(
         node=str(node),
         requests=requests,
@@ -447,6 +482,13 @@ def next_wake_ms(state: KubeState) -> int | None:
     return min(times, default=None)
 
 
+def nodes_due(state: KubeState, age_s: float | None, cache_s: float) -> bool:
+    """Whether a cycle first lists the nodes and the pods bound to them: only
+    while pods are pending, and not again within `cache_s` of the last list
+    (`age_s`; None: never listed) — the scheduler's largest request."""
+    return bool(state.pending) and (age_s is None or age_s >= cache_s)
+
+
 class _Working:
     """One step's working copy of a KubeState (its dicts copied, its values
     frozen), with the node views of that step."""
@@ -463,16 +505,9 @@ class _Working:
         self._views: list[NodeView] | None = None
 
     def freeze(self) -> KubeState:
-        return KubeState(
-            config=self.config,
-            pending=self.pending,
-            nodes=self.nodes,
-            assigned=self.assigned,
-            energy=self.energy,
-            in_flight=self.in_flight.held(),
-            in_flight_requests=self.in_flight_requests,
-            placements=self.placements,
-        )
+        # Every field of KubeState is an attribute of the same name here.
+        fields = {name: getattr(self, name) for name in KubeState.__struct_fields__}
+        return KubeState(**{**fields, "in_flight": self.in_flight.held()})
 
     def _update(self, key: str, **changes: Any) -> None:
         self.pending[key] = msgspec.structs.replace(self.pending[key], **changes)
@@ -538,14 +573,19 @@ class _Working:
             return
         self.energy[report.node] = newer
         self._views = None
-        self._retry_failed(now_ms, _rejected_for_energy)
+        # The nodes this robot's report is about (bot_label); only their verdicts can change.
+        reported = [
+            str(dig(n, "metadata", "name") or "") for n in self.nodes if robot_of(n, self.config) == report.node
+        ]
+        self._retry_failed(now_ms, lambda entry: energy_may_admit(entry.rejected_by, reported))
 
-    def on_bind_result(self, pod: PodRef, outcome: str, now_ms: int, detail: str = "") -> PodUnschedulable | None:
+    def on_bind_result(self, pod: PodRef, outcome: str, now_ms: int, detail: str = "") -> Decision | None:
         """outcome: one of BOUND, ALREADY_BOUND, DELETING, GATED, PRECONDITION, GONE, ERROR."""
         entry = self.pending.get(pod.key)
         if outcome == BOUND:
             self.pending.pop(pod.key, None)
-            return None
+            placement = entry.placement if entry is not None else None
+            return PodBound(pod, placement) if placement is not None else None
         self._release(pod.key)
         if entry is None:
             return None
@@ -553,7 +593,7 @@ class _Working:
         if outcome in (ALREADY_BOUND, DELETING, GONE, PRECONDITION):
             if successor:
                 # The answer was about the old pod: try the new one now.
-                self._update(pod.key, binding=False, next_try_ms=now_ms)
+                self._update(pod.key, binding=False, placement=None, next_try_ms=now_ms)
             else:
                 del self.pending[pod.key]  # done, or that pod is gone (a successor arrives by the watch)
             return None
@@ -561,7 +601,12 @@ class _Working:
         # GATED: the watch ungates it; until then it is not attempted.
         gated = entry.gated or outcome == GATED
         self._update(
-            pod.key, binding=False, attempts=attempts, next_try_ms=now_ms + self._backoff(attempts), gated=gated
+            pod.key,
+            binding=False,
+            placement=None,
+            attempts=attempts,
+            next_try_ms=now_ms + self._backoff(attempts),
+            gated=gated,
         )
         if outcome == GATED:
             return None
@@ -668,7 +713,7 @@ class _Working:
             )
             detail = "; ".join(f"{n}: {r}" for n, r in sorted(result.reasons.items()))
             return self._failure(key, result.message + (f" ({detail})" if detail else ""))
-        self._update(key, binding=True, last_failure="")
+        self._update(key, binding=True, last_failure="", placement=result)
         self.placements += 1
         self.in_flight.add(entry.ref.key, result.node, entry.request.energy_cost_wh, now_ms + self.config.in_flight_ms)
         if isinstance(entry.request, KubeRequest):
@@ -698,10 +743,161 @@ class _Working:
                 self._update(key, next_try_ms=now_ms)
 
 
-def _rejected_for_energy(entry: PendingPod) -> bool:
-    return not ENERGY_FILTERS.isdisjoint(entry.rejected_by.values())
-
-
 class KubeStep(msgspec.Struct, frozen=True):
     state: KubeState
     actions: list[Decision]
+
+
+# -- the pod watch -------------------------------------------------------------
+#
+# When to list, when to watch and how to react to a failed request: the watch
+# thread of the shell feeds what happened to `watch_step` and asks
+# `next_request` what to do next. The policy, as a table:
+#
+# | what happened                          | failures | resourceVersion      | then                          |
+# |----------------------------------------|----------|----------------------|-------------------------------|
+# | list answered (WatchListed)            | kept     | the list's           | watch from it                 |
+# | watch line ADDED/MODIFIED/DELETED      | kept     | the object's         | DeliverPod                    |
+# | watch line BOOKMARK                    | kept     | the bookmark's       | -                             |
+# | watch line malformed                   | kept     | kept                 | IgnoredLine                   |
+# | watch line ERROR 410 (Expired)         | 0        | none: re-list        | EndWatch                      |
+# | watch line ERROR other (500, 504 ...)  | +1       | none after 3 in a row| EndWatch, Pause(backoff)      |
+# | watch ended by the server (its timeout)| 0        | kept                 | watch again                   |
+# | request failed: HTTP 410               | kept     | none: re-list        | -                             |
+# | request failed: HTTP 429               | +1       | kept                 | Pause(Retry-After ≤ 60, or 1 s)|
+# | request failed: other HTTP status      | +1       | kept                 | Pause(backoff)                |
+# | request failed: no HTTP status         | +1       | none after 3 in a row| Pause(backoff)                |
+#   (connection refused/reset, read timeout)
+#
+# backoff: 0.5 s doubling, at most 10 s (`watch_backoff_s`).
+
+WATCH_RELIST_AFTER = 3  # failures in a row (without an HTTP status) that make the watch start again from a list
+
+
+class WatchState(msgspec.Struct, frozen=True):
+    resource_version: str | None = None  # where the watch resumes; None: list first
+    failures: int = 0  # failed requests in a row
+
+
+class ListPods(msgspec.Struct, frozen=True):
+    """List the pods (then watch from the list's resourceVersion)."""
+
+
+class WatchPods(msgspec.Struct, frozen=True):
+    resource_version: str
+
+
+class WatchListed(msgspec.Struct, frozen=True):
+    """The list was answered at this resourceVersion (its pods go to the scheduler as PodsListed)."""
+
+    resource_version: str
+
+
+class WatchLine(msgspec.Struct, frozen=True):
+    """One line of the watch stream (a JSON watch event)."""
+
+    line: str
+
+
+class WatchEnded(msgspec.Struct, frozen=True):
+    """The API server ended the watch (its timeoutSeconds)."""
+
+
+class RequestFailed(msgspec.Struct, frozen=True):
+    """A list or watch request failed: its HTTP status (None: no answer — a
+    connection error, a timeout), why, and the server's Retry-After."""
+
+    status: int | None
+    detail: str
+    retry_after_s: float | None = None
+
+
+WatchEvent = WatchListed | WatchLine | WatchEnded | RequestFailed
+
+
+class DeliverPod(msgspec.Struct, frozen=True):
+    """Give the scheduler's core this watch event (as PodWatched)."""
+
+    kind: str
+    pod: dict[str, Any]
+
+
+class EndWatch(msgspec.Struct, frozen=True):
+    """Stop reading this watch stream."""
+
+    why: str
+
+
+class Pause(msgspec.Struct, frozen=True):
+    """Wait before the next request."""
+
+    seconds: float
+    why: str
+
+
+class IgnoredLine(msgspec.Struct, frozen=True):
+    line: str
+
+
+WatchAction = DeliverPod | EndWatch | Pause | IgnoredLine
+
+
+class WatchStep(msgspec.Struct, frozen=True):
+    state: WatchState
+    actions: list[WatchAction]
+
+
+def next_request(state: WatchState) -> ListPods | WatchPods:
+    """What the watch thread asks the API server next."""
+    if state.resource_version is None:
+        return ListPods()
+    return WatchPods(state.resource_version)
+
+
+def watch_backoff_s(failures: int) -> float:
+    return min(10.0, 0.5 * 2 ** min(failures - 1, 5)) if failures > 0 else 0.0
+
+
+def watch_step(state: WatchState, event: WatchEvent) -> WatchStep:
+    """The pod watch's reaction to one event (see the table above); no clock needed."""
+    if isinstance(event, WatchListed):
+        return WatchStep(msgspec.structs.replace(state, resource_version=event.resource_version), [])
+    if isinstance(event, WatchEnded):
+        return WatchStep(msgspec.structs.replace(state, failures=0), [])
+    if isinstance(event, RequestFailed):
+        return _request_failed(state, event)
+    return _watch_line(state, event.line)
+
+
+def _request_failed(state: WatchState, event: RequestFailed) -> WatchStep:
+    if event.status == 410:
+        return WatchStep(msgspec.structs.replace(state, resource_version=None), [])
+    failures = state.failures + 1
+    version = state.resource_version
+    if event.status is None and failures >= WATCH_RELIST_AFTER:
+        version = None  # the watch keeps failing: start again from a list
+    if event.status == 429:
+        delay = min(60.0, max(0.0, event.retry_after_s)) if event.retry_after_s is not None else 1.0
+    else:
+        delay = watch_backoff_s(failures)
+    return WatchStep(WatchState(version, failures), [Pause(delay, event.detail)])
+
+
+def _watch_line(state: WatchState, line: str) -> WatchStep:
+    try:
+        event = msgspec.json.decode(line)
+        kind, obj = event["type"], event["object"]
+    except (msgspec.DecodeError, KeyError, TypeError):
+        return WatchStep(state, [IgnoredLine(line)])
+    if kind == "ERROR":
+        if isinstance(obj, Mapping) and obj.get("code") == 410:
+            why = f"{obj.get('message', 'expired')} (410 Gone); re-listing"
+            return WatchStep(WatchState(None, 0), [EndWatch(why)])
+        failed = _request_failed(state, RequestFailed(None, f"watch error event: {obj}"))
+        return WatchStep(failed.state, [EndWatch(f"watch error event: {obj}"), *failed.actions])
+    new_version = dig(obj, "metadata", "resourceVersion")
+    if new_version:
+        state = msgspec.structs.replace(state, resource_version=str(new_version))
+    if kind != "BOOKMARK" and isinstance(obj, dict):
+        return WatchStep(state, [DeliverPod(str(kind), obj)])
+    return WatchStep(state, [])

@@ -132,6 +132,14 @@ def lost(state: LeaderState, now_mono: float) -> bool:
     return state.leading and now_mono - state.renewed_at > state.config.renew_deadline_s
 
 
+def retry_delay_s(state: LeaderState, jitter: float) -> float:
+    """How long to wait before the next attempt: the retry period; a candidate
+    adds up to 20 % (`jitter` in 0..1, the shell's random draw), as client-go's
+    JitterFactor 1.2, so that candidates do not march in step."""
+    period = state.config.retry_period_s
+    return period if state.leading else period * (1.0 + 0.2 * jitter)
+
+
 def _lease_body(config: LeaderConfig, lease: dict[str, Any] | None, spec: dict[str, Any]) -> dict[str, Any]:
     metadata: dict[str, Any] = {"name": config.name, "namespace": config.namespace}
     if lease is not None:

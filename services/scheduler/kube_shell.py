@@ -2,26 +2,28 @@
 scheduler's (default `sdi-scheduler`) through the API server, with the same
 framework and policies as native mode (decisions in services.scheduler.kube_core).
 
-Threads: the pod watcher (list, then watch from the list's resourceVersion;
-a 410 Gone — as an HTTP status or as an ERROR watch event — means re-list;
-every request has a client-side timeout so a dead connection cannot hang it),
-the event recorder (Scheduled / FailedScheduling Events are not worth
-delaying a bind for), the energy source (bus subscription or InfluxDB
-poller), the bind pool (at most --bind-workers binds at once, so a slow API
-server does not serialise the loop; the core keeps each pod's in-flight
-reservation until its bind's outcome is back) and the loop thread, which
-alone calls the core and lists nodes and the pods bound to them (cached for
---node-cache-s).
+Every call to the API server goes through `KubeApi` (services.scheduler.kube_api;
+the `kubernetes` client by default), so the shell is tested in memory too.
 
-Binding goes through pods/binding with `_preload_content=False` (the API
-answers 201 with a Status, which the client cannot read as a Binding). Only
-a 201 is a bind; an ApiException is classified by its status and the
-Status message (kube.classify_bind_failure); any other exception — a
-client-side ValueError included — is an error, retried with backoff.
-Unschedulable pods get PodScheduled=False through pods/status; Events go
-to events.k8s.io/v1 (both from the writer thread, never delaying a bind).
+Threads: the pod watcher (it asks `kube_core.next_request` whether to list
+or to watch, feeds what happened — the list's resourceVersion, each watch
+line, the watch's end, a failed request — to `kube_core.watch_step` and
+carries out its actions: deliver a pod to the loop, end the stream, pause;
+the 410/backoff/re-list policy is there, not here), the event recorder
+(Scheduled / FailedScheduling Events are not worth delaying a bind for), the
+energy source (bus subscription or InfluxDB poller), the bind pool (at most
+--bind-workers binds at once, so a slow API server does not serialise the
+loop; the core keeps each pod's in-flight reservation until its bind's
+outcome is back) and the loop thread, which alone calls `kube_core.step` and
+lists nodes and the pods bound to them (cached for --node-cache-s).
+
+A bind's answer is classified by the core (`classify_bind_answer`: only a 201
+is a bind; a 409 by its Status message); any other exception — a client-side
+ValueError included — is an error, retried with backoff. Unschedulable pods
+get PodScheduled=False through pods/status; Events go to events.k8s.io/v1
+(both from the writer thread, never delaying a bind).
 With --leader-elect nothing of this starts before the Lease is held
-(services.scheduler.kube_leader).
+(decisions in services.scheduler.kube_leader).
 Configuration: in-cluster service account, falling back to --kubeconfig /
 KUBECONFIG / ~/.kube/config.
 """
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import queue
@@ -49,31 +50,47 @@ from schemas import keys
 from schemas.messages import EnergyReport
 from services.bus import Bus, BusConfigError
 from services.bus.loop import EventLoop
+from services.bus.protocol import BusLike
 from services.scheduler import kube_leader
 from services.scheduler.framework import EnergyReported, Tick
 from services.scheduler.influx import InfluxConfigError, InfluxEnergySource, InfluxSettings, poll_until_stopped
+from services.scheduler.kube_api import ClientKubeApi, KubeApi, KubeApiError, WatchStream
 from services.scheduler.kube_core import (
     BOUND,
     ERROR,
     BindAnswered,
     BindPod,
     Decision,
+    DeliverPod,
+    EndWatch,
     KubeConfig,
     KubeEvent,
     KubeState,
+    ListPods,
     NodesListed,
+    Pause,
+    PodBound,
     PodRef,
     PodsListed,
     PodUnschedulable,
     PodWatched,
-    binding_body,
-    classify_bind_failure,
+    RequestFailed,
+    WatchEnded,
+    WatchEvent,
+    WatchLine,
+    WatchListed,
+    WatchState,
+    classify_bind_answer,
     event_body,
+    next_request,
     next_wake_ms,
+    nodes_due,
     pod_scheduled_patch,
     step,
+    watch_step,
 )
 from services.scheduler.kube_leader import LeaderConfig, LeaderNow, LeaderState, LeaseRead, LeaseWritten, Releasing
+from services.scheduler.options import shared_settings
 
 log = logging.getLogger("ank.scheduler.kube")
 
@@ -123,44 +140,27 @@ def load_api_client(
     return client.ApiClient(configuration), where
 
 
-def _api_message(exc: Any) -> str:
-    """The Status message of an ApiException (its body), else its reason."""
-    try:
-        body = json.loads(exc.body or "{}")
-        return str(body.get("message") or exc.reason or "")
-    except (ValueError, TypeError, AttributeError):
-        return str(exc.reason or "")
-
-
-def _retry_after(exc: Any, default: float) -> float:
-    try:
-        value = float(str((exc.headers or {}).get("Retry-After")))
-    except (TypeError, ValueError):
-        return default
-    return min(60.0, max(0.0, value))
-
-
 class KubeShell:
+    """Connects the Kubernetes core (kube_core.step, watch_step) to the API
+    server (`api`: a KubeApi; by default the `kubernetes` client on
+    `api_client`). Core calls happen on the loop thread only."""
+
     def __init__(
         self,
         api_client: Any,
         core: KubeState,
         loop: EventLoop,
         *,
+        api: KubeApi | None = None,
         clock: Clock = SYSTEM_CLOCK,
         watch_timeout_s: float = 60.0,
         request_timeout_s: float = 10.0,
         node_cache_s: float = 2.0,
         instance: str = "",
     ) -> None:
-        from kubernetes import client
-
-        # Any: the replies are raw urllib3 responses (_preload_content=False), not the typed models.
-        self.api: Any = client.CoreV1Api(api_client)
-        self.events_api: Any = client.EventsV1Api(api_client)
+        self.api: KubeApi = api if api is not None else ClientKubeApi(api_client, request_timeout_s=request_timeout_s)
         self.core, self.loop, self.clock = core, loop, clock
         self.watch_timeout_s = watch_timeout_s
-        self.request_timeout_s = request_timeout_s
         self.node_cache_s = node_cache_s
         self.component = core.config.scheduler_name
         self.instance = instance or f"{self.component}-{socket.gethostname()}"
@@ -171,7 +171,9 @@ class KubeShell:
         self._cycle_posted = False
         self._armed_ms: int | None = None
         self._nodes_read_at: float | None = None
-        self._watch_response: Any = None
+        self._watch = WatchState()  # the watch thread's
+        self._watch_stream: WatchStream | None = None
+        self._watch_ended = False  # the last watch event ended the stream (EndWatch)
         self.bound = 0
         self.relists = 0
 
@@ -183,12 +185,9 @@ class KubeShell:
     def stop(self) -> None:
         self._stopping.set()
         self._writes.put(None)
-        response = self._watch_response
-        if response is not None:
-            try:
-                response.shutdown() if hasattr(response, "shutdown") else response.close()
-            except Exception:
-                pass
+        stream = self._watch_stream
+        if stream is not None:
+            stream.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         for thread in self._threads:
             thread.join(timeout=1)  # daemon threads: a blocked read must not hold up the exit
@@ -198,91 +197,69 @@ class KubeShell:
         thread.start()
         self._threads.append(thread)
 
-    # -- the pod watcher (own thread) -----------------------------------------
-    def _field_selector(self) -> str:
-        return f"spec.schedulerName={self.component},spec.nodeName="
-
+    # -- the pod watcher (own thread; when to list or watch: kube_core.watch_step) --
     def _watch_pods(self) -> None:
-        from kubernetes.client.exceptions import ApiException
-        from kubernetes.watch.watch import iter_resp_lines
-
-        resource_version: str | None = None
-        failures = 0
         while not self._stopping.is_set():
-            delay: float | None = None
+            request = next_request(self._watch)
             try:
-                if resource_version is None:
-                    resource_version = self._list_pods()
-                response = self.api.list_pod_for_all_namespaces(
-                    field_selector=self._field_selector(),
-                    watch=True,
-                    resource_version=resource_version,
-                    timeout_seconds=max(1, int(self.watch_timeout_s)),
-                    allow_watch_bookmarks=True,
-                    _preload_content=False,
-                    _request_timeout=(self.request_timeout_s, self.watch_timeout_s + self.request_timeout_s),
-                )
-                self._watch_response = response
-                try:
-                    for line in iter_resp_lines(response):
-                        if self._stopping.is_set():
-                            return
-                        resource_version = self._on_watch_line(line, resource_version)
-                        if resource_version is None:
-                            break  # 410 Gone: re-list
-                finally:
-                    self._watch_response = None
-                    response.close()
-                    response.release_conn()
-                failures = 0
-            except ApiException as exc:
+                if isinstance(request, ListPods):
+                    pause = self._list_pods()
+                else:
+                    pause = self._watch_from(request.resource_version)
+            except KubeApiError as exc:
                 if exc.status == 410:
-                    log.info("watch: resourceVersion %s expired (410 Gone); re-listing", resource_version)
-                    resource_version = None
-                    continue
-                failures += 1
-                if exc.status == 429:
-                    delay = _retry_after(exc, 1.0)
-                log.warning("watch pods: HTTP %s %s", exc.status, _api_message(exc))
-            except Exception as exc:  # connection refused/reset, read timeout, bad JSON, ERROR events
+                    log.info("watch: resourceVersion %s expired (410 Gone); re-listing", self._watch.resource_version)
+                else:
+                    log.warning("watch pods: HTTP %s %s", exc.status, exc.message)
+                pause = self._watch_event(RequestFailed(exc.status, str(exc), exc.retry_after_s))
+            except Exception as exc:  # connection refused/reset, read timeout, bad JSON
                 if self._stopping.is_set():
                     return
-                failures += 1
                 log.warning("watch pods: %s: %s", type(exc).__name__, exc)
-                if failures >= 3:
-                    resource_version = None  # the watch keeps failing: start again from a list
-            if failures:
-                self._stopping.wait(delay if delay is not None else min(10.0, 0.5 * 2 ** min(failures - 1, 5)))
+                pause = self._watch_event(RequestFailed(None, f"{type(exc).__name__}: {exc}"))
+            if pause is not None:
+                self._stopping.wait(pause.seconds)
 
-    def _list_pods(self) -> str:
-        response = self.api.list_pod_for_all_namespaces(
-            field_selector=self._field_selector(), _preload_content=False, _request_timeout=self.request_timeout_s
-        )
-        body = json.loads(response.data)
-        _release(response)
-        items = body.get("items") or []
+    def _watch_event(self, event: WatchEvent) -> Pause | None:
+        """Steps the watch policy; delivers pods; the pause it asks for, if any.
+        An EndWatch is noted in `_watch_ended` for the reading loop."""
+        decided = watch_step(self._watch, event)
+        self._watch = decided.state
+        pause: Pause | None = None
+        self._watch_ended = False
+        for action in decided.actions:
+            if isinstance(action, DeliverPod):
+                self.loop.post(self._pod_event, action.kind, action.pod)
+            elif isinstance(action, EndWatch):
+                log.info("watch: %s", action.why)
+                self._watch_ended = True
+            elif isinstance(action, Pause):
+                pause = action
+            else:
+                log.warning("watch: ignoring a malformed line: %.200s", action.line)
+        return pause
+
+    def _list_pods(self) -> Pause | None:
+        items, version = self.api.list_pending_pods(self.component)
         self.relists += 1
         log.info("listed %d pending pod(s) for %s", len(items), self.component)
         self.loop.post(self._relisted, items)
-        return str((body.get("metadata") or {}).get("resourceVersion") or "")
+        return self._watch_event(WatchListed(version))
 
-    def _on_watch_line(self, line: str, resource_version: str) -> str | None:
+    def _watch_from(self, resource_version: str) -> Pause | None:
+        stream = self.api.watch_pending_pods(self.component, resource_version, self.watch_timeout_s)
+        self._watch_stream = stream
         try:
-            event = json.loads(line)
-            kind = event["type"]
-            obj = event["object"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("watch: ignoring a malformed line: %.200s", line)
-            return resource_version
-        if kind == "ERROR":
-            if isinstance(obj, dict) and obj.get("code") == 410:
-                log.info("watch: %s (410 Gone); re-listing", obj.get("message", "expired"))
-                return None
-            raise RuntimeError(f"watch error event: {obj}")
-        new_version = ((obj or {}).get("metadata") or {}).get("resourceVersion")
-        if kind != "BOOKMARK" and isinstance(obj, dict):
-            self.loop.post(self._pod_event, kind, obj)
-        return str(new_version) if new_version else resource_version
+            for line in stream.lines():
+                if self._stopping.is_set():
+                    return None
+                pause = self._watch_event(WatchLine(line))
+                if self._watch_ended:
+                    return pause  # the stream is closed before the pause
+        finally:
+            self._watch_stream = None
+            stream.close()
+        return self._watch_event(WatchEnded())
 
     # -- loop thread -------------------------------------------------------
     def _relisted(self, items: list[dict[str, Any]]) -> None:
@@ -292,6 +269,17 @@ class KubeShell:
     def _pod_event(self, kind: str, pod: dict[str, Any]) -> None:
         self._step(PodWatched(kind, pod))
         self._want_cycle()
+
+    def listen_energy(self, bus: BusLike) -> None:
+        """Energy from the bus: `ank/energy/<robot>` (a report naming another
+        robot than its key is ignored, as in native mode)."""
+        bus.subscribe(keys.ALL_ENERGY, EnergyReport, self._on_energy_message)
+
+    def _on_energy_message(self, key: str, report: EnergyReport) -> None:
+        if report.node != keys.parse_energy_key(key):
+            log.warning("energy report on %s names node %r; ignored", key, report.node)
+            return
+        self.on_energy([report])
 
     def on_energy(self, reports: list[EnergyReport]) -> None:
         """From any thread. A poll's reports arrive together: no cycle runs on half of them."""
@@ -315,8 +303,10 @@ class KubeShell:
 
     def _cycle(self) -> None:
         self._cycle_posted = False
-        if self.core.pending:
-            self._refresh_nodes()
+        now = self.clock.monotonic()
+        age = None if self._nodes_read_at is None else now - self._nodes_read_at
+        if nodes_due(self.core, age, self.node_cache_s):
+            self._refresh_nodes(now)
         self._execute(self._step(Tick()))
         wake = next_wake_ms(self.core)
         if wake is not None and (self._armed_ms is None or wake < self._armed_ms):
@@ -332,26 +322,17 @@ class KubeShell:
         for decision in decisions:
             if isinstance(decision, BindPod):
                 self._bind(decision)
+            elif isinstance(decision, PodBound):
+                self.bound += 1
+                log.info("bind %s -> %s: %s", decision.pod.key, decision.placement.node, decision.placement.reason)
+                self._record(decision.pod, "Scheduled", decision.message)
             else:
                 self._unschedulable(decision)
 
-    def _refresh_nodes(self) -> None:
-        now = self.clock.monotonic()
-        if self._nodes_read_at is not None and now - self._nodes_read_at < self.node_cache_s:
-            return
+    def _refresh_nodes(self, now: float) -> None:
         try:
-            response = self.api.list_node(_preload_content=False, _request_timeout=self.request_timeout_s)
-            nodes = json.loads(response.data).get("items") or []
-            _release(response)
-            # The pods bound to nodes and not finished (kube-scheduler's informer selector):
-            # what NodeResourcesFit, NodePorts and anti-affinity count against a node.
-            response = self.api.list_pod_for_all_namespaces(
-                field_selector="spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed",
-                _preload_content=False,
-                _request_timeout=self.request_timeout_s,
-            )
-            assigned = json.loads(response.data).get("items") or []
-            _release(response)
+            nodes = self.api.list_nodes()
+            assigned = self.api.list_assigned_pods()
         except Exception as exc:
             log.warning("listing nodes and bound pods failed: %s", exc)
             return
@@ -371,42 +352,24 @@ class KubeShell:
 
     def bind_outcome(self, pod: PodRef, node: str) -> tuple[str, str]:
         """POST pods/binding (any thread): the outcome and, unless bound, why."""
-        from kubernetes.client.exceptions import ApiException
-
         try:
-            response = self.api.create_namespaced_pod_binding(
-                pod.name,
-                pod.namespace,
-                binding_body(pod, node),
-                _preload_content=False,
-                _request_timeout=self.request_timeout_s,
-            )
-            status = int(response.status)
-            _release(response)
-        except ApiException as exc:
-            message = _api_message(exc)
-            return classify_bind_failure(int(exc.status or 0), message), f"HTTP {exc.status}: {message}"
+            status = self.api.bind(pod, node)
+        except KubeApiError as exc:
+            return classify_bind_answer(exc.status, exc.message)
         except Exception as exc:  # client-side: timeouts, connection errors, ValueError from the client
             return ERROR, f"{type(exc).__name__}: {exc}"
-        if status != 201:
-            return ERROR, f"HTTP {status} where 201 Created was expected"
-        return BOUND, ""
+        return classify_bind_answer(status)
 
     def _bind_done(self, decision: BindPod, outcome: str, detail: str) -> None:
         pod, placement = decision.pod, decision.placement
-        decisions = self._step(BindAnswered(pod, outcome, detail))
-        if outcome == BOUND:
-            self.bound += 1
-            log.info("bind %s -> %s: %s", pod.key, placement.node, placement.reason)
-            self._record(pod, "Scheduled", f"Successfully assigned {pod.key} to {placement.node}: {placement.reason}")
-        else:
+        if outcome != BOUND:
             log.info("bind %s -> %s: %s (%s)", pod.key, placement.node, outcome, detail)
-        self._execute(decisions)
+        self._execute(self._step(BindAnswered(pod, outcome, detail)))
         self._want_cycle()  # a place in the bind pool is free again
 
     def _unschedulable(self, failure: PodUnschedulable) -> None:
         log.info("%s %s: %s", failure.reason, failure.pod.key, failure.message)
-        if failure.reason != "SchedulingGated":  # kube-scheduler records no event for a gated pod
+        if failure.records_event:
             self._record(failure.pod, "FailedScheduling", failure.message, warning=True)
         self._writes.put(
             ("status", (failure.pod, pod_scheduled_patch(failure.reason, failure.message, self.clock.wall_ms())))
@@ -433,23 +396,10 @@ class KubeShell:
             what, payload = item
             try:
                 if what == "event":
-                    response = self.events_api.create_namespaced_event(
-                        payload["metadata"]["namespace"],
-                        payload,
-                        _preload_content=False,
-                        _request_timeout=self.request_timeout_s,
-                    )
+                    self.api.create_event(payload)
                 else:
                     pod, patch = payload
-                    response = self.api.patch_namespaced_pod_status(
-                        pod.name,
-                        pod.namespace,
-                        patch,
-                        _content_type="application/strategic-merge-patch+json",
-                        _preload_content=False,
-                        _request_timeout=self.request_timeout_s,
-                    )
-                _release(response)
+                    self.api.patch_pod_status(pod, patch)
             except Exception as exc:
                 log.warning("writing %s failed: %s", what, exc)
 
@@ -459,54 +409,26 @@ class LeaseKeeper:
     and writes the Lease every retry period from its own thread."""
 
     def __init__(
-        self, api_client: Any, state: LeaderState, *, request_timeout_s: float, clock: Clock = SYSTEM_CLOCK
+        self,
+        api_client: Any,
+        state: LeaderState,
+        *,
+        request_timeout_s: float,
+        clock: Clock = SYSTEM_CLOCK,
+        api: KubeApi | None = None,
     ) -> None:
-        from kubernetes import client
-
-        self.api: Any = client.CoordinationV1Api(api_client)
-        self.state, self.clock, self.request_timeout_s = state, clock, request_timeout_s
+        self.api: KubeApi = api if api is not None else ClientKubeApi(api_client, request_timeout_s=request_timeout_s)
+        self.state, self.clock = state, clock
         self.config = state.config
 
     def _now(self) -> LeaderNow:
         return LeaderNow(self.clock.monotonic(), self.clock.wall_ms())
 
     def _read(self) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            response = self.api.read_namespaced_lease(
-                self.config.name, self.config.namespace, _preload_content=False, _request_timeout=self.request_timeout_s
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        lease: dict[str, Any] = json.loads(response.data)
-        _release(response)
-        return lease
+        return self.api.read_lease(self.config.namespace, self.config.name)
 
     def _write(self, write: kube_leader.WriteLease) -> bool:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            if write.create:
-                response = self.api.create_namespaced_lease(
-                    self.config.namespace, write.body, _preload_content=False, _request_timeout=self.request_timeout_s
-                )
-            else:
-                response = self.api.replace_namespaced_lease(
-                    self.config.name,
-                    self.config.namespace,
-                    write.body,
-                    _preload_content=False,
-                    _request_timeout=self.request_timeout_s,
-                )
-            _release(response)
-        except ApiException as exc:
-            if exc.status == 409:
-                return False  # someone else wrote it since we read it
-            raise
-        return True
+        return self.api.write_lease(self.config.namespace, self.config.name, write.body, create=write.create)
 
     def attempt(self) -> None:
         decided = kube_leader.step(self.state, LeaseRead(self._read()), self._now())
@@ -538,8 +460,7 @@ class LeaseKeeper:
                     self.config.name,
                 )
                 started()
-            period = self.config.retry_period_s
-            stopping.wait(period if self.state.leading else period * random.uniform(1.0, 1.2))
+            stopping.wait(kube_leader.retry_delay_s(self.state, random.random()))
 
     def release(self) -> None:
         try:
@@ -547,16 +468,6 @@ class LeaseKeeper:
                 self._write(write)
         except Exception as exc:
             log.warning("releasing the lease failed: %s", exc)
-
-
-def _release(response: Any) -> None:
-    """Give a raw (_preload_content=False) response's connection back to the
-    pool; left alone, every request would open a new connection."""
-    try:
-        response.drain_conn()
-        response.release_conn()
-    except Exception:
-        pass
 
 
 def add_kube_arguments(p: argparse.ArgumentParser) -> None:
@@ -578,18 +489,13 @@ def add_kube_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_kube_options(args: argparse.Namespace) -> None:
-    """ValueError naming the first nonsensical option."""
-    positive = ("request_timeout_s", "in_flight_s", "backoff_initial_s", "backoff_max_s")
-    for name in positive:
-        value = getattr(args, name)
-        if not value > 0 or value == float("inf"):
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive number of seconds, got {value}")
+    """ValueError naming the first nonsensical Kubernetes option."""
+    if not args.request_timeout_s > 0 or args.request_timeout_s == float("inf"):
+        raise ValueError(f"--request-timeout-s must be a positive number of seconds, got {args.request_timeout_s}")
     if not args.watch_timeout_s >= 1 or args.watch_timeout_s == float("inf"):
         raise ValueError(f"--watch-timeout-s must be at least 1 s, got {args.watch_timeout_s}")
     if not args.node_cache_s >= 0 or args.node_cache_s == float("inf"):
         raise ValueError(f"--node-cache-s must not be negative, got {args.node_cache_s}")
-    if args.backoff_max_s < args.backoff_initial_s:
-        raise ValueError("--backoff-max-s must not be below --backoff-initial-s")
     if not 1 <= args.bind_workers <= 256:
         raise ValueError(f"--bind-workers must be 1..256, got {args.bind_workers}")
     if args.token_refresh_s is not None and not args.token_refresh_s > 0:
@@ -607,22 +513,17 @@ def check_kube_options(args: argparse.Namespace) -> None:
 
 
 def kube_config(args: argparse.Namespace, energy_source: str) -> KubeConfig:
-    if args.max_energy_age_s < 0 or args.energy_cost_wh < 0:
-        raise ValueError("--max-energy-age-s and --energy-cost-wh must not be negative")
+    shared = shared_settings(args)  # the options both modes share
     if not args.scheduler_name:
         raise ValueError("--scheduler-name must not be empty")
     check_kube_options(args)
     return KubeConfig(
+        **shared,
         scheduler_name=args.scheduler_name,
         arch=args.arch,
         arch_label=args.arch_label,
         bot_label=args.bot_label,
         require_energy=energy_source != "none" and not args.allow_unmetered,
-        max_energy_age_ms=int(args.max_energy_age_s * 1000),
-        default_energy_cost_wh=args.energy_cost_wh,
-        in_flight_ms=int(args.in_flight_s * 1000),
-        backoff_initial_ms=int(args.backoff_initial_s * 1000),
-        backoff_max_ms=int(args.backoff_max_s * 1000),
         max_binds_in_flight=args.bind_workers,
     )
 
@@ -635,16 +536,10 @@ def run_kubernetes(args: argparse.Namespace) -> int:
         api_client, where = load_api_client(
             args.kubeconfig, service_account_dir=args.service_account_dir, token_refresh_s=args.token_refresh_s
         )
-    except (ValueError, InfluxConfigError, KubeSetupError) as exc:
+        bus = Bus(args.name, config=args.zenoh_config, server=args.server) if energy_source == "bus" else None
+    except (ValueError, InfluxConfigError, KubeSetupError, BusConfigError) as exc:
         print(f"ank-scheduler: {exc}", file=sys.stderr)
         return 2
-    bus: Bus | None = None
-    if energy_source == "bus":
-        try:
-            bus = Bus(args.name, config=args.zenoh_config, server=args.server)
-        except BusConfigError as exc:
-            print(f"ank-scheduler: {exc}", file=sys.stderr)
-            return 2
     loop = EventLoop()
     identity = args.leader_elect_identity or f"{socket.gethostname()}_{uuid.uuid4()}"
     shell = KubeShell(
@@ -688,7 +583,7 @@ def run_kubernetes(args: argparse.Namespace) -> int:
         )
     try:
         if bus is not None:
-            bus.subscribe(keys.ALL_ENERGY, EnergyReport, lambda key, report: shell.on_energy([report]))
+            shell.listen_energy(bus)
         if influx is not None:
             threading.Thread(
                 target=poll_until_stopped,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -58,6 +59,7 @@ from services.scheduler.core import (
 )
 from services.scheduler.framework import EnergyReported, Tick
 from services.scheduler.influx import InfluxConfigError, InfluxEnergySource, InfluxSettings, poll_until_stopped
+from services.scheduler.options import shared_settings
 
 log = logging.getLogger("ank.scheduler")
 
@@ -102,17 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def native_config(args: argparse.Namespace) -> NativeConfig:
-    for name in ("max_energy_age_s", "in_flight_s", "min_dwell_s", "backoff_initial_s", "backoff_max_s"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must not be negative")
-    if args.energy_cost_wh < 0 or args.hysteresis_wh < 0:
-        raise ValueError("--energy-cost-wh and --hysteresis-wh must not be negative")
+    shared = shared_settings(args)  # the options both modes share
+    for name in ("min_dwell_s", "hysteresis_wh"):
+        value = getattr(args, name)
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {value}")
     return NativeConfig(
-        max_energy_age_ms=int(args.max_energy_age_s * 1000),
-        default_energy_cost_wh=args.energy_cost_wh,
-        in_flight_ms=int(args.in_flight_s * 1000),
-        backoff_initial_ms=int(args.backoff_initial_s * 1000),
-        backoff_max_ms=int(args.backoff_max_s * 1000),
+        **shared,
         hysteresis_wh=args.hysteresis_wh,
         min_dwell_ms=int(args.min_dwell_s * 1000),
         require_energy=not args.allow_unmetered,
