@@ -111,6 +111,26 @@ class EventLoop:
             with self._pending_lock:
                 self._pending -= 1
 
+    def drain(self, until: Callable[[], bool], timeout_s: float) -> bool:
+        """Once the loop has stopped: runs what is posted (timers excepted) on
+        the calling thread until `until()` holds or `timeout_s` of the clock
+        has passed; returns `until()`. For a shell's last, bounded wait (the
+        agent's exits at shutdown)."""
+        deadline = self._clock.monotonic() + timeout_s
+        while not until():
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                fn, args = self._queue.get(timeout=min(remaining, MAX_WAIT_S))
+            except queue.Empty:
+                continue
+            with self._run_lock:
+                self._call(fn, args)
+            with self._pending_lock:
+                self._pending -= 1
+        return True
+
     @staticmethod
     def _call(fn: Callable[..., None], args: tuple[Any, ...]) -> None:
         try:
