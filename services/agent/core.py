@@ -31,16 +31,15 @@ sequence. `restart_count` counts every restart of an instance; an update
 
 Plans are level-triggered: a plan is the whole list of the agent's
 workloads. A plan whose generation is not higher than the last applied one
-is stale and ignored. What the plan does to a slot:
+is stale and ignored. What the plan does to a slot (each cell is driven
+through `step` by tests/test_transition_tables.py):
 
-    plan says            slot absent      same instance      other instance
-    run (hold "")        create           (keep; release a   stop old, then create
-                                           waiting one)       the new one (update)
-    WaitingToStart       publish Pending  keep as it is      stop old; wait
-                         (WaitingToStart)
-    WaitingToStop        nothing          Stopping(Waiting-  stop, remove, publish
-                                          ToStop), keeps on  Removed
-    (absent from plan)   —                stop, remove, publish Removed
+| plan says          | slot absent                     | same instance                     | other instance                             |
+|--------------------|---------------------------------|-----------------------------------|--------------------------------------------|
+| run (hold "")      | create                          | keep; release a waiting one       | stop old, then create the new one (update) |
+| WaitingToStart     | publish Pending(WaitingToStart) | keep as it is                     | stop old; wait                             |
+| WaitingToStop      | nothing                         | Stopping(WaitingToStop), keeps on | stop, remove, publish Removed              |
+| (absent from plan) | —                               | stop, remove, publish Removed     | stop, remove, publish Removed              |
 
 A slot that is stopping keeps stopping whatever the plan says; a plan entry
 for it (deleted and planned again, or updated twice) is created once the old
@@ -55,17 +54,17 @@ how it ended.
 
 Adoption: at its start the shell reads the instance records it wrote before
 a restart, asks each runtime which of them still run, and feeds all of it as
-one `RecordsFound`. The core decides per record:
+one `RecordsFound`. The core decides per record (held to the code by
+tests/test_transition_tables.py):
 
-    found        recorded final    decision
-    running      (either)          reclaim it Running (its Control Interface
-                                   served again)
-    ended        yes               reclaim it in its final state
-    ended        no                forget the record (the plan recreates it)
-    no-runtime   (either)          forget the record
-    unchecked    (either)          keep the record, reclaim nothing, alert
-                                   (a later start may adopt it)
-    unreadable   (either)          forget the record
+| found      | recorded final | decision                                       |
+|------------|----------------|------------------------------------------------|
+| running    | either         | reclaim it Running, serve its interface again  |
+| ended      | yes            | reclaim it in its final state                  |
+| ended      | no             | forget the record (the plan recreates it)      |
+| no-runtime | either         | forget the record                              |
+| unchecked  | either         | keep the record, reclaim nothing, alert        |
+| unreadable | either         | forget the record                              |
 
 Failures are reported in, not improvised by the shell: a stop that failed
 (`StopFailed`) is retried after the backoff (alerting once); a remove or a
