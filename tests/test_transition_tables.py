@@ -25,7 +25,7 @@ from tests.transition_tables import doc_table, doc_tables, hold_to_code
 # -- the agent: what a plan does to a slot ---------------------------------------------------------------------------
 
 PLAN_ROWS = {'run (hold "")': "", "WaitingToStart": "WaitingToStart", "WaitingToStop": "WaitingToStop"}
-ABSENT_ROW = "(absent from plan)"
+ABSENT_ROW = "not in plan"
 RELATIONS = {"slot absent": None, "same instance": "i1", "other instance": "i2"}
 
 
@@ -135,13 +135,13 @@ def test_the_agents_plan_table_is_what_step_does() -> None:
     cells = {(row["plan says"], column): row[column] for row in table.rows for column in RELATIONS}
     drivers = {
         "create": _create,
-        "publish Pending(WaitingToStart)": _publish_waiting,
+        "Pending(WaitingToStart)": _publish_waiting,
         "nothing": _nothing,
         "—": _nothing,
         "keep; release a waiting one": _keep_release,
         "keep as it is": _keep,
-        "Stopping(WaitingToStop), keeps on": _waiting_to_stop,
-        "stop old, then create the new one (update)": _update,
+        "runs on, Stopping(WaitingToStop)": _waiting_to_stop,
+        "update: stop old, then create new": _update,
         "stop old; wait": _stop_then_wait,
         "stop, remove, publish Removed": _stop_remove,
     }
@@ -150,7 +150,11 @@ def test_the_agents_plan_table_is_what_step_does() -> None:
 
 # -- the agent: what a record found at start becomes -----------------------------------------------------------------
 
-FINALS = {"yes": [ExecutionState("Succeeded", "Ok")], "no": [None], "either": [None, ExecutionState("Succeeded", "Ok")]}
+FINALS: dict[str, list[ExecutionState | None]] = {
+    "yes": [ExecutionState("Succeeded", "Ok")],
+    "no": [None],
+    "either": [None, ExecutionState("Succeeded", "Ok")],
+}
 
 
 def drive_found(found: str, final: str) -> list[tuple[agent.AgentState, list[agent.Action]]]:

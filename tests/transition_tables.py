@@ -16,7 +16,9 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from types import ModuleType
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
+
+K = TypeVar("K", bound=tuple[str, ...])
 
 
 class DocTable(NamedTuple):
@@ -71,9 +73,7 @@ def doc_table(module: ModuleType, *headers: str) -> DocTable:
     return matching[0]
 
 
-def hold_to_code(
-    table: DocTable, cells: Mapping[tuple[str, ...], str], drivers: Mapping[str, Callable[..., None]]
-) -> None:
+def hold_to_code(table: DocTable, cells: Mapping[K, str], drivers: Mapping[str, Callable[..., None]]) -> None:
     """`cells`: each transition the table states (its key → the cell's text);
     `drivers`: for each cell text, a function that drives the core through
     that transition (called with the key) and asserts the outcome. Fails on

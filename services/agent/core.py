@@ -34,12 +34,12 @@ workloads. A plan whose generation is not higher than the last applied one
 is stale and ignored. What the plan does to a slot (each cell is driven
 through `step` by tests/test_transition_tables.py):
 
-| plan says          | slot absent                     | same instance                     | other instance                             |
-|--------------------|---------------------------------|-----------------------------------|--------------------------------------------|
-| run (hold "")      | create                          | keep; release a waiting one       | stop old, then create the new one (update) |
-| WaitingToStart     | publish Pending(WaitingToStart) | keep as it is                     | stop old; wait                             |
-| WaitingToStop      | nothing                         | Stopping(WaitingToStop), keeps on | stop, remove, publish Removed              |
-| (absent from plan) | —                               | stop, remove, publish Removed     | stop, remove, publish Removed              |
+| plan says      | slot absent             | same instance                    | other instance                    |
+|----------------|-------------------------|----------------------------------|-----------------------------------|
+| run (hold "")  | create                  | keep; release a waiting one      | update: stop old, then create new |
+| WaitingToStart | Pending(WaitingToStart) | keep as it is                    | stop old; wait                    |
+| WaitingToStop  | nothing                 | runs on, Stopping(WaitingToStop) | stop, remove, publish Removed     |
+| not in plan    | —                       | stop, remove, publish Removed    | stop, remove, publish Removed     |
 
 A slot that is stopping keeps stopping whatever the plan says; a plan entry
 for it (deleted and planned again, or updated twice) is created once the old
