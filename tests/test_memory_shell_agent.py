@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from schemas.manifest import Workload
-from schemas.messages import AgentPlan, AgentStatus, PlannedWorkload, WorkloadState, WorkloadUsage
+from schemas.messages import AgentPlan, AgentStatus, Event, PlannedWorkload, WorkloadState, WorkloadUsage
 from services.agent.runtimes.base import Notify, RunHandle, Runtime, RuntimeEvent, StartSpec
-from services.agent.shell import AgentOptions, AgentShell
+from services.agent.shell import AgentOptions, AgentShell, InstanceRecord
 from services.bus.loop import EventLoop
 from services.bus.memory import MemoryBus, MemoryHub
 from tests.helpers import Collector, wait_for
@@ -174,3 +175,109 @@ def test_a_restart_waits_for_its_backoff_on_the_agents_clock(stack: Stack) -> No
 
 def _count(items: list[tuple[str, object]], state: str) -> int:
     return sum(1 for _, m in items if isinstance(m, WorkloadState) and m.execution_state.state == state)
+
+
+class FailingStops(FakeRuntime):
+    """A runtime whose stops fail the first `failures` times."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def stop(self, handle: RunHandle, grace_s: float) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("podman: connection refused")
+        super().stop(handle, grace_s)
+
+
+def test_a_failed_stop_is_alerted_and_retried_after_the_backoff(tmp_path: Path) -> None:
+    clock = ManualClock()
+    runtime = FailingStops(failures=1)
+    with memory_hub() as hub:
+        planner = MemoryBus(hub, "planner")
+        states, events = Collector(), Collector()
+        planner.subscribe("ank/state/robot/**", WorkloadState, states)
+        planner.subscribe("ank/events/**", Event, events)
+        loop = EventLoop(clock)
+        options = AgentOptions(name="robot", run_dir=str(tmp_path / "run"), status_period_s=3600)
+        shell = AgentShell(options, MemoryBus(hub, "agent/robot"), loop, {"fake": runtime}, clock)
+        with running_loop(loop):
+            shell.start()
+            try:
+                stack = Stack(hub, shell, runtime, planner, states, clock)
+                stack.plan(1, web())
+                stack.state("web", "Running")
+                stack.plan(2)
+                events.wait(
+                    lambda items: any(isinstance(e, Event) and e.kind == "stop-failed" for _, e in items),
+                    5,
+                    "stop-failed event",
+                )
+                on_loop_idle(loop)
+                assert runtime.stopped == []  # not retried before the backoff on the agent's clock
+                clock.advance(1.0, loop)
+                stack.state("web", "Removed")
+                assert runtime.stopped == ["web"]
+            finally:
+                shell.close()
+
+
+def test_stop_all_stops_through_the_core_and_leaves_no_record(tmp_path: Path) -> None:
+    clock = ManualClock()
+    runtime = FakeRuntime()
+    with memory_hub() as hub:
+        planner = MemoryBus(hub, "planner")
+        states = Collector()
+        planner.subscribe("ank/state/robot/**", WorkloadState, states)
+        loop = EventLoop(clock)
+        run_dir = tmp_path / "run"
+        options = AgentOptions(name="robot", run_dir=str(run_dir), status_period_s=3600)
+        shell = AgentShell(options, MemoryBus(hub, "agent/robot"), loop, {"fake": runtime}, clock)
+        try:
+            with running_loop(loop):
+                shell.start()
+                stack = Stack(hub, shell, runtime, planner, states, clock)
+                stack.plan(1, web())
+                stack.state("web", "Running")
+                wait_for(lambda: (run_dir / "records" / "web.json").exists(), 5, "the instance record")
+            shell.stop_all()  # the loop has stopped: the exits are awaited by the shell, bounded
+            assert runtime.stopped == ["web"]
+            assert list((run_dir / "records").glob("*.json")) == []
+            assert shell.state.slots == {} and shell.state.exiting
+        finally:
+            shell.close()
+
+
+class Survivor(FakeRuntime):
+    """A runtime that finds every recorded instance still running."""
+
+    def adopt(self, records: list[RunHandle], notify: Notify) -> list[RunHandle]:
+        return [r for r in records if r.workload == "web"]
+
+
+def test_a_restarted_agent_reclaims_what_runs_and_forgets_what_is_gone(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    records = run_dir / "records"
+    records.mkdir(parents=True)
+    for name in ("web", "gone"):
+        record = InstanceRecord(RunHandle(name, "i1", "fake", id="x"), web() if name == "web" else None)
+        (records / f"{name}.json").write_bytes(msgspec.json.encode(record))
+    (records / "junk.json").write_text("{not json")
+    clock = ManualClock()
+    runtime = Survivor()
+    with memory_hub() as hub:
+        planner = MemoryBus(hub, "planner")
+        states = Collector()
+        planner.subscribe("ank/state/robot/**", WorkloadState, states)
+        loop = EventLoop(clock)
+        options = AgentOptions(name="robot", run_dir=str(run_dir), status_period_s=3600)
+        shell = AgentShell(options, MemoryBus(hub, "agent/robot"), loop, {"fake": runtime}, clock)
+        with running_loop(loop):
+            shell.start()
+            try:
+                Stack(hub, shell, runtime, planner, states, clock).state("web", "Running")
+                assert sorted(p.name for p in records.glob("*.json")) == ["web.json"]
+                assert list(shell.workers["fake"].handles) == ["web"] and runtime.created == []
+            finally:
+                shell.close()
