@@ -68,14 +68,14 @@ def test_a_failed_stop_is_retried_after_the_backoff_and_alerted_once() -> None:
     d.run(planned())
     d.plan(2)
     assert d.of(core.Stop)
-    d.feed(core.StopFailed("w", "i1", "podman: connection refused"))
+    d.feed(core.OperationFailed("w", "i1", "stop", "podman: connection refused"))
     [alert] = d.of(core.Alert)
     assert alert.kind == "stop-failed" and alert.subject == "w"
     [wake] = d.of(core.WakeAt)
     assert wake.at_mono > d.mono
     d.mono = wake.at_mono
     assert d.feed(core.Wake("w", wake.token)) == [core.Stop("w", "i1", "process", 3.0)]
-    d.feed(core.StopFailed("w", "i1", "podman: connection refused"))
+    d.feed(core.OperationFailed("w", "i1", "stop", "podman: connection refused"))
     assert not d.of(core.Alert) and d.of(core.WakeAt)  # retried again, not alerted again
     d.feed(core.Exited("w", "i1", 143))
     assert d.of(core.Remove) and [str(a.state.execution_state) for a in d.of(core.Publish)] == ["Removed"]
@@ -86,9 +86,9 @@ def test_a_failed_remove_or_record_write_is_alerted_and_changes_nothing() -> Non
     d.run(planned())
     before = d.state
     for event, kind in (
-        (core.RemoveFailed("w", "i0", "busy"), "remove-failed"),
-        (core.RecordNotWritten("w", "i1", "disk full"), "record-failed"),
-        (core.RecordNotWritten("w", "i1", "disk full", final=True), "record-failed"),
+        (core.OperationFailed("w", "i0", "remove", "busy"), "remove-failed"),
+        (core.OperationFailed("w", "i1", "record", "disk full"), "record-failed"),
+        (core.OperationFailed("w", "i1", "record-final", "disk full"), "record-failed"),
     ):
         d.feed(event)
         assert [a.kind for a in d.of(core.Alert)] == [kind]
@@ -121,5 +121,5 @@ def test_a_stop_failing_at_shutdown_leaves_the_instance_and_its_record() -> None
     d = Driver()
     d.run(planned())
     d.feed(core.Shutdown(stop_workloads=True))
-    assert d.feed(core.StopFailed("w", "i1", "podman gone")) == []
+    assert d.feed(core.OperationFailed("w", "i1", "stop", "podman gone")) == []
     assert core.stops_pending(d.state) == []

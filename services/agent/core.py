@@ -67,8 +67,9 @@ tests/test_transition_tables.py):
 | unreadable | either         | forget the record                              |
 
 Failures are reported in, not improvised by the shell: a stop that failed
-(`StopFailed`) is retried after the backoff (alerting once); a remove or a
-record write that failed (`RemoveFailed`, `RecordNotWritten`) is alerted;
+(`OperationFailed` "stop") is retried after the backoff (alerting once); a
+remove or a record write that failed ("remove", "record", "record-final") is
+alerted;
 a create that failed (`CreateFailed`) is retried or ends StartingFailed.
 
 Shutdown: `Shutdown(stop_workloads=False)` leaves every workload running for
@@ -94,6 +95,8 @@ from schemas.state import ExecutionState
 Phase = Literal["waiting", "starting", "running", "stopping", "backoff", "done"]
 # What the runtime says, at the agent's start, of an instance it recorded.
 Found = Literal["running", "ended", "no-runtime", "unchecked", "unreadable"]
+# What the shell reports failed (OperationFailed).
+Operation = Literal["stop", "remove", "record", "record-final"]
 # What follows the exit of a workload the agent stopped on purpose.
 AfterStop = Literal["remove", "replace", "restart", "fail", "wait"]
 
@@ -181,25 +184,32 @@ class PlanReceived(msgspec.Struct, frozen=True):
     plan: AgentPlan
 
 
-class Started(msgspec.Struct, frozen=True):
+class OnInstance(msgspec.Struct, frozen=True):
+    """An event or action about one instance of a workload (an event about
+    an instance the slot no longer holds is ignored)."""
+
+    workload: str
+    instance: str
+
+
+class OnRuntimeInstance(OnInstance, frozen=True):
+    """... and the runtime that holds it."""
+
+    runtime: str
+
+
+class Started(OnInstance, frozen=True):
     """The runtime reports the instance runs."""
 
-    workload: str
-    instance: str
 
-
-class Exited(msgspec.Struct, frozen=True):
+class Exited(OnInstance, frozen=True):
     """The instance ended; exit_code None when it cannot be known."""
 
-    workload: str
-    instance: str
     exit_code: int | None
     info: str = ""
 
 
-class CreateFailed(msgspec.Struct, frozen=True):
-    workload: str
-    instance: str
+class CreateFailed(OnInstance, frozen=True):
     reason: str
     permanent: bool
 
@@ -213,16 +223,13 @@ class HealthChanged(msgspec.Struct, frozen=True):
     report: HealthReport
 
 
-class FoundRecord(msgspec.Struct, frozen=True):
+class FoundRecord(OnRuntimeInstance, frozen=True):
     """An instance record found at the agent's start (it created the instance
     before a restart, kill -9 included) and what the runtime says of it now:
     `found`, with `reason` when the runtime could not tell (unchecked) or the
     record could not be read. `final` is set when the record says the
     instance had finished for good."""
 
-    workload: str
-    instance: str
-    runtime: str
     found: Found = "running"
     planned: PlannedWorkload | None = None
     restart_count: int = 0
@@ -236,29 +243,13 @@ class RecordsFound(msgspec.Struct, frozen=True):
     records: list[FoundRecord]
 
 
-class StopFailed(msgspec.Struct, frozen=True):
-    """The runtime failed to stop the instance (it may still run)."""
+class OperationFailed(OnInstance, frozen=True):
+    """The shell could not carry out an operation on the instance: the
+    runtime failed to stop it (it may still run) or to remove it, or its
+    record (`record-final`: its final state) could not be written."""
 
-    workload: str
-    instance: str
+    operation: Operation
     reason: str
-
-
-class RemoveFailed(msgspec.Struct, frozen=True):
-    """The runtime failed to remove the (stopped or ended) instance."""
-
-    workload: str
-    instance: str
-    reason: str
-
-
-class RecordNotWritten(msgspec.Struct, frozen=True):
-    """The instance's record (`final`: its final state) could not be written."""
-
-    workload: str
-    instance: str
-    reason: str
-    final: bool = False
 
 
 class Shutdown(msgspec.Struct, frozen=True):
@@ -279,9 +270,7 @@ AgentEvent = (
     | Wake
     | HealthChanged
     | RecordsFound
-    | StopFailed
-    | RemoveFailed
-    | RecordNotWritten
+    | OperationFailed
     | Shutdown
     | StopsAbandoned
 )
@@ -297,17 +286,12 @@ class Create(msgspec.Struct, frozen=True):
     restart: bool = False  # a restart under the restart policy (reported as an event)
 
 
-class Stop(msgspec.Struct, frozen=True):
-    workload: str
-    instance: str
-    runtime: str
+class Stop(OnRuntimeInstance, frozen=True):
     grace_s: float
 
 
-class Remove(msgspec.Struct, frozen=True):
-    workload: str
-    instance: str
-    runtime: str
+class Remove(OnRuntimeInstance, frozen=True):
+    pass
 
 
 class Publish(msgspec.Struct, frozen=True):
@@ -342,19 +326,13 @@ class RecordFinal(msgspec.Struct, frozen=True):
     state: WorkloadState
 
 
-class Reclaim(msgspec.Struct, frozen=True):
+class Reclaim(OnRuntimeInstance, frozen=True):
     """Hold a found instance again (the agent's own once more)."""
 
-    workload: str
-    instance: str
-    runtime: str
 
-
-class ServeInterface(msgspec.Struct, frozen=True):
+class ServeInterface(OnInstance, frozen=True):
     """Serve a reclaimed instance's Control Interface again."""
 
-    workload: str
-    instance: str
     access: ControlInterfaceAccess | None
 
 
@@ -534,7 +512,7 @@ def step(state: AgentState, event: AgentEvent, now: Now) -> Step:
         return b.done()
     if isinstance(event, StopsAbandoned):
         return b.done()  # only meaningful while exiting
-    if isinstance(event, (RemoveFailed, RecordNotWritten)):
+    if isinstance(event, OperationFailed) and event.operation != "stop":
         _io_failed(b, event)  # alerted whether or not the slot still exists
         return b.done()
     slot = state.slots.get(event.workload)
@@ -558,7 +536,7 @@ def step(state: AgentState, event: AgentEvent, now: Now) -> Step:
         _exited(b, slot, event.exit_code, event.info)
     elif isinstance(event, CreateFailed):
         _create_failed(b, slot, event.reason, event.permanent)
-    elif isinstance(event, StopFailed):
+    elif isinstance(event, OperationFailed):  # a stop
         _stop_failed(b, slot, event.reason)
     return b.done()
 
@@ -930,10 +908,10 @@ def _stop_failed(b: _Builder, slot: Slot, reason: str) -> None:
     )
 
 
-def _io_failed(b: _Builder, event: RemoveFailed | RecordNotWritten) -> None:
-    if isinstance(event, RemoveFailed):
+def _io_failed(b: _Builder, event: OperationFailed) -> None:
+    if event.operation == "remove":
         kind, consequence = "remove-failed", f"could not remove instance {event.instance}: it may be left behind"
-    elif event.final:
+    elif event.operation == "record-final":
         kind, consequence = "record-failed", "could not record how it finished: an agent restart may run it again"
     else:
         kind, consequence = "record-failed", "could not write its instance record: an agent restart will not adopt it"
@@ -979,13 +957,13 @@ def _exiting(b: _Builder, event: AgentEvent) -> None:
             stopping = b.slots.pop(name)
             b.actions.append(Remove(stopping.name, stopping.instance, stopping.runtime))
         return
-    if not isinstance(event, (Exited, StopFailed)):
+    if not isinstance(event, Exited) and not (isinstance(event, OperationFailed) and event.operation == "stop"):
         return
     slot = b.slots.get(event.workload)
     if slot is None or slot.instance != event.instance or slot.phase != "stopping":
         return
     b.slots.pop(slot.name)
-    if isinstance(event, StopFailed):
+    if isinstance(event, OperationFailed):
         b.note(f"{slot.name}: could not stop at exit ({event.reason}): left for the next agent")
         return
     b.note(f"{slot.name}: stopped at exit ({exit_info(event.exit_code)}), removed")

@@ -139,7 +139,7 @@ class RuntimeWorker:
         try:
             _write_atomically(self.records_dir / f"{planned.name}.json", msgspec.json.encode(record))
         except OSError as exc:
-            self.report(core.RecordNotWritten(planned.name, planned.instance, str(exc)))
+            self.report(core.OperationFailed(planned.name, planned.instance, "record", str(exc)))
         with lock:
             events, held = held or [], None
         for event in events:
@@ -158,7 +158,7 @@ class RuntimeWorker:
             record = msgspec.structs.replace(record, final=state)
             _write_atomically(path, msgspec.json.encode(record))
         except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self.report(core.RecordNotWritten(state.workload, state.instance, str(exc), final=True))
+            self.report(core.OperationFailed(state.workload, state.instance, "record-final", str(exc)))
 
     def stop(self, action: core.Stop) -> None:
         handle = self.handles.get(action.workload)
@@ -168,7 +168,7 @@ class RuntimeWorker:
         try:
             self.runtime.stop(handle, action.grace_s)
         except Exception as exc:
-            self.report(core.StopFailed(action.workload, action.instance, f"{type(exc).__name__}: {exc}"))
+            self.report(core.OperationFailed(action.workload, action.instance, "stop", f"{type(exc).__name__}: {exc}"))
 
     def remove(self, action: core.Remove) -> None:
         handle = self.handles.get(action.workload)
@@ -179,7 +179,8 @@ class RuntimeWorker:
         try:
             self.runtime.remove(handle)
         except Exception as exc:
-            self.report(core.RemoveFailed(action.workload, action.instance, f"{type(exc).__name__}: {exc}"))
+            reason = f"{type(exc).__name__}: {exc}"
+            self.report(core.OperationFailed(action.workload, action.instance, "remove", reason))
 
 
 class AgentShell:
