@@ -100,16 +100,19 @@ class EventLoop:
             for fn, args in due:
                 with self._run_lock:
                     self._call(fn, args)
-            if due:
-                continue
-            try:
-                fn, args = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                continue
-            with self._run_lock:
-                self._call(fn, args)
-            with self._pending_lock:
-                self._pending -= 1
+            if not due:
+                self._run_posted(timeout)
+
+    def _run_posted(self, timeout: float) -> None:
+        """Runs the next posted function, waiting at most `timeout` for one."""
+        try:
+            fn, args = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return
+        with self._run_lock:
+            self._call(fn, args)
+        with self._pending_lock:
+            self._pending -= 1
 
     def drain(self, until: Callable[[], bool], timeout_s: float) -> bool:
         """Once the loop has stopped: runs what is posted (timers excepted) on
@@ -121,14 +124,7 @@ class EventLoop:
             remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
                 return False
-            try:
-                fn, args = self._queue.get(timeout=min(remaining, MAX_WAIT_S))
-            except queue.Empty:
-                continue
-            with self._run_lock:
-                self._call(fn, args)
-            with self._pending_lock:
-                self._pending -= 1
+            self._run_posted(min(remaining, MAX_WAIT_S))
         return True
 
     @staticmethod
