@@ -601,7 +601,7 @@ class AgentShell:
         if not self.loop.drain(lambda: not core.stops_pending(self.state), bound):
             self.feed(core.StopsAbandoned())
         for worker in self.workers.values():
-            worker.close()  # the removes are done first
+            worker.close(bound)  # the removes are done first
         self.control_interfaces.close()
         if self.logs is not None:
             self.logs.close()
