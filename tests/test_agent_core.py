@@ -8,17 +8,17 @@ from schemas.manifest import RestartPolicy, Workload
 from schemas.messages import AgentPlan, HealthReport, PlannedWorkload, WorkloadState
 from services.agent import core
 from services.agent.core import (
-    Adopted,
-    AdoptedInstance,
     AgentState,
     Backoff,
     Create,
     CreateFailed,
     Exited,
+    FoundRecord,
     HealthChanged,
     Now,
     PlanReceived,
     Publish,
+    RecordsFound,
     Remove,
     Started,
     Step,
@@ -133,7 +133,7 @@ def test_always_restarts_after_exit_0_exit_1_and_sigkill() -> None:
 
 def test_on_failure_restarts_after_an_unknown_exit_of_an_adopted_process() -> None:
     d = Driver()
-    d.feed(Adopted([AdoptedInstance("w", "i1", "process", planned(policy="ON_FAILURE"), restart_count=4)]))
+    d.feed(RecordsFound([FoundRecord("w", "i1", "process", planned=planned(policy="ON_FAILURE"), restart_count=4)]))
     assert d.published() == ["Running(Ok)"]
     assert d.last_state().restart_count == 4
     d.feed(Exited("w", "i1", None))
@@ -349,7 +349,7 @@ def test_events_about_a_replaced_instance_are_ignored() -> None:
 
 def test_adopted_instance_confirmed_by_the_plan_is_left_running() -> None:
     d = Driver()
-    d.feed(Adopted([AdoptedInstance("w", "i1", "process", None, restart_count=2)]))
+    d.feed(RecordsFound([FoundRecord("w", "i1", "process", restart_count=2)]))
     d.feed(plan(1, planned(policy="ALWAYS")))
     assert d.actions == []
     assert d.state.slots["w"].policy == "ALWAYS"
@@ -358,7 +358,7 @@ def test_adopted_instance_confirmed_by_the_plan_is_left_running() -> None:
 
 def test_adopted_instance_with_another_instance_in_the_plan_is_replaced() -> None:
     d = Driver()
-    d.feed(Adopted([AdoptedInstance("w", "i0", "process")]))
+    d.feed(RecordsFound([FoundRecord("w", "i0", "process")]))
     d.feed(plan(1, planned(instance="i1")))
     assert d.actions[-1] == Stop("w", "i0", "process", 3.0)
 

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from schemas.manifest import Workload
-from schemas.messages import AgentPlan, AgentStatus, PlannedWorkload, WorkloadState, WorkloadUsage
+from schemas.messages import AgentPlan, AgentStatus, Event, PlannedWorkload, WorkloadState, WorkloadUsage
 from services.agent.runtimes.base import Notify, RunHandle, Runtime, RuntimeEvent, StartSpec
-from services.agent.shell import AgentOptions, AgentShell
+from services.agent.shell import AgentOptions, AgentShell, InstanceRecord
 from services.bus.loop import EventLoop
 from services.bus.memory import MemoryBus, MemoryHub
 from tests.helpers import Collector, wait_for
@@ -90,24 +92,35 @@ class Stack:
         return self.states.wait(found, 5, f"{workload} {state}")
 
 
+def make_stack(hub: MemoryHub, run_dir: Path, runtime: FakeRuntime) -> Stack:
+    """The agent "robot" on the hub (not started; its loop not running) and a
+    planner's bus that collects its states."""
+    clock = ManualClock()
+    planner = MemoryBus(hub, "planner")
+    states = Collector()
+    planner.subscribe("ank/state/robot/**", WorkloadState, states)
+    options = AgentOptions(name="robot", run_dir=str(run_dir), status_period_s=3600)
+    shell = AgentShell(options, MemoryBus(hub, "agent/robot"), EventLoop(clock), {"fake": runtime}, clock)
+    return Stack(hub, shell, runtime, planner, states, clock)
+
+
+@contextmanager
+def started(stack: Stack) -> Iterator[Stack]:
+    """The shell started, its loop running, until the block ends."""
+    with running_loop(stack.shell.loop):
+        stack.shell.start()
+        try:
+            yield stack
+        finally:
+            stack.shell.close()
+
+
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    clock = ManualClock()
     runtime = FakeRuntime()
     _: Runtime = runtime
-    with memory_hub() as hub:
-        planner = MemoryBus(hub, "planner")
-        states = Collector()
-        planner.subscribe("ank/state/robot/**", WorkloadState, states)
-        loop = EventLoop(clock)
-        options = AgentOptions(name="robot", run_dir=str(tmp_path / "run"), status_period_s=3600)
-        shell = AgentShell(options, MemoryBus(hub, "agent/robot"), loop, {"fake": runtime}, clock)
-        with running_loop(loop):
-            shell.start()
-            try:
-                yield Stack(hub, shell, runtime, planner, states, clock)
-            finally:
-                shell.close()
+    with memory_hub() as hub, started(make_stack(hub, tmp_path / "run", runtime)) as running:
+        yield running
 
 
 def web(instance: str = "i1") -> PlannedWorkload:
@@ -174,3 +187,73 @@ def test_a_restart_waits_for_its_backoff_on_the_agents_clock(stack: Stack) -> No
 
 def _count(items: list[tuple[str, object]], state: str) -> int:
     return sum(1 for _, m in items if isinstance(m, WorkloadState) and m.execution_state.state == state)
+
+
+class FailingStops(FakeRuntime):
+    """A runtime whose stops fail the first `failures` times."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def stop(self, handle: RunHandle, grace_s: float) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("podman: connection refused")
+        super().stop(handle, grace_s)
+
+
+def test_a_failed_stop_is_alerted_and_retried_after_the_backoff(tmp_path: Path) -> None:
+    runtime = FailingStops(failures=1)
+    with memory_hub() as hub, started(make_stack(hub, tmp_path / "run", runtime)) as stack:
+        events = Collector()
+        stack.planner.subscribe("ank/events/**", Event, events)
+        stack.plan(1, web())
+        stack.state("web", "Running")
+        stack.plan(2)
+        events.wait(lambda items: any(isinstance(e, Event) and e.kind == "stop-failed" for _, e in items), 5, "event")
+        on_loop_idle(stack.shell.loop)
+        assert runtime.stopped == []  # not retried before the backoff on the agent's clock
+        stack.clock.advance(1.0, stack.shell.loop)
+        stack.state("web", "Removed")
+        assert runtime.stopped == ["web"]
+
+
+def test_stop_all_stops_through_the_core_and_leaves_no_record(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    with memory_hub() as hub:
+        stack = make_stack(hub, tmp_path / "run", runtime)
+        records = tmp_path / "run" / "records"
+        try:
+            with running_loop(stack.shell.loop):
+                stack.shell.start()
+                stack.plan(1, web())
+                stack.state("web", "Running")
+                wait_for(lambda: (records / "web.json").exists(), 5, "the instance record")
+            stack.shell.stop_all()  # the loop has stopped: the shell awaits the exits, bounded
+            assert runtime.stopped == ["web"]
+            assert list(records.glob("*.json")) == []
+            assert stack.shell.state.slots == {} and stack.shell.state.exiting
+        finally:
+            stack.shell.close()
+
+
+class Survivor(FakeRuntime):
+    """A runtime that finds the recorded instance of "web" still running."""
+
+    def adopt(self, records: list[RunHandle], notify: Notify) -> list[RunHandle]:
+        return [r for r in records if r.workload == "web"]
+
+
+def test_a_restarted_agent_reclaims_what_runs_and_forgets_what_is_gone(tmp_path: Path) -> None:
+    records = tmp_path / "run" / "records"
+    records.mkdir(parents=True)
+    for name in ("web", "gone"):
+        record = InstanceRecord(RunHandle(name, "i1", "fake", id="x"), web() if name == "web" else None)
+        (records / f"{name}.json").write_bytes(msgspec.json.encode(record))
+    (records / "junk.json").write_text("{not json")
+    runtime = Survivor()
+    with memory_hub() as hub, started(make_stack(hub, tmp_path / "run", runtime)) as stack:
+        stack.state("web", "Running")
+        assert sorted(p.name for p in records.glob("*.json")) == ["web.json"]
+        assert list(stack.shell.workers["fake"].handles) == ["web"] and runtime.created == []

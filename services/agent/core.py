@@ -31,22 +31,55 @@ sequence. `restart_count` counts every restart of an instance; an update
 
 Plans are level-triggered: a plan is the whole list of the agent's
 workloads. A plan whose generation is not higher than the last applied one
-is stale and ignored. What the plan does to a slot:
+is stale and ignored. What the plan does to a slot (each cell is driven
+through `step` by tests/test_transition_tables.py):
 
-    plan says            slot absent      same instance      other instance
-    run (hold "")        create           (keep; release a   stop old, then create
-                                           waiting one)       the new one (update)
-    WaitingToStart       publish Pending  keep as it is      stop old; wait
-                         (WaitingToStart)
-    WaitingToStop        nothing          Stopping(Waiting-  stop, remove, publish
-                                          ToStop), keeps on  Removed
-    (absent from plan)   —                stop, remove, publish Removed
+| plan says      | slot absent             | same instance                    | other instance                    |
+|----------------|-------------------------|----------------------------------|-----------------------------------|
+| run (hold "")  | create                  | keep; release a waiting one      | update: stop old, then create new |
+| WaitingToStart | Pending(WaitingToStart) | keep as it is                    | stop old; wait                    |
+| WaitingToStop  | nothing                 | runs on, Stopping(WaitingToStop) | stop, remove, publish Removed     |
+| not in plan    | —                       | stop, remove, publish Removed    | stop, remove, publish Removed     |
 
 A slot that is stopping keeps stopping whatever the plan says; a plan entry
 for it (deleted and planned again, or updated twice) is created once the old
 instance's exit has arrived. Runtime events carry the instance they are
 about; events about an instance already replaced are ignored, and timers
 carry a token unique to the agent, so a stale timer never fires a restart.
+
+An instance is *final* once its slot is done with an instance the runtime
+still holds: the core then asks the shell to record it final
+(`RecordFinal`), so that an agent restart neither runs it again nor forgets
+how it ended.
+
+Adoption: at its start the shell reads the instance records it wrote before
+a restart, asks each runtime which of them still run, and feeds all of it as
+one `RecordsFound`. The core decides per record (held to the code by
+tests/test_transition_tables.py):
+
+| found      | recorded final | decision                                       |
+|------------|----------------|------------------------------------------------|
+| running    | either         | reclaim it Running, serve its interface again  |
+| ended      | yes            | reclaim it in its final state                  |
+| ended      | no             | forget the record (the plan recreates it)      |
+| no-runtime | either         | forget the record                              |
+| unchecked  | either         | keep the record, reclaim nothing, alert        |
+| unreadable | either         | forget the record                              |
+
+Failures are reported in, not improvised by the shell: a stop that failed
+(`OperationFailed` "stop") is retried after the backoff (alerting once); a
+remove or a record write that failed ("remove", "record", "record-final") is
+alerted;
+a create that failed (`CreateFailed`) is retried or ends StartingFailed.
+
+Shutdown: `Shutdown(stop_workloads=False)` leaves every workload running for
+the next agent to adopt. With `stop_workloads=True` every live instance is
+stopped and each is removed once its exit arrives, and nothing is published
+(the planner reports the agent's workloads once its token goes); plans,
+timers and health verdicts are ignored from then on. The shell waits,
+bounded, while `stops_pending(state)`; when it gives up (`StopsAbandoned`)
+what is still stopping is removed anyway. A stop that fails at shutdown
+leaves its instance and record for the next agent.
 """
 
 from __future__ import annotations
@@ -55,11 +88,15 @@ from typing import Literal
 
 import msgspec
 
-from schemas.manifest import RestartPolicy
+from schemas.manifest import ControlInterfaceAccess, RestartPolicy
 from schemas.messages import AgentPlan, HealthReport, PlannedWorkload, WorkloadState
 from schemas.state import ExecutionState
 
 Phase = Literal["waiting", "starting", "running", "stopping", "backoff", "done"]
+# What the runtime says, at the agent's start, of an instance it recorded.
+Found = Literal["running", "ended", "no-runtime", "unchecked", "unreadable"]
+# What the shell reports failed (OperationFailed).
+Operation = Literal["stop", "remove", "record", "record-final"]
 # What follows the exit of a workload the agent stopped on purpose.
 AfterStop = Literal["remove", "replace", "restart", "fail", "wait"]
 
@@ -117,6 +154,7 @@ class Slot(msgspec.Struct, frozen=True):
     started_mono: float | None = None  # when it was last seen running
     wake_token: int = 0  # the token of the timer this slot waits for (0: none)
     create_retries: int = 0  # retryable create failures in a row
+    stop_retries: int = 0  # failed stops in a row (each retried after the backoff)
     wake_at: float | None = None
     after_stop: AfterStop | None = None
     replacement: PlannedWorkload | None = None  # the plan entry to create after an update's stop
@@ -136,6 +174,7 @@ class AgentState(msgspec.Struct, frozen=True):
     epoch: int = 0  # the planner epoch of the last applied plan
     slots: dict[str, Slot] = {}
     last_timer: int = 0  # timer tokens are unique across slots, so a timer never wakes a later slot
+    exiting: bool = False  # a Shutdown arrived: only the exits of what it stops matter now
 
 
 # -- events (what the shell feeds in) ------------------------------------------
@@ -145,25 +184,32 @@ class PlanReceived(msgspec.Struct, frozen=True):
     plan: AgentPlan
 
 
-class Started(msgspec.Struct, frozen=True):
+class OnInstance(msgspec.Struct, frozen=True):
+    """An event or action about one instance of a workload (an event about
+    an instance the slot no longer holds is ignored)."""
+
+    workload: str
+    instance: str
+
+
+class OnRuntimeInstance(OnInstance, frozen=True):
+    """... and the runtime that holds it."""
+
+    runtime: str
+
+
+class Started(OnInstance, frozen=True):
     """The runtime reports the instance runs."""
 
-    workload: str
-    instance: str
 
-
-class Exited(msgspec.Struct, frozen=True):
+class Exited(OnInstance, frozen=True):
     """The instance ended; exit_code None when it cannot be known."""
 
-    workload: str
-    instance: str
     exit_code: int | None
     info: str = ""
 
 
-class CreateFailed(msgspec.Struct, frozen=True):
-    workload: str
-    instance: str
+class CreateFailed(OnInstance, frozen=True):
     reason: str
     permanent: bool
 
@@ -177,25 +223,57 @@ class HealthChanged(msgspec.Struct, frozen=True):
     report: HealthReport
 
 
-class AdoptedInstance(msgspec.Struct, frozen=True):
-    """An instance from before the agent's restart: still running, or
-    (`final` set) finished for good, so that it is not run again."""
+class FoundRecord(OnRuntimeInstance, frozen=True):
+    """An instance record found at the agent's start (it created the instance
+    before a restart, kill -9 included) and what the runtime says of it now:
+    `found`, with `reason` when the runtime could not tell (unchecked) or the
+    record could not be read. `final` is set when the record says the
+    instance had finished for good."""
 
-    workload: str
-    instance: str
-    runtime: str
+    found: Found = "running"
     planned: PlannedWorkload | None = None
     restart_count: int = 0
     last_restart_ms: int | None = None
     final: ExecutionState | None = None
     exit_code: int | None = None
+    reason: str = ""
 
 
-class Adopted(msgspec.Struct, frozen=True):
-    instances: list[AdoptedInstance]
+class RecordsFound(msgspec.Struct, frozen=True):
+    records: list[FoundRecord]
 
 
-AgentEvent = PlanReceived | Started | Exited | CreateFailed | Wake | HealthChanged | Adopted
+class OperationFailed(OnInstance, frozen=True):
+    """The shell could not carry out an operation on the instance: the
+    runtime failed to stop it (it may still run) or to remove it, or its
+    record (`record-final`: its final state) could not be written."""
+
+    operation: Operation
+    reason: str
+
+
+class Shutdown(msgspec.Struct, frozen=True):
+    """The agent exits; `stop_workloads`: stop and remove every workload."""
+
+    stop_workloads: bool
+
+
+class StopsAbandoned(msgspec.Struct, frozen=True):
+    """At shutdown, the shell stopped waiting for the exits of the stops."""
+
+
+AgentEvent = (
+    PlanReceived
+    | Started
+    | Exited
+    | CreateFailed
+    | Wake
+    | HealthChanged
+    | RecordsFound
+    | OperationFailed
+    | Shutdown
+    | StopsAbandoned
+)
 
 
 # -- actions (what the shell carries out) --------------------------------------
@@ -208,17 +286,12 @@ class Create(msgspec.Struct, frozen=True):
     restart: bool = False  # a restart under the restart policy (reported as an event)
 
 
-class Stop(msgspec.Struct, frozen=True):
-    workload: str
-    instance: str
-    runtime: str
+class Stop(OnRuntimeInstance, frozen=True):
     grace_s: float
 
 
-class Remove(msgspec.Struct, frozen=True):
-    workload: str
-    instance: str
-    runtime: str
+class Remove(OnRuntimeInstance, frozen=True):
+    pass
 
 
 class Publish(msgspec.Struct, frozen=True):
@@ -238,13 +311,40 @@ class Note(msgspec.Struct, frozen=True):
 
 
 class Alert(msgspec.Struct, frozen=True):
-    """An event for the operator (`ank/events/<kind>`): something refused."""
+    """An event for the operator (`ank/events/<kind>`): something refused or
+    failed; `subject` the workload ("": the agent's plan)."""
 
     kind: str
     message: str
+    subject: str = ""
 
 
-Action = Create | Stop | Remove | Publish | WakeAt | Note | Alert
+class RecordFinal(msgspec.Struct, frozen=True):
+    """Record on disk that the instance finished for good, and how."""
+
+    runtime: str
+    state: WorkloadState
+
+
+class Reclaim(OnRuntimeInstance, frozen=True):
+    """Hold a found instance again (the agent's own once more)."""
+
+
+class ServeInterface(OnInstance, frozen=True):
+    """Serve a reclaimed instance's Control Interface again."""
+
+    access: ControlInterfaceAccess | None
+
+
+class ForgetRecord(msgspec.Struct, frozen=True):
+    """Delete the instance record of `workload`."""
+
+    workload: str
+
+
+Action = (
+    Create | Stop | Remove | Publish | WakeAt | Note | Alert | RecordFinal | Reclaim | ServeInterface | ForgetRecord
+)
 
 # Plan epochs and generations come from the planner's wall clock in
 # microseconds; one further ahead of this agent's clock than this is not
@@ -339,12 +439,36 @@ class _Builder:
 
     def done(self, **changes: object) -> Step:
         new_state = msgspec.structs.replace(self.state, slots=self.slots, last_timer=self.last_timer)
-        return Step(msgspec.structs.replace(new_state, **changes), self.actions)
+        return Step(msgspec.structs.replace(new_state, **changes), _with_final_records(self.actions, self.slots))
+
+
+def _with_final_records(actions: list[Action], slots: dict[str, Slot]) -> list[Action]:
+    """Each Publish of an instance that ends the step final (its slot done, the
+    runtime holding it) is followed by its RecordFinal."""
+    out: list[Action] = []
+    for action in actions:
+        out.append(action)
+        if isinstance(action, Publish):
+            slot = slots.get(action.state.workload)
+            if (
+                slot is not None
+                and slot.phase == "done"
+                and slot.has_instance
+                and slot.instance == action.state.instance
+            ):
+                out.append(RecordFinal(slot.runtime, action.state))
+    return out
 
 
 def step(state: AgentState, event: AgentEvent, now: Now) -> Step:
     """The agent's reaction to one event: its new state and the actions."""
     b = _Builder(state, now)
+    if state.exiting:
+        _exiting(b, event)
+        return b.done()
+    if isinstance(event, Shutdown):
+        _shutdown(b, event.stop_workloads)
+        return b.done(exiting=True)
     if isinstance(event, PlanReceived):
         plan = event.plan
         if plan.agent != state.agent:
@@ -379,19 +503,30 @@ def step(state: AgentState, event: AgentEvent, now: Now) -> Step:
             return b.done()
         _apply_plan(b, event.plan)
         return b.done(generation=event.plan.generation)
-    if isinstance(event, Adopted):
-        for inst in event.instances:
-            _adopt(b, inst)
+    if isinstance(event, RecordsFound):
+        for record in event.records:
+            _found(b, record)
         return b.done()
     if isinstance(event, HealthChanged):
         _health(b, event.report)
+        return b.done()
+    if isinstance(event, StopsAbandoned):
+        return b.done()  # only meaningful while exiting
+    if isinstance(event, OperationFailed) and event.operation != "stop":
+        _io_failed(b, event)  # alerted whether or not the slot still exists
         return b.done()
     slot = state.slots.get(event.workload)
     if slot is None:
         return b.done()
     if isinstance(event, Wake):
-        if event.token == slot.wake_token and slot.phase == "backoff" and slot.planned is not None:
+        if event.token != slot.wake_token:
+            return b.done()
+        if slot.phase == "backoff" and slot.planned is not None:
             _create(b, slot, slot.planned, restart=slot.create_retries == 0)
+        elif slot.phase == "stopping":
+            b.note(f"{slot.name}: stop retry {slot.stop_retries}")
+            b.put(msgspec.structs.replace(slot, wake_token=0, wake_at=None), publish=False)
+            b.actions.append(Stop(slot.name, slot.instance, slot.runtime, b.state.stop_grace_s))
         return b.done()
     if event.instance != slot.instance:
         return b.done()  # an event about an instance already replaced
@@ -401,6 +536,8 @@ def step(state: AgentState, event: AgentEvent, now: Now) -> Step:
         _exited(b, slot, event.exit_code, event.info)
     elif isinstance(event, CreateFailed):
         _create_failed(b, slot, event.reason, event.permanent)
+    elif isinstance(event, OperationFailed):  # a stop
+        _stop_failed(b, slot, event.reason)
     return b.done()
 
 
@@ -542,6 +679,7 @@ def _create(b: _Builder, slot: Slot, planned: PlannedWorkload, *, restart: bool)
         replacement=None,
         has_instance=True,
         hold=planned.hold,
+        stop_retries=0,
     )
     b.note(f"{slot.name}: {'restart ' + str(restart_count) if restart else 'create'} instance {slot.instance}")
     b.put(slot)
@@ -684,40 +822,152 @@ def _stopped(b: _Builder, slot: Slot, exit_code: int | None) -> None:
 # -- adoption and health ----------------------------------------------------------
 
 
-def _adopt(b: _Builder, inst: AdoptedInstance) -> None:
-    if inst.final is not None:
+def _found(b: _Builder, record: FoundRecord) -> None:
+    """What an instance record found at start becomes (the adoption table in
+    the theory of operation)."""
+    if record.found == "unchecked":
+        message = (
+            f"{record.workload}: runtime {record.runtime} could not tell whether instance {record.instance} "
+            f"still runs ({record.reason}): its record is kept for a later start, the plan decides now"
+        )
+        b.note(message)
+        b.actions.append(Alert("adopt-failed", message, record.workload))
+        return
+    if record.found == "running":
+        _reclaim(b, record, final=None)
+        return
+    if record.found == "ended" and record.final is not None:
+        _reclaim(b, record, final=record.final)
+        return
+    if record.found == "unreadable":
+        b.note(f"unreadable instance record {record.workload!r} ({record.reason}): ignored")
+    else:
+        b.note(f"{record.workload}: the instance recorded before the restart is gone")
+    b.actions.append(ForgetRecord(record.workload))
+
+
+def _reclaim(b: _Builder, record: FoundRecord, final: ExecutionState | None) -> None:
+    b.actions.append(Reclaim(record.workload, record.instance, record.runtime))
+    planned = record.planned
+    hold = planned.hold if planned else ""
+    if final is not None:
         b.put(
             Slot(
-                name=inst.workload,
-                planned=inst.planned,
-                instance=inst.instance,
-                runtime=inst.runtime,
+                name=record.workload,
+                planned=planned,
+                instance=record.instance,
+                runtime=record.runtime,
                 phase="done",
-                state=inst.final,
-                restart_count=inst.restart_count,
-                last_restart_ms=inst.last_restart_ms,
-                exit_code=inst.exit_code,
+                state=final,
+                restart_count=record.restart_count,
+                last_restart_ms=record.last_restart_ms,
+                exit_code=record.exit_code,
                 has_instance=True,
-                hold=inst.planned.hold if inst.planned else "",
+                hold=hold,
             )
         )
-        b.note(f"{inst.workload}: instance {inst.instance} had finished before the restart: {inst.final}")
+        b.note(f"{record.workload}: instance {record.instance} had finished before the restart: {final}")
         return
+    if planned is not None:  # serve its interface again
+        b.actions.append(ServeInterface(record.workload, record.instance, planned.workload.control_interface_access))
     slot = Slot(
-        name=inst.workload,
-        planned=inst.planned,
-        instance=inst.instance,
-        runtime=inst.runtime,
+        name=record.workload,
+        planned=planned,
+        instance=record.instance,
+        runtime=record.runtime,
         phase="running",
-        state=WAITING_TO_STOP if inst.planned and inst.planned.hold == "WaitingToStop" else RUNNING,
-        restart_count=inst.restart_count,
-        last_restart_ms=inst.last_restart_ms,
+        state=WAITING_TO_STOP if hold == "WaitingToStop" else RUNNING,
+        restart_count=record.restart_count,
+        last_restart_ms=record.last_restart_ms,
         started_mono=b.now.mono,
         has_instance=True,
-        hold=inst.planned.hold if inst.planned else "",
+        hold=hold,
     )
-    b.note(f"{inst.workload}: adopted running instance {inst.instance}")
+    b.note(f"{record.workload}: adopted running instance {record.instance}")
     b.put(slot)
+
+
+# -- failures the shell reports ---------------------------------------------------
+
+
+def _stop_failed(b: _Builder, slot: Slot, reason: str) -> None:
+    """A stop the runtime refused: the instance may run on, so the stop is
+    retried after the backoff; the operator hears of the first failure."""
+    if slot.phase != "stopping":
+        return
+    attempt = slot.stop_retries + 1
+    delay = max(restart_delay(b.state.backoff, attempt), b.state.backoff.initial_s)
+    at = b.now.mono + delay
+    b.note(f"{slot.name}: stop failed ({reason}); retry {attempt} in {delay:.3f}s")
+    if attempt == 1:
+        b.actions.append(Alert("stop-failed", f"{b.state.agent} could not stop {slot.name}: {reason}", slot.name))
+    token = b.wake_at(slot.name, at)
+    b.put(
+        msgspec.structs.replace(slot, stop_retries=attempt, wake_token=token, wake_at=at, last_error=reason),
+        publish=False,
+    )
+
+
+def _io_failed(b: _Builder, event: OperationFailed) -> None:
+    if event.operation == "remove":
+        kind, consequence = "remove-failed", f"could not remove instance {event.instance}: it may be left behind"
+    elif event.operation == "record-final":
+        kind, consequence = "record-failed", "could not record how it finished: an agent restart may run it again"
+    else:
+        kind, consequence = "record-failed", "could not write its instance record: an agent restart will not adopt it"
+    message = f"{b.state.agent}: {event.workload}: {consequence} ({event.reason})"
+    b.note(message)
+    b.actions.append(Alert(kind, message, event.workload))
+
+
+# -- shutdown ---------------------------------------------------------------------
+
+
+def _shutdown(b: _Builder, stop_workloads: bool) -> None:
+    if not stop_workloads:
+        b.note(f"agent {b.state.agent} exits; its {len(b.slots)} workloads keep running for the next agent")
+        return
+    b.note(f"agent {b.state.agent} exits with its workloads: stopping {len(b.slots)}")
+    for slot in list(b.slots.values()):
+        if slot.phase in ("running", "starting") and slot.has_instance:
+            b.put(msgspec.structs.replace(slot, phase="stopping", after_stop="remove", replacement=None), publish=False)
+            b.actions.append(Stop(slot.name, slot.instance, slot.runtime, b.state.stop_grace_s))
+        elif slot.phase == "stopping":  # its stop is under way: its exit removes it
+            b.put(msgspec.structs.replace(slot, after_stop="remove", replacement=None), publish=False)
+        else:  # nothing runs: remove what the runtime still holds (an ended instance)
+            if slot.has_instance:
+                b.actions.append(Remove(slot.name, slot.instance, slot.runtime))
+            b.slots.pop(slot.name)
+
+
+def stops_pending(state: AgentState) -> list[str]:
+    """At shutdown, the workloads whose exit is still awaited."""
+    return sorted(name for name, slot in state.slots.items() if slot.phase == "stopping") if state.exiting else []
+
+
+def _exiting(b: _Builder, event: AgentEvent) -> None:
+    """After a Shutdown: the exits remove what was stopped; a failed stop
+    leaves its instance (and record) for the next agent; nothing else
+    matters any more."""
+    if isinstance(event, StopsAbandoned):
+        pending = stops_pending(b.state)
+        if pending:
+            b.note(f"workloads still stopping at exit: {pending}: removed anyway")
+        for name in pending:
+            stopping = b.slots.pop(name)
+            b.actions.append(Remove(stopping.name, stopping.instance, stopping.runtime))
+        return
+    if not isinstance(event, Exited) and not (isinstance(event, OperationFailed) and event.operation == "stop"):
+        return
+    slot = b.slots.get(event.workload)
+    if slot is None or slot.instance != event.instance or slot.phase != "stopping":
+        return
+    b.slots.pop(slot.name)
+    if isinstance(event, OperationFailed):
+        b.note(f"{slot.name}: could not stop at exit ({event.reason}): left for the next agent")
+        return
+    b.note(f"{slot.name}: stopped at exit ({exit_info(event.exit_code)}), removed")
+    b.actions.append(Remove(slot.name, slot.instance, slot.runtime))
 
 
 def _health(b: _Builder, report: HealthReport) -> None:

@@ -62,6 +62,7 @@ from services.bus.protocol import BusLike
 
 PLAN_QUERY_TIMEOUT_S = 5.0
 PLAN_PARTS_WAIT_S = 5.0  # how long an incomplete plan waits for its other parts before the whole is asked
+STOP_WAIT_MARGIN_S = 5.0  # at shutdown, the exits are awaited for the stop grace and this much more
 log = logging.getLogger("ank.agent")
 
 
@@ -138,18 +139,18 @@ class RuntimeWorker:
         try:
             _write_atomically(self.records_dir / f"{planned.name}.json", msgspec.json.encode(record))
         except OSError as exc:
-            log.warning("%s: cannot write its instance record (%s): it will not be adopted", planned.name, exc)
+            self.report(core.OperationFailed(planned.name, planned.instance, "record", str(exc)))
         with lock:
             events, held = held or [], None
         for event in events:
             notify(event)
 
-    def mark_final(self, state: WorkloadState) -> None:
-        """Records that an instance finished for good, so that an agent
-        restart neither runs it again nor forgets how it ended."""
+    def mark_final(self, action: core.RecordFinal) -> None:
+        """Adds the final state (the core's RecordFinal) to the instance's record."""
+        state = action.state
         path = self.records_dir / f"{state.workload}.json"
         if not path.exists():
-            return  # never created (StartingFailed): nothing to run again anyway
+            return  # removed meanwhile: nothing to run again anyway
         try:
             record = msgspec.json.decode(path.read_bytes(), type=InstanceRecord)
             if record.handle.instance != state.instance:
@@ -157,14 +158,17 @@ class RuntimeWorker:
             record = msgspec.structs.replace(record, final=state)
             _write_atomically(path, msgspec.json.encode(record))
         except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.warning("%s: cannot record how it finished (%s)", state.workload, exc)
+            self.report(core.OperationFailed(state.workload, state.instance, "record-final", str(exc)))
 
     def stop(self, action: core.Stop) -> None:
         handle = self.handles.get(action.workload)
         if handle is None or handle.instance != action.instance:
             self.report(core.Exited(action.workload, action.instance, None, "no instance to stop"))
             return
-        self.runtime.stop(handle, action.grace_s)
+        try:
+            self.runtime.stop(handle, action.grace_s)
+        except Exception as exc:
+            self.report(core.OperationFailed(action.workload, action.instance, "stop", f"{type(exc).__name__}: {exc}"))
 
     def remove(self, action: core.Remove) -> None:
         handle = self.handles.get(action.workload)
@@ -172,7 +176,11 @@ class RuntimeWorker:
             return
         del self.handles[action.workload]
         (self.records_dir / f"{action.workload}.json").unlink(missing_ok=True)
-        self.runtime.remove(handle)
+        try:
+            self.runtime.remove(handle)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self.report(core.OperationFailed(action.workload, action.instance, "remove", reason))
 
 
 class AgentShell:
@@ -200,8 +208,7 @@ class AgentShell:
         self._closing = threading.Event()
         self.boot = uuid.uuid4().hex[:16]  # this process, in every status (duplicate names show)
         self._usage = UsageSampler()  # the status thread's: which workloads each status measures
-        self._exited: set[tuple[str, str]] = set()  # (workload, instance) seen exiting, for stop_all
-        self._exit_cond = threading.Condition()
+        self._found: dict[str, RunHandle] = {}  # instances found at start, until the core reclaims them
         # the latest published state per workload, for the late-joiner queryable (read on Zenoh threads)
         self._published: dict[str, WorkloadState] = {}
         self._published_lock = threading.Lock()
@@ -234,65 +241,56 @@ class AgentShell:
         log.info("agent %s up: runtimes %s, run dir %s", self.name, sorted(self.runtimes), self.run_dir)
 
     def _adopt(self) -> None:
+        """Reads the instance records and asks each runtime which instances
+        still run; the core decides what becomes of each (RecordsFound)."""
+        found: list[core.FoundRecord] = []
         records: dict[str, InstanceRecord] = {}
         for path in sorted(self.records_dir.glob("*.json")):
             try:
                 record = msgspec.json.decode(path.read_bytes(), type=InstanceRecord)
             except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-                log.warning("unreadable instance record %s (%s): ignored", path, exc)
-                path.unlink(missing_ok=True)
+                found.append(core.FoundRecord(path.stem, "", "", "unreadable", reason=str(exc)))
                 continue
             records[record.handle.workload] = record
-        adopted: list[core.AdoptedInstance] = []
         by_runtime: dict[str, list[RunHandle]] = {}
         for record in records.values():
             by_runtime.setdefault(record.handle.runtime, []).append(record.handle)
-        adopted_names: set[str] = set()
         for runtime_name, handles in by_runtime.items():
             worker = self.workers.get(runtime_name)
+            reason = ""
             try:
                 alive = worker.runtime.adopt(handles, self._on_runtime_event) if worker is not None else []
             except Exception as exc:
-                # keep the records: a later start may adopt them; the plan recreates what is missing now
-                log.warning("runtime %s could not adopt %s: %s", runtime_name, [h.workload for h in handles], exc)
-                adopted_names.update(h.workload for h in handles)
-                continue
-            if worker is None:
-                continue  # a runtime this node no longer has: the plan recreates what is missing
-            alive_names = {h.workload for h in alive}
-            # Running instances are adopted as they run; finished ones with
-            # how they ended, so that they are not run again.
-            kept = [*alive] + [
-                h for h in handles if h.workload not in alive_names and records[h.workload].final is not None
-            ]
-            for handle in kept:
+                alive, reason = [], f"{type(exc).__name__}: {exc}"
+            alive_by_name = {h.workload: h for h in alive}
+            for handle in handles:
                 record = records[handle.workload]
-                if record.planned is not None and handle.workload in alive_names:  # serve its interface again
-                    access = record.planned.workload.control_interface_access
-                    try:
-                        self.control_interfaces.provide(handle.workload, handle.instance, access)
-                    except OSError as exc:
-                        log.warning("%s: cannot serve its control interface again: %s", handle.workload, exc)
-                worker.handles[handle.workload] = handle
-                adopted_names.add(handle.workload)
-                final = record.final if handle.workload not in alive_names else None
-                adopted.append(
-                    core.AdoptedInstance(
+                if worker is None:
+                    how: core.Found = "no-runtime"
+                elif reason:
+                    how = "unchecked"
+                else:
+                    how = "running" if handle.workload in alive_by_name else "ended"
+                handle = alive_by_name.get(handle.workload, handle)
+                self._found[handle.workload] = handle
+                final = record.final
+                found.append(
+                    core.FoundRecord(
                         workload=handle.workload,
                         instance=handle.instance,
                         runtime=runtime_name,
+                        found=how,
                         planned=record.planned,
                         restart_count=record.restart_count,
                         last_restart_ms=record.last_restart_ms,
                         final=final.execution_state if final else None,
                         exit_code=final.exit_code if final else None,
+                        reason=reason,
                     )
                 )
-        for workload in set(records) - adopted_names:
-            log.info("%s: the instance recorded before the restart is gone", workload)
-            (self.records_dir / f"{workload}.json").unlink(missing_ok=True)
-        if adopted:
-            self.feed(core.Adopted(adopted))
+        if found:
+            self.feed(core.RecordsFound(found))
+        self._found.clear()  # what the core did not reclaim is not this agent's
 
     def _query_plan(self) -> None:
         try:
@@ -367,10 +365,6 @@ class AgentShell:
         self.loop.post(self.feed, event)
 
     def _on_runtime_event(self, event: RuntimeEvent) -> None:
-        if event.kind in ("exited", "lost"):
-            with self._exit_cond:
-                self._exited.add((event.workload, event.instance))
-                self._exit_cond.notify_all()
         translated: core.AgentEvent
         if event.kind == "running":
             translated = core.Started(event.workload, event.instance)
@@ -403,11 +397,10 @@ class AgentShell:
     def _execute(self, action: core.Action) -> None:
         if isinstance(action, core.Publish):
             self._publish(action.state)
-            slot = self.state.slots.get(action.state.workload)
-            worker = self.workers.get(slot.runtime) if slot else None
-            if slot is not None and slot.phase == "done" and worker is not None:
-                final = action.state
-                worker.submit(lambda: worker.mark_final(final))
+        elif isinstance(action, core.RecordFinal):
+            recorder = self.workers.get(action.runtime)
+            if recorder is not None:
+                recorder.submit(lambda: recorder.mark_final(action))
         elif isinstance(action, core.Create):
             self._create(action)
         elif isinstance(action, core.Stop):
@@ -415,7 +408,20 @@ class AgentShell:
         elif isinstance(action, core.Remove):
             self._remove(action)
         elif isinstance(action, core.Alert):
-            self.bus.event(action.kind, action.message, subject=keys.plan_key(self.name), severity="warning")
+            subject = action.subject or keys.plan_key(self.name)
+            self.bus.event(action.kind, action.message, subject=subject, severity="warning")
+        elif isinstance(action, core.Reclaim):
+            worker = self.workers.get(action.runtime)
+            handle = self._found.get(action.workload)
+            if worker is not None and handle is not None and handle.instance == action.instance:
+                worker.handles[action.workload] = handle
+        elif isinstance(action, core.ServeInterface):
+            try:
+                self.control_interfaces.provide(action.workload, action.instance, action.access)
+            except OSError as exc:
+                log.warning("%s: cannot serve its control interface again: %s", action.workload, exc)
+        elif isinstance(action, core.ForgetRecord):
+            (self.records_dir / f"{action.workload}.json").unlink(missing_ok=True)
         elif isinstance(action, core.WakeAt):
             delay = max(0.0, action.at_mono - self.clock.monotonic())
             self.loop.call_later(delay, self.feed, core.Wake(action.workload, action.token))
@@ -584,34 +590,18 @@ class AgentShell:
         )
 
     def stop_all(self) -> None:
-        """Stops every workload (after the loop has stopped) and forgets it:
-        for embedded use, where the agent's exit must leave nothing running."""
+        """Once the loop has stopped: the core's Shutdown stops every workload
+        and removes each as its exit arrives; this only waits for those
+        exits, bounded. For embedded use, where the agent's exit must leave
+        nothing running."""
         self._closing.set()
+        self.feed(core.Shutdown(stop_workloads=True))
+        # the exits (and what was posted before the loop stopped) are fed here
+        bound = self.options.stop_grace_s + STOP_WAIT_MARGIN_S
+        if not self.loop.drain(lambda: not core.stops_pending(self.state), bound):
+            self.feed(core.StopsAbandoned())
         for worker in self.workers.values():
-            worker.close()  # its queued jobs are done first
-        pending: list[tuple[RuntimeWorker, RunHandle]] = []
-        for worker in self.workers.values():
-            for handle in list(worker.handles.values()):
-                try:
-                    worker.runtime.stop(handle, self.options.stop_grace_s)
-                    pending.append((worker, handle))
-                except Exception as exc:
-                    log.warning("%s: could not stop: %s", handle.workload, exc)
-        deadline = self.clock.monotonic() + self.options.stop_grace_s + 5
-        with self._exit_cond:
-            while any((h.workload, h.instance) not in self._exited for _, h in pending):
-                remaining = deadline - self.clock.monotonic()
-                if remaining <= 0:
-                    log.warning("workloads still stopping at exit: %s", [h.workload for _, h in pending])
-                    break
-                self._exit_cond.wait(remaining)
-        for worker, handle in pending:
-            try:
-                worker.runtime.remove(handle)
-            except Exception as exc:
-                log.warning("%s: could not remove: %s", handle.workload, exc)
-            (self.records_dir / f"{handle.workload}.json").unlink(missing_ok=True)
-        log.info("stopped %d workloads at exit", len(pending))
+            worker.close(bound)  # the removes are done first
         self.control_interfaces.close()
         if self.logs is not None:
             self.logs.close()
@@ -780,10 +770,9 @@ def main(argv: list[str] | None = None) -> int:
         shell.start()
         loop.run()
         if options.stop_workloads_on_exit:
-            log.info("agent %s stopping with its workloads", args.name)
             shell.stop_all()
         else:
-            log.info("agent %s stopping; workloads keep running", args.name)
+            shell.feed(core.Shutdown(stop_workloads=False))
     finally:
         if shell is not None:
             shell.close()

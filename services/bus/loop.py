@@ -100,16 +100,32 @@ class EventLoop:
             for fn, args in due:
                 with self._run_lock:
                     self._call(fn, args)
-            if due:
-                continue
-            try:
-                fn, args = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                continue
-            with self._run_lock:
-                self._call(fn, args)
-            with self._pending_lock:
-                self._pending -= 1
+            if not due:
+                self._run_posted(timeout)
+
+    def _run_posted(self, timeout: float) -> None:
+        """Runs the next posted function, waiting at most `timeout` for one."""
+        try:
+            fn, args = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return
+        with self._run_lock:
+            self._call(fn, args)
+        with self._pending_lock:
+            self._pending -= 1
+
+    def drain(self, until: Callable[[], bool], timeout_s: float) -> bool:
+        """Once the loop has stopped: runs what is posted (timers excepted) on
+        the calling thread until `until()` holds or `timeout_s` of the clock
+        has passed; returns `until()`. For a shell's last, bounded wait (the
+        agent's exits at shutdown)."""
+        deadline = self._clock.monotonic() + timeout_s
+        while not until():
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                return False
+            self._run_posted(min(remaining, MAX_WAIT_S))
+        return True
 
     @staticmethod
     def _call(fn: Callable[..., None], args: tuple[Any, ...]) -> None:

@@ -92,9 +92,9 @@ def derived_state(agent: str, seen: bool, alive: bool) -> ExecutionState | None:
     | agent         | seen | alive | state                     |
     |---------------|------|-------|---------------------------|
     | "" (none)     |  -   |   -   | NotScheduled              |
-    | name          |  no  |   -   | Pending(Initial)          |
+    | name          |  -   |  yes  | (the agent publishes)     |
+    | name          |  no  |  no   | Pending(Initial)          |
     | name          | yes  |  no   | AgentDisconnected         |
-    | name          | yes  |  yes  | (the agent publishes)     |
     """
     if not agent:
         return ExecutionState("NotScheduled", "", "waiting for the scheduler to place it")
