@@ -90,14 +90,21 @@ class PodmanCli:
             for raw in proc.stdout:
                 yield raw.decode(errors="replace").rstrip("\n")
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            end_process(proc, 5)
             proc.stdout.close()
+
+
+def end_process(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """Ends a podman process we started: SIGTERM, and SIGKILL if it is still
+    there after `grace_s`; reaped either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(grace_s)
 
 
 Listener = Callable[[ContainerEvent], None]
