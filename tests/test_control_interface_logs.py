@@ -192,6 +192,17 @@ def test_a_cancelled_follow_ends_without_a_stop_and_a_plain_request_gets_the_tai
     assert agent.queries[-1] == "tail=2"
 
 
+def test_a_wildcard_agent_or_workload_name_follows_nothing_and_ends_at_once(agent: Agent, client: Client) -> None:
+    for rid, agent_name in (("star", "*"), ("deep", "**"), ("slash", "car1/screamer")):
+        name = ank_base.WorkloadInstanceName(workloadName="screamer", agentName=agent_name)
+        request = ank_base.LogsRequest(workloadNames=[name], follow=True)
+        client.send(control_api.ToAnkaios(request=ank_base.Request(requestId=rid, logsRequest=request)))
+        assert response(client)[:2] == (rid, "logsRequestAccepted")
+        assert response(client)[:2] == (rid, "logsStopResponse")
+    assert agent.queries == []
+    assert not [key for key in agent.hub.subscriptions() if key.startswith("ank/logs/")]
+
+
 # -- the shared follower itself ----------------------------------------------------------
 
 

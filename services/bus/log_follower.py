@@ -33,13 +33,21 @@ STOP_CHECK_S = 0.5  # how soon a follower notices its stop flag (the CLI: how so
 def ask_logs(bus: BusLike, agent: str, workload: str, params: str, timeout: float) -> LogsReply | None:
     """One query on the workload's logs key (`tail=N`, `offset=N`, `follow=1`,
     `;`-separated); None when its agent does not answer with a LogsReply
-    (no such workload there, or no agent)."""
-    key = keys.logs_key(agent, workload)
+    (no such workload there, or no agent). ValueError: the names are not
+    one agent's and one workload's (a wildcard, a '/')."""
+    key = _logs_key(agent, workload)
     for reply_key, payload in bus.get(f"{key}?{params}" if params else key, timeout=timeout):
         reply = bus.decode(reply_key, payload, LogsReply)
         if reply is not None:
             return reply
     return None
+
+
+def _logs_key(agent: str, workload: str) -> str:
+    key = keys.logs_key(agent, workload)
+    if keys.parse_logs_key(key) != (agent, workload):
+        raise ValueError(f"logs of {workload!r} on {agent!r}: not one agent's and one workload's name")
+    return key
 
 
 def text_from(reply: LogsReply, shown: int) -> str:
@@ -64,7 +72,8 @@ def follow_logs(
     """Hands `on_text` the log (its last `tail` lines, or all of it), then
     each batch of lines the agent pushes, until `stop` is set (True) or the
     agent no longer answers for the workload (False). Blocks the calling
-    thread: never call it in a bus callback."""
+    thread: never call it in a bus callback. ValueError: as ask_logs."""
+    _logs_key(agent, workload)  # before subscribing: a wildcard would follow every workload it matches
     chunks: queue.SimpleQueue[LogsReply] = queue.SimpleQueue()
     subscriber = bus.subscribe(keys.logs_stream_key(agent, workload), LogsReply, lambda _k, c: chunks.put(c))
     try:
