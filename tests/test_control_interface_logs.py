@@ -16,6 +16,7 @@ import pytest
 from schemas import keys
 from schemas.manifest import AccessRule, ControlInterfaceAccess, Manifest
 from schemas.messages import CompleteState, LogsReply
+from services.agent import logs as agent_logs
 from services.agent.control_interface.core import ank_base, control_api
 from services.agent.control_interface.shell import Channel
 from services.agent.logs import LogsServer, logs_reply, parse_params
@@ -141,7 +142,8 @@ def entries(c: Client, rid: str, count: int) -> list[str]:
 def test_followed_lines_are_pushed_without_the_log_being_queried_again(
     agent: Agent, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(log_follower, "FOLLOW_RENEW_S", 300.0)  # no renewal within the test
+    monkeypatch.setattr(log_follower, "FOLLOW_RENEW_S", 300.0)  # no renewal within the test,
+    monkeypatch.setattr(agent_logs, "FOLLOW_LEASE_S", 600.0)  # and the lease lasts however slow the machine
     client.send(logs_request("r", follow=True))
     rid, kind, r = response(client)
     assert (rid, kind) == ("r", "logsRequestAccepted")
