@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.manifest import AccessRule, ControlInterfaceAccess, Manifest, Workload
+from schemas.manifest import AccessRule, ControlInterfaceAccess, FileItem, Manifest, Workload
 from schemas.messages import CompleteState, WorkloadState
 from schemas.state import RUNNING, pending
 from services.agent.control_interface import core
@@ -274,3 +274,21 @@ def test_kube_mount_only_into_the_target_container() -> None:
     for bad in ("", "p", "p/zz", "q/a"):
         with pytest.raises(StartError):
             mount_into(text, bad, "/host/ci")
+
+
+def test_every_ankaios_field_of_a_workload_survives_the_round_trip_through_protobuf() -> None:
+    full = Workload(
+        runtime="podman",
+        runtime_config="image: x",
+        agent="A",
+        restart_policy="ON_FAILURE",
+        dependencies={"db": "ADD_COND_RUNNING"},
+        tags={"t": "1"},
+        configs={"alias": "c"},
+        files=[FileItem(mount_point="/etc/x", data="hello")],
+        control_interface_access=access(rule("ReadWrite", "*"), logs("a"), deny=(rule("Write", SIMPLE),)),
+    )
+    complete = CompleteState(desired=Manifest(api_version="v1", workloads={"x": full}))
+    document = core.desired_document(core.tree_to_proto(core.state_tree(complete)))
+    again = msgspec.convert(document["desiredState"]["workloads"]["x"], Workload)
+    assert again == full

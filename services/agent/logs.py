@@ -11,8 +11,9 @@ followed workload's log and pushes the new lines on
 `ank/logs/<agent>/<workload>/stream`.
 
 A follower asks with `follow=1` and is followed for FOLLOW_LEASE_S after
-its last such query: `ank logs -f` renews every FOLLOW_RENEW_S (asking
-`offset=N;follow=1`, whose reply also fills a gap a lost chunk left). A
+its last such query: a follower (`ank logs -f`, a Control Interface's
+LogsRequest: services/bus/log_follower.py) renews every FOLLOW_RENEW_S
+(asking `offset=N;follow=1`, whose reply also fills a gap a lost chunk left). A
 follower that goes away (Ctrl-C, kill -9, network cut) costs the agent at
 most FOLLOW_LEASE_S of reading and pushing; no liveliness token is needed
 (the `cli` identity declares none under the secured policy).
@@ -33,7 +34,6 @@ from schemas.messages import LogsReply
 log = logging.getLogger("ank.agent.logs")
 
 FOLLOW_LEASE_S = 10.0  # a follower is served this long after its last follow=1 query
-FOLLOW_RENEW_S = 2.0  # how often `ank logs -f` renews (well within the lease)
 FOLLOW_PERIOD_S = 0.25  # how often the agent reads a followed workload's log
 # The text of one reply or chunk, in UTF-8 bytes: JSON escapes at most 6x,
 # which stays below the bus's payload cap (4 MiB). Longer: the last lines.

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import signal
 import sys
 import threading
@@ -41,10 +40,10 @@ from schemas.messages import (
     ApplyResult,
     CompleteState,
     Event,
-    LogsReply,
     WorkloadState,
 )
 from services.bus import Bus, BusConfigError
+from services.bus.log_follower import ask_logs, follow_logs, text_from
 from services.cli import ankaios, views
 from services.cli.client import Client, NoPlanner
 from services.dashboard import options as dashboard_options
@@ -779,72 +778,32 @@ def _print_event(ev: Event, output: str) -> None:
 def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     """The workload's log from its agent; `-f`: then what it writes, pushed
     by the agent on `ank/logs/<agent>/<wl>/stream` while this command renews
-    its `follow=1` lease (services.agent.logs), until Ctrl-C or SIGTERM."""
+    its `follow=1` lease (services.bus.log_follower), until Ctrl-C or SIGTERM."""
     cs = client.state()
     st = views.latest_states(cs.workload_states).get(args.name)
     if st is None or not st.agent:
         print(f"ank: workload {args.name!r} has no agent running it", file=sys.stderr)
         return EXIT_ERROR
-    key = keys.logs_key(st.agent, args.name)
-    tail = f"tail={args.tail}" if args.tail is not None else ""
     if not args.follow:
-        reply = _ask_logs(client, key, tail)
+        reply = ask_logs(
+            client.bus, st.agent, args.name, f"tail={args.tail}" if args.tail is not None else "", client.timeout
+        )
         if reply is None:
             print(f"ank: agent {st.agent} did not answer for {args.name}'s logs", file=sys.stderr)
             return EXIT_ERROR
-        _write_lines(reply, reply.start)
+        _write(text_from(reply, reply.start))
         return EXIT_OK
-    chunks: queue.SimpleQueue[LogsReply] = queue.SimpleQueue()
-    # subscribed before asking: no chunk pushed after the answer is missed
-    client.bus.subscribe(keys.logs_stream_key(st.agent, args.name), LogsReply, lambda _k, c: chunks.put(c))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    reply = _ask_logs(client, key, ";".join(filter(None, [tail, "follow=1"])))
-    if reply is None:
+    # on the main thread, in slices, so that Ctrl-C and SIGTERM are acted upon (see _wait_set)
+    if not follow_logs(client.bus, st.agent, args.name, _write, stop, tail=args.tail, timeout=client.timeout):
         print(f"ank: agent {st.agent} did not answer for {args.name}'s logs", file=sys.stderr)
         return EXIT_ERROR
-    _write_lines(reply, reply.start)
-    shown = reply.offset  # the lines of the log shown so far
-    renew_at = time.monotonic() + FOLLOW_RENEW_S
-    while not stop.is_set():
-        # in slices on the main thread, so that Ctrl-C and SIGTERM are acted upon (see _wait_set)
-        try:
-            chunk: LogsReply | None = chunks.get(timeout=0.5)
-        except queue.Empty:
-            chunk = None
-        if chunk is not None and chunk.start <= shown < chunk.offset:
-            _write_lines(chunk, shown)
-            shown = chunk.offset
-        # a chunk after a gap (one was lost) waits for the renewal, which answers from `shown`
-        if time.monotonic() >= renew_at:
-            renew_at = time.monotonic() + FOLLOW_RENEW_S
-            again = _ask_logs(client, key, f"offset={shown};follow=1")
-            if again is None:  # the workload is gone, or its agent
-                print(f"ank: agent {st.agent} did not answer for {args.name}'s logs", file=sys.stderr)
-                return EXIT_ERROR
-            if again.offset > shown:
-                _write_lines(again, shown)
-                shown = again.offset
     return EXIT_OK
 
 
-FOLLOW_RENEW_S = 2.0  # services.agent.logs.FOLLOW_RENEW_S (not imported: the CLI stays lean)
-
-
-def _ask_logs(client: Client, key: str, params: str) -> LogsReply | None:
-    for reply_key, payload in client.bus.get(f"{key}?{params}" if params else key, timeout=client.timeout):
-        reply = client.bus.decode(reply_key, payload, LogsReply)
-        if reply is not None:
-            return reply
-    return None
-
-
-def _write_lines(reply: LogsReply, shown: int) -> None:
-    """Writes the reply's lines from line `shown` of the log on."""
-    # each line of the reply ends in "\n" (only: a line may hold a "\r")
-    *lines, last = reply.text.split("\n")
-    lines = [line + "\n" for line in lines] + ([last] if last else [])
-    sys.stdout.write("".join(lines[max(0, shown - reply.start) :]))
+def _write(text: str) -> None:
+    sys.stdout.write(text)
     sys.stdout.flush()
 
 

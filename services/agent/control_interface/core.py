@@ -19,7 +19,7 @@ no rules, no access.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -377,21 +377,23 @@ def _config_to_proto(item: Any) -> dict[str, Any]:
     return {"String": str(item)}
 
 
+# A workload's fields in Ankaios's protobuf (as JSON), both ways: as they are,
+# or wrapped in a message whose one field has the same name (`tags: {tags: …}`;
+# the factory: its value when the wrapper is empty); the access rules by side.
+_PLAIN_FIELDS = ("agent", "runtime", "runtimeConfig", "restartPolicy")
+_WRAPPED_FIELDS: dict[str, Callable[[], Any]] = {"tags": dict, "dependencies": dict, "configs": dict, "files": list}
+_RULE_SIDES = ("allowRules", "denyRules")
+
+
 def _workload_to_proto(w: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in w.items():
-        if key in ("agent", "runtime", "runtimeConfig", "restartPolicy"):
-            out[key] = value
-        elif key in ("tags", "dependencies", "configs"):
-            out[key] = {key: value}
-        elif key == "files":
-            out["files"] = {"files": value}
-        elif key == "controlInterfaceAccess":
-            out[key] = {
-                "allowRules": [_rule_to_proto(r) for r in value.get("allowRules", [])],
-                "denyRules": [_rule_to_proto(r) for r in value.get("denyRules", [])],
-            }
-        # ank-zenoh's extensions (healthCheck, scheduling) have no field in Ankaios's API
+    out: dict[str, Any] = {key: value for key, value in w.items() if key in _PLAIN_FIELDS}
+    out.update({key: {key: value} for key, value in w.items() if key in _WRAPPED_FIELDS})
+    access = w.get("controlInterfaceAccess")
+    if access is not None:
+        out["controlInterfaceAccess"] = {
+            side: [_rule_to_proto(r) for r in access.get(side, [])] for side in _RULE_SIDES
+        }
+    # ank-zenoh's extensions (healthCheck, scheduling) have no field in Ankaios's API
     return out
 
 
@@ -456,20 +458,13 @@ def _rule_from_proto(rule: dict[str, Any]) -> dict[str, Any]:
 
 
 def _workload_from_proto(w: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in w.items():
-        if key in ("agent", "runtime", "runtimeConfig", "restartPolicy"):
-            out[key] = value
-        elif key in ("tags", "dependencies", "configs"):
-            out[key] = value.get(key, {})
-        elif key == "files":
-            out["files"] = value.get("files", [])
-        elif key == "controlInterfaceAccess":
-            access: dict[str, Any] = {}
-            for side in ("allowRules", "denyRules"):
-                if value.get(side):
-                    access[side] = [_rule_from_proto(r) for r in value[side]]
-            out[key] = access
+    out: dict[str, Any] = {key: value for key, value in w.items() if key in _PLAIN_FIELDS}
+    out.update({key: value.get(key, _WRAPPED_FIELDS[key]()) for key, value in w.items() if key in _WRAPPED_FIELDS})
+    access = w.get("controlInterfaceAccess")
+    if access is not None:
+        out["controlInterfaceAccess"] = {
+            side: [_rule_from_proto(r) for r in access[side]] for side in _RULE_SIDES if access.get(side)
+        }
     return out
 
 

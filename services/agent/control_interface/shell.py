@@ -34,8 +34,9 @@ from ank_common.jobs import JobQueue
 from ank_common.manifest.core import instance_id, render_manifest
 from schemas import keys
 from schemas.manifest import ControlInterfaceAccess
-from schemas.messages import ApplyRequest, ApplyResult, CompleteState, LogsReply, WorkloadState
+from schemas.messages import ApplyRequest, ApplyResult, CompleteState, WorkloadState
 from services.bus import paging
+from services.bus.log_follower import ask_logs, follow_logs
 from services.bus.protocol import BusLike
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ log = logging.getLogger("ank.agent.control_interface")
 
 TARGET = "/run/ankaios/control_interface"  # where the SDKs look
 WRITE_TIMEOUT_S = 5.0  # a workload that does not read its input for this long loses the message
-LOG_POLL_S = 0.5
 QUERY_TIMEOUT_S = 5.0
 
 
@@ -373,24 +373,35 @@ class Channel:
     def _stream_logs(
         self, rid: str, name: ank_base.WorkloadInstanceName, follow: bool, tail: int, stop: threading.Event
     ) -> None:
-        key = keys.logs_key(name.agentName, name.workloadName)
-        params = f"tail={tail}" if tail >= 0 else ""
-        while not stop.is_set() and not self._closing.is_set():
-            try:
-                replies = self.bus.get(f"{key}?{params}" if params else key, timeout=QUERY_TIMEOUT_S)
-                chunk = self.bus.decode(replies[0][0], replies[0][1], LogsReply) if replies else None
-            except Exception as exc:
-                log.debug("%s: logs of %s: %s", self.workload, name.workloadName, exc)
-                chunk = None
-            if chunk is None:
-                break  # the workload is gone (or its agent does not answer)
-            lines = [line for line in chunk.text.splitlines() if not line.startswith("--- ank: ")]
+        """One workload's log as LogEntriesResponses: what it holds, then
+        (following) what the agent pushes (services.bus.log_follower, as
+        `ank logs -f`); LogsStopResponse when its log ends: not following,
+        or the workload is gone (its agent no longer answers)."""
+
+        def send_lines(text: str) -> None:
+            lines = [line for line in text.splitlines() if not line.startswith("--- ank: ")]
             if lines:
                 entries = [ank_base.LogEntry(workloadName=name, message=line) for line in lines]
                 self.send(core.response(rid, logEntriesResponse=ank_base.LogEntriesResponse(logEntries=entries)))
-            params = f"offset={chunk.offset}"
-            if not follow or stop.wait(LOG_POLL_S):
-                break
+
+        agent, workload = name.agentName, name.workloadName
+        try:
+            if follow:
+                follow_logs(
+                    self.bus,
+                    agent,
+                    workload,
+                    send_lines,
+                    stop,
+                    tail=tail if tail >= 0 else None,
+                    timeout=QUERY_TIMEOUT_S,
+                )
+            else:
+                reply = ask_logs(self.bus, agent, workload, f"tail={tail}" if tail >= 0 else "", QUERY_TIMEOUT_S)
+                if reply is not None:
+                    send_lines(reply.text)
+        except Exception as exc:  # the bus is closing, or refuses the key: the log ends
+            log.debug("%s: logs of %s: %s", self.workload, workload, exc)
         if not stop.is_set():
             self.send(core.response(rid, logsStopResponse=ank_base.LogsStopResponse(workloadName=name)))
 
@@ -405,6 +416,8 @@ class Channel:
         with self._streams_lock:
             previous = self._streams.pop(rid, None)
             self._streams[rid] = stop
+        if self._closing.is_set():  # closed meanwhile: _stop_streams has run
+            stop.set()
         if previous is not None:
             previous.set()
         return stop

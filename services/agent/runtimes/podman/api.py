@@ -34,6 +34,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from services.agent.runtimes.podman.cli import end_process
 from services.agent.runtimes.podman.spec import ApiRun
 
 if TYPE_CHECKING:
@@ -294,14 +295,8 @@ class PodmanService:
         if api is not None:
             api.close()
         child, self.child = self.child, None
-        if child is not None and child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(10)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(10)
         if child is not None:
+            end_process(child, 10)
             Path(self.socket_path).unlink(missing_ok=True)
 
     def _give_up(self, reason: str) -> None:

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, ParamSpec
 
 from services.agent.runtimes.podman.core import LABEL_AGENT, ContainerEvent, parse_api_event, parse_event
 
@@ -90,14 +90,55 @@ class PodmanCli:
             for raw in proc.stdout:
                 yield raw.decode(errors="replace").rstrip("\n")
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            end_process(proc, 5)
             proc.stdout.close()
+
+
+def end_process(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """Ends a podman process we started: SIGTERM, and SIGKILL if it is still
+    there after `grace_s`; reaped either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(grace_s)
+
+
+P = ParamSpec("P")
+
+
+class Listeners(Generic[P]):
+    """The callbacks subscribed to one shared watcher (any thread may
+    subscribe): each is called in turn on the watcher's thread, and one that
+    fails is logged without keeping the others from their call."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[P, None]] = []
+
+    def add(self, listener: Callable[P, None]) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove(self, listener: Callable[P, None]) -> int:
+        """Unsubscribes `listener`; how many are left."""
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+            return len(self._listeners)
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(*args, **kwargs)
+            except Exception:
+                log.exception("%s listener failed on %s", self.what, args)
 
 
 Listener = Callable[[ContainerEvent], None]
@@ -117,7 +158,7 @@ class EventStream:
         self.cli = cli
         self.agent = agent
         self.api = api
-        self._listeners: list[Listener] = []
+        self.listeners: Listeners[[ContainerEvent]] = Listeners("podman event")
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: ApiEvents | None = None
@@ -125,19 +166,6 @@ class EventStream:
         self._since = f"{time.time() - 1.0:.6f}"
         self._thread = threading.Thread(target=self._read_forever, name=f"podman-events-{agent}", daemon=True)
         self._thread.start()
-
-    def subscribe(self, listener: Listener) -> None:
-        with self._lock:
-            self._listeners.append(listener)
-
-    def unsubscribe(self, listener: Listener) -> None:
-        with self._lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-    def listeners(self) -> int:
-        with self._lock:
-            return len(self._listeners)
 
     def close(self) -> None:
         self._closed.set()
@@ -233,13 +261,7 @@ class EventStream:
             return
         if event.Time:
             self._since = event.Time
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            try:
-                listener(event)
-            except Exception:
-                log.exception("podman event listener failed on %s %s", event.Status, event.ID[:12])
+        self.listeners.call(event)
 
 
 _streams: dict[tuple[str, str], EventStream] = {}
@@ -253,15 +275,14 @@ def acquire_stream(cli: PodmanCli, agent: str, listener: Listener, api: ApiSourc
         stream = _streams.get((cli.binary, agent))
         if stream is None:
             stream = _streams[(cli.binary, agent)] = EventStream(cli, agent, api)
-        stream.subscribe(listener)
+        stream.listeners.add(listener)
         return stream
 
 
 def release_stream(stream: EventStream, listener: Listener) -> None:
     """Unsubscribes; the last one out stops the podman events process."""
     with _streams_lock:
-        stream.unsubscribe(listener)
-        if stream.listeners() == 0:
+        if stream.listeners.remove(listener) == 0:
             _streams.pop((stream.cli.binary, stream.agent), None)
             last = True
         else:
@@ -293,8 +314,7 @@ class ExitFiles:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._listeners: list[ExitListener] = []
-        self._lock = threading.Lock()
+        self.listeners: Listeners[[str, int]] = Listeners("exit file")
         libc = ctypes.CDLL(None, use_errno=True)
         self._fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if self._fd < 0:
@@ -306,16 +326,6 @@ class ExitFiles:
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._read_forever, name="podman-exit-files", daemon=True)
         self._thread.start()
-
-    def subscribe(self, listener: ExitListener) -> None:
-        with self._lock:
-            self._listeners.append(listener)
-
-    def unsubscribe(self, listener: ExitListener) -> int:
-        with self._lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-            return len(self._listeners)
 
     def close(self) -> None:
         os.write(self._wake_w, b"x")
@@ -336,13 +346,7 @@ class ExitFiles:
                 code = _read_exit_code(self.folder / name)
                 if code is None:
                     continue
-                with self._lock:
-                    listeners = list(self._listeners)
-                for listener in listeners:
-                    try:
-                        listener(name, code)
-                    except Exception:
-                        log.exception("exit listener failed on %s", name[:12])
+                self.listeners.call(name, code)
 
 
 def _names(data: bytes) -> list[str]:
@@ -380,13 +384,13 @@ def acquire_exit_files(listener: ExitListener, folder: Path = ROOTFUL_EXITS_DIR)
             except OSError as exc:
                 log.info("no exit-file fast path: %s", exc)
                 return None
-        files.subscribe(listener)
+        files.listeners.add(listener)
         return files
 
 
 def release_exit_files(files: ExitFiles, listener: ExitListener) -> None:
     with _streams_lock:
-        last = files.unsubscribe(listener) == 0
+        last = files.listeners.remove(listener) == 0
         if last and _exit_files.get(files.folder) is files:
             del _exit_files[files.folder]
     if last:

@@ -362,6 +362,10 @@ class PodmanConnector:
         self.watcher = PodmanWatcher(self.cli, self._read_api)
         self.service = acquire_service(self, self.cli, self.run_dir, transport=transport)
         self._available: tuple[bool, float] | None = None
+        self._setup()
+
+    def _setup(self) -> None:
+        """What a connector keeps beyond the shared parts (set up last)."""
 
     @property
     def transport(self) -> str:
@@ -497,15 +501,7 @@ class PodmanConnector:
 class PodmanRuntime(PodmanConnector):
     name = "podman"
 
-    def __init__(
-        self,
-        run_dir: str | Path,
-        *,
-        cli: PodmanCli | None = None,
-        image_map: ImageMap | None = None,
-        transport: str | None = None,
-    ) -> None:
-        super().__init__(run_dir, cli=cli, image_map=image_map, transport=transport)
+    def _setup(self) -> None:
         self.removals = DeferredRemovals(self.cli, self.service)
         self._commands: dict[str, tuple[str, ...]] = {}  # container id → its command line (no run label)
         self._ended: dict[str, Ended] = {}  # container name → the ended container of that name
