@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import zenoh
@@ -101,6 +101,28 @@ def test_a_query_waits_for_a_slow_queryable_at_most_its_timeout(hub: MemoryHub) 
     assert client.get("ank/slow", timeout=0.2) == [("ank/slow", b"quick")]
     assert time.monotonic() - started < 5
     release.set()
+
+
+def test_a_deferred_answer_reaches_the_asker_after_the_callback_returned(hub: MemoryHub) -> None:
+    """`Bus.queryable(defer=)` answers on another thread, after Zenoh's
+    callback returned: the query lasts until it is dropped, as in Zenoh."""
+    server, client = MemoryBus(hub, "server"), MemoryBus(hub, "client")
+    jobs: list[threading.Thread] = []
+
+    def defer(answer: Callable[[], None]) -> bool:
+        def late() -> None:
+            time.sleep(0.05)  # the answering thread is late: the callback has long returned
+            answer()
+
+        job = threading.Thread(target=late)
+        jobs.append(job)
+        job.start()
+        return True
+
+    server.queryable("ank/logs/*", lambda key, payload, params: [(key, b"lines")], defer=defer)
+    assert client.get("ank/logs/x", timeout=5) == [("ank/logs/x", b"lines")]
+    for job in jobs:
+        job.join(5)
 
 
 def test_liveliness_history_changes_and_a_closed_session(hub: MemoryHub) -> None:

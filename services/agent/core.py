@@ -88,6 +88,7 @@ from typing import Literal
 
 import msgspec
 
+from ank_common.names import valid_name
 from schemas.manifest import ControlInterfaceAccess, RestartPolicy
 from schemas.messages import AgentPlan, HealthReport, PlannedWorkload, WorkloadState
 from schemas.state import ExecutionState
@@ -542,12 +543,6 @@ def step(state: AgentState, event: AgentEvent, now: Now) -> Step:
 
 
 # -- plan -------------------------------------------------------------------------
-
-
-def valid_name(name: str) -> bool:
-    """Ankaios's workload names, [a-zA-Z0-9_-]{1,63}; the agent also uses
-    them in file names, so nothing else may pass."""
-    return 0 < len(name) <= 63 and all(c.isascii() and (c.isalnum() or c in "_-") for c in name)
 
 
 def _apply_plan(b: _Builder, plan: AgentPlan) -> None:

@@ -90,7 +90,9 @@ class _Reply:
 
 
 class _Query:
-    """One query as one queryable sees it."""
+    """One query as one queryable sees it. As in Zenoh, it ends when the
+    queryable drops it (`Bus.queryable` always does: at once, or after a
+    deferred answer on another thread), not when the callback returns."""
 
     def __init__(self, key_expr: zenoh.KeyExpr, parameters: str, payload: bytes | None) -> None:
         self.key_expr = key_expr
@@ -99,6 +101,7 @@ class _Query:
         self.replies: list[_Reply] = []
         self._lock = threading.Lock()
         self._open = True
+        self.dropped = threading.Event()
 
     def reply(self, key: str, payload: bytes, **_options: Any) -> None:
         reply_key = zenoh.KeyExpr(key)
@@ -112,6 +115,7 @@ class _Query:
     def drop(self) -> None:
         with self._lock:
             self._open = False
+        self.dropped.set()
 
     def close(self) -> list[_Reply]:
         """The replies so far; later ones are discarded (the caller stopped waiting)."""
@@ -195,6 +199,7 @@ class MemorySession:
         replies: list[_Reply] = []
         for thread, query in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+            query.dropped.wait(max(0.0, deadline - time.monotonic()))  # a deferred answer comes after the callback
             replies.extend(query.close())
         return replies
 

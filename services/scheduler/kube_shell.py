@@ -51,6 +51,7 @@ from schemas.messages import EnergyReport
 from services.bus import Bus, BusConfigError
 from services.bus.loop import EventLoop
 from services.bus.protocol import BusLike
+from services.bus.timers import WakeTimer
 from services.scheduler import kube_leader
 from services.scheduler.framework import EnergyReported, Tick
 from services.scheduler.influx import InfluxConfigError, InfluxEnergySource, InfluxSettings, poll_until_stopped
@@ -169,7 +170,7 @@ class KubeShell:
         self._threads: list[threading.Thread] = []
         self._pool = ThreadPoolExecutor(max(1, core.config.max_binds_in_flight), thread_name_prefix="kube-bind")
         self._cycle_posted = False
-        self._armed_ms: int | None = None
+        self._wake = WakeTimer(loop, self._cycle, clock.wall_ms, slack_s=0.001)
         self._nodes_read_at: float | None = None
         self._watch = WatchState()  # the watch thread's
         self._watch_stream: WatchStream | None = None
@@ -297,10 +298,6 @@ class KubeShell:
             self._cycle_posted = True
             self.loop.post(self._cycle)
 
-    def _timer(self) -> None:
-        self._armed_ms = None
-        self._cycle()
-
     def _cycle(self) -> None:
         self._cycle_posted = False
         now = self.clock.monotonic()
@@ -308,10 +305,7 @@ class KubeShell:
         if nodes_due(self.core, age, self.node_cache_s):
             self._refresh_nodes(now)
         self._execute(self._step(Tick()))
-        wake = next_wake_ms(self.core)
-        if wake is not None and (self._armed_ms is None or wake < self._armed_ms):
-            self._armed_ms = wake
-            self.loop.call_later(max(0.0, (wake - self.clock.wall_ms()) / 1000) + 0.001, self._timer)
+        self._wake.arm(next_wake_ms(self.core))
 
     def _step(self, event: KubeEvent, now_ms: int | None = None) -> list[Decision]:
         decided = step(self.core, event, self.clock.wall_ms() if now_ms is None else now_ms)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ank_common.jobs import JobQueue
-from ank_common.manifest.core import instance_id, render_manifest
+from ank_common.manifest import instance_id, render_manifest
 from schemas import keys
 from schemas.manifest import ControlInterfaceAccess
 from schemas.messages import ApplyRequest, ApplyResult, CompleteState, WorkloadState

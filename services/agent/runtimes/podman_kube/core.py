@@ -17,10 +17,10 @@ image map like a podman workload's.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import yaml
 
+from ank_common.nested import dig
 from schemas.runtime_configs import PodmanKubeConfig
 from services.agent.runtimes.base import StartError
 from services.agent.runtimes.podman.core import ImageMap, decode_runtime_config, map_image
@@ -69,15 +69,15 @@ def prepare_manifest(manifest: str, labels: Mapping[str, str], image_map: ImageM
         kind = doc.get("kind")
         if kind not in POD_KINDS:
             continue
-        name = _dig(doc, "metadata", "name")
+        name = dig(doc, "metadata", "name")
         if not isinstance(name, str) or not name:
             raise StartError(f"podman-kube manifest: {kind} {index} has no metadata.name", permanent=True)
         if kind == "Pod":
             pod, replicas = doc, 1
             pods.append(name)
         else:
-            pod = _dig(doc, "spec", "template")
-            replicas_value = _dig(doc, "spec", "replicas")
+            pod = dig(doc, "spec", "template")
+            replicas_value = dig(doc, "spec", "replicas")
             replicas = replicas_value if isinstance(replicas_value, int) and replicas_value >= 0 else 1
             pods.append(f"{name}-pod")
             if not isinstance(pod, dict):
@@ -89,10 +89,10 @@ def prepare_manifest(manifest: str, labels: Mapping[str, str], image_map: ImageM
         if not isinstance(pod_labels, dict):
             raise StartError(f"podman-kube manifest: {kind} {name}: labels is not a mapping", permanent=True)
         pod_labels.update(labels)
-        containers = _dig(pod, "spec", "containers")
+        containers = dig(pod, "spec", "containers")
         if not isinstance(containers, list) or not containers:
             raise StartError(f"podman-kube manifest: {kind} {name} has no containers", permanent=True)
-        for container in [*containers, *(_dig(pod, "spec", "initContainers") or [])]:
+        for container in [*containers, *(dig(pod, "spec", "initContainers") or [])]:
             if isinstance(container, dict) and isinstance(container.get("image"), str):
                 container["image"] = map_image(image_map, container["image"])
         expected += replicas * len(containers)
@@ -110,14 +110,6 @@ def play_command(config: PodmanKubeConfig, manifest_file: str) -> list[str]:
 
 def down_command(general_options: list[str], down_options: list[str], manifest_file: str) -> list[str]:
     return [*general_options, "kube", "down", *down_options, manifest_file]
-
-
-def _dig(value: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
 
 
 class NotThroughApi(Exception):
