@@ -368,6 +368,120 @@ def test_the_native_schedulers_state_table_is_what_step_does() -> None:
     hold_to_code(table, cells, drivers)
 
 
+# -- the Kubernetes scheduler's pod watch (kube_core.watch_step) ----------------------------------------------------
+
+WATCH_FROM = kube_core.WatchState(resource_version="10", failures=1)  # one failure behind it: "kept" differs from "0"
+
+
+def _watch_line(kind: str, obj: object) -> kube_core.WatchLine:
+    return kube_core.WatchLine(msgspec.json.encode({"type": kind, "object": obj}).decode())
+
+
+WATCH_EVENTS: dict[str, kube_core.WatchEvent] = {
+    "list answered (WatchListed)": kube_core.WatchListed("20"),
+    "watch line ADDED/MODIFIED/DELETED": _watch_line("MODIFIED", {"metadata": {"name": "p", "resourceVersion": "21"}}),
+    "watch line BOOKMARK": _watch_line("BOOKMARK", {"metadata": {"resourceVersion": "22"}}),
+    "watch line malformed": kube_core.WatchLine("{not json"),
+    "watch line ERROR 410 (Expired)": _watch_line("ERROR", {"code": 410, "message": "too old"}),
+    "watch line ERROR other (500, 504 ...)": _watch_line("ERROR", {"code": 500, "message": "boom"}),
+    "watch ended by the server (its timeout)": kube_core.WatchEnded(),
+    "request failed: HTTP 410": kube_core.RequestFailed(410, "gone"),
+    "request failed: HTTP 429": kube_core.RequestFailed(429, "slow down", retry_after_s=90),
+    "request failed: other HTTP status": kube_core.RequestFailed(503, "unavailable"),
+    "request failed: no HTTP status (connection, timeout)": kube_core.RequestFailed(None, "refused"),
+}
+WATCH_VERSIONS = {"list answered (WatchListed)": "20", "watch line ADDED/MODIFIED/DELETED": "21"}
+WATCH_VERSIONS["watch line BOOKMARK"] = "22"
+
+
+def _watch(row: str, start: kube_core.WatchState = WATCH_FROM) -> kube_core.WatchStep:
+    return kube_core.watch_step(start, WATCH_EVENTS[row])
+
+
+def _watch_field(column: str, state: kube_core.WatchState) -> object:
+    return state.failures if column == "failures" else state.resource_version
+
+
+def _watch_kept(row: str, column: str) -> None:
+    assert _watch_field(column, _watch(row).state) == _watch_field(column, WATCH_FROM)
+
+
+def _watch_zero(row: str, column: str) -> None:
+    assert _watch(row).state.failures == 0
+
+
+def _watch_plus_one(row: str, column: str) -> None:
+    assert _watch(row).state.failures == WATCH_FROM.failures + 1
+
+
+def _watch_new_version(row: str, column: str) -> None:
+    assert _watch(row).state.resource_version == WATCH_VERSIONS[row]
+
+
+def _watch_relist(row: str, column: str) -> None:
+    assert _watch(row).state.resource_version is None
+    assert kube_core.next_request(_watch(row).state) == kube_core.ListPods()
+
+
+def _watch_relist_after_three(row: str, column: str) -> None:
+    below = kube_core.WatchState("10", kube_core.WATCH_RELIST_AFTER - 2)  # this failure is the 2nd in a row
+    assert _watch(row, below).state.resource_version == "10"
+    third = kube_core.WatchState("10", kube_core.WATCH_RELIST_AFTER - 1)
+    assert _watch(row, third).state.resource_version is None
+
+
+def _watch_actions(*kinds: type) -> typing.Callable[[str, str], None]:
+    def check(row: str, column: str) -> None:
+        assert [type(a) for a in _watch(row).actions] == list(kinds)
+
+    return check
+
+
+def _watch_backoff(row: str, column: str) -> None:
+    actions = _watch(row).actions
+    assert type(actions[-1]) is kube_core.Pause
+    assert actions[-1].seconds == kube_core.watch_backoff_s(WATCH_FROM.failures + 1)
+    _watch_actions(*[type(a) for a in actions[:-1]], kube_core.Pause)(row, column)
+
+
+def _watch_end_and_backoff(row: str, column: str) -> None:
+    _watch_actions(kube_core.EndWatch, kube_core.Pause)(row, column)
+    _watch_backoff(row, column)
+
+
+def _watch_retry_after(row: str, column: str) -> None:
+    (pause,) = _watch(row).actions
+    assert pause == kube_core.Pause(60.0, "slow down")  # Retry-After 90 s, capped at 60
+    plain = kube_core.watch_step(WATCH_FROM, kube_core.RequestFailed(429, "slow down"))
+    assert plain.actions == [kube_core.Pause(1.0, "slow down")]  # no Retry-After: 1 s
+
+
+WATCH_CELLS: dict[str, typing.Callable[[str, str], None]] = {
+    "kept": _watch_kept,
+    "0": _watch_zero,
+    "+1": _watch_plus_one,
+    "the list's": _watch_new_version,
+    "the object's": _watch_new_version,
+    "the bookmark's": _watch_new_version,
+    "none: re-list": _watch_relist,
+    "none after 3 in a row": _watch_relist_after_three,
+    "-": _watch_actions(),
+    "DeliverPod": _watch_actions(kube_core.DeliverPod),
+    "IgnoredLine": _watch_actions(kube_core.IgnoredLine),
+    "EndWatch": _watch_actions(kube_core.EndWatch),
+    "EndWatch, Pause(backoff)": _watch_end_and_backoff,
+    "Pause(backoff)": _watch_backoff,
+    "Pause(Retry-After <= 60, or 1 s)": _watch_retry_after,
+}
+
+
+def test_the_kubernetes_pod_watch_table_is_what_watch_step_does() -> None:
+    table = doc_table(kube_core, "what happened", "failures", "resourceVersion", "then")
+    assert [row["what happened"] for row in table.rows] == list(WATCH_EVENTS)
+    cells = {(row["what happened"], column): row[column] for row in table.rows for column in table.headers[1:]}
+    hold_to_code(table, cells, WATCH_CELLS)
+
+
 # -- no table goes undriven ------------------------------------------------------------------------------------------
 
 
@@ -377,6 +491,7 @@ def test_every_table_in_a_core_docstring_is_one_driven_above() -> None:
         ("services.agent.core", ("found", "recorded final", "decision")),
         ("services.planner.core", ("agent", "seen", "alive", "state")),
         ("services.scheduler.core", ("state", "meaning", "leaves on")),
+        ("services.scheduler.kube_core", ("what happened", "failures", "resourceVersion", "then")),
     }
     found = set()
     for module in (agent, planner, health, scheduler, kube_core, kube_leader, dashboard):

@@ -751,25 +751,9 @@ class KubeStep(msgspec.Struct, frozen=True):
 # -- the pod watch -------------------------------------------------------------
 #
 # When to list, when to watch and how to react to a failed request: the watch
-# thread of the shell feeds what happened to `watch_step` and asks
-# `next_request` what to do next. The policy, as a table:
-#
-# | what happened                          | failures | resourceVersion      | then                          |
-# |----------------------------------------|----------|----------------------|-------------------------------|
-# | list answered (WatchListed)            | kept     | the list's           | watch from it                 |
-# | watch line ADDED/MODIFIED/DELETED      | kept     | the object's         | DeliverPod                    |
-# | watch line BOOKMARK                    | kept     | the bookmark's       | -                             |
-# | watch line malformed                   | kept     | kept                 | IgnoredLine                   |
-# | watch line ERROR 410 (Expired)         | 0        | none: re-list        | EndWatch                      |
-# | watch line ERROR other (500, 504 ...)  | +1       | none after 3 in a row| EndWatch, Pause(backoff)      |
-# | watch ended by the server (its timeout)| 0        | kept                 | watch again                   |
-# | request failed: HTTP 410               | kept     | none: re-list        | -                             |
-# | request failed: HTTP 429               | +1       | kept                 | Pause(Retry-After ≤ 60, or 1 s)|
-# | request failed: other HTTP status      | +1       | kept                 | Pause(backoff)                |
-# | request failed: no HTTP status         | +1       | none after 3 in a row| Pause(backoff)                |
-#   (connection refused/reset, read timeout)
-#
-# backoff: 0.5 s doubling, at most 10 s (`watch_backoff_s`).
+# thread of the shell feeds what happened to `watch_step` (its docstring has
+# the policy as a table, held to the code by tests/test_transition_tables.py)
+# and asks `next_request` what to do next.
 
 WATCH_RELIST_AFTER = 3  # failures in a row (without an HTTP status) that make the watch start again from a list
 
@@ -859,7 +843,25 @@ def watch_backoff_s(failures: int) -> float:
 
 
 def watch_step(state: WatchState, event: WatchEvent) -> WatchStep:
-    """The pod watch's reaction to one event (see the table above); no clock needed."""
+    """The pod watch's reaction to one event; no clock needed. `failures`
+    counts failed requests in a row; a `resourceVersion` of none makes
+    `next_request` list again; backoff: 0.5 s doubling, at most 10 s
+    (`watch_backoff_s`); "after 3 in a row" is `WATCH_RELIST_AFTER`.
+
+    | what happened | failures | resourceVersion | then |
+    |---|---|---|---|
+    | list answered (WatchListed) | kept | the list's | - |
+    | watch line ADDED/MODIFIED/DELETED | kept | the object's | DeliverPod |
+    | watch line BOOKMARK | kept | the bookmark's | - |
+    | watch line malformed | kept | kept | IgnoredLine |
+    | watch line ERROR 410 (Expired) | 0 | none: re-list | EndWatch |
+    | watch line ERROR other (500, 504 ...) | +1 | none after 3 in a row | EndWatch, Pause(backoff) |
+    | watch ended by the server (its timeout) | 0 | kept | - |
+    | request failed: HTTP 410 | kept | none: re-list | - |
+    | request failed: HTTP 429 | +1 | kept | Pause(Retry-After <= 60, or 1 s) |
+    | request failed: other HTTP status | +1 | kept | Pause(backoff) |
+    | request failed: no HTTP status (connection, timeout) | +1 | none after 3 in a row | Pause(backoff) |
+    """
     if isinstance(event, WatchListed):
         return WatchStep(msgspec.structs.replace(state, resource_version=event.resource_version), [])
     if isinstance(event, WatchEnded):
