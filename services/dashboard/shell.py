@@ -44,7 +44,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from ank_common.clock import SYSTEM_CLOCK
+from ank_common.clock import SYSTEM_CLOCK, Clock
 from ank_common.logsetup import setup_logging
 from schemas import AgentStatus, EnergyReport, Event, WorkloadState, keys
 from schemas.liveliness import AgentLiveliness
@@ -63,13 +63,14 @@ DEFAULT_PORT = options.DEFAULT_PORT
 class DashboardShell:
     """Holds the view; every change goes through the model on the web loop."""
 
-    def __init__(self, bus: BusLike, fanout: Fanout) -> None:
+    def __init__(self, bus: BusLike, fanout: Fanout, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.bus = bus
         self.fanout = fanout
+        self.clock = clock
         self.view = core.DashboardView()
 
     def apply(self, event: core.ViewEvent) -> None:
-        self.view, updates = core.step(self.view, event, SYSTEM_CLOCK.wall_ms())
+        self.view, updates = core.step(self.view, event, self.clock.wall_ms())
         for update in updates:
             self.fanout.publish(_json({"type": update.kind, "data": update.data}))
 
@@ -93,7 +94,13 @@ class DashboardShell:
         """Follows the desired state (on the web loop: `Fanout` is its loop);
         a periodic query every `every_s` seconds (0: none). Started; the caller stops it."""
         follower = DesiredStateFollower(
-            self.bus, self.fanout, self.apply, refresh_s=every_s, no_answer_level=logging.INFO, log=log
+            self.bus,
+            self.fanout,
+            self.apply,
+            clock=self.clock,
+            refresh_s=every_s,
+            no_answer_level=logging.INFO,
+            log=log,
         )
         follower.start()
         return follower
