@@ -27,6 +27,12 @@ DASHBOARD_WORKLOAD_FIELDS = ("restartPolicy", "timeMs")
 DASHBOARD_AGENT_FIELDS = ("totalMemoryBytes", "capacityWh", "energyTimeMs", "energySource")
 
 
+def is_newer(st: WorkloadState, than: WorkloadState | None) -> bool:
+    """Whether `st` replaces `than` as the latest state (by time, then seq):
+    the one rule of the CLI's tables and the dashboard's rows."""
+    return than is None or (st.time_ms, st.seq) >= (than.time_ms, than.seq)
+
+
 def workload_row(name: str, desired: Manifest | None, st: WorkloadState | None) -> dict[str, Any]:
     """Workload `name` as its desired entry (if any) and state `st` (None: no
     state reported yet, Pending(Initial)) show it: the object

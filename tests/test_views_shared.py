@@ -232,3 +232,32 @@ def test_the_cli_calls_met_exactly_the_state_the_planner_releases_on(condition: 
             met = views.dependency_text(condition, dep).split(": ")[1].startswith("MET")
             assert met == ((state, substate) == ADD_CONDITION_MET_BY[condition]), (state, substate)
     assert "WAITING (current: absent)" in views.dependency_text(condition, None)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ((100, 5), (100, 4)),  # same time, an older seq arrives second: dropped by both
+        ((100, 5), (99, 9)),  # an older time arrives second: dropped by both
+        ((100, 5), (100, 6)),  # same time, a newer seq: taken by both
+        ((100, 5), (101, 1)),  # a newer time: taken by both
+    ],
+)
+def test_cli_and_dashboard_agree_which_state_is_the_latest(first: tuple[int, int], second: tuple[int, int]) -> None:
+    """One rule (`ank_common.views.is_newer`): the dashboard kept a state of
+    the same time but an older seq, which the CLI drops."""
+    a, b = (
+        WorkloadState(
+            workload="web",
+            agent="robot",
+            execution_state=ExecutionState(cast(State, state), "Ok"),
+            instance="i",
+            time_ms=t,
+            seq=seq,
+        )
+        for state, (t, seq) in (("Running", first), ("Succeeded", second))
+    )
+    cli = views.latest_states([a, b])["web"].execution_state.state
+    view, _ = core.step(DashboardView(), a, 0)
+    view, _ = core.step(view, b, 0)
+    assert view.workloads[("robot", "web")].execution_state.state == cli

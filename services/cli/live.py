@@ -14,6 +14,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ank_common.views import is_newer
 from schemas.messages import WorkloadState
 from services.cli import views
 from services.cli.client import Client
@@ -50,7 +51,7 @@ def watch_workloads(client: Client, args: argparse.Namespace, stop: threading.Ev
     unprinted: collections.deque[WorkloadState] = collections.deque(maxlen=MAX_PENDING_LINES)
 
     def keep(st: WorkloadState) -> None:
-        if views.is_newer(st, latest.get(st.workload)):
+        if is_newer(st, latest.get(st.workload)):
             latest[st.workload] = st
 
     def on_state(st: WorkloadState) -> None:

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from ank_common.views import agent_row, workload_row
+from ank_common.views import agent_row, is_newer, workload_row
 from schemas.manifest import DependencyCondition, Manifest
 from schemas.messages import AgentStatus, EnergyReport, WorkloadState
 from schemas.state import ADD_CONDITION_MET_BY
@@ -38,11 +38,6 @@ def latest_states(states: Iterable[WorkloadState]) -> dict[str, WorkloadState]:
         if is_newer(st, out.get(st.workload)):
             out[st.workload] = st
     return out
-
-
-def is_newer(st: WorkloadState, than: WorkloadState | None) -> bool:
-    """Whether `st` replaces `than` as a workload's latest state (by time, then seq)."""
-    return than is None or (st.time_ms, st.seq) >= (than.time_ms, than.seq)
 
 
 def workload_rows(

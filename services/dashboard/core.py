@@ -30,7 +30,7 @@ from typing import Any, Literal, NamedTuple
 
 import msgspec
 
-from ank_common.views import dashboard_agent_row, dashboard_workload_row, event_row
+from ank_common.views import dashboard_agent_row, dashboard_workload_row, event_row, is_newer
 from schemas import AgentStatus, CompleteState, EnergyReport, Event, Manifest, WorkloadState
 from schemas.liveliness import AgentLiveliness
 
@@ -132,7 +132,7 @@ def _on_event(view: DashboardView, event: Event) -> tuple[DashboardView, list[Up
 def _on_state(view: DashboardView, state: WorkloadState) -> tuple[DashboardView, list[Update]]:
     key = (state.agent, state.workload)
     held = view.workloads.get(key)
-    if held is not None and state.time_ms and held.time_ms > state.time_ms:
+    if not is_newer(state, held):
         return view, []
     workloads = dict(view.workloads)
     updates: list[Update] = []
