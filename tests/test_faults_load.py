@@ -1,8 +1,10 @@
 """Load: 1000 ALWAYS workloads on one agent crash at the same moment.
 
 Each workload is one shell blocked opening a FIFO for reading (no CPU while
-it waits). Opening the FIFO for writing and closing it at once releases
-every reader together: each reads end-of-file and exits 1. The agent must
+it waits). Once every one of them waits in the FIFO's open, opening the
+FIFO for writing and closing it at once releases every reader together: each
+reads end-of-file and exits 1 (a restarted one sleeps instead: it must not
+meet a writer still there and crash twice). The agent must
 restart all of them (ALWAYS), and:
 
 - every final state is Running(Ok) with restartCount 1, exactly one process
@@ -38,6 +40,19 @@ PUBLISHED = re.compile(
 )
 
 
+def _blocked_on_the_fifo(pids: list[int]) -> bool:
+    """Every one of these processes waits in the FIFO's open for a writer:
+    released, each reads end-of-file (one that has not reached its open yet
+    would wait for a writer that has come and gone, and never exit)."""
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/wchan").read_text() != "wait_for_partner":
+                return False
+        except OSError:
+            return False
+    return True
+
+
 def _release(fifo: Path) -> None:
     """Every reader blocked on the FIFO reads end-of-file at once."""
     fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
@@ -48,7 +63,11 @@ def test_a_thousand_always_workloads_crashing_at_once_all_restart_and_no_state_i
     fifo = tmp_path / "trigger"
     os.mkfifo(fifo)
     names = [f"ld{i:04d}" for i in range(WORKLOADS)]
-    config = f"command: sh\nargs: ['-c', 'read x < {fifo}; exit 1']\n"
+    released = tmp_path / "released"
+    # Only the first run of each workload waits on the FIFO and crashes: the
+    # restarted one (started after `released` exists) does not, whenever it
+    # starts, so that none crashes twice on a FIFO still open for writing.
+    config = f"command: sh\nargs: ['-c', 'test -e {released} && exec sleep 3600; read x < {fifo}; exit 1']\n"
     with running_stack(tmp_path) as stack:
         agent = unique("load")
         stack.start_planner()
@@ -66,8 +85,11 @@ def test_a_thousand_always_workloads_crashing_at_once_all_restart_and_no_state_i
         start_s = time.monotonic() - started
         before = workload_processes(agent)
         assert all(len(p) == 1 for p in before.values())
+        pids = [p for group in before.values() for p in group]
+        wait_for(lambda: _blocked_on_the_fifo(pids), 60, "every workload waiting on the FIFO")
 
         crashed = time.monotonic()
+        released.touch()
         _release(fifo)
 
         def all_restarted() -> dict[str, WorkloadState] | None:
