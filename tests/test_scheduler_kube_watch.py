@@ -53,7 +53,7 @@ T0 = 1_700_000_000_000
 def feed(state: WatchState, *events: WatchEvent) -> tuple[WatchState, list[Any]]:
     actions: list[Any] = []
     for event in events:
-        decided = watch_step(state, event)
+        decided = watch_step(state, event, 0)
         state, actions = decided.state, actions + decided.actions
     return state, actions
 

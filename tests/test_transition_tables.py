@@ -395,7 +395,7 @@ WATCH_VERSIONS["watch line BOOKMARK"] = "22"
 
 
 def _watch(row: str, start: kube_core.WatchState = WATCH_FROM) -> kube_core.WatchStep:
-    return kube_core.watch_step(start, WATCH_EVENTS[row])
+    return kube_core.watch_step(start, WATCH_EVENTS[row], 0)
 
 
 def _watch_field(column: str, state: kube_core.WatchState) -> object:
@@ -452,7 +452,7 @@ def _watch_end_and_backoff(row: str, column: str) -> None:
 def _watch_retry_after(row: str, column: str) -> None:
     (pause,) = _watch(row).actions
     assert pause == kube_core.Pause(60.0, "slow down")  # Retry-After 90 s, capped at 60
-    plain = kube_core.watch_step(WATCH_FROM, kube_core.RequestFailed(429, "slow down"))
+    plain = kube_core.watch_step(WATCH_FROM, kube_core.RequestFailed(429, "slow down"), 0)
     assert plain.actions == [kube_core.Pause(1.0, "slow down")]  # no Retry-After: 1 s
 
 

@@ -842,8 +842,9 @@ def watch_backoff_s(failures: int) -> float:
     return min(10.0, 0.5 * 2 ** min(failures - 1, 5)) if failures > 0 else 0.0
 
 
-def watch_step(state: WatchState, event: WatchEvent) -> WatchStep:
-    """The pod watch's reaction to one event; no clock needed. `failures`
+def watch_step(state: WatchState, event: WatchEvent, now_ms: int) -> WatchStep:
+    """The pod watch's reaction to one event (`now_ms`: the convention of
+    every core's step; the policy needs no clock: pauses are durations). `failures`
     counts failed requests in a row; a `resourceVersion` of none makes
     `next_request` list again; backoff: 0.5 s doubling, at most 10 s
     (`watch_backoff_s`); "after 3 in a row" is `WATCH_RELIST_AFTER`.

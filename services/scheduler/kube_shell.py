@@ -224,7 +224,7 @@ class KubeShell:
     def _watch_event(self, event: WatchEvent) -> Pause | None:
         """Steps the watch policy; delivers pods; the pause it asks for, if any.
         An EndWatch is noted in `_watch_ended` for the reading loop."""
-        decided = watch_step(self._watch, event)
+        decided = watch_step(self._watch, event, self.clock.wall_ms())
         self._watch = decided.state
         pause: Pause | None = None
         self._watch_ended = False
