@@ -273,14 +273,8 @@ class KubeShell:
 
     def listen_energy(self, bus: BusLike) -> None:
         """Energy from the bus: `ank/energy/<robot>` (a report naming another
-        robot than its key is ignored, as in native mode)."""
-        bus.subscribe(keys.ALL_ENERGY, EnergyReport, self._on_energy_message)
-
-    def _on_energy_message(self, key: str, report: EnergyReport) -> None:
-        if report.node != keys.parse_energy_key(key):
-            log.warning("energy report on %s names node %r; ignored", key, report.node)
-            return
-        self.on_energy([report])
+        robot than its key is dropped by the bus itself: `checks.disagreement`)."""
+        bus.subscribe(keys.ALL_ENERGY, EnergyReport, lambda _key, report: self.on_energy([report]))
 
     def on_energy(self, reports: list[EnergyReport]) -> None:
         """From any thread. A poll's reports arrive together: no cycle runs on half of them."""

@@ -139,7 +139,8 @@ class NativeShell:
         b.queryable(keys.BINDINGS, self._answer_bindings)
         b.subscribe(keys.STATES, WorkloadState, lambda k, m: self._post(WorkloadStateSeen, m))
         b.subscribe(keys.AGENT_STATUSES, AgentStatus, lambda k, m: self._post(AgentStatusSeen, m))
-        b.subscribe(keys.ALL_ENERGY, EnergyReport, self._on_energy)
+        # a report naming another node than its key is dropped by the bus (checks.disagreement)
+        b.subscribe(keys.ALL_ENERGY, EnergyReport, lambda k, m: self._post(EnergyReported, m))
         b.watch_liveliness(keys.AGENT_TOKENS, self._on_liveliness)
         self.desired.start()
 
@@ -157,13 +158,6 @@ class NativeShell:
     # -- inputs (Zenoh threads: only post) --------------------------------
     def _post(self, event: Callable[[Any], NativeEvent], msg: Any) -> None:
         self.loop.post(self._call, event, msg)
-
-    def _on_energy(self, key: str, report: EnergyReport) -> None:
-        node = keys.parse_energy_key(key)
-        if report.node != node:
-            log.warning("energy report on %s names node %r; ignored", key, report.node)
-            return
-        self._post(EnergyReported, report)
 
     def _on_liveliness(self, key: str, alive: bool) -> None:
         agent = keys.parse_agent_token_key(key)
