@@ -52,6 +52,7 @@ from ank_common.manifest.name_rules import agent_name_problem
 from ank_common.manifest.parse import parse_manifest, parse_state_file
 from ank_common.manifest.render import render_manifest
 from ank_common.manifest.validate import find_dependency_cycle
+from ank_common.names import valid_name
 from schemas import keys
 from schemas.limits import MAX_ENTRY_BYTES, MAX_MESSAGE_BYTES, size_of
 from schemas.liveliness import AgentLiveliness
@@ -1092,8 +1093,8 @@ def _status_seen(state: PlannerState, status: AgentStatus, now_ms: int) -> Step:
         )
         actions.append(Log(message, "warning"))
         events.append(PublishEvent("duplicate-agent", message, agent, "warning"))
-    if agent in state.alive or keys.parse_agent_token_key(keys.agent_token_key(agent)) != agent:
-        return Step(state, [*actions, *events])  # (a name no token can have proves nothing)
+    if agent in state.alive or not valid_name(agent):
+        return Step(state, [*actions, *events])  # (a name no agent can have proves nothing)
     actions.append(Log(f"agent {agent} sends status while its token is gone: alive again", "warning"))
     step = _agent_liveliness(state, agent, True, now_ms)
     return Step(step.state, [*actions, *step.actions, *events])
