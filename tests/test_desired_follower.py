@@ -179,6 +179,22 @@ def test_without_a_planner_it_asks_again_and_says_so_once(stack: Stack, caplog: 
     assert "ank/cmd/state answers again" in caplog.text
 
 
+def test_a_planner_that_did_not_answer_is_not_asked_again_before_the_retry(stack: Stack) -> None:
+    """Triggers while the planner is silent (an overloaded one times out)
+    wait for the retry and go with it: one query, not one per trigger."""
+    stack.planner.silent = True
+    follower = stack.make(retry_s=1.0)
+    stack.asked(1, follower)
+    for i in range(5):
+        follower.refresh(f"trigger {i}")
+    stack.advance(0.5)  # (returns once the loop is idle)
+    assert stack.planner.asked == 1 and not follower.idle  # held: wanted, not asked before the retry
+    stack.planner.silent = False
+    stack.advance(0.5)  # the retry: the triggers' query, once
+    stack.deliveries(1)
+    assert stack.planner.asked == 2
+
+
 def test_a_state_older_than_the_last_delivered_is_ignored(stack: Stack) -> None:
     stack.planner.seq = 100
     follower = stack.make()

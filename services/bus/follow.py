@@ -15,7 +15,9 @@ component does that once for all of them:
 - after a put on `ank/desired` it waits `settle_s` before asking;
 - `refresh_s`: a query when none was made for that long (None: never);
 - `retry_s`: after a query no planner answered (or answered with garbage, or
-  with an incomplete state), it asks again after that long (None: never);
+  with an incomplete state), it asks again after that long (None: never),
+  and not sooner, whatever triggers meanwhile: a planner too busy to answer
+  is not asked more often (they are asked together then);
 - an answer older (`seq`) than the last one delivered is ignored;
 - `on_state(complete)` is called on the shell's loop thread (`Timers.post`),
   as is all of the follower's bookkeeping;
@@ -99,6 +101,7 @@ class DesiredStateFollower:
         self._busy = False  # the query thread is asking, or pausing after an answer
         self._last_start_s = float("-inf")
         self._retry_armed = False
+        self._retry_at_s = float("-inf")  # after an unanswered query: no query before this (loop clock)
         self._last_seq = 0
         self._silent = False  # the last query had no answer (said once)
         # Between the loop and the query thread:
@@ -158,18 +161,22 @@ class DesiredStateFollower:
         self._kick()
 
     def _kick(self) -> None:
-        """Starts the query wanted, unless the query thread is busy."""
-        if self.stopped or self._busy or not self._reasons:
+        """Starts the query wanted, unless the query thread is busy or the planner left unanswered."""
+        if self.stopped or self._busy or not self._reasons or self._holding():
             return
         self._busy = True
         self._ask_now()
 
     def _ready(self) -> None:
-        """The query thread has paused after its answer: what was wanted meanwhile is asked now."""
-        if self._reasons and not self.stopped:
+        """The query thread has paused after its answer: what was wanted meanwhile is asked now
+        (after an unanswered query: at the retry, which asks for it)."""
+        if self._reasons and not self.stopped and not self._holding():
             self._ask_now()
         else:
             self._busy = False
+
+    def _holding(self) -> bool:
+        return self._silent and self._clock.monotonic() < self._retry_at_s
 
     def _ask_now(self) -> None:
         reason = "; ".join(dict.fromkeys(self._reasons))
@@ -188,6 +195,7 @@ class DesiredStateFollower:
 
     def _retry(self, reason: str) -> None:
         self._retry_armed = False
+        self._retry_at_s = float("-inf")  # the hold ends here (a timer may fire a hair early on another clock)
         if self._silent:  # unless a query was answered meanwhile
             self._want(reason, 0.0)
 
@@ -212,6 +220,7 @@ class DesiredStateFollower:
             )
         if self._retry_s is not None and not self._retry_armed:
             self._retry_armed = True
+            self._retry_at_s = self._clock.monotonic() + self._retry_s
             again = reason if reason.startswith("retry: ") else f"retry: {reason}"
             self._timers.call_later(self._retry_s, self._retry, again)
 
